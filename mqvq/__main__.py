@@ -1,0 +1,3 @@
+from mqvq.cli import main
+
+main()

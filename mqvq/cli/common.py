@@ -1,0 +1,39 @@
+"""Shared CLI pieces: error handling, consoles, common options."""
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from mqvq.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+Home = Annotated[Optional[str], typer.Option("--home", help="folder for the default MLflow store, artifacts and checkpoints (default $MQVQ_HOME or ./.mqvq)")]
+TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow store: sqlite:///ABS.db, http(s)://HOST:PORT or a database URL (default $MLFLOW_TRACKING_URI or <home>/mlflow.db)")]
+Profile = Annotated[str, typer.Option("--profile", "-p", help="size profile: smoke (CPU seconds), mini (one GPU, minutes), paper (paper sizes)")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config value, e.g. --set stage1.model.mask.ratio=0.5 (repeatable)")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(fn):
+    """Turn user mistakes into one sentence on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: the last checkpoint is kept; rerun with --resume to continue.")
+            raise typer.Exit(130) from None
+
+    return wrapper

@@ -1,0 +1,44 @@
+"""`mqvq train stage1 ...`"""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from mqvq.cli.common import Home, Profile, Sets, TrackingUri, cli_errors, console
+
+app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE).")
+
+
+@app.command("stage1")
+@cli_errors
+def stage1(
+    experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ (see `mqvq experiment list`) or a .toml path")],
+    profile: Profile = "smoke",
+    set_: Sets = None,
+    seed: Annotated[int, typer.Option(help="run seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed from its checkpoint")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")] = None,
+    home: Home = None,
+    tracking_uri: TrackingUri = None,
+    mlflow_experiment: Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train an MQ-VAE (or a VQGAN baseline) and log it as an MLflow run."""
+    from mqvq.experiments import load_experiment
+    from mqvq.tracking import Tracker
+    from mqvq.train.stage1 import train_stage1
+
+    cfg = load_experiment(experiment, profile, set_ or [], seed)
+    tracker = Tracker(tracking_uri, home)
+    result = train_stage1(cfg, tracker, resume=resume, run_id=run_id, device=device, progress=progress,
+                          mlflow_experiment=mlflow_experiment)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
+    val = result.get("val_metrics", {})
+    console.print(f"[green]finished[/] stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}")
+    if val:
+        console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in val.items()))
+    console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")

@@ -1,0 +1,323 @@
+"""Typed configs: dataclasses with defaults equal to the paper, TOML loading, dotted overrides.
+
+Every field carries a one-line meaning in its metadata (`mqvq experiment fields` prints them).
+Invalid values fail at load time with the field's dotted name, the bad value and what is
+allowed. Mask ratio is always the *masked* fraction (paper: N = (1 - ratio) * L tokens kept);
+the official code's `topk_ratio` is the kept fraction, i.e. ratio = 1 - topk_ratio.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from mqvq.errors import UserError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line meaning."""
+    return field(default=default, metadata={"help": help})
+
+
+def sub(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------- stage 1
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["procedural", "fashion-mnist", "folder"] = opt("procedural", "dataset: procedural (synthetic), fashion-mnist (Debian package) or an image folder")
+    resolution: int = opt(256, "square image side in pixels")
+    root: str = opt("", "dataset directory (folder datasets; fashion-mnist defaults to /usr/share/datasets/fashion-mnist)")
+    layout: Literal["plain", "ffhq", "imagenet", "coco"] = opt("plain", "folder layout: plain/ffhq (images), imagenet (class subfolders), coco (captions JSON)")
+    captions: str = opt("", "coco: captions JSON file (default <root>/annotations/captions_<split>2017.json)")
+    test_fraction: float = opt(0.1, "folder without train/ and test/ subfolders: the last fraction of sorted files is the test split")
+    num_train: int = opt(4096, "procedural: number of training images")
+    num_test: int = opt(512, "procedural: number of test images")
+    seed: int = opt(0, "procedural: generator seed (part of the dataset's identity, not the run seed)")
+    limit_train: int = opt(0, "use only the first N training images (0 = all)")
+    augment: bool = opt(True, "paper's training augmentation (random resized crop for FFHQ, random crop for ImageNet, horizontal flip)")
+    workers: int = opt(0, "DataLoader worker processes for folder datasets")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    type: Literal["adaptive", "random", "none"] = opt("adaptive", "adaptive (learned scorer), random, or none (VQGAN baseline)")
+    ratio: float = opt(0.25, "masked fraction of the L tokens: N = (1 - ratio) * L are kept")
+    scorer: Literal["mlp", "conv"] = opt("mlp", "scoring network: the paper's two-layer MLP, or the released conv+BatchNorm scorer")
+    scorer_hidden: int = opt(256, "hidden width of the scoring network")
+
+
+@dataclass(frozen=True)
+class DemaskConfig:
+    type: Literal["dcsa-update", "dcsa", "sa", "none"] = opt("dcsa-update", "de-mask: direction-constrained SA with/without mask update, plain SA, or none (VQGAN mid block)")
+    layers: int = opt(8, "H, the number of (ResNet block + attention) sub-modules")
+    mask_init: float = opt(0.02, "B_1 value on masked keys (paper: 0 replaced by 0.02 so that sqrt can grow it)")
+    renormalize: bool = opt(False, "renormalise attention over keys after weighting (False = Eq. 6 as released: no renormalisation)")
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    codebook_size: int = opt(1024, "K, number of codes")
+    dim: int = opt(256, "code dimension n_z")
+    beta: float = opt(0.25, "commitment loss weight")
+    update: Literal["ema", "loss"] = opt("ema", "codebook update: EMA with dead-code restart (released code) or the VQGAN codebook loss")
+    decay: float = opt(0.99, "EMA decay")
+    restart_dead: bool = opt(True, "EMA: replace codes whose EMA usage falls below dead_threshold with batch vectors")
+    dead_threshold: float = opt(1.0, "EMA: usage below which a code counts as dead")
+
+
+@dataclass(frozen=True)
+class MQVAEConfig:
+    downsample: int = opt(16, "f, the downsampling factor (paper: 8, 16 or 32; smoke/mini profiles divide it by 4)")
+    channels: int = opt(128, "base channel width of encoder and decoder")
+    channel_mult: tuple[int, ...] = opt((), "per-level channel multipliers; empty = derived from f as (1, 1, 2, 2, 4, 4)[: log2(f) + 1]")
+    num_res_blocks: int = opt(2, "ResNet blocks per encoder level (decoder uses one more)")
+    z_channels: int = opt(256, "encoder output channels")
+    attention: bool = opt(True, "self-attention blocks at the latent resolution (as VQGAN)")
+    dropout: float = opt(0.0, "dropout inside ResNet blocks")
+    mask: MaskConfig = sub(MaskConfig, "adaptive mask module")
+    demask: DemaskConfig = sub(DemaskConfig, "adaptive de-mask module")
+    quantizer: QuantizerConfig = sub(QuantizerConfig, "vector quantizer")
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        if self.channel_mult:
+            return tuple(self.channel_mult)
+        return (1, 1, 2, 2, 4, 4)[: int(math.log2(self.downsample)) + 1]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1_weight: float = opt(1.0, "weight of the L1 reconstruction loss")
+    perceptual_weight: float = opt(1.0, "weight of LPIPS-VGG16 (0 disables it and needs no weights file)")
+    lpips_weights: str = opt("", "LPIPS-VGG16 weights file (default: $MQVQ_WEIGHTS_DIR or ~/.cache/mqvq/weights/lpips_vgg.pth)")
+    disc_weight: float = opt(0.75, "GAN loss weight (released code: 0.75)")
+    disc_weight_max: float = opt(1.0, "upper clamp of the adaptive GAN weight (released code: 1.0)")
+    adaptive_weight: bool = opt(True, "scale the GAN loss by |grad nll| / |grad g| at the decoder's last layer (VQGAN)")
+    disc_start: int = opt(0, "step at which the discriminator starts (released code: 0; taming FFHQ: 30001)")
+    disc_layers: int = opt(3, "PatchGAN discriminator depth")
+    disc_channels: int = opt(64, "PatchGAN discriminator base width")
+    codebook_weight: float = opt(1.0, "weight of the quantizer loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = opt(400_000, "optimizer steps")
+    batch_size: int = opt(16, "images per device per step")
+    lr: float = opt(5.76e-4, "learning rate (released: 4.5e-6 x global batch; 8 GPUs x 16 = 5.76e-4)")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    schedule: Literal["cosine", "constant"] = opt("cosine", "learning-rate schedule after warm-up")
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "auto = bf16 autocast on CUDA, fp32 on CPU; the quantizer always runs in fp32")
+    compile: bool = opt(False, "torch.compile the encoder and decoder")
+    log_every: int = opt(50, "steps between metric logs")
+    ckpt_every: int = opt(5000, "steps between checkpoints (one is always written at the end)")
+    eval_images: int = opt(256, "test images reconstructed at the end for validation metrics and the grid")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    data: DataConfig = sub(DataConfig, "training and test data")
+    model: MQVAEConfig = sub(MQVAEConfig, "MQ-VAE architecture")
+    loss: LossConfig = sub(LossConfig, "reconstruction, perceptual, GAN and codebook losses")
+    train: TrainConfig = sub(TrainConfig, "optimisation")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = opt("", "experiment name (file stem)")
+    description: str = opt("", "one line: what this experiment is")
+    profile: str = opt("paper", "size profile the experiment was resolved under")
+    seed: int = opt(0, "run seed (not part of the config hash)")
+    stage1: Stage1Config = sub(Stage1Config, "stage 1: MQ-VAE")
+
+
+# --------------------------------------------------------------------------- generic machinery
+def _allowed(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of integers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = UserError(f"{name} = {value!r} is invalid: expected {_allowed(tp)}.")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {name}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (possibly partial) nested dict, checking names and types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise UserError(f"unknown key {prefix}{unknown[0]} in {where}: allowed keys are {', '.join(sorted(names))}.")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        name = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = from_dict(tp, data[f.name], name + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples become lists) suitable for TOML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"cannot set {dotted}: {k} is a value, not a table.")
+        d = nxt
+    d[keys[-1]] = value
+
+
+def get_dotted(d: dict, dotted: str, default: Any = None) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` with a TOML value; bare words are strings (`--set stage1.data.name=folder`)."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value, e.g. stage1.model.mask.ratio=0.5.")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise UserError(f"override {text!r} has an empty key.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def field_help(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, meaning) for every leaf field."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += field_help(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def config_hash(cfg: dict) -> str:
+    """Content hash of a resolved config section (canonical JSON); seed and names excluded."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- validation
+def num_kept(length: int, ratio: float) -> int:
+    """N = (1 - ratio) * L, floored as the released code does (at least one token)."""
+    return max(1, int(math.floor((1.0 - ratio) * length + 1e-6)))
+
+
+def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
+    d, m = cfg.data, cfg.model
+    f = m.downsample
+    if f not in (2, 4, 8, 16, 32):
+        raise UserError(f"{prefix}model.downsample = {f} is invalid: allowed values are 2, 4, 8, 16 and 32.")
+    if d.resolution <= 0 or d.resolution % f:
+        raise UserError(f"{prefix}data.resolution = {d.resolution} is not divisible by the downsampling factor f = {f}: use a multiple of {f}.")
+    if m.channel_mult and len(m.channel_mult) != int(math.log2(f)) + 1:
+        raise UserError(f"{prefix}model.channel_mult has {len(m.channel_mult)} levels but f = {f} needs log2(f) + 1 = {int(math.log2(f)) + 1}.")
+    r = m.mask.ratio
+    if not 0.0 <= r < 1.0:
+        raise UserError(f"{prefix}model.mask.ratio = {r} is outside [0, 1): it is the masked fraction, so 0 keeps every token and values near 1 keep few.")
+    if m.mask.type == "none" and r != 0.0:
+        raise UserError(f"{prefix}model.mask.ratio = {r} needs a mask: with model.mask.type = 'none' the ratio must be 0 (use 'adaptive' or 'random').")
+    if m.demask.type in ("dcsa", "dcsa-update") and not 0.0 <= m.demask.mask_init <= 1.0:
+        raise UserError(f"{prefix}model.demask.mask_init = {m.demask.mask_init} must lie in [0, 1].")
+    positive = {
+        "model.channels": m.channels, "model.num_res_blocks": m.num_res_blocks, "model.z_channels": m.z_channels,
+        "model.demask.layers": m.demask.layers, "model.quantizer.codebook_size": m.quantizer.codebook_size,
+        "model.quantizer.dim": m.quantizer.dim, "model.mask.scorer_hidden": m.mask.scorer_hidden,
+        "train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size, "train.log_every": cfg.train.log_every,
+        "train.ckpt_every": cfg.train.ckpt_every, "loss.disc_layers": cfg.loss.disc_layers, "loss.disc_channels": cfg.loss.disc_channels,
+    }
+    for name, v in positive.items():
+        if v < 1:
+            raise UserError(f"{prefix}{name} = {v} must be at least 1.")
+    if not 0.0 < m.quantizer.decay < 1.0:
+        raise UserError(f"{prefix}model.quantizer.decay = {m.quantizer.decay} must lie in (0, 1).")
+    if cfg.train.lr <= 0:
+        raise UserError(f"{prefix}train.lr = {cfg.train.lr} must be positive.")
+    if not 0.0 <= d.test_fraction < 1.0:
+        raise UserError(f"{prefix}data.test_fraction = {d.test_fraction} must lie in [0, 1).")
+    if d.name == "fashion-mnist" and d.resolution not in (32, 64):
+        raise UserError(f"{prefix}data.resolution = {d.resolution} is not available for fashion-mnist: use 32 or 64.")
+    if d.name == "procedural" and (d.resolution < 8 or d.resolution & (d.resolution - 1)):
+        raise UserError(f"{prefix}data.resolution = {d.resolution} is invalid for procedural data: use a power of two of at least 8.")
+    if d.name == "procedural" and (d.num_train < 1 or d.num_test < 1):
+        raise UserError(f"{prefix}data.num_train and data.num_test must be at least 1.")
+    if (d.resolution // f) ** 2 < 1:
+        raise UserError(f"{prefix}data.resolution = {d.resolution} gives an empty latent grid at f = {f}.")

@@ -1,0 +1,211 @@
+"""MLflow tracking: where runs go, run lifecycle, params once, metrics, tags, artifacts.
+
+Default store: an absolute SQLite file `<home>/mlflow.db` with artifacts in `<home>/artifacts`
+(home = --home, $MQVQ_HOME or ./.mqvq). `--tracking-uri` / $MLFLOW_TRACKING_URI points at a
+server (http[s]://) or a database (postgresql://, mysql://, sqlite://). File stores are refused
+(MLflow >= 3.13 rejects them). The explicit `MlflowClient` is used throughout: no global active
+run, so DDP ranks, study workers and Optuna callbacks cannot step on each other.
+
+Tags (structure lives in tags, never in params, so resumes never rewrite params):
+    mqvq.stage, mqvq.experiment, mqvq.profile, mqvq.seed, mqvq.config_hash, mqvq.data_digest,
+    mqvq.status, mqvq.heartbeat, mqvq.checkpoint, mqvq.git_commit
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mqvq.errors import UserError
+
+SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """The writable folder holding the default store, artifacts and working checkpoints."""
+    path = Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
+    ensure_writable(path, "--home / MQVQ_HOME")
+    return path
+
+
+def ensure_writable(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {path} ({what}): {e.strerror or e}; choose a writable folder.") from None
+
+
+def resolve_tracking_uri(uri: str | None, home: Path) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme not in SUPPORTED_SCHEMES:
+        raise UserError(f"tracking URI {uri!r} is not supported: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or a database URL "
+                        f"(postgresql://...); MLflow file stores (plain paths, file:) are refused.")
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with one sentence instead of MLflow's minutes of retries."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"cannot reach the MLflow server at {uri}: {reason}; start it or pass another --tracking-uri.") from None
+    elif uri.startswith("sqlite:///"):
+        ensure_writable(Path(uri[len("sqlite:///"):]).parent, "the SQLite tracking store's folder")
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Serialise store creation and experiment get-or-create between local processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """A thin, explicit wrapper over MlflowClient for one store."""
+
+    def __init__(self, uri: str | None = None, home: str | os.PathLike | None = None):
+        self.home = home_dir(home)
+        self.uri = resolve_tracking_uri(uri, self.home)
+        check_reachable(self.uri)
+        _quiet_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        try:
+            with _file_lock(self.home / ".store.lock"):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)  # opens (and migrates) the store now
+        except UserError:
+            raise
+        except Exception as e:  # driver errors vary by backend
+            raise UserError(f"cannot open the tracking store {self.uri}: {str(e).splitlines()[0]}") from None
+
+    # ------------------------------------------------------------------ experiments and runs
+    def experiment_id(self, name: str) -> str:
+        with _file_lock(self.home / ".store.lock"):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            location = None
+            if self.uri.startswith("sqlite:///"):
+                location = (self.home / "artifacts" / name.replace("/", "_")).as_uri()
+            return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
+                  parent_run_id: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        tags.setdefault("mqvq.git_commit", git_commit())
+        tags["mlflow.source.git.commit"] = tags["mqvq.git_commit"]
+        tags["mqvq.status"] = "running"
+        tags["mqvq.heartbeat"] = str(time.time())
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def resume_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, {"mqvq.status": "running", "mqvq.heartbeat": time.time()})
+
+    def end_run(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+        tags: dict[str, Any] = {"mqvq.status": status.lower()}
+        if reason:
+            tags["mqvq.failure"] = reason[:4000]
+        self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def find_runs(self, experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                                       max_results=1000)
+
+    def get_run(self, run_id: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise UserError(f"no MLflow run {run_id!r} in {self.uri}.") from None
+
+    # ------------------------------------------------------------------ logging
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            self.client.log_batch(run_id, params=items[i: i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i: i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def heartbeat(self, run_id: str) -> None:
+        self.client.set_tag(run_id, "mqvq.heartbeat", str(time.time()))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, run_id: str, data: dict, name: str) -> None:
+        self.client.log_dict(run_id, data, name)
+
+    def log_image(self, run_id: str, image, name: str) -> None:
+        self.client.log_image(run_id, image, artifact_file=name)
+
+    def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+
+def _param_str(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)

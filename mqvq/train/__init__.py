@@ -1,0 +1,1 @@
+"""Training loops (explicit, no framework), checkpoints and distributed set-up."""

@@ -1,0 +1,251 @@
+"""Stage-1 training loop: MQ-VAE + PatchGAN, explicit and resumable.
+
+One step = one MQ-VAE forward, generator backward, then a discriminator step that reuses the
+same (detached) reconstruction: the released code runs the whole MQ-VAE twice per batch and so
+also updates the EMA codebook twice. Rank 0 owns the MLflow run and writes checkpoints;
+every rank trains. Checkpoints hold model, discriminator, optimisers, step and every rank's
+RNG state; data order is a function of (seed, step), so a resumed run continues exactly where
+an uninterrupted one would be.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
+from mqvq.data import build_dataset, eval_batches, train_loader
+from mqvq.errors import UserError
+from mqvq.models.losses import Stage1Loss
+from mqvq.models.mqvae import MQVAE
+from mqvq.models.quantizer import perplexity
+from mqvq.reports.figures import reconstruction_grid
+from mqvq.tracking.store import Tracker
+from mqvq.train import distributed
+from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.train.common import (
+    autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
+)
+
+STAGE = "stage1"
+
+
+def identity_tags(cfg: ExperimentConfig, data_digest: str) -> dict[str, str]:
+    """Tags that identify what a stage-1 run trains (the config hash excludes names and seed)."""
+    return {"mqvq.stage": STAGE, "mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.seed": str(cfg.seed),
+            "mqvq.config_hash": config_hash(to_dict(cfg.stage1)), "mqvq.data_digest": data_digest}
+
+
+def find_resumable(tracker: Tracker, experiment: str, cfg: ExperimentConfig) -> str | None:
+    """Latest unfinished stage-1 run of exactly this config and seed."""
+    h = config_hash(to_dict(cfg.stage1))
+    runs = tracker.find_runs(experiment, f"tags.\"mqvq.stage\" = '{STAGE}' and tags.\"mqvq.config_hash\" = '{h}' "
+                                         f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status != 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
+def checkpoint_path(home: Path, run_id: str) -> Path:
+    return home / "checkpoints" / run_id / "last.pt"
+
+
+def _save(path: Path, step: int, cfg: ExperimentConfig, model: MQVAE, loss_fn: Stage1Loss, opt_g, opt_d, rng: list, run_id: str) -> None:
+    atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
+                 "config": to_dict(cfg), "model": model.state_dict(), "disc": loss_fn.disc.state_dict(),
+                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng}, path)
+
+
+def save_model(path: Path, cfg: ExperimentConfig, model: MQVAE, step: int, run_id: str) -> Path:
+    """Weights + config only: what tokenizing, sampling and evaluation need."""
+    return atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
+                        "config": to_dict(cfg), "model": model.state_dict()}, path)
+
+
+def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = False, run_id: str | None = None,
+                 device: str | None = None, progress: bool = True, mlflow_experiment: str | None = None,
+                 stop_after: int | None = None) -> dict:
+    """Train (or resume) stage 1 and return a summary. `stop_after` ends this process after that
+    many steps with a checkpoint, leaving the run resumable (used for time-boxed jobs and tests)."""
+    d = distributed.setup(device)
+    s1 = cfg.stage1
+    dtype = autocast_dtype(s1.train.precision, d.device)
+    experiment = mlflow_experiment or cfg.name
+
+    # everything that can fail on user input happens before an MLflow run exists
+    train_ds = build_dataset(s1.data, "train")
+    test_ds = build_dataset(s1.data, "test")
+    seed_all(cfg.seed)
+    model = MQVAE(s1.model).to(d.device)
+    loss_fn = Stage1Loss(s1.loss).to(d.device)
+    fused = d.device.type == "cuda"
+    opt_g = torch.optim.Adam(model.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
+    opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
+
+    start_step, ckpt = 0, None
+    if d.main:
+        if resume or run_id:
+            run_id = run_id or find_resumable(tracker, experiment, cfg)
+            if run_id is None:
+                raise UserError(f"no unfinished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) to resume: run without --resume.")
+            run = tracker.get_run(run_id)
+            if run.data.tags.get("mqvq.config_hash") != config_hash(to_dict(s1)):
+                raise UserError(f"run {run_id} was trained with a different stage-1 config: resume it with the same experiment, profile and --set values.")
+            if run.info.status == "FINISHED":
+                raise UserError(f"run {run_id} already finished; nothing to resume.")
+            tracker.resume_run(run_id)
+        else:
+            tags = identity_tags(cfg, train_ds.digest()) | {"mqvq.world_size": d.world, "mqvq.device": str(d.device)}
+            params = flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile}
+            run_id = tracker.start_run(experiment, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}", tags, params)
+            tracker.log_dict(run_id, to_dict(cfg), "config.json")
+    run_id = distributed.broadcast_object(run_id)
+    ckpt_file = checkpoint_path(tracker.home, run_id)
+    if ckpt_file.is_file():
+        ckpt = load_checkpoint(ckpt_file, d.device)
+        model.load_state_dict(ckpt["model"])
+        loss_fn.disc.load_state_dict(ckpt["disc"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        start_step = ckpt["step"]
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0], d.device)
+    else:
+        seed_all(cfg.seed * 1000 + d.rank)  # ranks draw different random masks
+    if d.main:
+        tracker.set_tags(run_id, {"mqvq.checkpoint": str(ckpt_file)})
+
+    net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
+    if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
+        # the adaptive GAN weight differentiates the graph twice (retain_graph=True), which
+        # donated buffers forbid
+        torch._functorch.config.donated_buffer = False
+        net = torch.compile(net)
+    loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
+
+    status, reason = "FAILED", ""
+    summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step}  # the loop keeps "step" current
+    try:
+        step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file,
+                     progress, stop_after, summary)
+        if step < s1.train.steps:  # stopped early on purpose: resumable
+            status = "KILLED"
+            return summary | {"step": step, "finished": False}
+        if d.main:
+            summary |= _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step)
+        status = "FINISHED"
+        return summary | {"step": step, "finished": True}
+    except KeyboardInterrupt:
+        status, reason = "KILLED", f"interrupted at step {summary['step']}"
+        raise
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if d.main:
+            tracker.end_run(run_id, status, reason)
+        distributed.teardown()
+
+
+def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file, progress,
+          stop_after, summary) -> int:
+    t = cfg.stage1.train
+    step = start_step
+    end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
+    sums: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(model.config.quantizer.codebook_size, device=d.device)
+    window_start, window_steps = time.perf_counter(), 0
+    last_logs: dict[str, float] = {}
+
+    def save() -> None:
+        rng = gather_rng_states(d.device)
+        if d.main:
+            _save(ckpt_file, step, cfg, model, loss_fn, opt_g, opt_d, rng, run_id)
+
+    with progress_bar(progress and d.main) as bar:
+        task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
+        batches = iter(loader)
+        try:
+            while step < end:
+                x = next(batches)["image"].to(d.device, non_blocking=True)
+                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+                set_lr(opt_g, lr)
+                set_lr(opt_d, lr)
+                with autocast(d.device, dtype):
+                    out = net(x)
+                    g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+                if loss_fn.gan_active(step):
+                    with autocast(d.device, dtype):
+                        d_loss, dlogs = loss_fn.discriminator_loss(x, out.recon)
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
+                    opt_d.step()
+                    logs |= dlogs
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v.float()
+                counts += out.counts
+                step += 1
+                summary["step"] = step
+                window_steps += 1
+                if step % t.log_every == 0 or step == end:
+                    elapsed = time.perf_counter() - window_start
+                    metrics = {f"train/{k}": (v / window_steps).item() for k, v in sums.items()}  # one sync per window
+                    metrics["train/images_per_s"] = window_steps * t.batch_size * d.world / max(elapsed, 1e-9)
+                    metrics["train/codebook_used"] = (counts > 0).float().mean().item()
+                    metrics["train/perplexity"] = perplexity(counts).item()
+                    metrics["train/lr"] = lr
+                    last_logs = metrics
+                    if d.main:
+                        tracker.log_metrics(run_id, metrics, step)
+                        tracker.heartbeat(run_id)
+                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
+                    sums, window_steps = {}, 0
+                    counts.zero_()
+                    window_start = time.perf_counter()
+                if step % t.ckpt_every == 0 and step < end:
+                    save()
+        except KeyboardInterrupt:
+            save()
+            raise
+        save()
+    summary["train_metrics"] = last_logs
+    return step
+
+
+@torch.no_grad()
+def _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step) -> dict:
+    """Validation on the test split, reconstruction grid, model artifact."""
+    t = cfg.stage1.train
+    model.eval()
+    k = model.config.quantizer.codebook_size
+    used = torch.zeros(k, dtype=torch.bool, device=d.device)
+    l1 = lp = mse = 0.0
+    n, grid_img = 0, None
+    for batch in eval_batches(test_ds, t.batch_size, t.eval_images):
+        x = batch["image"].to(d.device)
+        with autocast(d.device, dtype):
+            out = model(x)
+        recon = out.recon.float().clamp(-1, 1)
+        used[out.encoded.codes.flatten()] = True
+        l1 += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
+        mse_i = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
+        mse += (10 * torch.log10(1.0 / mse_i.clamp_min(1e-10))).sum().item()
+        if loss_fn.lpips is not None:
+            lp += loss_fn.lpips(x, recon).sum().item()
+        if grid_img is None:
+            grid_img = reconstruction_grid(x, recon, out.encoded.keep, out.encoded.grid)
+        n += x.shape[0]
+    metrics = {"val/l1": l1 / n, "val/psnr": mse / n, "val/codebook_usage": used.float().mean().item() * 100.0}
+    if loss_fn.lpips is not None:
+        metrics["val/lpips"] = lp / n
+    tracker.log_metrics(run_id, metrics, step)
+    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id)
+    tracker.log_artifact(run_id, model_file, "checkpoints")
+    if grid_img is not None:
+        tracker.log_image(run_id, grid_img, "figures/reconstructions.png")
+    model.train()
+    return {"val_metrics": metrics, "model": str(model_file)}

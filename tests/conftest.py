@@ -1,0 +1,82 @@
+"""Shared fixtures: random-but-real-format LPIPS weights, a pre-migrated MLflow store, tiny configs.
+
+Tests never need the 59 MB LPIPS file or a network: a randomly initialised LPIPS-VGG16 state
+dict is written once per session and MQVQ_WEIGHTS_DIR points at it, so the real loading path
+(file lookup, key and shape checks) runs in every training test.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    from mqvq.models.lpips import LPIPS
+
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    for net in ("vgg", "alex"):
+        torch.save(LPIPS(net).state_dict(), d / f"lpips_{net}.pth")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(weights_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MQVQ_HOME", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+@pytest.fixture(scope="session")
+def _store_template(tmp_path_factory) -> Path:
+    """One migrated SQLite store per session; creating one costs ~2 s."""
+    from mqvq.tracking import Tracker
+
+    d = tmp_path_factory.mktemp("store")
+    Tracker(None, d)
+    return d / "mlflow.db"
+
+
+@pytest.fixture
+def home(tmp_path, _store_template) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    shutil.copy(_store_template, h / "mlflow.db")
+    return h
+
+
+@pytest.fixture
+def tracker(home):
+    from mqvq.tracking import Tracker
+
+    return Tracker(None, home)
+
+
+TINY = [
+    "stage1.data.resolution=16", "stage1.data.num_train=32", "stage1.data.num_test=8",
+    "stage1.model.channels=8", "stage1.model.z_channels=8", "stage1.model.mask.scorer_hidden=8",
+    "stage1.model.demask.layers=2", "stage1.model.quantizer.codebook_size=16", "stage1.model.quantizer.dim=8",
+    "stage1.loss.disc_layers=1", "stage1.loss.disc_channels=8",
+    "stage1.train.steps=6", "stage1.train.batch_size=4", "stage1.train.log_every=2", "stage1.train.eval_images=8",
+    "stage1.train.warmup_steps=0", "stage1.loss.disc_start=2",
+]
+
+
+@pytest.fixture
+def tiny():
+    """Resolve an experiment at the smoke profile shrunk to 16x16 images (f = 4 -> 4x4 grid)."""
+    from mqvq.experiments import load_experiment
+
+    def make(name: str = "mqvae-f16-adaptive-50", *extra: str, seed: int = 0):
+        return load_experiment(name, "smoke", [*TINY, *extra], seed)
+
+    return make

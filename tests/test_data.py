@@ -1,0 +1,127 @@
+"""Datasets: deterministic procedural data, Fashion-MNIST, user folders, resumable batch order."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mqvq.config import DataConfig
+from mqvq.data import StepSampler, build_dataset, eval_batches
+from mqvq.data.datasets import FASHION_MNIST_DIR
+from mqvq.data.procedural import render_many
+from mqvq.errors import UserError
+
+
+@pytest.mark.parametrize("res", [8, 16, 64])
+def test_procedural_same_seed_same_bytes(res):
+    a = render_many(7, 0, 6, res)
+    b = render_many(7, 0, 6, res)
+    c = render_many(8, 0, 6, res)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    imgs, fg, labels = a
+    assert imgs.shape == (6, 3, res, res) and imgs.dtype == np.uint8 and fg.shape == (6, res, res)
+    assert set(labels.tolist()) <= {0, 1, 2, 3}
+
+
+def test_procedural_foreground_is_the_object_not_the_background():
+    imgs, fg, _ = render_many(0, 0, 32, 64)
+    frac = fg.mean(axis=(1, 2))
+    assert (frac > 0.02).all() and (frac < 0.9).all()
+    # background is redundant: far lower pixel variance than the foreground objects' edges
+    x = imgs.astype(np.float32)
+    grad = np.abs(np.diff(x, axis=3)).sum(1)[:, :, :-0 or None]
+    edge = fg[:, :, 1:] ^ fg[:, :, :-1]
+    assert grad[edge].mean() > 3 * grad[~edge].mean()
+
+
+def test_procedural_dataset_batches_in_range_and_splits_disjoint():
+    cfg = DataConfig(name="procedural", resolution=16, num_train=20, num_test=5)
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    b = train.__getitems__([0, 3, 5])
+    assert b["image"].shape == (3, 3, 16, 16) and b["image"].min() >= -1 and b["image"].max() <= 1
+    assert b["fg"].dtype == torch.bool and b["label"].dtype == torch.long
+    assert not any(torch.equal(train.images[i], test.images[j]) for i in range(20) for j in range(5))
+    assert train.digest() != test.digest()
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.parametrize("res", [32, 64])
+def test_fashion_mnist_rgb_padded(res):
+    ds = build_dataset(DataConfig(name="fashion-mnist", resolution=res), "test")
+    assert len(ds) == 10000 and ds.num_classes == 10
+    b = ds.__getitems__([0, 1])
+    assert b["image"].shape == (2, 3, res, res)
+    assert torch.equal(b["image"][:, 0], b["image"][:, 1])  # grey in RGB
+    assert (b["image"][:, :, : res // 32 + 1] == -1).all()  # the 2-pixel padding (28 -> 32) is black
+    assert b["fg"].any() and not b["fg"].all()
+    assert len(build_dataset(DataConfig(name="fashion-mnist", resolution=res, limit_train=100), "train")) == 100
+
+
+def test_missing_datasets_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="Fashion-MNIST not found"):
+        build_dataset(DataConfig(name="fashion-mnist", resolution=32, root=str(tmp_path)), "train")
+    with pytest.raises(UserError, match="does not exist"):
+        build_dataset(DataConfig(name="folder", resolution=32, root=str(tmp_path / "nope")), "train")
+    with pytest.raises(UserError, match="root is empty"):
+        build_dataset(DataConfig(name="folder", resolution=32), "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        build_dataset(DataConfig(name="folder", resolution=32, root=str(tmp_path / "empty")), "train")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read image"):
+        build_dataset(DataConfig(name="folder", resolution=32, root=str(bad), test_fraction=0.0), "train")
+
+
+def _save(path: Path, colour, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def test_folder_layouts(tmp_path):
+    for i in range(10):
+        _save(tmp_path / "plain" / f"{i:05d}.png", (i * 20, 0, 0))
+    cfg = DataConfig(name="folder", layout="ffhq", resolution=16, root=str(tmp_path / "plain"), test_fraction=0.2)
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert (len(train), len(test)) == (8, 2) and train[0]["image"].shape == (3, 16, 16) and train[0]["label"] == -1
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            for i in range(2):
+                _save(tmp_path / "inet" / split / c / f"{i}.jpg", (0, 90, 0))
+    cfg = DataConfig(name="folder", layout="imagenet", resolution=16, root=str(tmp_path / "inet"))
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert train.classes == ("cat", "dog") and sorted(int(train[i]["label"]) for i in range(4)) == [0, 0, 1, 1]
+    assert len(test) == 4
+
+    import json
+    _save(tmp_path / "coco" / "train2017" / "1.jpg", (1, 2, 3))
+    _save(tmp_path / "coco" / "train2017" / "2.jpg", (1, 2, 3))
+    (tmp_path / "coco" / "annotations").mkdir()
+    (tmp_path / "coco" / "annotations" / "captions_train2017.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
+         "annotations": [{"image_id": 1, "caption": "a red bus"}, {"image_id": 2, "caption": "two cats"}]}))
+    ds = build_dataset(DataConfig(name="folder", layout="coco", resolution=16, root=str(tmp_path / "coco")), "train")
+    assert {ds[0]["caption"], ds[1]["caption"]} == {"a red bus", "two cats"}
+
+
+def test_step_sampler_resumes_exactly_and_shards():
+    full = StepSampler(40, 4, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(25)]  # crosses two epoch boundaries
+    resumed = iter(StepSampler(40, 4, seed=3, start_step=13))
+    assert [next(resumed) for _ in range(12)] == first[13:]
+    r0, r1 = iter(StepSampler(40, 4, 3, rank=0, world=2)), iter(StepSampler(40, 4, 3, rank=1, world=2))
+    b0, b1 = next(r0), next(r1)
+    assert not set(b0) & set(b1)
+    with pytest.raises(UserError, match="fewer than one global batch"):
+        StepSampler(3, 4, 0)
+
+
+def test_eval_batches_cover_the_limit_once():
+    ds = build_dataset(DataConfig(name="procedural", resolution=8, num_train=4, num_test=10), "test")
+    sizes = [b["image"].shape[0] for b in eval_batches(ds, 4, limit=9)]
+    assert sizes == [4, 4, 1]

