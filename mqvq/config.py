@@ -128,6 +128,64 @@ class Stage1Config:
     train: TrainConfig = sub(TrainConfig, "optimisation")
 
 
+# --------------------------------------------------------------------------- stage 2
+# name -> (code_layers, position_layers, width, heads); paper §4.1: small 18 + 6 (307M), base 36 + 12 (607M)
+STACKFORMER_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 1, 32, 2),
+    "mini": (6, 2, 256, 8),
+    "small": (18, 6, 1024, 16),
+    "base": (36, 12, 1024, 16),
+}
+
+
+@dataclass(frozen=True)
+class StackformerConfig:
+    kind: Literal["stackformer", "raster"] = opt("stackformer", "stackformer (codes + positions) or raster (VQGAN transformer over all L codes; needs a mask-ratio-0 stage 1)")
+    preset: Literal["tiny", "mini", "small", "base"] = opt("small", "size preset; code_layers/position_layers/width/heads default to it")
+    code_layers: int = opt(18, "Code-Transformer blocks (raster: the single stack has code_layers + position_layers blocks)")
+    position_layers: int = opt(6, "Position-Transformer blocks")
+    width: int = opt(1024, "model width d")
+    heads: int = opt(16, "attention heads")
+    dropout: float = opt(0.1, "dropout on embeddings, attention and residuals (released: 0.1)")
+    conditioning: Literal["none", "class", "text"] = opt("none", "unconditional, class-conditional (class token prefix), or text (declared, not supported yet)")
+
+
+@dataclass(frozen=True)
+class Stage2TrainConfig:
+    steps: int = opt(200_000, "optimizer steps")
+    batch_size: int = opt(32, "sequences per device per step")
+    lr: float = opt(5e-4, "AdamW learning rate (released: 5e-4, not batch-scaled)")
+    weight_decay: float = opt(0.01, "AdamW weight decay on Linear weights only (released)")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    schedule: Literal["cosine", "constant"] = opt("cosine", "learning-rate schedule after warm-up (released: cosine to 0)")
+    grad_clip: float = opt(1.0, "gradient-norm clip (0 disables)")
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = opt(False, "torch.compile the transformer for training")
+    flip: bool = opt(True, "also tokenize horizontally flipped training images (2x sequences)")
+    log_every: int = opt(50, "steps between metric logs")
+    val_every: int = opt(1000, "steps between validation losses on the test tokens (Fig. 6a curves)")
+    ckpt_every: int = opt(5000, "steps between checkpoints (one is always written at the end)")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    top_k: int = opt(100, "codes: keep the k most likely (released default 100)")
+    top_p: float = opt(0.95, "codes: nucleus mass in (0, 1]")
+    temperature: float = opt(1.0, "codes: softmax temperature")
+    top_k_pos: int = opt(10, "positions: keep the k most likely (released default 10)")
+    top_p_pos: float = opt(0.95, "positions: nucleus mass in (0, 1]")
+    temperature_pos: float = opt(1.0, "positions: softmax temperature")
+    enforce_raster: bool = opt(False, "also forbid positions before the last one (released: only repeats are forbidden)")
+    batch_size: int = opt(64, "images per sampling batch")
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    model: StackformerConfig = sub(StackformerConfig, "Stackformer or raster baseline")
+    train: Stage2TrainConfig = sub(Stage2TrainConfig, "optimisation")
+    sampling: SamplingConfig = sub(SamplingConfig, "default sampling settings (Algorithm 1)")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = opt("", "experiment name (file stem)")
@@ -135,6 +193,7 @@ class ExperimentConfig:
     profile: str = opt("paper", "size profile the experiment was resolved under")
     seed: int = opt(0, "run seed (not part of the config hash)")
     stage1: Stage1Config = sub(Stage1Config, "stage 1: MQ-VAE")
+    stage2: Stage2Config = sub(Stage2Config, "stage 2: Stackformer")
 
 
 # --------------------------------------------------------------------------- generic machinery
@@ -321,3 +380,45 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
         raise UserError(f"{prefix}data.num_train and data.num_test must be at least 1.")
     if (d.resolution // f) ** 2 < 1:
         raise UserError(f"{prefix}data.resolution = {d.resolution} gives an empty latent grid at f = {f}.")
+
+
+def validate_sampling(s: SamplingConfig, prefix: str = "stage2.sampling.") -> None:
+    """`prefix` "--" names the CLI options (--top-k) instead of config fields."""
+    name_of = (lambda n: "--" + n.replace("_", "-")) if prefix == "--" else (lambda n: prefix + n)
+    for name in ("top_k", "top_k_pos"):
+        if getattr(s, name) < 1:
+            raise UserError(f"{name_of(name)} = {getattr(s, name)} must be at least 1 (use a large value to disable top-k).")
+    for name in ("top_p", "top_p_pos"):
+        if not 0.0 < getattr(s, name) <= 1.0:
+            raise UserError(f"{name_of(name)} = {getattr(s, name)} must lie in (0, 1] (1 disables nucleus filtering).")
+    for name in ("temperature", "temperature_pos"):
+        if getattr(s, name) <= 0.0:
+            raise UserError(f"{name_of(name)} = {getattr(s, name)} must be positive.")
+    if s.batch_size < 1:
+        raise UserError(f"{name_of('batch_size')} = {s.batch_size} must be at least 1.")
+
+
+def validate_stage2(cfg: Stage2Config, stage1: Stage1Config, prefix: str = "stage2.") -> None:
+    m, t = cfg.model, cfg.train
+    if m.conditioning == "text":
+        raise UserError(f"{prefix}model.conditioning = 'text' is not supported yet: use 'none' or 'class' "
+                        f"(text conditioning needs a text encoder, which mqvq does not ship).")
+    if m.kind == "raster" and stage1.model.mask.type != "none":
+        raise UserError(f"{prefix}model.kind = 'raster' models all L codes and needs a stage 1 without a mask "
+                        f"(stage1.model.mask.type = 'none'), not {stage1.model.mask.type!r}: use kind = 'stackformer'.")
+    if m.kind == "stackformer" and stage1.model.mask.type == "none":
+        raise UserError(f"{prefix}model.kind = 'stackformer' needs masked stage-1 tokens; a mask-ratio-0 stage 1 uses kind = 'raster'.")
+    for name, v in {"model.code_layers": m.code_layers, "model.width": m.width, "model.heads": m.heads,
+                    "train.steps": t.steps, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
+                    "train.val_every": t.val_every, "train.ckpt_every": t.ckpt_every}.items():
+        if v < 1:
+            raise UserError(f"{prefix}{name} = {v} must be at least 1.")
+    if m.kind == "stackformer" and m.position_layers < 1:
+        raise UserError(f"{prefix}model.position_layers = {m.position_layers} must be at least 1 for a Stackformer.")
+    if m.width % m.heads:
+        raise UserError(f"{prefix}model.width = {m.width} must be divisible by model.heads = {m.heads}.")
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"{prefix}model.dropout = {m.dropout} must lie in [0, 1).")
+    if t.lr <= 0:
+        raise UserError(f"{prefix}train.lr = {t.lr} must be positive.")
+    validate_sampling(cfg.sampling, prefix + "sampling.")

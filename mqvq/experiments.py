@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mqvq.config import (
-    ExperimentConfig, MQVAEConfig, deep_merge, from_dict, get_dotted, parse_override, set_dotted, validate_stage1,
+    STACKFORMER_PRESETS, ExperimentConfig, MQVAEConfig, deep_merge, from_dict, get_dotted, parse_override, set_dotted,
+    validate_stage1, validate_stage2,
 )
 from mqvq.errors import UserError
 
@@ -48,6 +49,10 @@ PROFILES: dict[str, Profile] = {
             "stage1.train.steps": 40, "stage1.train.batch_size": 8, "stage1.train.lr": 2e-3,
             "stage1.train.warmup_steps": 4, "stage1.train.log_every": 10, "stage1.train.ckpt_every": 1000,
             "stage1.train.eval_images": 32,
+            "stage2.model.preset": "tiny", "stage2.model.dropout": 0.0,
+            "stage2.train.steps": 60, "stage2.train.batch_size": 16, "stage2.train.lr": 3e-3, "stage2.train.warmup_steps": 5,
+            "stage2.train.log_every": 10, "stage2.train.val_every": 30, "stage2.train.ckpt_every": 1000,
+            "stage2.sampling.batch_size": 16,
         },
     ),
     "mini": Profile(
@@ -62,6 +67,9 @@ PROFILES: dict[str, Profile] = {
             "stage1.train.steps": 3000, "stage1.train.batch_size": 64, "stage1.train.lr": 4e-4,
             "stage1.train.warmup_steps": 100, "stage1.train.log_every": 100, "stage1.train.ckpt_every": 1000,
             "stage1.train.compile": False, "stage1.train.eval_images": 1000,
+            "stage2.model.preset": "mini", "stage2.train.steps": 4000, "stage2.train.batch_size": 128, "stage2.train.lr": 6e-4,
+            "stage2.train.warmup_steps": 200, "stage2.train.log_every": 100, "stage2.train.val_every": 500,
+            "stage2.train.ckpt_every": 1000, "stage2.sampling.batch_size": 256,
         },
     ),
     "paper": Profile(
@@ -72,7 +80,7 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-TOP_LEVEL_KEYS = {"description", "seed", "stage1", "profiles"}
+TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "profiles"}
 
 
 def experiments_dir() -> Path:
@@ -149,6 +157,18 @@ def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tu
     if seed is not None:
         merged["seed"] = seed
     merged.update(name=path.stem, profile=profile)
+    _apply_preset(merged)
     cfg = from_dict(ExperimentConfig, merged)
     validate_stage1(cfg.stage1)
+    validate_stage2(cfg.stage2, cfg.stage1)
     return cfg
+
+
+def _apply_preset(merged: dict) -> None:
+    """Fill Stackformer sizes not set explicitly from `stage2.model.preset`."""
+    model = merged.setdefault("stage2", {}).setdefault("model", {})
+    preset = model.get("preset", "small")
+    if preset not in STACKFORMER_PRESETS:
+        return  # from_dict reports the bad value with its allowed choices
+    for key, value in zip(("code_layers", "position_layers", "width", "heads"), STACKFORMER_PRESETS[preset]):
+        model.setdefault(key, value)

@@ -50,7 +50,7 @@ def test_resume_continues_exactly(tiny, tracker):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["disc"]:
         assert torch.equal(a["disc"][k], b["disc"][k]), k
-    with pytest.raises(UserError, match="no unfinished stage-1 run"):
+    with pytest.raises(UserError, match="no unfinished stage1 run"):
         train_stage1(cfg, tracker, progress=False, mlflow_experiment="b", resume=True)
 
 

@@ -8,7 +8,7 @@ import typer
 
 from mqvq.cli.common import Home, Profile, Sets, TrackingUri, cli_errors, console
 
-app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE).")
+app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
 
 
 @app.command("stage1")
@@ -41,4 +41,38 @@ def stage1(
     console.print(f"[green]finished[/] stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}")
     if val:
         console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in val.items()))
+    console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")
+
+
+@app.command("stage2")
+@cli_errors
+def stage2(
+    experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ or a .toml path")],
+    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id or model checkpoint (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
+    profile: Profile = "smoke",
+    set_: Sets = None,
+    seed: Annotated[int, typer.Option(help="run seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")] = None,
+    home: Home = None,
+    tracking_uri: TrackingUri = None,
+    mlflow_experiment: Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train a Stackformer (or the raster baseline) on a frozen stage-1 model's tokens."""
+    from mqvq.experiments import load_experiment
+    from mqvq.tracking import Tracker
+    from mqvq.train.stage2 import train_stage2
+
+    cfg = load_experiment(experiment, profile, set_ or [], seed)
+    tracker = Tracker(tracking_uri, home)
+    result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,
+                          mlflow_experiment=mlflow_experiment)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    m = result.get("train_metrics", {})
+    console.print(f"[green]finished[/] stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}")
+    if m:
+        console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith(("train/loss", "val/"))))
     console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")

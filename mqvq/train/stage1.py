@@ -9,7 +9,6 @@ an uninterrupted one would be.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -17,7 +16,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
-from mqvq.errors import UserError
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
@@ -25,29 +23,12 @@ from mqvq.reports.figures import reconstruction_grid
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.train.runs import MetricWindow, checkpoint_path, open_run
 from mqvq.train.common import (
     autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
 )
 
 STAGE = "stage1"
-
-
-def identity_tags(cfg: ExperimentConfig, data_digest: str) -> dict[str, str]:
-    """Tags that identify what a stage-1 run trains (the config hash excludes names and seed)."""
-    return {"mqvq.stage": STAGE, "mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.seed": str(cfg.seed),
-            "mqvq.config_hash": config_hash(to_dict(cfg.stage1)), "mqvq.data_digest": data_digest}
-
-
-def find_resumable(tracker: Tracker, experiment: str, cfg: ExperimentConfig) -> str | None:
-    """Latest unfinished stage-1 run of exactly this config and seed."""
-    h = config_hash(to_dict(cfg.stage1))
-    runs = tracker.find_runs(experiment, f"tags.\"mqvq.stage\" = '{STAGE}' and tags.\"mqvq.config_hash\" = '{h}' "
-                                         f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status != 'FINISHED'")
-    return runs[0].info.run_id if runs else None
-
-
-def checkpoint_path(home: Path, run_id: str) -> Path:
-    return home / "checkpoints" / run_id / "last.pt"
 
 
 def _save(path: Path, step: int, cfg: ExperimentConfig, model: MQVAE, loss_fn: Stage1Loss, opt_g, opt_d, rng: list, run_id: str) -> None:
@@ -82,24 +63,13 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     opt_g = torch.optim.Adam(model.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
 
-    start_step, ckpt = 0, None
-    if d.main:
-        if resume or run_id:
-            run_id = run_id or find_resumable(tracker, experiment, cfg)
-            if run_id is None:
-                raise UserError(f"no unfinished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) to resume: run without --resume.")
-            run = tracker.get_run(run_id)
-            if run.data.tags.get("mqvq.config_hash") != config_hash(to_dict(s1)):
-                raise UserError(f"run {run_id} was trained with a different stage-1 config: resume it with the same experiment, profile and --set values.")
-            if run.info.status == "FINISHED":
-                raise UserError(f"run {run_id} already finished; nothing to resume.")
-            tracker.resume_run(run_id)
-        else:
-            tags = identity_tags(cfg, train_ds.digest()) | {"mqvq.world_size": d.world, "mqvq.device": str(d.device)}
-            params = flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile}
-            run_id = tracker.start_run(experiment, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}", tags, params)
-            tracker.log_dict(run_id, to_dict(cfg), "config.json")
-    run_id = distributed.broadcast_object(run_id)
+    start_step = 0
+    run_id = open_run(
+        tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(to_dict(s1)), seed=cfg.seed,
+        what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.data_digest": train_ds.digest()},
+        params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
+        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id)
     ckpt_file = checkpoint_path(tracker.home, run_id)
     if ckpt_file.is_file():
         ckpt = load_checkpoint(ckpt_file, d.device)
@@ -112,8 +82,6 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
         set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0], d.device)
     else:
         seed_all(cfg.seed * 1000 + d.rank)  # ranks draw different random masks
-    if d.main:
-        tracker.set_tags(run_id, {"mqvq.checkpoint": str(ckpt_file)})
 
     net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
     if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
@@ -152,9 +120,8 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
     t = cfg.stage1.train
     step = start_step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
-    sums: dict[str, torch.Tensor] = {}
+    window = MetricWindow(t.batch_size * d.world)
     counts = torch.zeros(model.config.quantizer.codebook_size, device=d.device)
-    window_start, window_steps = time.perf_counter(), 0
     last_logs: dict[str, float] = {}
 
     def save() -> None:
@@ -185,16 +152,12 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
                     distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
                     opt_d.step()
                     logs |= dlogs
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v.float()
+                window.add(logs)
                 counts += out.counts
                 step += 1
                 summary["step"] = step
-                window_steps += 1
                 if step % t.log_every == 0 or step == end:
-                    elapsed = time.perf_counter() - window_start
-                    metrics = {f"train/{k}": (v / window_steps).item() for k, v in sums.items()}  # one sync per window
-                    metrics["train/images_per_s"] = window_steps * t.batch_size * d.world / max(elapsed, 1e-9)
+                    metrics = window.flush()  # one host sync per window
                     metrics["train/codebook_used"] = (counts > 0).float().mean().item()
                     metrics["train/perplexity"] = perplexity(counts).item()
                     metrics["train/lr"] = lr
@@ -203,9 +166,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
                         tracker.log_metrics(run_id, metrics, step)
                         tracker.heartbeat(run_id)
                     bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
-                    sums, window_steps = {}, 0
                     counts.zero_()
-                    window_start = time.perf_counter()
                 if step % t.ckpt_every == 0 and step < end:
                     save()
         except KeyboardInterrupt:

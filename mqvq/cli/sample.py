@@ -1,0 +1,47 @@
+"""`mqvq sample RUN --num N --out DIR`"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+
+
+@cli_errors
+def sample(
+    run: Annotated[str, typer.Argument(help="stage-2 MLflow run id or model checkpoint (.pt)")],
+    num: Annotated[int, typer.Option("--num", "-n", help="number of images")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for 000000.png, 000001.png, ...")],
+    batch_size: Annotated[Optional[int], typer.Option(help="images per batch (default: the run's stage2.sampling.batch_size)")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="codes: top-k (>= 1)")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="codes: top-p in (0, 1]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="codes: temperature (> 0)")] = None,
+    top_k_pos: Annotated[Optional[int], typer.Option(help="positions: top-k (>= 1)")] = None,
+    top_p_pos: Annotated[Optional[float], typer.Option(help="positions: top-p in (0, 1]")] = None,
+    temperature_pos: Annotated[Optional[float], typer.Option(help="positions: temperature (> 0)")] = None,
+    class_label: Annotated[Optional[int], typer.Option(help="class-conditional models: one class for every image (default: cycle through classes)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="tokens to sample per image (default and maximum: the model's N)")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    npz: Annotated[bool, typer.Option("--npz", help="also write samples.npz (images, codes, positions)")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace samples already in --out")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    home: Home = None,
+    tracking_uri: TrackingUri = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
+    from mqvq.generation import load_generator, sampling_params, write_samples
+    from mqvq.tracking import Tracker
+    from mqvq.train.distributed import setup
+
+    d = setup(device)
+    gen = load_generator(Tracker(tracking_uri, home), run, d.device)
+    params = sampling_params(gen.sampling, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
+                             top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos)
+    result = write_samples(gen, out, num, params, class_label=class_label, seed=seed, steps=steps, npz=npz,
+                           overwrite=overwrite, progress=progress)
+    console.print(f"[green]wrote[/] {result['num']} images to {result['out']} ({result['images_per_s']:.1f} img/s)")
+    (out / "sampling.json").write_text(json.dumps(result, indent=2))

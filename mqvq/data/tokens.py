@@ -1,0 +1,72 @@
+"""Stage-1 tokens for stage 2: (codes, positions) in raster order, computed once per
+(stage-1 checkpoint, dataset, split) and cached under <home>/tokens/.
+
+The cache key hashes the checkpoint file's bytes and the dataset digest, so retraining stage 1
+or changing the data invalidates it; the file is written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mqvq.data.datasets import eval_batches
+from mqvq.models.mqvae import MQVAE
+from mqvq.train.checkpoint import atomic_save
+
+TOKENS_FORMAT = "mqvq-tokens-v1"
+
+
+@dataclass
+class TokenSet:
+    codes: torch.Tensor      # (M, N) int64, raster order
+    positions: torch.Tensor  # (M, N) int64, increasing
+    labels: torch.Tensor     # (M,) int64, -1 when the dataset has none
+    grid: tuple[int, int]
+    codebook_size: int
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip: bool = False) -> TokenSet:
+    """Encode every image (and its mirror image when `flip`) with a frozen stage-1 model."""
+    model.eval().to(device)
+    codes, positions, labels = [], [], []
+    grid = None
+    for batch in eval_batches(dataset, batch_size):
+        x = batch["image"].to(device)
+        views = [x, x.flip(-1)] if flip else [x]
+        for v in views:
+            enc = model.encode(v)
+            codes.append(enc.codes.cpu())
+            positions.append(enc.positions.cpu())
+            labels.append(batch["label"].cpu())
+            grid = enc.grid
+    return TokenSet(torch.cat(codes), torch.cat(positions), torch.cat(labels), grid, model.config.quantizer.codebook_size)
+
+
+def cached_tokens(home: Path, checkpoint: Path, model: MQVAE, dataset, split: str, batch_size: int,
+                  device: torch.device, flip: bool) -> TokenSet:
+    key = hashlib.sha256(f"{file_digest(checkpoint)}:{dataset.digest()}:{split}:{int(flip)}".encode()).hexdigest()[:20]
+    path = home / "tokens" / f"{key}.pt"
+    if path.is_file():
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        if d.get("format") == TOKENS_FORMAT:
+            return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"])
+    ts = tokenize(model, dataset, batch_size, device, flip)
+    small = torch.int16 if max(ts.codebook_size, ts.grid[0] * ts.grid[1]) < 2 ** 15 else torch.int32
+    atomic_save({"format": TOKENS_FORMAT, "codes": ts.codes.to(small), "positions": ts.positions.to(small),
+                 "labels": ts.labels, "grid": list(ts.grid), "codebook_size": ts.codebook_size}, path)
+    return ts

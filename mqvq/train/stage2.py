@@ -1,0 +1,236 @@
+"""Stage-2 training loop: Stackformer (or the raster baseline) on frozen stage-1 tokens.
+
+The stage-1 model encodes the dataset once (cached per checkpoint + dataset); training then
+reads token tensors only. Loss = CE_code + CE_position (Eq. 14), AdamW (0.9, 0.95) with weight
+decay on Linear weights only, cosine schedule, as released. The run is tagged with its stage-1
+run and checkpoint digest; validation loss on the test tokens every `val_every` steps gives
+Fig. 6a's curves.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
+from mqvq.data import StepSampler, build_dataset
+from mqvq.data.tokens import TokenSet, cached_tokens, file_digest
+from mqvq.errors import UserError
+from mqvq.models.mqvae import MQVAE
+from mqvq.models.sampling import generate
+from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
+from mqvq.reports.figures import image_grid, to_uint8
+from mqvq.tracking.lookup import ModelRef, check_compatible, find_stage1, resolve
+from mqvq.tracking.store import Tracker
+from mqvq.train import distributed
+from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.train.common import autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state
+from mqvq.train.runs import MetricWindow, checkpoint_path, open_run
+
+STAGE = "stage2"
+
+
+def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
+    """Identity of a stage-2 run: its own config plus the exact stage-1 checkpoint it reads."""
+    return config_hash({"stage2": to_dict(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": to_dict(cfg.stage1.data)})
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW with decay on Linear weights only (minGPT / released)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused)
+
+
+def save_model(path: Path, cfg: ExperimentConfig, model: Stackformer, step: int, run_id: str, stage1: dict) -> Path:
+    s = model.shape
+    return atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
+                        "config": to_dict(cfg), "model": model.state_dict(), "stage1": stage1,
+                        "shape": {"codebook_size": s.codebook_size, "grid": list(s.grid), "length": s.length,
+                                  "num_classes": s.num_classes}}, path)
+
+
+def load_stackformer(path: Path, map_location="cpu") -> tuple[Stackformer, dict]:
+    """A stage-2 model checkpoint -> (model in eval mode, the checkpoint dict)."""
+    from mqvq.config import StackformerConfig, from_dict
+
+    ckpt = load_checkpoint(path, map_location)
+    if ckpt.get("stage") != STAGE:
+        raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not a stage-2 model.")
+    shape = ckpt["shape"]
+    model = Stackformer(from_dict(StackformerConfig, ckpt["config"]["stage2"]["model"], "stage2.model."),
+                        TokenShape(shape["codebook_size"], tuple(shape["grid"]), shape["length"], shape["num_classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_size: int) -> tuple[TokenSet, TokenSet, MQVAE, int]:
+    """Tokenize train (with flips) and test splits once; rank 0 computes, the others read the cache."""
+    vae = MQVAE.from_checkpoint(ref.checkpoint, d.device)
+    train_ds, test_ds = build_dataset(cfg.stage1.data, "train"), build_dataset(cfg.stage1.data, "test")
+    out = []
+    for rank_turn in (True, False):  # rank 0 first, then everyone else from the cache
+        if d.main == rank_turn:
+            out = [cached_tokens(home, ref.checkpoint, vae, train_ds, "train", batch_size, d.device, cfg.stage2.train.flip),
+                   cached_tokens(home, ref.checkpoint, vae, test_ds, "test", batch_size, d.device, False)]
+        if d.world > 1:
+            torch.distributed.barrier()
+    num_classes = train_ds.num_classes if cfg.stage2.model.conditioning == "class" else 0
+    if num_classes and (out[0].labels < 0).any():
+        raise UserError(f"class conditioning needs labels, but {train_ds.name} has none: use stage2.model.conditioning='none'.")
+    return out[0], out[1], vae, num_classes
+
+
+def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None = None, resume: bool = False,
+                 run_id: str | None = None, device: str | None = None, progress: bool = True,
+                 mlflow_experiment: str | None = None, stop_after: int | None = None) -> dict:
+    d = distributed.setup(device)
+    s2 = cfg.stage2
+    experiment = mlflow_experiment or cfg.name
+    dtype = autocast_dtype(s2.train.precision, d.device)
+
+    ref = resolve(tracker, stage1, "stage1") if stage1 else find_stage1(tracker, cfg, experiment)
+    check_compatible(ref, cfg)
+    digest = file_digest(ref.checkpoint)
+    train_tok, test_tok, vae, num_classes = prepare_tokens(cfg, ref, tracker.home, d, cfg.stage1.train.batch_size)
+    shape = TokenShape(train_tok.codebook_size, train_tok.grid, train_tok.codes.shape[1], num_classes)
+    seed_all(cfg.seed)
+    model = Stackformer(s2.model, shape).to(d.device)
+    opt = make_optimizer(model, s2.train.lr, s2.train.weight_decay, d.device.type == "cuda")
+    stage1_info = {"run_id": ref.run_id, "checkpoint": str(ref.checkpoint), "digest": digest}
+
+    h = stage2_hash(cfg, digest)
+    run_id = open_run(
+        tracker, d, experiment=experiment, stage=STAGE, config_hash=h, seed=cfg.seed,
+        what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
+        run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.stage1_run": ref.run_id or "",
+              "mqvq.stage1_checkpoint": digest, "mqvq.params_count": model.num_params()},
+        params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
+                                                  "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
+                                                  "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": num_classes},
+        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id)
+    ckpt_file = checkpoint_path(tracker.home, run_id)
+    start_step = 0
+    if ckpt_file.is_file():
+        ckpt = load_checkpoint(ckpt_file, d.device)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        start_step = ckpt["step"]
+        set_rng_state(ckpt["rng"][min(d.rank, len(ckpt["rng"]) - 1)], d.device)
+    else:
+        seed_all(cfg.seed * 1000 + d.rank)
+
+    net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
+    if s2.train.compile:
+        net = torch.compile(net)
+    status, reason = "FAILED", ""
+    summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step, "stage1": stage1_info}
+    try:
+        _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress,
+              stop_after, summary)
+        if summary["step"] < s2.train.steps:
+            status = "KILLED"
+            return summary | {"finished": False}
+        if d.main:
+            summary |= _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, summary["step"], stage1_info)
+        status = "FINISHED"
+        return summary | {"finished": True}
+    except KeyboardInterrupt:
+        status, reason = "KILLED", f"interrupted at step {summary['step']}"
+        raise
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if d.main:
+            tracker.end_run(run_id, status, reason)
+        distributed.teardown()
+
+
+def _batch(tokens: TokenSet, idx, device):
+    idx = torch.as_tensor(idx)
+    return (tokens.codes[idx].to(device, non_blocking=True), tokens.positions[idx].to(device, non_blocking=True),
+            tokens.labels[idx].to(device, non_blocking=True))
+
+
+@torch.no_grad()
+def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, device, dtype, labels: bool, limit: int = 2048) -> dict:
+    model.eval()
+    n = min(len(tokens), limit)
+    sums: dict[str, float] = {}
+    for start in range(0, n, batch_size):
+        codes, positions, lab = _batch(tokens, range(start, min(start + batch_size, n)), device)
+        with autocast(device, dtype):
+            _, logs = model.loss(codes, positions, lab if labels else None)
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * codes.shape[0]
+    model.train()
+    return {f"val/{k}": v / n for k, v in sums.items()}
+
+
+def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress, stop_after, summary):
+    t = cfg.stage2.train
+    labels = model.shape.num_classes > 0
+    step = start_step
+    end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
+    window = MetricWindow(t.batch_size * d.world * model.shape.length)
+    sampler = iter(StepSampler(len(train_tok), t.batch_size, cfg.seed, d.rank, d.world, start_step))
+
+    def save() -> None:
+        rng = gather_rng_states(d.device)
+        if d.main:
+            atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "config": to_dict(cfg),
+                         "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng}, ckpt_file)
+
+    model.train()
+    with progress_bar(progress and d.main) as bar:
+        task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
+        try:
+            while step < end:
+                codes, positions, lab = _batch(train_tok, next(sampler), d.device)
+                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+                set_lr(opt, lr)
+                with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
+                    loss, logs = sequence_loss(*net(codes, positions, lab if labels else None), codes, positions)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                window.add(logs)
+                step += 1
+                summary["step"] = step
+                if step % t.log_every == 0 or step == end:
+                    metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
+                    if step % t.val_every == 0 or step == t.steps:
+                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
+                    if d.main:
+                        tracker.log_metrics(run_id, metrics, step)
+                        tracker.heartbeat(run_id)
+                    summary["train_metrics"] = metrics
+                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
+                if step % t.ckpt_every == 0 and step < end:
+                    save()
+        except KeyboardInterrupt:
+            save()
+            raise
+        save()
+
+
+@torch.no_grad()
+def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_info) -> dict:
+    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id, stage1_info)
+    tracker.log_artifact(run_id, model_file, "checkpoints")
+    n = min(16, cfg.stage2.sampling.batch_size)
+    labels = torch.arange(n, device=d.device) % model.shape.num_classes if model.shape.num_classes else None
+    g = torch.Generator(device=d.device).manual_seed(cfg.seed)
+    s = generate(model, n, cfg.stage2.sampling, labels, g, dtype=dtype, device=d.device)
+    images = vae.decode(s.codes, s.positions, model.shape.grid)
+    tracker.log_image(run_id, image_grid([to_uint8(images[i: i + 8]) for i in range(0, n, 8)]), "figures/samples.png")
+    return {"model": str(model_file)}

@@ -1,0 +1,142 @@
+"""Stage 2 end to end on CPU: tokens cached per checkpoint, MLflow run linked to stage 1, resume, sample."""
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.data.tokens import TokenSet
+from mqvq.errors import UserError
+from mqvq.train.checkpoint import load_checkpoint
+from mqvq.train.stage1 import train_stage1
+from mqvq.train.stage2 import load_stackformer, train_stage2
+
+S2 = ["stage2.train.steps=6", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=3",
+      "stage2.sampling.batch_size=8"]
+runner = CliRunner()
+
+
+@pytest.fixture
+def stage1_run(tiny, tracker):
+    def make(name="mqvae-f16-adaptive-50", *extra):
+        cfg = tiny(name, *S2, *extra)
+        return cfg, train_stage1(cfg, tracker, progress=False)
+    return make
+
+
+def test_stage2_trains_on_its_stage1_run_and_reuses_tokens(stage1_run, tracker):
+    cfg, s1 = stage1_run()
+    r = train_stage2(cfg, tracker, progress=False)  # finds the finished stage-1 run by config hash
+    run = tracker.get_run(r["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["mqvq.stage1_run"] == s1["run_id"]
+    for key in ("train/loss", "train/code_loss", "train/position_loss", "train/tokens_per_s", "val/loss"):
+        assert key in run.data.metrics, key
+    assert run.data.params["tokens_per_image"] == "8" and run.data.params["grid"] == "4x4"
+    model, ckpt = load_stackformer(r["model"])
+    assert model.shape.length == 8 and ckpt["stage1"]["run_id"] == s1["run_id"]
+    token_files = list((tracker.home / "tokens").glob("*.pt"))
+    assert len(token_files) == 2  # train (with flips) and test, computed once
+    train_file = max(token_files, key=lambda p: p.stat().st_size)
+    d = torch.load(train_file, weights_only=True)
+    assert d["codes"].shape == (2 * 32, 8)  # 32 images + their mirror images
+    mtimes = {p: p.stat().st_mtime_ns for p in token_files}
+    train_stage2(cfg, tracker, stage1=s1["run_id"], progress=False, mlflow_experiment="again")
+    assert {p: p.stat().st_mtime_ns for p in (tracker.home / "tokens").glob("*.pt")} == mtimes  # reused
+
+
+def test_stage2_resume_is_exact(stage1_run, tracker):
+    cfg, _ = stage1_run("mqvae-f16-random-25")
+    full = train_stage2(cfg, tracker, progress=False)
+    part = train_stage2(cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", stop_after=4)
+    assert not part["finished"]
+    done = train_stage2(cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", resume=True)
+    assert done["run_id"] == part["run_id"]
+    a, b = load_checkpoint(full["checkpoint"])["model"], load_checkpoint(done["checkpoint"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_raster_baseline_and_class_conditioning(stage1_run, tracker):
+    cfg, _ = stage1_run("vqgan-f16", "stage2.model.conditioning='class'")
+    r = train_stage2(cfg, tracker, progress=False)
+    model, _ = load_stackformer(r["model"])
+    assert model.raster and model.shape.length == 16 and model.shape.num_classes == 4  # procedural: 4 shape classes
+
+
+def test_stage2_input_errors(stage1_run, tracker, tiny):
+    cfg, s1 = stage1_run("mqvae-f16-adaptive-50")
+    with pytest.raises(UserError, match="neither a checkpoint file nor an MLflow run id"):
+        train_stage2(cfg, tracker, stage1="0123456789abcdef", progress=False)
+    other = tiny("mqvae-f16-adaptive-25", *S2)
+    with pytest.raises(UserError, match="stage1.model.mask.ratio = 0.5.*declares 0.25"):
+        train_stage2(other, tracker, stage1=s1["run_id"], progress=False)
+    bigger = tiny("mqvae-f16-adaptive-50", *S2, "stage1.model.quantizer.codebook_size=32")
+    with pytest.raises(UserError, match="codebook_size"):
+        train_stage2(bigger, tracker, stage1=s1["model"], progress=False)
+    with pytest.raises(UserError, match="no finished stage-1 run"):
+        train_stage2(tiny("mqvae-f16-adaptive-75", *S2), tracker, progress=False)
+    with pytest.raises(UserError, match="not supported yet"):
+        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'")
+    with pytest.raises(UserError, match="needs a stage 1 without a mask"):
+        tiny("mqvae-f16-adaptive-50", "stage2.model.kind='raster'")
+
+
+def test_sample_cli_writes_valid_images_quickly(stage1_run, tracker, tmp_path):
+    import time
+
+    cfg, _ = stage1_run()
+    r = train_stage2(cfg, tracker, progress=False)
+    out = tmp_path / "samples"
+    t = time.perf_counter()
+    res = runner.invoke(app, ["sample", r["run_id"], "--num", "10", "--batch-size", "4", "--out", str(out), "--npz",
+                              "--home", str(tracker.home), "--no-progress", "--top-k", "5", "--top-p-pos", "0.9"])
+    assert res.exit_code == 0, res.output
+    assert time.perf_counter() - t < 20
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 10
+    for f in files:
+        with Image.open(f) as im:
+            assert im.size == (16, 16) and im.mode == "RGB"
+    import numpy as np
+
+    data = np.load(out / "samples.npz")
+    assert data["images"].shape == (10, 16, 16, 3) and data["positions"].shape == (10, 8)
+    assert all(len(set(p)) == 8 for p in data["positions"].tolist())
+    for args, msg in [(["--top-k", "0"], "--top-k = 0 must be at least 1"), (["--top-p", "0"], "--top-p = 0.0 must lie in (0, 1]"),
+                      (["--top-p-pos", "1.5"], "--top-p-pos = 1.5"), (["--steps", "17"], "--steps 17 is invalid"),
+                      ([], "already holds samples")]:
+        res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(out), "--home", str(tracker.home), *args])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+    res = runner.invoke(app, ["sample", "feedbeef", "--num", "2", "--out", str(tmp_path / "x"), "--home", str(tracker.home)])
+    assert res.exit_code == 2 and "neither a checkpoint file nor an MLflow run id" in res.output
+
+
+def test_train_stage2_cli_and_unknown_stage1(stage1_run, tracker):
+    cfg, s1 = stage1_run()
+    sets = [a for s in ["stage1.data.resolution=16", "stage1.data.num_train=32", "stage1.data.num_test=8",
+                        "stage1.model.channels=8", "stage1.model.z_channels=8", "stage1.model.mask.scorer_hidden=8",
+                        "stage1.model.demask.layers=2", "stage1.model.quantizer.codebook_size=16", "stage1.model.quantizer.dim=8",
+                        "stage1.loss.disc_layers=1", "stage1.loss.disc_channels=8", "stage1.train.steps=6",
+                        "stage1.train.batch_size=4", "stage1.train.log_every=2", "stage1.train.eval_images=8",
+                        "stage1.train.warmup_steps=0", "stage1.loss.disc_start=2", *S2] for a in ("--set", s)]
+    res = runner.invoke(app, ["train", "stage2", "mqvae-f16-adaptive-50", "--stage1", s1["run_id"], "--home",
+                              str(tracker.home), "--no-progress", *sets])
+    assert res.exit_code == 0, res.output
+    assert f"on stage-1 run {s1['run_id']}" in res.output
+    res = runner.invoke(app, ["train", "stage2", "mqvae-f16-adaptive-50", "--stage1", "nope.pt", "--home", str(tracker.home), *sets])
+    assert res.exit_code == 2 and "checkpoint nope.pt does not exist" in res.output
+
+
+def test_bench_sample_reports_both_models_and_cache_modes():
+    res = runner.invoke(app, ["bench", "sample", "--preset", "tiny", "--grid", "4", "--batch-size", "2", "--repeats", "1",
+                              "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    data = json.loads(res.stdout)
+    assert {(r["model"], r["mask_ratio"], r["cache"]) for r in data["rows"]} == {
+        (m, r, c) for m, r in (("raster", 0.0), ("stackformer", 0.25), ("stackformer", 0.5)) for c in (True, False)}
+    assert data["sample_images_per_s"] > 0 and data["sample_speedup_50_vs_0"] > 0 and data["environment"]["torch"]
+
+
+def test_token_set_len():
+    assert len(TokenSet(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3), (2, 2), 4)) == 3
