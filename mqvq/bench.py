@@ -2,6 +2,7 @@
 device and software versions. Random weights: speed does not depend on them."""
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
@@ -55,9 +56,9 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
             model = model.to(dtype)
         for cache in cache_modes:
             if compile and cache:
-                run = lambda: generate_compiled(model, batch_size, params, device=dev)  # noqa: E731
+                run = functools.partial(generate_compiled, model, batch_size, params, device=dev)
             else:
-                run = lambda: generate(model, batch_size, params, use_cache=cache, device=dev)  # noqa: E731
+                run = functools.partial(generate, model, batch_size, params, use_cache=cache, device=dev)
             run()  # warm-up (and allocation)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
