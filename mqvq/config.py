@@ -187,6 +187,20 @@ class Stage2Config:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    backend: Literal["inception", "vgg16"] = opt("inception", "Fréchet/IS features: inception (FID, needs the weights file) or vgg16 (FD-VGG16, offline)")
+    inception_weights: str = opt("", "FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); default $MQVQ_INCEPTION_WEIGHTS or the weights folder")
+    num_samples: int = opt(50_000, "generated samples for FID / IS (paper: 50k)")
+    test_images: int = opt(0, "test images for rFID, usage, PSNR, LPIPS (0 = the entire test split, as the paper)")
+    batch_size: int = opt(64, "images per batch for features and reconstructions")
+    speed_batch_size: int = opt(64, "batch size at which sampling speed is measured")
+    speed_repeats: int = opt(3, "timed repeats for sampling speed (median reported)")
+    lpips_net: Literal["alex", "vgg"] = opt("alex", "LPIPS network for the reconstruction metric (AlexNet is the LPIPS default)")
+    is_splits: int = opt(10, "Inception Score splits")
+    workers: int = opt(0, "DataLoader workers for folder datasets")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = opt("", "experiment name (file stem)")
     description: str = opt("", "one line: what this experiment is")
@@ -194,6 +208,7 @@ class ExperimentConfig:
     seed: int = opt(0, "run seed (not part of the config hash)")
     stage1: Stage1Config = sub(Stage1Config, "stage 1: MQ-VAE")
     stage2: Stage2Config = sub(Stage2Config, "stage 2: Stackformer")
+    eval: EvalConfig = sub(EvalConfig, "evaluation (mqvq eval)")
 
 
 # --------------------------------------------------------------------------- generic machinery
@@ -422,3 +437,13 @@ def validate_stage2(cfg: Stage2Config, stage1: Stage1Config, prefix: str = "stag
     if t.lr <= 0:
         raise UserError(f"{prefix}train.lr = {t.lr} must be positive.")
     validate_sampling(cfg.sampling, prefix + "sampling.")
+
+
+def validate_eval(cfg: EvalConfig, prefix: str = "eval.") -> None:
+    for name in ("num_samples", "batch_size", "speed_batch_size", "speed_repeats", "is_splits"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{prefix}{name} = {getattr(cfg, name)} must be at least 1.")
+    if cfg.num_samples < 2:
+        raise UserError(f"{prefix}num_samples = {cfg.num_samples} must be at least 2 (a covariance needs two samples).")
+    if cfg.test_images < 0:
+        raise UserError(f"{prefix}test_images = {cfg.test_images} must be 0 (all) or positive.")

@@ -23,7 +23,7 @@ from typing import Any
 
 from mqvq.config import (
     STACKFORMER_PRESETS, ExperimentConfig, MQVAEConfig, deep_merge, from_dict, get_dotted, parse_override, set_dotted,
-    validate_stage1, validate_stage2,
+    validate_eval, validate_stage1, validate_stage2,
 )
 from mqvq.errors import UserError
 
@@ -53,6 +53,8 @@ PROFILES: dict[str, Profile] = {
             "stage2.train.steps": 60, "stage2.train.batch_size": 16, "stage2.train.lr": 3e-3, "stage2.train.warmup_steps": 5,
             "stage2.train.log_every": 10, "stage2.train.val_every": 30, "stage2.train.ckpt_every": 1000,
             "stage2.sampling.batch_size": 16,
+            "eval.backend": "vgg16", "eval.num_samples": 64, "eval.batch_size": 32, "eval.speed_batch_size": 16,
+            "eval.speed_repeats": 1,
         },
     ),
     "mini": Profile(
@@ -70,6 +72,7 @@ PROFILES: dict[str, Profile] = {
             "stage2.model.preset": "mini", "stage2.train.steps": 4000, "stage2.train.batch_size": 128, "stage2.train.lr": 6e-4,
             "stage2.train.warmup_steps": 200, "stage2.train.log_every": 100, "stage2.train.val_every": 500,
             "stage2.train.ckpt_every": 1000, "stage2.sampling.batch_size": 256,
+            "eval.backend": "vgg16", "eval.num_samples": 10_000, "eval.batch_size": 250, "eval.speed_batch_size": 64,
         },
     ),
     "paper": Profile(
@@ -80,7 +83,7 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "profiles"}
+TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "eval", "profiles"}
 
 
 def experiments_dir() -> Path:
@@ -161,6 +164,7 @@ def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tu
     cfg = from_dict(ExperimentConfig, merged)
     validate_stage1(cfg.stage1)
     validate_stage2(cfg.stage2, cfg.stage1)
+    validate_eval(cfg.eval)
     return cfg
 
 

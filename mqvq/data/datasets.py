@@ -268,9 +268,14 @@ def train_loader(ds, batch_size: int, seed: int, rank: int, world: int, start_st
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def eval_batches(ds, batch_size: int, limit: int = 0, rank: int = 0, world: int = 1):
-    """Deterministic pass over the first `limit` images (all if 0), sharded over ranks."""
+def eval_batches(ds, batch_size: int, limit: int = 0, rank: int = 0, world: int = 1, workers: int = 0):
+    """Deterministic pass over the first `limit` images (all if 0), sharded over ranks. Folder
+    datasets decode in `workers` processes; in-memory ones gather each batch in one op."""
     n = len(ds) if not limit else min(limit, len(ds))
+    if workers > 0 and not hasattr(ds, "__getitems__"):
+        idx = [list(range(s, min(s + batch_size, n))) for s in range(rank * batch_size, n, batch_size * world)]
+        yield from torch.utils.data.DataLoader(ds, batch_sampler=idx, num_workers=workers, collate_fn=collate)
+        return
     for start in range(rank * batch_size, n, batch_size * world):
         idx = list(range(start, min(start + batch_size, n)))
         items = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else [ds[i] for i in idx]

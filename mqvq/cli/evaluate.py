@@ -1,0 +1,39 @@
+"""`mqvq eval RUN [--metrics ...] [--backend inception|vgg16] [--num-samples N]`"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+
+
+@cli_errors
+def evaluate(
+    run: Annotated[str, typer.Argument(help="a finished stage-1 or stage-2 MLflow run id (or its model checkpoint)")],
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: stage 1 rfid,usage,psnr,lpips,mask,figures; stage 2 fid,is,speed,figures (default: all but is)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Fréchet features: inception (FID; needs the weights file) or vgg16 (FD-VGG16, offline); default: the run's eval.backend")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="generated samples for FID / IS (paper: 50000)")] = None,
+    test_images: Annotated[Optional[int], typer.Option(help="test images for stage-1 metrics (0 = the entire test split)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    home: Home = None,
+    tracking_uri: TrackingUri = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Compute a run's metrics and figures and log them to that run."""
+    from mqvq.evaluate import evaluate_run, parse_metrics
+    from mqvq.tracking import Tracker
+
+    if backend is not None and backend not in ("inception", "vgg16"):
+        raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
+    result = evaluate_run(Tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
+                          test_images=test_images, batch_size=batch_size, device=device, progress=progress)
+    table = Table("metric", "value", "backend / count")
+    tags = result["tags"]
+    for k, v in result["metrics"].items():
+        extra = " / ".join(str(tags[t]) for t in (f"mqvq.eval.{k}.backend", f"mqvq.eval.{k}.num") if t in tags)
+        table.add_row(k, f"{v:.4g}", extra)
+    console.print(table)
+    console.print(f"logged to {result['stage']} run {result['run_id']}")

@@ -1,0 +1,197 @@
+"""`mqvq eval`: compute a run's metrics and figures and log them back to that run.
+
+Stage-1 runs: rfid (or rfd_vgg16), usage (+ perplexity, per-code counts), psnr, lpips, mask
+quality, Fig. 4 / Fig. 5 / reconstruction grid. Stage-2 runs: fid (or fd_vgg16), is, sampling
+speed, sample grid, Fig. 6a. Every Fréchet metric carries tags naming its backend, sample count
+and reference statistics, so a table can never mix backends silently:
+
+    mqvq.eval.<metric>.backend, mqvq.eval.<metric>.num, mqvq.eval.<metric>.reference
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+
+from mqvq.bench import environment
+from mqvq.config import ExperimentConfig, SamplingConfig, from_dict, validate_eval
+from mqvq.data import build_dataset
+from mqvq.errors import UserError
+from mqvq.metrics.features import make_backend, metric_names
+from mqvq.metrics.frechet import frechet_distance
+from mqvq.metrics.recon import reconstruction_metrics
+from mqvq.metrics.reference import reference_stats
+from mqvq.reports import figures
+from mqvq.tracking.lookup import model_file
+from mqvq.tracking.store import Tracker
+from mqvq.train.checkpoint import load_checkpoint
+from mqvq.train.common import autocast_dtype
+
+STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
+                 "stage2": ("fid", "is", "speed", "figures")}
+ALL_METRICS = tuple(sorted({m for ms in STAGE_METRICS.values() for m in ms}))
+
+
+def parse_metrics(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in ALL_METRICS]
+    if bad:
+        raise UserError(f"unknown metric {bad[0]!r}: allowed metrics are {', '.join(ALL_METRICS)}.")
+    return names
+
+
+def _run_and_config(tracker: Tracker, spec: str):
+    from mlflow.exceptions import MlflowException
+
+    from pathlib import Path
+
+    if Path(spec).is_file():
+        ckpt = load_checkpoint(spec)
+        spec = ckpt.get("run_id") or ""
+        if not spec:
+            raise UserError(f"{spec} does not record the run it belongs to; pass the run id.")
+    try:
+        run = tracker.client.get_run(spec)
+    except MlflowException:
+        raise UserError(f"{spec!r} is not an MLflow run id in {tracker.uri}.") from None
+    stage = run.data.tags.get("mqvq.stage")
+    if stage not in STAGE_METRICS:
+        raise UserError(f"run {spec} is not an mqvq stage-1 or stage-2 run.")
+    if run.info.status != "FINISHED":
+        raise UserError(f"{stage} run {spec} is {run.info.status.lower()}, not finished: resume it before evaluating.")
+    path = model_file(tracker, spec)
+    cfg = from_dict(ExperimentConfig, load_checkpoint(path)["config"])
+    return run, stage, cfg, path
+
+
+def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
+                 num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
+                 device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True) -> dict:
+    """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
+    from mqvq.train.distributed import setup
+
+    run, stage, cfg, path = _run_and_config(tracker, spec)
+    ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
+                                                            "test_images": test_images, "batch_size": batch_size}.items()
+                                          if v is not None})
+    validate_eval(ev, "--" if any(v is not None for v in (num_samples, batch_size)) else "eval.")
+    allowed = STAGE_METRICS[stage]
+    wanted = metrics or [m for m in allowed if m != "is"]
+    wrong = [m for m in wanted if m not in allowed]
+    if wrong:
+        other = "stage-1" if stage == "stage2" else "stage-2"
+        hint = f" (its stage-1 run is {run.data.tags['mqvq.stage1_run']})" if stage == "stage2" and run.data.tags.get("mqvq.stage1_run") else ""
+        raise UserError(f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}.")
+    d = setup(device)
+    t0 = time.perf_counter()
+    if stage == "stage1":
+        values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
+    else:
+        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress)
+    env = environment(d.device)
+    tags |= {"mqvq.eval.device": env.get("gpu", env.get("cpu", str(d.device))), "mqvq.eval.torch": env["torch"],
+             "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
+    numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    tracker.log_metrics(run.info.run_id, numeric, step=0)
+    tracker.set_tags(run.info.run_id, tags)
+    return {"run_id": run.info.run_id, "stage": stage, "metrics": numeric, "tags": tags}
+
+
+def _frechet_tags(name: str, backend, num: int, reference: str) -> dict:
+    return {f"mqvq.eval.{name}.backend": backend.name, f"mqvq.eval.{name}.num": num,
+            f"mqvq.eval.{name}.reference": reference, f"mqvq.eval.{name}.resolution": backend.resolution}
+
+
+def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
+    from mqvq.models.lpips import load_lpips
+    from mqvq.models.mqvae import MQVAE
+
+    model = MQVAE.from_checkpoint(path, device)
+    test = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), "test")
+    backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None) if "rfid" in wanted else None
+    lpips = load_lpips(ev.lpips_net).to(device) if "lpips" in wanted else None
+    dtype = autocast_dtype(cfg.stage1.train.precision, device)
+    res = reconstruction_metrics(model, test, device, backend=backend, lpips=lpips, batch_size=ev.batch_size, dtype=dtype,
+                                 limit=ev.test_images, workers=ev.workers, progress=progress)
+    n = int(res.metrics["num_images"])
+    values, tags = {}, {"mqvq.eval.test_images": n}
+    if "rfid" in wanted:
+        ref, key = reference_stats(backend, test, "test", tracker.home, ev.batch_size, ev.workers, progress)
+        name = metric_names(backend.name)["rfid"]
+        values[name] = frechet_distance(res.recon_stats, ref)
+        tags |= _frechet_tags(name, backend, n, key)
+    if "usage" in wanted:
+        values |= {"usage": res.metrics["usage"], "perplexity": res.metrics["perplexity"]}
+        tags["mqvq.eval.usage.num"] = n
+        tracker.log_dict(run_id, {"codebook_size": len(res.counts), "test_images": n,
+                                  "counts": [int(c) for c in res.counts.tolist()]}, "metrics/codebook_counts.json")
+    if "psnr" in wanted:
+        values["psnr"] = res.metrics["psnr"]
+    if "lpips" in wanted:
+        values["lpips"] = res.metrics["lpips"]
+        tags["mqvq.eval.lpips.net"] = ev.lpips_net
+        tags["mqvq.eval.lpips.resolution"] = max(cfg.stage1.data.resolution, 64)
+    if "mask" in wanted:
+        for k in ("mask_fg_precision", "mask_fg_recall", "fg_token_fraction"):
+            if k in res.metrics:
+                values[k] = res.metrics[k]
+    if "figures" in wanted and res.examples:
+        ex = res.examples
+        tracker.log_image(run_id, figures.importance_grid(ex["images"], ex["keep"], ex["grid"], ex["scores"]), "figures/fig4_mask.png")
+        tracker.log_image(run_id, figures.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
+        fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
+        tracker.client.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
+    return values, tags
+
+
+def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress):
+    from mqvq.generation import load_generator
+    from mqvq.metrics.samples import sample_metrics, sampling_speed
+
+    gen = load_generator(tracker, run_id, device)
+    params = sampling or gen.sampling
+    values, tags = {}, {"mqvq.eval.sampling": json.dumps(dataclasses.asdict(params), sort_keys=True)}
+    first = None
+    if "fid" in wanted or "is" in wanted:
+        backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
+        if "is" in wanted and not backend.has_logits:
+            raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
+        train = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), "train")
+        ref, key = reference_stats(backend, train, "train", tracker.home, ev.batch_size, ev.workers, progress)
+        sm = sample_metrics(gen, ev.num_samples, params, backend, ref, cfg.seed, ev.is_splits, progress)
+        first = sm["first_images"]
+        if "fid" in wanted:
+            name = metric_names(backend.name)["fid"]
+            values[name] = sm["fd"]
+            tags |= _frechet_tags(name, backend, ev.num_samples, key)
+        if "is" in wanted:
+            values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
+            tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}
+    if "speed" in wanted:
+        dtype = autocast_dtype(cfg.stage2.train.precision, device)
+        values |= sampling_speed(gen, params, ev.speed_batch_size, ev.speed_repeats, dtype)
+        tags["mqvq.eval.speed.batch_size"] = ev.speed_batch_size
+    if "figures" in wanted:
+        if first is None:
+            first = next(iter(_few_samples(gen, params, cfg.seed)))
+        rows = [first[i: i + 8] for i in range(0, min(len(first), 32), 8)]
+        tracker.log_image(run_id, figures.image_grid([r for r in rows if len(r) == len(rows[0])]), "figures/samples_eval.png")
+        curves = {}
+        for key_, label in (("train/loss", "train"), ("val/loss", "validation")):
+            hist = tracker.client.get_metric_history(run_id, key_)
+            if hist:
+                curves[label] = ([m.step for m in hist], [m.value for m in hist])
+        if curves:
+            tracker.client.log_figure(run_id, figures.loss_curves_figure(curves, f"{cfg.name}: stage-2 loss"),
+                                      "figures/fig6a_loss_curves.png")
+    return values, tags
+
+
+def _few_samples(gen, params, seed):
+    from mqvq.generation import sample_images
+
+    for images, *_ in sample_images(gen, min(16, params.batch_size), params, seed=seed, progress=False):
+        yield images

@@ -1,0 +1,62 @@
+"""Stage-2 metrics: FID / FD-VGG16 and IS of generated samples, and sampling speed."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from mqvq.config import SamplingConfig
+from mqvq.generation import Generator, sample_images
+from mqvq.metrics.frechet import FeatureStats, RunningStats, frechet_distance, inception_score
+from mqvq.models.sampling import generate
+
+
+@torch.no_grad()
+def sample_metrics(gen: Generator, num: int, params: SamplingConfig, backend, reference: FeatureStats,
+                   seed: int = 0, is_splits: int = 10, progress: bool = False) -> dict:
+    """Stream `num` samples through the feature backend; FD against `reference`, IS when there are logits."""
+    stats = RunningStats(backend.dim)
+    logits = []
+    first = None
+    for images, codes, positions, _ in sample_images(gen, num, params, seed=seed, progress=progress):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        feats, lg = backend(x)
+        stats.update(feats)
+        if lg is not None:
+            logits.append(lg.cpu())
+        if first is None:
+            first = images
+    out = {"fd": frechet_distance(stats.finalize(), reference), "num_samples": num, "first_images": first}
+    if logits:
+        out["is_mean"], out["is_std"] = inception_score(torch.cat(logits), is_splits)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def sampling_speed(gen: Generator, params: SamplingConfig, batch_size: int, repeats: int = 3, dtype=None) -> dict:
+    """Images/s of sampling + decoding at `batch_size`: warm-up, synchronised timing, median of repeats."""
+    model = gen.stackformer
+    device = next(model.parameters()).device
+    labels = torch.arange(batch_size, device=device) % gen.num_classes if gen.num_classes else None
+
+    def once():
+        s = generate(model, batch_size, params, labels, dtype=dtype, device=device)
+        return gen.vae.decode(s.codes, s.positions, model.shape.grid)
+
+    once()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        once()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    return {"speed_images_per_s": batch_size / sec, "speed_ms_per_image": 1000 * sec / batch_size,
+            "speed_batch_size": batch_size, "speed_tokens": model.shape.length}

@@ -1,0 +1,91 @@
+"""`mqvq eval`: metrics logged to the evaluated run under backend-specific names, figures written."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.errors import UserError
+from mqvq.evaluate import evaluate_run
+from mqvq.train.stage1 import train_stage1
+from mqvq.train.stage2 import train_stage2
+from tests.test_metrics import inception_file  # noqa: F401  (session fixture)
+
+runner = CliRunner()
+EVAL = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
+        "stage2.sampling.batch_size=8", "eval.num_samples=8", "eval.batch_size=8", "eval.speed_batch_size=4"]
+
+
+@pytest.fixture
+def runs(tiny, tracker):
+    cfg = tiny("mqvae-f16-adaptive-50", *EVAL)
+    s1 = train_stage1(cfg, tracker, progress=False)
+    s2 = train_stage2(cfg, tracker, progress=False)
+    return s1["run_id"], s2["run_id"]
+
+
+def _artifact_png(tracker, run_id, path):
+    local = tracker.client.download_artifacts(run_id, path, str(tracker.home / "dl"))
+    data = open(local, "rb").read()
+    assert len(data) > 100
+    img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert img.std() > 1  # not a blank picture
+    return img
+
+
+def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception_file, monkeypatch):  # noqa: F811
+    s1, s2 = runs
+    r1 = evaluate_run(tracker, s1, backend="vgg16", progress=False)
+    m = tracker.get_run(s1).data
+    for k in ("rfd_vgg16", "usage", "perplexity", "psnr", "lpips", "mask_fg_precision", "mask_fg_recall", "fg_token_fraction"):
+        assert k in m.metrics, k
+    assert "rfid" not in m.metrics  # vgg16 features are never called FID
+    assert m.tags["mqvq.eval.rfd_vgg16.backend"] == "vgg16" and m.tags["mqvq.eval.rfd_vgg16.num"] == "8"
+    assert 0 < m.metrics["usage"] <= 100 and r1["metrics"]["usage"] == m.metrics["usage"]
+    for fig in ("figures/fig4_mask.png", "figures/fig5_codebook_pca.png", "figures/reconstructions_test.png"):
+        _artifact_png(tracker, s1, fig)
+    counts = tracker.client.download_artifacts(s1, "metrics/codebook_counts.json", str(tracker.home / "dl"))
+    import json
+    data = json.load(open(counts))
+    assert len(data["counts"]) == 16 and sum(data["counts"]) == 8 * 8  # 8 test images x N = 8 kept tokens
+
+    evaluate_run(tracker, s2, backend="vgg16", progress=False)
+    m2 = tracker.get_run(s2).data
+    assert "fd_vgg16" in m2.metrics and m2.tags["mqvq.eval.fd_vgg16.num"] == "8" and "speed_images_per_s" in m2.metrics
+    _artifact_png(tracker, s2, "figures/samples_eval.png")
+    _artifact_png(tracker, s2, "figures/fig6a_loss_curves.png")
+
+    # the inception backend (a random-weight file of the exact architecture here) gives fid / rfid / is
+    monkeypatch.setenv("MQVQ_INCEPTION_WEIGHTS", str(inception_file))
+    evaluate_run(tracker, s2, ["fid", "is"], backend="inception", progress=False)
+    evaluate_run(tracker, s1, ["rfid"], backend="inception", progress=False)
+    m1, m2 = tracker.get_run(s1).data, tracker.get_run(s2).data
+    assert {"fid", "fd_vgg16", "is"} <= set(m2.metrics) and {"rfid", "rfd_vgg16"} <= set(m1.metrics)
+    assert m2.tags["mqvq.eval.fid.backend"] == "inception" and m2.tags["mqvq.eval.fd_vgg16.backend"] == "vgg16"
+    assert len(list((tracker.home / "fid_stats").glob("*.npz"))) == 4  # test + train references per backend, cached
+
+
+def test_eval_input_errors(runs, tracker, tmp_path, monkeypatch):
+    s1, s2 = runs
+    with pytest.raises(UserError, match="fid is a stage-2 metric"):
+        evaluate_run(tracker, s1, ["fid"], progress=False)
+    with pytest.raises(UserError, match="IS needs class logits"):
+        evaluate_run(tracker, s2, ["is"], backend="vgg16", progress=False)
+    monkeypatch.delenv("MQVQ_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="FID Inception weights not found"):
+        evaluate_run(tracker, s2, ["fid"], backend="inception", progress=False)
+    home = ["--home", str(tracker.home)]
+    for args, msg in [([s1, "--metrics", "fid,bogus"], "unknown metric 'bogus'"), (["nope"], "not an MLflow run id"),
+                      ([s2, "--num-samples", "1"], "must be at least 2"), ([s1, "--backend", "clip"], "use inception or vgg16")]:
+        res = runner.invoke(app, ["eval", *args, *home])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_eval_cli(runs, tracker):
+    s1, _ = runs
+    res = runner.invoke(app, ["eval", s1, "--metrics", "usage,psnr", "--home", str(tracker.home), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "usage" in res.stdout and f"logged to stage1 run {s1}" in res.stdout
