@@ -217,7 +217,10 @@ def _allowed(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return "a list of integers"
+        item = typing.get_args(tp)[0]
+        return "a list of " + ({int: "integers", str: "strings"}.get(item) or "tables")
+    if origin is dict:
+        return "a table of numbers"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -229,9 +232,18 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise bad
         return value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if dataclasses.is_dataclass(item):  # a TOML array of tables
+            return tuple(from_dict(item, v, f"{name}[{i}].") for i, v in enumerate(value))
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             raise bad
         return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            raise bad
+        return {str(k): float(v) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad

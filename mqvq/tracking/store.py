@@ -159,6 +159,13 @@ class Tracker:
         return self.client.search_runs([exp.experiment_id], filter_string, order_by=order_by or ["attributes.start_time DESC"],
                                        max_results=1000)
 
+    def find_runs_everywhere(self, filter_string: str, order_by: list[str] | None = None) -> list:
+        """Runs matching `filter_string` in every experiment of the store (e.g. a reusable stage-1 model)."""
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not ids:
+            return []
+        return self.client.search_runs(ids, filter_string, order_by=order_by or ["attributes.start_time DESC"], max_results=1000)
+
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
 

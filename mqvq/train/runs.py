@@ -25,7 +25,8 @@ def find_resumable(tracker: Tracker, experiment: str, stage: str, config_hash: s
 
 
 def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_hash: str, seed: int, what: str,
-             run_name: str, tags: dict, params: dict, artifacts: dict[str, dict], resume: bool, run_id: str | None) -> str:
+             run_name: str, tags: dict, params: dict, artifacts: dict[str, dict], resume: bool, run_id: str | None,
+             parent_run_id: str | None = None) -> str:
     """Resume (`resume` / `run_id`) or start the run on rank 0; every rank gets its id."""
     if d.main:
         if resume or run_id:
@@ -43,7 +44,7 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
         else:
             tags = {"mqvq.stage": stage, "mqvq.config_hash": config_hash, "mqvq.seed": seed,
                     "mqvq.world_size": d.world, "mqvq.device": str(d.device), **tags}
-            run_id = tracker.start_run(experiment, run_name, tags, params)
+            run_id = tracker.start_run(experiment, run_name, tags, params, parent_run_id=parent_run_id)
             for name, data in artifacts.items():
                 tracker.log_dict(run_id, data, name)
         tracker.set_tags(run_id, {"mqvq.checkpoint": str(checkpoint_path(tracker.home, run_id))})

@@ -45,7 +45,7 @@ def save_model(path: Path, cfg: ExperimentConfig, model: MQVAE, step: int, run_i
 
 def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = False, run_id: str | None = None,
                  device: str | None = None, progress: bool = True, mlflow_experiment: str | None = None,
-                 stop_after: int | None = None) -> dict:
+                 stop_after: int | None = None, parent_run_id: str | None = None, tags: dict | None = None) -> dict:
     """Train (or resume) stage 1 and return a summary. `stop_after` ends this process after that
     many steps with a checkpoint, leaving the run resumable (used for time-boxed jobs and tests)."""
     d = distributed.setup(device)
@@ -67,9 +67,9 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     run_id = open_run(
         tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(to_dict(s1)), seed=cfg.seed,
         what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.data_digest": train_ds.digest()},
+        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.data_digest": train_ds.digest(), **(tags or {})},
         params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
-        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id)
+        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
     ckpt_file = checkpoint_path(tracker.home, run_id)
     if ckpt_file.is_file():
         ckpt = load_checkpoint(ckpt_file, d.device)

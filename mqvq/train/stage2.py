@@ -88,7 +88,8 @@ def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_si
 
 def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None = None, resume: bool = False,
                  run_id: str | None = None, device: str | None = None, progress: bool = True,
-                 mlflow_experiment: str | None = None, stop_after: int | None = None) -> dict:
+                 mlflow_experiment: str | None = None, stop_after: int | None = None, parent_run_id: str | None = None,
+                 tags: dict | None = None) -> dict:
     d = distributed.setup(device)
     s2 = cfg.stage2
     experiment = mlflow_experiment or cfg.name
@@ -110,11 +111,11 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
         what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
         run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
         tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.stage1_run": ref.run_id or "",
-              "mqvq.stage1_checkpoint": digest, "mqvq.params_count": model.num_params()},
+              "mqvq.stage1_checkpoint": digest, "mqvq.params_count": model.num_params(), **(tags or {})},
         params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
                                                   "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
                                                   "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": num_classes},
-        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id)
+        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
     ckpt_file = checkpoint_path(tracker.home, run_id)
     start_step = 0
     if ckpt_file.is_file():

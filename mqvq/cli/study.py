@@ -1,0 +1,141 @@
+"""`mqvq study list|show|plan|run|status`"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mqvq.cli.common import Home, Profile, TrackingUri, cli_errors, console, err_console
+
+app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
+
+Name = Annotated[str, typer.Argument(help="study name from studies/ (see `mqvq study list`) or a .toml path")]
+Seeds = Annotated[Optional[list[int]], typer.Option("--seeds", help="seeds to use instead of the study's (repeatable)")]
+Only = Annotated[Optional[list[str]], typer.Option("--only", help="run only these rows (repeatable)")]
+Backend = Annotated[Optional[str], typer.Option(help="Fréchet backend for the rows' metrics: inception or vgg16 (default: the profile's)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object with a `rows` list")]
+
+
+def _check_backend(backend):
+    if backend is not None and backend not in ("inception", "vgg16"):
+        raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
+
+
+@app.command("list")
+@cli_errors
+def list_() -> None:
+    """Every declared study."""
+    from mqvq.studies.spec import list_studies
+
+    table = Table("study", "description")
+    for name, desc in list_studies().items():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command("show")
+@cli_errors
+def show(name: Name, as_json: AsJson = False) -> None:
+    """The study's rows: experiment, overrides, seeds and the paper values each mirrors."""
+    from mqvq.studies.spec import load_study
+
+    s = load_study(name)
+    rows = [{"row": r.name, "experiment": r.experiment, "label": r.label or r.name, "overrides": list(r.overrides),
+             "seeds": list(r.seeds or s.seeds), "stage2": r.stage2, "paper": r.paper or {}} for r in s.rows]
+    if as_json:
+        print(json.dumps({"study": s.name, "description": s.description, "table": s.table, "metrics": list(s.metrics),
+                          "rows": rows}, indent=2))
+        return
+    console.print(f"[bold]{s.name}[/]: {s.description} (paper {s.table}; metrics {', '.join(s.metrics)})")
+    table = Table("row", "experiment", "label", "seeds", "paper")
+    for r in rows:
+        table.add_row(r["row"], r["experiment"] + (" " + " ".join(r["overrides"]) if r["overrides"] else ""), r["label"],
+                      ",".join(map(str, r["seeds"])), ", ".join(f"{k} {v:g}" for k, v in r["paper"].items()))
+    console.print(table)
+
+
+@app.command("plan")
+@cli_errors
+def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
+         home: Home = None, tracking_uri: TrackingUri = None, as_json: AsJson = False) -> None:
+    """Per row and stage: done, reusable, resumable or to run, with a time estimate."""
+    from mqvq.studies.plan import plan_study
+    from mqvq.studies.spec import load_study
+    from mqvq.tracking import Tracker
+
+    _check_backend(backend)
+    study = load_study(name)
+    plans = plan_study(Tracker(tracking_uri, home), study, profile, seeds, only, backend)
+    rows = [{"row": p.row.name, "seed": p.seed, "status": p.status, "estimate_s": p.estimate_s,
+             "stages": {k: {"state": v.state, "run_id": v.run_id, "detail": v.detail} for k, v in p.stages.items()}} for p in plans]
+    if as_json:
+        print(json.dumps({"study": study.name, "profile": profile, "rows": rows}, indent=2))
+        return
+    table = Table("row", "seed", "stage 1", "stage 2", "eval", "estimate")
+    for p in plans:
+        cells = [p.stages[s].state + (f" ({p.stages[s].run_id[:8]})" if p.stages[s].run_id else "") for s in ("stage1", "stage2", "eval")]
+        est = "-" if not p.todo else (f"{p.estimate_s:.0f} s" if p.estimate_s is not None else "unknown")
+        table.add_row(p.row.name, str(p.seed), *cells, est)
+    console.print(table)
+    known = [p.estimate_s for p in plans if p.todo and p.estimate_s is not None]
+    console.print(f"{sum(p.todo for p in plans)} of {len(plans)} rows to run" + (f", about {sum(known):.0f} s" if known else ""))
+
+
+@app.command("run")
+@cli_errors
+def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
+        device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N")] = None,
+        lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = 120.0,
+        home: Home = None, tracking_uri: TrackingUri = None,
+        progress: Annotated[bool, typer.Option(help="show progress bars")] = True) -> None:
+    """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
+    from mqvq.studies.runner import exit_code, run_study
+    from mqvq.studies.spec import load_study
+    from mqvq.tracking import Tracker
+
+    _check_backend(backend)
+    study = load_study(name)
+    tracker = Tracker(tracking_uri, home)
+    results = run_study(tracker, study, profile, seeds=seeds, only=only, backend=backend, device=device, progress=progress,
+                        lease_timeout=lease_timeout, log=lambda m: err_console.print(m, highlight=False))
+    counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed")}
+    console.print(f"{study.name} ({profile}): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    for r in results:
+        if r.status == "failed":
+            console.print(f"[red]failed[/] {r.row} (seed {r.seed}): {r.detail}")
+    raise typer.Exit(exit_code(results))
+
+
+@app.command("status")
+@cli_errors
+def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_uri: TrackingUri = None,
+           as_json: AsJson = False) -> None:
+    """Rows x finished / running / failed / missing, with their metrics."""
+    from mqvq.studies.plan import plan_study
+    from mqvq.studies.spec import load_study
+    from mqvq.tracking import Tracker
+
+    study = load_study(name)
+    plans = plan_study(Tracker(tracking_uri, home), study, profile)
+    rows = []
+    for p in plans:
+        tags = p.parent.data.tags if p.parent is not None else {}
+        rows.append({"row": p.row.name, "seed": p.seed, "label": p.row.label or p.row.name, "status": p.status,
+                     "run_id": p.parent.info.run_id if p.parent is not None else None,
+                     "stage1_run": tags.get("mqvq.stage1_run"), "stage2_run": tags.get("mqvq.stage2_run"),
+                     "failure": tags.get("mqvq.failure") or None, "metrics": p.metrics, "paper": p.row.paper or {}})
+    if as_json:
+        print(json.dumps({"study": study.name, "profile": profile, "rows": rows}, indent=2))
+        return
+    names = sorted({k for r in rows for k in r["metrics"]})
+    table = Table("row", "seed", "status", *names)
+    colour = {"finished": "green", "running": "yellow", "failed": "red", "missing": "dim"}
+    for r in rows:
+        table.add_row(r["row"], str(r["seed"]), f"[{colour[r['status']]}]{r['status']}[/]",
+                      *[f"{r['metrics'][n]:.4g}" if n in r["metrics"] else "-" for n in names])
+    console.print(table)
+    for r in rows:
+        if r["failure"] and r["status"] == "failed":
+            console.print(f"[red]{r['row']}[/]: {r['failure']}")

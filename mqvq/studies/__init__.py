@@ -1,0 +1,1 @@
+"""Studies: declared ablations (studies/*.toml), planner, resumable multi-worker runner."""

@@ -1,0 +1,169 @@
+"""What a study's rows need: per row and stage, done / reusable / resumable / to run, with a time estimate.
+
+MLflow layout: one experiment per study and profile (`<study>/<profile>`), one parent run per
+(row, seed) tagged mqvq.kind = row, stage runs as its children. A stage-1 model is found by
+content hash across the whole store, so a row reuses any finished stage-1 run with the same
+resolved config and seed (Table 7's full model is Table 6's 50 % adaptive row).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from mqvq.config import ExperimentConfig, config_hash, to_dict
+from mqvq.data.tokens import file_digest
+from mqvq.metrics.features import metric_names
+from mqvq.studies.lease import lease_is_live
+from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
+from mqvq.tracking.lookup import model_file
+from mqvq.tracking.store import Tracker
+from mqvq.train.runs import checkpoint_path
+from mqvq.train.stage2 import stage2_hash
+
+DEFAULT_SECONDS = {"smoke": {"stage1": 8, "stage2": 4, "eval": 5}, "mini": {"stage1": 120, "stage2": 90, "eval": 60}}
+
+
+def study_experiment(study: str, profile: str) -> str:
+    return f"{study}/{profile}"
+
+
+def q(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+@dataclass
+class StageState:
+    state: str                 # done | reusable | resumable | run | after stage 1 | skip
+    run_id: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class RowPlan:
+    row: StudyRow
+    seed: int
+    cfg: ExperimentConfig
+    parent: object | None                  # the row's MLflow parent run, if any
+    status: str                            # finished | running | failed | missing
+    stages: dict[str, StageState] = field(default_factory=dict)
+    estimate_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def todo(self) -> bool:
+        return any(s.state not in ("done", "skip") for s in self.stages.values())
+
+
+def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed: int) -> list:
+    return tracker.find_runs(experiment, f"tags.\"mqvq.kind\" = 'row' and tags.\"mqvq.study\" = {q(study)} and "
+                                         f"tags.\"mqvq.row\" = {q(row)} and tags.\"mqvq.seed\" = '{seed}'",
+                             order_by=["attributes.start_time ASC"])
+
+
+def _stage_runs(tracker: Tracker, stage: str, h: str, seed: int, finished: bool) -> list:
+    status = "= 'FINISHED'" if finished else "!= 'FINISHED'"
+    return tracker.find_runs_everywhere(f"tags.\"mqvq.stage\" = '{stage}' and tags.\"mqvq.config_hash\" = '{h}' and "
+                                        f"tags.\"mqvq.seed\" = '{seed}' and attributes.status {status}")
+
+
+def stage_state(tracker: Tracker, stage: str, h: str, seed: int, parent_id: str | None, experiment: str) -> StageState:
+    done = _stage_runs(tracker, stage, h, seed, finished=True)
+    if done:
+        mine = [r for r in done if parent_id and r.data.tags.get("mlflow.parentRunId") == parent_id]
+        run = (mine or done)[0]
+        return StageState("done" if mine else "reusable", run.info.run_id,
+                          "" if mine else f"finished run in {tracker.client.get_experiment(run.info.experiment_id).name}")
+    exp = tracker.client.get_experiment_by_name(experiment)
+    for run in _stage_runs(tracker, stage, h, seed, finished=False):
+        if exp is not None and run.info.experiment_id == exp.experiment_id:
+            ckpt = checkpoint_path(tracker.home, run.info.run_id)
+            if ckpt.is_file():
+                return StageState("resumable", run.info.run_id, "from its last checkpoint")
+    return StageState("run")
+
+
+def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | None) -> list[str]:
+    names = metric_names(backend or cfg.eval.backend)
+    out = []
+    for m in study.metrics:
+        if m in ("rfid", "fid"):
+            out.append(names[m])
+        elif m == "speed":
+            out.append("speed_images_per_s")
+        elif m == "mask":  # only masked models on data with foreground masks have it
+            if cfg.stage1.model.mask.type != "none" and cfg.stage1.data.name != "folder":
+                out.append("mask_fg_precision")
+        else:
+            out.append(m)
+    return out
+
+
+def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,
+               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = 120.0) -> list[RowPlan]:
+    experiment = study_experiment(study.name, profile)
+    durations = _durations(tracker, profile)
+    plans = []
+    for row in select_rows(study, only):
+        for seed in row_seeds(study, row, seeds):
+            cfg = row_config(row, profile, seed)
+            parents = find_row_runs(tracker, experiment, study.name, row.name, seed)
+            parent = parents[0] if parents else None
+            p = RowPlan(row, seed, cfg, parent, _row_status(parent, lease_timeout))
+            if parent is not None:
+                p.metrics = dict(parent.data.metrics)
+            pid = parent.info.run_id if parent else None
+            s1 = stage_state(tracker, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, experiment)
+            p.stages["stage1"] = s1
+            if not row.stage2:
+                p.stages["stage2"] = StageState("skip")
+            elif s1.state in ("done", "reusable"):
+                digest = file_digest(model_file(tracker, s1.run_id))
+                p.stages["stage2"] = stage_state(tracker, "stage2", stage2_hash(cfg, digest), seed, pid, experiment)
+            else:
+                p.stages["stage2"] = StageState("after stage 1")
+            want = expected_metrics(study, cfg, backend)
+            if not row.stage2:
+                want = [m for m in want if m not in ("fd_vgg16", "fid", "is", "speed_images_per_s")]
+            missing = [m for m in want if m not in p.metrics]
+            p.stages["eval"] = StageState("done" if parent is not None and not missing else "run", None,
+                                          ", ".join(missing) if missing and parent is not None else "")
+            if p.stages["eval"].state == "done" and p.status != "finished":
+                p.stages["eval"] = StageState("run")
+            p.estimate_s = _estimate(p, durations, profile)
+            plans.append(p)
+    return plans
+
+
+def _row_status(parent, lease_timeout: float) -> str:
+    if parent is None:
+        return "missing"
+    tags = parent.data.tags
+    status = tags.get("mqvq.status", "missing")
+    if status == "running":
+        live = lease_is_live(tags.get("mqvq.lease", ""), float(tags.get("mqvq.heartbeat", "0") or 0), lease_timeout)
+        return "running" if live else "missing"
+    return status if status in ("finished", "failed") else "missing"
+
+
+def _durations(tracker: Tracker, profile: str) -> dict[str, float]:
+    out = {}
+    for stage in ("stage1", "stage2"):
+        runs = tracker.find_runs_everywhere(f"tags.\"mqvq.stage\" = '{stage}' and tags.\"mqvq.profile\" = {q(profile)} "
+                                            f"and attributes.status = 'FINISHED'")
+        secs = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time]
+        if secs:
+            out[stage] = statistics.median(secs)
+    return out
+
+
+def _estimate(p: RowPlan, durations: dict[str, float], profile: str) -> float | None:
+    default = DEFAULT_SECONDS.get(profile, {})
+    total = 0.0
+    for stage, st in p.stages.items():
+        if st.state in ("done", "reusable", "skip"):
+            continue
+        sec = durations.get(stage, default.get(stage))
+        if sec is None:
+            return None
+        total += sec * (0.5 if st.state == "resumable" else 1.0)
+    return total

@@ -1,0 +1,178 @@
+"""`mqvq study run`: stage 1 -> tokens -> stage 2 -> eval for every row that is not done.
+
+Finished rows are skipped; a finished stage-1 model with the same content hash is reused from
+anywhere in the store; an interrupted stage resumes from its checkpoint; a failing row is
+recorded as failed with its reason and the worker moves on (the command exits non-zero at the
+end). Several workers on the same study and store split the rows: each row is claimed with a
+lease (see `lease.py`), so it runs exactly once and a killed worker's row is taken over.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mqvq.config import config_hash, to_dict
+from mqvq.errors import UserError
+from mqvq.studies import lease
+from mqvq.studies.plan import RowPlan, expected_metrics, find_row_runs, plan_study, stage_state, study_experiment
+from mqvq.studies.spec import StudyConfig
+from mqvq.tracking.store import Tracker, git_commit
+
+
+@dataclass
+class RowResult:
+    row: str
+    seed: int
+    status: str          # finished | failed | skipped (done) | busy (another worker holds it)
+    detail: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: str) -> str:
+    """Get or create the row's parent run; duplicates from racing workers on other machines are folded."""
+    experiment = study_experiment(study.name, profile)
+    with lease._file_lock(tracker.home / ".lease.lock"):
+        runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
+        if runs:
+            return runs[0].info.run_id
+        tags = {"mqvq.kind": "row", "mqvq.study": study.name, "mqvq.row": p.row.name, "mqvq.seed": p.seed,
+                "mqvq.profile": profile, "mqvq.experiment": p.row.experiment, "mqvq.label": p.row.label or p.row.name,
+                "mqvq.table": study.table, "mqvq.config_hash": config_hash(to_dict(p.cfg))}
+        params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
+        if p.row.paper:
+            params |= {f"paper.{k}": v for k, v in sorted(p.row.paper.items())}
+        run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", tags, params)
+        tracker.set_tags(run_id, {"mqvq.status": "missing"})
+    runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
+    canonical = runs[0].info.run_id  # the oldest parent wins
+    if canonical != run_id:
+        tracker.client.delete_run(run_id)
+    return canonical
+
+
+def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
+              only: list[str] | None = None, backend: str | None = None, device: str | None = None,
+              progress: bool = True, lease_timeout: float = 120.0, heartbeat: float = 15.0, settle: float | None = None,
+              log: Callable[[str], None] = print) -> list[RowResult]:
+    worker = lease.worker_id()
+    if settle is None:  # claims are only racy across machines, i.e. with a server store
+        settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
+    plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout)
+    results = []
+    for p in plans:
+        label = f"{p.row.name} (seed {p.seed})"
+        if not p.todo and p.status == "finished":
+            results.append(RowResult(p.row.name, p.seed, "skipped", "already finished", p.metrics))
+            log(f"[dim]{label}: done[/]")
+            continue
+        parent = ensure_row_run(tracker, study, p, profile)
+        if not lease.claim(tracker, parent, worker, lease_timeout, settle):
+            results.append(RowResult(p.row.name, p.seed, "busy", "claimed by another worker"))
+            log(f"[yellow]{label}: running in another worker, skipped[/]")
+            continue
+        try:
+            # re-plan under the lease: another worker may have finished it in the meantime
+            fresh = plan_study(tracker, study, profile, [p.seed], [p.row.name], backend, lease_timeout)[0]
+            if not fresh.todo and fresh.status == "finished":
+                results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
+                continue
+            with lease.Heartbeat(tracker, parent, heartbeat):
+                results.append(_run_row(tracker, study, fresh, parent, profile, backend, device, progress, log))
+        except KeyboardInterrupt:
+            tracker.set_tags(parent, {"mqvq.status": "missing", "mqvq.failure": "interrupted"})
+            raise
+        finally:
+            lease.release(tracker, parent, worker)
+    return results
+
+
+def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, progress, log) -> RowResult:
+    from mqvq.evaluate import evaluate_run
+    from mqvq.train.stage1 import train_stage1
+    from mqvq.train.stage2 import train_stage2
+
+    experiment = study_experiment(study.name, profile)
+    label = f"{p.row.name} (seed {p.seed})"
+    tracker.client.update_run(parent, status="RUNNING")
+    tracker.set_tags(parent, {"mqvq.status": "running", "mqvq.failure": "", "mqvq.git_commit": git_commit()})
+    tags = {"mqvq.study": study.name, "mqvq.row": p.row.name}
+    try:
+        s1 = p.stages["stage1"]
+        if s1.state in ("done", "reusable"):
+            stage1_run = s1.run_id
+            log(f"{label}: stage 1 {s1.state} ({stage1_run})")
+        else:
+            log(f"{label}: stage 1 {'resuming' if s1.state == 'resumable' else 'training'}")
+            stage1_run = train_stage1(p.cfg, tracker, run_id=s1.run_id if s1.state == "resumable" else None,
+                                      device=device, progress=progress, mlflow_experiment=experiment,
+                                      parent_run_id=parent, tags=tags)["run_id"]
+        tracker.set_tags(parent, {"mqvq.stage1_run": stage1_run})
+        stage2_run = None
+        if p.row.stage2:
+            from mqvq.data.tokens import file_digest
+            from mqvq.tracking.lookup import model_file
+            from mqvq.train.stage2 import stage2_hash
+
+            h2 = stage2_hash(p.cfg, file_digest(model_file(tracker, stage1_run)))
+            s2 = stage_state(tracker, "stage2", h2, p.seed, parent, experiment)
+            if s2.state in ("done", "reusable"):
+                stage2_run = s2.run_id
+                log(f"{label}: stage 2 {s2.state} ({stage2_run})")
+            else:
+                log(f"{label}: stage 2 {'resuming' if s2.state == 'resumable' else 'training'}")
+                stage2_run = train_stage2(p.cfg, tracker, stage1=stage1_run, run_id=s2.run_id if s2.state == "resumable" else None,
+                                          device=device, progress=progress, mlflow_experiment=experiment,
+                                          parent_run_id=parent, tags=tags)["run_id"]
+            tracker.set_tags(parent, {"mqvq.stage2_run": stage2_run})
+        metrics = _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run)
+        tracker.set_tags(parent, {"mqvq.status": "finished"})
+        tracker.client.set_terminated(parent, "FINISHED")
+        log(f"[green]{label}: finished[/] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return RowResult(p.row.name, p.seed, "finished", "", metrics)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        tracker.set_tags(parent, {"mqvq.status": "failed", "mqvq.failure": reason[:4000]})
+        tracker.client.set_terminated(parent, "FAILED")
+        if not isinstance(e, UserError):
+            tracker.client.log_text(parent, traceback.format_exc(), "failure.txt")
+        log(f"[red]{label}: failed[/]: {reason}")
+        return RowResult(p.row.name, p.seed, "failed", reason)
+
+
+def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run) -> dict:
+    """Evaluate what is missing on the stage runs, then copy the row's numbers (and their tags) to its parent."""
+    want = expected_metrics(study, p.cfg, backend)
+    for stage, run_id in (("stage1", stage1_run), ("stage2", stage2_run)):
+        metrics = study.stage_metrics(stage)
+        if run_id is None or not metrics:
+            continue
+        have = tracker.get_run(run_id).data.metrics
+        needed = [n for n in want if _stage_of(n) == stage and n not in have]
+        if needed:
+            log(f"  evaluating {stage}: {', '.join(metrics)}")
+            evaluate_run(tracker, run_id, metrics, backend=backend, device=device, progress=progress)
+    values, tags = {}, {}
+    for run_id in (stage1_run, stage2_run):
+        if run_id is None:
+            continue
+        run = tracker.get_run(run_id).data
+        for name in want:
+            if name in run.metrics:
+                values[name] = run.metrics[name]
+                tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")}
+    if values:
+        tracker.log_metrics(parent, values, step=0)
+    tracker.set_tags(parent, tags)
+    return values
+
+
+def _stage_of(metric: str) -> str:
+    return "stage2" if metric in ("fid", "fd_vgg16", "is", "speed_images_per_s") else "stage1"
+
+
+def exit_code(results: list[RowResult]) -> int:
+    return 1 if any(r.status == "failed" for r in results) else 0
+

@@ -1,0 +1,138 @@
+"""Declared studies (studies/*.toml): rows of experiments (+ overrides) x seeds, grouped like
+the paper's tables, each row naming the paper values it mirrors.
+
+    description = "Table 6: ..."
+    table = "6"
+    metrics = ["rfid", "fid", "usage"]      # evaluated for every row (stage 1: rfid, usage...; stage 2: fid, speed...)
+    seeds = [0]
+
+    [[rows]]
+    name = "adaptive-25"
+    experiment = "mqvae-f16-adaptive-25"
+    label = "25 % adaptive, f = 16"
+    paper = { rfid = 4.79, fid = 7.67, usage = 78.22 }
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mqvq.config import ExperimentConfig, from_dict, opt
+from mqvq.errors import UserError
+
+STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask"}
+STAGE2_METRICS = {"fid", "is", "speed"}
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str = opt("", "row id, unique in the study (used by --only)")
+    experiment: str = opt("", "experiment name from experiments/")
+    label: str = opt("", "how the row is shown in tables (default: the name)")
+    overrides: tuple[str, ...] = opt((), "extra --set overrides for this row")
+    seeds: tuple[int, ...] = opt((), "seeds for this row (default: the study's seeds)")
+    paper: dict[str, float] = opt(None, "the paper's values this row mirrors, e.g. {rfid = 4.79, fid = 7.67, usage = 78.22}")
+    stage2: bool = opt(True, "train and evaluate stage 2 for this row")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = opt("", "study name (file stem)")
+    description: str = opt("", "one line: what the study reproduces")
+    table: str = opt("", "paper table or figure it mirrors")
+    seeds: tuple[int, ...] = opt((0,), "seeds for every row")
+    metrics: tuple[str, ...] = opt(("rfid", "fid", "usage"), "metrics evaluated for every row")
+    rows: tuple[StudyRow, ...] = opt((), "the rows")
+
+    def stage_metrics(self, stage: str) -> list[str]:
+        wanted = STAGE1_METRICS if stage == "stage1" else STAGE2_METRICS
+        return [m for m in self.metrics if m in wanted]
+
+
+def studies_dir() -> Path:
+    env = os.environ.get("MQVQ_STUDIES")
+    if env:
+        return Path(env)
+    local = Path.cwd() / "studies"
+    return local if local.is_dir() else Path(__file__).resolve().parent.parent.parent / "studies"
+
+
+def list_studies() -> dict[str, str]:
+    out = {}
+    for path in sorted(studies_dir().glob("*.toml")):
+        try:
+            s = load_study(str(path))
+            out[path.stem] = f"{s.description} ({len(s.rows)} rows)"
+        except UserError as e:
+            out[path.stem] = f"(invalid: {e})"
+    return out
+
+
+def find_study(name: str) -> Path:
+    if name.endswith(".toml") or os.sep in name:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist.")
+        return path
+    path = studies_dir() / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(studies_dir().glob("*.toml"))) or "none found"
+        raise UserError(f"unknown study {name!r}: known studies are {known} (or pass a .toml path).")
+    return path
+
+
+def load_study(name: str) -> StudyConfig:
+    """Read and validate a study; every error names the file, the key and what is allowed."""
+    path = find_study(name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}.") from None
+    raw["name"] = path.stem
+    try:
+        study = from_dict(StudyConfig, raw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    allowed = sorted(STAGE1_METRICS | STAGE2_METRICS)
+    for m in study.metrics:
+        if m not in allowed:
+            raise UserError(f"{path}: metrics contains {m!r}: allowed metrics are {', '.join(allowed)}.")
+    if not study.rows:
+        raise UserError(f"{path}: a study needs at least one [[rows]] table.")
+    if not study.seeds:
+        raise UserError(f"{path}: seeds must list at least one seed.")
+    seen = set()
+    for i, row in enumerate(study.rows):
+        if not row.name or not row.experiment:
+            raise UserError(f"{path}: rows[{i}] needs both name and experiment.")
+        if row.name in seen:
+            raise UserError(f"{path}: rows[{i}].name = {row.name!r} is used twice; row names must be unique.")
+        seen.add(row.name)
+    return study
+
+
+def select_rows(study: StudyConfig, only: list[str] | None) -> list[StudyRow]:
+    if not only:
+        return list(study.rows)
+    names = [r.name for r in study.rows]
+    for n in only:
+        if n not in names:
+            raise UserError(f"unknown row {n!r} in study {study.name}: rows are {', '.join(names)}.")
+    return [r for r in study.rows if r.name in only]
+
+
+def row_seeds(study: StudyConfig, row: StudyRow, seeds: list[int] | None) -> list[int]:
+    return list(seeds) if seeds else list(row.seeds or study.seeds)
+
+
+def row_config(row: StudyRow, profile: str, seed: int) -> ExperimentConfig:
+    from mqvq.experiments import load_experiment
+
+    try:
+        return load_experiment(row.experiment, profile, list(row.overrides), seed)
+    except UserError as e:
+        raise UserError(f"row {row.name}: {e}") from None

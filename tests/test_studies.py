@@ -1,0 +1,233 @@
+"""Studies end to end on tiny rows: run, rerun starts nothing, SIGKILL + resume, concurrent workers, errors, UI."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.errors import UserError
+from mqvq.studies.spec import load_study
+from tests.conftest import TINY
+
+ROOT = Path(__file__).parent.parent
+runner = CliRunner()
+FAST = [*TINY, "stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
+        "stage2.sampling.batch_size=8", "eval.num_samples=8", "eval.batch_size=8", "eval.speed_batch_size=4"]
+
+
+def write_study(folder: Path, name: str, rows: list[tuple[str, str]], extra: list[str] = (), metrics='["rfid", "fid", "usage"]'):
+    folder.mkdir(parents=True, exist_ok=True)
+    text = f'description = "test study"\ntable = "Table 6"\nmetrics = {metrics}\nseeds = [0]\n'
+    for row, exp in rows:
+        overrides = json.dumps([*FAST, *extra])
+        text += f'\n[[rows]]\nname = "{row}"\nexperiment = "{exp}"\noverrides = {overrides}\npaper = {{ rfid = 4.0, fid = 7.5 }}\n'
+    (folder / f"{name}.toml").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def studies(tmp_path, monkeypatch):
+    folder = tmp_path / "studies"
+    monkeypatch.setenv("MQVQ_STUDIES", str(folder))
+    return folder
+
+
+def _cli(*args, home):
+    return runner.invoke(app, [*args, "--home", str(home)])
+
+
+def _runs(tracker, experiment="two/smoke"):
+    return tracker.find_runs(experiment)
+
+
+def test_run_then_rerun_starts_nothing(studies, home, tracker):
+    write_study(studies, "two", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50")])
+    r = _cli("study", "run", "two", "--no-progress", home=home)
+    assert r.exit_code == 0, r.output
+    assert "2 finished" in r.stdout
+    runs = _runs(tracker)
+    assert len(runs) == 6  # per row: a parent, a stage-1 child, a stage-2 child
+    rows = [x for x in runs if x.data.tags.get("mqvq.kind") == "row"]
+    for row in rows:
+        assert row.info.status == "FINISHED" and row.data.tags["mqvq.status"] == "finished"
+        assert {"rfd_vgg16", "fd_vgg16", "usage"} <= set(row.data.metrics)
+        assert row.data.tags["mqvq.eval.fd_vgg16.backend"] == "vgg16" and row.data.params["paper.rfid"] == "4.0"
+        children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == row.info.run_id]
+        assert sorted(c.data.tags["mqvq.stage"] for c in children) == ["stage1", "stage2"]
+    r = _cli("study", "run", "two", "--no-progress", home=home)
+    assert r.exit_code == 0 and "2 skipped" in r.stdout
+    assert len(_runs(tracker)) == 6  # nothing new
+    r = _cli("study", "status", "two", "--json", home=home)
+    data = json.loads(r.stdout)
+    assert [x["status"] for x in data["rows"]] == ["finished", "finished"] and data["rows"][0]["paper"]["fid"] == 7.5
+    r = _cli("study", "plan", "two", "--json", home=home)
+    assert all(st["state"] == "done" for row in json.loads(r.stdout)["rows"] for st in row["stages"].values())
+
+
+def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home, tracker):
+    write_study(studies, "one", [("x", "mqvae-f16-adaptive-50")])
+    write_study(studies, "two", [("a", "mqvae-f16-adaptive-50"), ("broken", "vqgan-f16")], metrics='["usage"]')
+    text = (studies / "two.toml").read_text().replace('experiment = "vqgan-f16"\noverrides = [',
+                                                      'experiment = "vqgan-f16"\noverrides = ["stage1.data.name=folder", "stage1.data.root=/nonexistent", ')
+    (studies / "two.toml").write_text(text)
+    assert _cli("study", "run", "one", "--no-progress", home=home).exit_code == 0
+    r = _cli("study", "plan", "two", "--json", home=home)
+    plan = {x["row"]: x for x in json.loads(r.stdout)["rows"]}
+    assert plan["a"]["stages"]["stage1"]["state"] == "reusable"  # same content hash as study one's row
+    r = _cli("study", "run", "two", "--no-progress", home=home)
+    assert r.exit_code == 1 and "1 finished" in r.stdout and "1 failed" in r.stdout and "does not exist" in r.stdout
+    status = {x["row"]: x for x in json.loads(_cli("study", "status", "two", "--json", home=home).stdout)["rows"]}
+    assert status["broken"]["status"] == "failed" and "does not exist" in status["broken"]["failure"]
+    assert status["a"]["status"] == "finished"
+    stage1_runs = [x for x in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")]
+    assert len(stage1_runs) == 1  # reused, not retrained
+
+
+def _spawn(home, study, *extra):
+    env = {**os.environ, "MQVQ_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mqvq", "study", "run", study, "--no-progress", *extra], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_row_then_restart_resumes_from_the_checkpoint(studies, home, tracker):
+    write_study(studies, "long", [("a", "mqvae-f16-adaptive-50")],
+                extra=["stage1.train.steps=120", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"])
+    p = _spawn(home, "long")
+    deadline = time.time() + 120
+    ckpts = []
+    while time.time() < deadline and not ckpts:
+        ckpts = list((home / "checkpoints").glob("*/last.pt")) if (home / "checkpoints").exists() else []
+        time.sleep(0.2)
+    assert ckpts, "no checkpoint appeared"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed = tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")
+    assert len(killed) == 1 and killed[0].info.status == "RUNNING"  # SIGKILL leaves it RUNNING
+    run_id = killed[0].info.run_id
+    import torch
+
+    step_at_kill = torch.load(ckpts[0], weights_only=True)["step"]
+    assert 0 < step_at_kill < 120
+    r = _cli("study", "run", "long", "--no-progress", home=home)
+    assert r.exit_code == 0, r.output
+    stage1 = tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")
+    assert [x.info.run_id for x in stage1] == [run_id] and stage1[0].info.status == "FINISHED"  # resumed, not restarted
+    history = tracker.client.get_metric_history(run_id, "train/loss")
+    assert min(m.step for m in history) <= step_at_kill < max(m.step for m in history) == 120
+    rows = [x for x in tracker.find_runs("long/smoke") if x.data.tags.get("mqvq.kind") == "row"]
+    assert len(rows) == 1 and rows[0].info.status == "FINISHED"
+    assert len(tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage2' and attributes.status = 'FINISHED'")) == 1
+
+
+def test_two_concurrent_workers_never_run_the_same_row(studies, home, tracker):
+    write_study(studies, "three", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50"), ("c", "mqvae-f16-random-50")])
+    tracker.experiment_id("warm")  # the store exists before both workers start
+    procs = [_spawn(home, "three"), _spawn(home, "three")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    runs = tracker.find_runs("three/smoke")
+    rows = [x for x in runs if x.data.tags.get("mqvq.kind") == "row"]
+    assert sorted(x.data.tags["mqvq.row"] for x in rows) == ["a", "b", "c"]  # one parent per row
+    for stage in ("stage1", "stage2"):
+        per_row = [x.data.tags["mqvq.row"] for x in runs if x.data.tags.get("mqvq.stage") == stage]
+        assert sorted(per_row) == ["a", "b", "c"], (stage, per_row)  # each row trained exactly once
+    assert all(x.info.status == "FINISHED" for x in runs)
+    done = sum(o[1].count(": finished") for o in outs)
+    assert done == 3  # three rows finished in total across both workers
+
+
+def test_study_input_errors(studies, home, tmp_path):
+    write_study(studies, "ok", [("a", "vqgan-f16")])
+    for args, msg in [(["study", "run", "nope"], "unknown study 'nope'"),
+                      (["study", "run", "ok", "--only", "zzz"], "unknown row 'zzz' in study ok: rows are a"),
+                      (["study", "status", "ok", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server")]:
+        r = _cli(*args, home=home)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    (studies / "bad.toml").write_text('description = "x"\nseedz = [0]\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n')
+    with pytest.raises(UserError, match=r"bad.toml: unknown key seedz in the top level: allowed keys are"):
+        load_study("bad")
+    (studies / "bad.toml").write_text('description = "x"\nseeds = "zero"\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n')
+    with pytest.raises(UserError, match=r"bad.toml: seeds = 'zero' is invalid: expected a list of integers"):
+        load_study("bad")
+    (studies / "bad.toml").write_text('description = "x"\n[[rows]]\nname = "a"\nexperimnt = "vqgan-f16"\n')
+    r = runner.invoke(app, ["study", "show", "bad"])
+    assert r.exit_code == 2 and "bad.toml: unknown key rows[0].experimnt" in r.output
+    # nothing recorded is lost by a failing command
+    assert _cli("study", "run", "ok", "--no-progress", home=home).exit_code == 0
+    _cli("study", "run", "nope", home=home)
+    assert json.loads(_cli("study", "status", "ok", "--json", home=home).stdout)["rows"][0]["status"] == "finished"
+
+
+def test_every_declared_study_loads():
+    from mqvq.studies.spec import list_studies
+
+    names = list_studies()
+    assert {"ablation-mask", "ablation-demask", "ablation-downsample", "speed-quality"} <= set(names)
+    mask = load_study("ablation-mask")
+    assert len(mask.rows) == 9 and mask.rows[3].paper == {"rfid": 4.79, "fid": 7.67, "usage": 78.22}
+    demask = load_study("ablation-demask")
+    assert [r.experiment for r in demask.rows][-1] == "mqvae-f16-adaptive-50"  # Table 7's full model = Table 6's 50 % row
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_studys_runs(studies, home, tracker):
+    write_study(studies, "one", [("a", "vqgan-f16")], metrics='["usage"]')
+    assert _cli("study", "run", "one", "--no-progress", home=home).exit_code == 0
+    port = _free_port()
+    env = {**os.environ, "MQVQ_HOME": str(home)}
+    p = subprocess.Popen([sys.executable, "-m", "mqvq", "ui", "one", "--port", str(port)], env=env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        exp = json.loads(urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=one/smoke",
+                                                timeout=10).read())["experiment"]
+        req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode())
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        assert len(runs) == 3  # the row and its two stage runs
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        out = p.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/#/experiments/" in out
+    assert p.returncode in (0, 130, -2), out[-2000:]
+
+
+def test_readme_main_job_ablation_mask_at_smoke(tmp_path):
+    """The README's main job from a clean home: the whole Table 6 study at the smoke profile, then its status."""
+    env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h")}
+    env.pop("MQVQ_STUDIES", None)
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "mqvq", "study", "run", "ablation-mask", "--profile", "smoke", "--no-progress"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - t
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "9 finished" in p.stdout
+    assert elapsed < 150, f"smoke ablation-mask took {elapsed:.0f} s"
+    s = subprocess.run([sys.executable, "-m", "mqvq", "study", "status", "ablation-mask", "--json"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    rows = json.loads(s.stdout)["rows"]
+    assert len(rows) == 9 and all(r["status"] == "finished" for r in rows)
+    assert all({"rfd_vgg16", "fd_vgg16", "usage"} <= set(r["metrics"]) for r in rows)
+    masked = [r for r in rows if r["row"].startswith(("adaptive", "random"))]
+    assert all("mask_fg_precision" in r["metrics"] for r in masked)
