@@ -46,7 +46,7 @@ PROFILES: dict[str, Profile] = {
             "stage1.model.mask.scorer_hidden": 32, "stage1.model.demask.layers": 2,
             "stage1.model.quantizer.codebook_size": 64, "stage1.model.quantizer.dim": 16,
             "stage1.loss.disc_layers": 2, "stage1.loss.disc_channels": 16, "stage1.loss.disc_start": 8,
-            "stage1.train.steps": 16, "stage1.train.batch_size": 8, "stage1.train.lr": 3e-3,
+            "stage1.train.steps": 16, "stage1.train.batch_size": 4, "stage1.train.lr": 3e-3,
             "stage1.train.warmup_steps": 2, "stage1.train.log_every": 8, "stage1.train.ckpt_every": 1000,
             "stage1.train.eval_images": 32,
             "stage2.model.preset": "tiny", "stage2.model.dropout": 0.0,

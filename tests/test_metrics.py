@@ -100,7 +100,9 @@ def test_inception_backend_errors_clearly_without_a_file(tmp_path, monkeypatch):
 def test_vgg16_backend_and_metric_names():
     b = VGG16Features(torch.device("cpu"), resolution=32)
     feats, logits = b(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))
-    assert feats.shape == (3, 512) and logits is None and b.resolution == 64
+    assert feats.shape == (3, 512) and logits is None and b.resolution == 32
+    assert VGG16Features(torch.device("cpu"), resolution=16).resolution == 32
+    assert VGG16Features(torch.device("cpu"), resolution=256).resolution == 224
     assert metric_names("vgg16") == {"fid": "fd_vgg16", "rfid": "rfd_vgg16"}
     assert metric_names("inception") == {"fid": "fid", "rfid": "rfid"}
 

@@ -75,7 +75,7 @@ def collate(batch):
 def procedural_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     count = cfg.num_train if split == "train" else cfg.num_test
     start = 0 if split == "train" else cfg.num_train  # test images never overlap training images
-    imgs, fgs, labels = procedural.render_many(cfg.seed, start, count, cfg.resolution)
+    imgs, fgs, labels = (a.copy() for a in procedural.render_many(cfg.seed, start, count, cfg.resolution))
     digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}".encode()).hexdigest()[:16]
     return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs), torch.from_numpy(labels),
                           torch.from_numpy(fgs), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS)

@@ -11,6 +11,8 @@ The data is synthetic and is labelled as such wherever results are reported.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 KINDS = ("ellipse", "rectangle", "triangle", "face")
@@ -113,8 +115,11 @@ def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarr
     return np.round(img * 255.0).astype(np.uint8), fg, label
 
 
+@functools.lru_cache(maxsize=8)
 def render_many(seed: int, start: int, count: int, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels."""
+    """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels.
+
+    Cached per process (a study renders the same split for every row); callers must not modify the arrays."""
     imgs = np.empty((count, 3, resolution, resolution), dtype=np.uint8)
     fgs = np.empty((count, resolution, resolution), dtype=bool)
     labels = np.empty(count, dtype=np.int64)

@@ -94,8 +94,8 @@ class VGG16Features:
     def __init__(self, device: torch.device, resolution: int, lpips_weights: str | None = None):
         self.lpips = load_lpips("vgg", lpips_weights).to(device)
         self.device = device
-        # VGG's native 224 at most; tiny images are upsampled to 64 so relu5_3 keeps a 4x4 map
-        self.resolution = min(224, max(64, resolution))
+        # VGG's native 224 at most; smaller images at their size (>= 32, where relu5_3 is still 2x2)
+        self.resolution = min(224, max(32, resolution))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -13,6 +13,7 @@ construction is instant. Weights are never downloaded and never silently random:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import pickle
@@ -116,10 +117,7 @@ def expected_keys(net: str) -> dict[str, tuple[int, ...]]:
 def load_lpips(net: str = "vgg", path: str | Path | None = None) -> LPIPS:
     """LPIPS with real weights from a local file (see module docstring for the search order)."""
     file = resolve_weights(net, path)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise UserError(f"cannot load LPIPS weights {file}: {e}.") from None
+    state = _read_state(str(file), file.stat().st_mtime_ns)
     want = expected_keys(net)
     state = {k: v for k, v in state.items() if k in want} if isinstance(state, dict) else {}
     missing = [k for k, shape in want.items() if k not in state or tuple(state[k].shape) != shape]
@@ -128,6 +126,15 @@ def load_lpips(net: str = "vgg", path: str | Path | None = None) -> LPIPS:
     model = LPIPS(net)
     model.load_state_dict(state, strict=True)
     return model
+
+
+@functools.lru_cache(maxsize=4)
+def _read_state(file: str, mtime: int) -> dict:
+    """The file's tensors, read once per process (a study loads LPIPS for every row)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or foreign files
+        raise UserError(f"cannot load LPIPS weights {file}: {e}.") from None
 
 
 def resolve_weights(net: str, path: str | Path | None = None) -> Path:

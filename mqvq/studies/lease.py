@@ -75,7 +75,7 @@ class Heartbeat:
     """Refresh a run's heartbeat every `interval` seconds from a background thread (own client)."""
 
     def __init__(self, tracker: Tracker, run_id: str, interval: float = 15.0):
-        self.tracker = Tracker(tracker.uri, tracker.home)  # a separate client: never shares a session with the trainer
+        self.tracker = tracker  # MlflowClient opens a session per call, so one client serves both threads
         self.run_id, self.interval = run_id, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)

@@ -98,7 +98,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     ref = resolve(tracker, stage1, "stage1") if stage1 else find_stage1(tracker, cfg, experiment)
     check_compatible(ref, cfg)
     digest = file_digest(ref.checkpoint)
-    train_tok, test_tok, vae, num_classes = prepare_tokens(cfg, ref, tracker.home, d, cfg.stage1.train.batch_size)
+    train_tok, test_tok, vae, num_classes = prepare_tokens(cfg, ref, tracker.home, d, max(cfg.eval.batch_size, cfg.stage1.train.batch_size))
     shape = TokenShape(train_tok.codebook_size, train_tok.grid, train_tok.codes.shape[1], num_classes)
     seed_all(cfg.seed)
     model = Stackformer(s2.model, shape).to(d.device)
