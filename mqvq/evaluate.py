@@ -69,7 +69,8 @@ def _run_and_config(tracker: Tracker, spec: str):
 
 def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
                  num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
-                 device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True) -> dict:
+                 device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
+                 sampling_choice: str = "default") -> dict:
     """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
     from mqvq.train.distributed import setup
 
@@ -90,7 +91,7 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     if stage == "stage1":
         values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
     else:
-        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress)
+        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice)
     env = environment(d.device)
     tags |= {"mqvq.eval.device": env.get("gpu", env.get("cpu", str(d.device))), "mqvq.eval.torch": env["torch"],
              "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
@@ -147,13 +148,16 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     return values, tags
 
 
-def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress):
+def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default"):
     from mqvq.generation import load_generator
     from mqvq.metrics.samples import sample_metrics, sampling_speed
 
+    from mqvq.generation import resolve_sampling
+
     gen = load_generator(tracker, run_id, device)
-    params = sampling or gen.sampling
-    values, tags = {}, {"mqvq.eval.sampling": json.dumps(dataclasses.asdict(params), sort_keys=True)}
+    params = sampling or resolve_sampling(tracker, gen, sampling_choice)
+    values, tags = {}, {"mqvq.eval.sampling": json.dumps(dataclasses.asdict(params), sort_keys=True),
+                        "mqvq.eval.sampling_choice": sampling_choice}
     first = None
     if "fid" in wanted or "is" in wanted:
         backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)

@@ -53,6 +53,19 @@ def load_generator(tracker: Tracker, spec: str, device: torch.device) -> Generat
     return Generator(model.to(device), vae.to(device), sampling, ref.run_id, ckpt["config"])
 
 
+def resolve_sampling(tracker: Tracker, gen: Generator, which: str) -> SamplingConfig:
+    """`default`: the run's stage2.sampling; `best`: what `mqvq search sampling` found for it."""
+    if which == "default":
+        return gen.sampling
+    if which == "best":
+        from mqvq.studies.search import best_sampling
+
+        if gen.run_id is None:
+            raise UserError("--sampling best needs a model with an MLflow run: pass the stage-2 run id.")
+        return best_sampling(tracker, gen.run_id, gen.sampling)
+    raise UserError(f"--sampling {which!r} is invalid: use default or best.")
+
+
 def sampling_params(base: SamplingConfig, **overrides) -> SamplingConfig:
     params = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     validate_sampling(params, "--")

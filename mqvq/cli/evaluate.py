@@ -17,6 +17,7 @@ def evaluate(
     num_samples: Annotated[Optional[int], typer.Option(help="generated samples for FID / IS (paper: 50000)")] = None,
     test_images: Annotated[Optional[int], typer.Option(help="test images for stage-1 metrics (0 = the entire test split)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
+    sampling: Annotated[str, typer.Option(help="stage 2: default (the run's settings) or best (from `mqvq search sampling`)")] = "default",
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
@@ -29,7 +30,8 @@ def evaluate(
     if backend is not None and backend not in ("inception", "vgg16"):
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
     result = evaluate_run(Tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
-                          test_images=test_images, batch_size=batch_size, device=device, progress=progress)
+                          test_images=test_images, batch_size=batch_size, device=device, progress=progress,
+                          sampling_choice=sampling)
     table = Table("metric", "value", "backend / count")
     tags = result["tags"]
     for k, v in result["metrics"].items():

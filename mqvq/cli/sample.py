@@ -25,6 +25,7 @@ def sample(
     class_label: Annotated[Optional[int], typer.Option(help="class-conditional models: one class for every image (default: cycle through classes)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="tokens to sample per image (default and maximum: the model's N)")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    sampling: Annotated[str, typer.Option(help="default (the run's stage2.sampling) or best (the best settings a `mqvq search sampling` found)")] = "default",
     npz: Annotated[bool, typer.Option("--npz", help="also write samples.npz (images, codes, positions)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace samples already in --out")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
@@ -33,13 +34,15 @@ def sample(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
-    from mqvq.generation import load_generator, sampling_params, write_samples
+    from mqvq.generation import load_generator, resolve_sampling, sampling_params, write_samples
     from mqvq.tracking import Tracker
     from mqvq.train.distributed import setup
 
     d = setup(device)
-    gen = load_generator(Tracker(tracking_uri, home), run, d.device)
-    params = sampling_params(gen.sampling, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
+    tracker = Tracker(tracking_uri, home)
+    gen = load_generator(tracker, run, d.device)
+    base = resolve_sampling(tracker, gen, sampling)
+    params = sampling_params(base, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
                              top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos)
     result = write_samples(gen, out, num, params, class_label=class_label, seed=seed, steps=steps, npz=npz,
                            overwrite=overwrite, progress=progress)

@@ -122,6 +122,8 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             else:
                 p.stages["stage2"] = StageState("after stage 1")
             want = expected_metrics(study, cfg, backend)
+            if study.search.trials and row.stage2:
+                want.append(metric_names(backend or cfg.eval.backend)["fid"] + "_best")
             if not row.stage2:
                 want = [m for m in want if m not in ("fd_vgg16", "fid", "is", "speed_images_per_s")]
             missing = [m for m in want if m not in p.metrics]

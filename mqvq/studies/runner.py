@@ -126,6 +126,8 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
                                           parent_run_id=parent, tags=tags)["run_id"]
             tracker.set_tags(parent, {"mqvq.stage2_run": stage2_run})
         metrics = _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run)
+        if study.search.trials and stage2_run:
+            metrics |= _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log)
         tracker.set_tags(parent, {"mqvq.status": "finished"})
         tracker.client.set_terminated(parent, "FINISHED")
         log(f"[green]{label}: finished[/] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -166,6 +168,28 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)
+    return values
+
+
+def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log) -> dict:
+    """The sampling-search study: best distance over top-k / top-p for the row's model (Table 1's protocol)."""
+    from mqvq.studies.search import SearchSpec, default_space, run_search
+
+    s = study.search
+    n = s.num_samples or min(p.cfg.eval.num_samples, 10_000)
+    metric = "fid" if (backend or p.cfg.eval.backend) == "inception" else "fd_vgg16"
+    rungs = list(s.rungs) or [r for r in (1000, 5000) if r < n]
+    shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
+                          p.cfg.stage2.model.kind == "raster")
+    log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
+    summary = run_search(tracker, SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
+                         device=device, progress=progress, log=lambda m: None)
+    if "best_value" not in summary:
+        return {}
+    values = {f"{metric}_best": summary["best_value"]}
+    tracker.log_metrics(parent, values, step=0)
+    tracker.set_tags(parent, {f"mqvq.eval.{metric}_best.num": n, f"mqvq.eval.{metric}_best.backend": "inception" if metric == "fid" else "vgg16",
+                              f"mqvq.eval.{metric}_best.trials": summary["trials"]})
     return values
 
 

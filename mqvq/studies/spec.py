@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqvq.config import ExperimentConfig, from_dict, opt
@@ -38,6 +38,14 @@ class StudyRow:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    trials: int = opt(0, "sampling-search trials per row (0 = no search)")
+    sampler: str = opt("tpe", "tpe, gp, grid or random")
+    num_samples: int = opt(0, "samples per trial (0 = the profile's eval.num_samples, at most 10000)")
+    rungs: tuple[int, ...] = opt((), "sample counts at which poor trials may be pruned (default: 1000, 5000 below num_samples)")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = opt("", "study name (file stem)")
     description: str = opt("", "one line: what the study reproduces")
@@ -45,6 +53,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = opt((0,), "seeds for every row")
     metrics: tuple[str, ...] = opt(("rfid", "fid", "usage"), "metrics evaluated for every row")
     rows: tuple[StudyRow, ...] = opt((), "the rows")
+    search: SearchSettings = field(default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"})
 
     def stage_metrics(self, stage: str) -> list[str]:
         wanted = STAGE1_METRICS if stage == "stage1" else STAGE2_METRICS
@@ -101,6 +110,8 @@ def load_study(name: str) -> StudyConfig:
     for m in study.metrics:
         if m not in allowed:
             raise UserError(f"{path}: metrics contains {m!r}: allowed metrics are {', '.join(allowed)}.")
+    if study.search.sampler not in ("tpe", "gp", "grid", "random"):
+        raise UserError(f"{path}: search.sampler = {study.search.sampler!r} is invalid: use tpe, gp, grid or random.")
     if not study.rows:
         raise UserError(f"{path}: a study needs at least one [[rows]] table.")
     if not study.seeds:

@@ -1,0 +1,468 @@
+"""Optuna search over sampling settings (top-k / top-p / temperature for codes and positions)
+of one trained stage-2 model, minimising a Fréchet distance on generated samples.
+
+- Storage: a journal file under <home>/optuna/ by default (safe for several processes on one
+  machine), or an RDB URL (PostgreSQL) for several machines; SQLite is refused with parallel workers.
+- `trials` counts trials in total: a rerun continues the same Optuna study and a finished search
+  starts nothing. Counting and asking happen under a file lock, so parallel workers on one
+  machine never exceed it, and a grid search never hands out a point twice.
+- Pruning on a growing sample count: the distance is reported at each rung (e.g. 1k -> 5k -> N
+  samples, the statistics accumulate) and a pruner stops poor settings early.
+- Every trial is an MLflow child run of the model's run (explicit parent id, so it works from any
+  process); the best values are written back to the model's run as `mqvq.sampling.best.*` tags,
+  which `mqvq sample / eval --sampling best` use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mqvq.config import SamplingConfig, validate_sampling
+from mqvq.errors import UserError
+from mqvq.studies.lease import HOST, _pid_alive, worker_id
+from mqvq.tracking.store import Tracker, _file_lock
+
+PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos")
+INT_PARAMS = {"top_k", "top_k_pos"}
+BEST_PREFIX = "mqvq.sampling.best."
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+
+    @property
+    def fixed(self) -> bool:
+        return self.low == self.high
+
+
+def parse_range(name: str, text: str) -> Range:
+    """`LOW:HIGH` or a single value (fixed); checked against what the parameter allows."""
+    parts = text.split(":")
+    try:
+        vals = [int(p) if name in INT_PARAMS else float(p) for p in parts]
+    except ValueError:
+        kind = "integers" if name in INT_PARAMS else "numbers"
+        raise UserError(f"--{name.replace('_', '-')} {text!r} is invalid: use LOW:HIGH or one value ({kind}).") from None
+    if len(vals) not in (1, 2):
+        raise UserError(f"--{name.replace('_', '-')} {text!r} is invalid: use LOW:HIGH or one value.")
+    r = Range(vals[0], vals[-1])
+    check_range(name, r)
+    return r
+
+
+def check_range(name: str, r: Range) -> None:
+    opt = "--" + name.replace("_", "-")
+    if r.low > r.high:
+        raise UserError(f"{opt} {r.low}:{r.high} is an empty range: LOW must not exceed HIGH.")
+    if name in INT_PARAMS and r.low < 1:
+        raise UserError(f"{opt} range {r.low}:{r.high} is invalid: top-k values must be at least 1.")
+    if name.startswith("top_p") and not (0 < r.low and r.high <= 1):
+        raise UserError(f"{opt} range {r.low}:{r.high} is invalid: top-p values must lie in (0, 1].")
+    if name.startswith("temperature") and r.low <= 0:
+        raise UserError(f"{opt} range {r.low}:{r.high} is invalid: temperatures must be positive.")
+
+
+def default_space(codebook_size: int, grid_len: int, raster: bool) -> dict[str, Range]:
+    space = {"top_k": Range(1, codebook_size), "top_p": Range(0.7, 1.0), "temperature": Range(1.0, 1.0)}
+    if not raster:
+        space |= {"top_k_pos": Range(1, grid_len), "top_p_pos": Range(0.7, 1.0), "temperature_pos": Range(1.0, 1.0)}
+    return space
+
+
+def grid_points(name: str, r: Range, n: int) -> list:
+    if r.fixed or n == 1:
+        return [int(r.low) if name in INT_PARAMS else r.low]
+    if name in INT_PARAMS:  # log-spaced integers
+        return sorted({int(round(v)) for v in np.geomspace(r.low, r.high, n)})
+    return [round(float(v), 6) for v in np.linspace(r.low, r.high, n)]
+
+
+# --------------------------------------------------------------------------- storage
+def open_storage(spec: str | None, home: Path, workers: int):
+    """The Optuna storage and a human-readable address for optuna-dashboard."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if spec and "://" in spec:
+        if spec.startswith("sqlite") and workers > 1:
+            raise UserError("SQLite cannot serve parallel Optuna workers (no row locking): use the default journal file "
+                            "or a PostgreSQL URL with --workers > 1.")
+        try:
+            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}), spec
+        except Exception as e:  # drivers raise their own types
+            raise UserError(f"cannot open the Optuna storage {spec}: {str(e).splitlines()[0]}") from None
+    path = Path(spec) if spec else home / "optuna" / "sampling.journal"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path) + ".lock"))), str(path)
+    except OSError as e:
+        raise UserError(f"cannot open the Optuna journal {path}: {e.strerror or e}.") from None
+    except Exception as e:  # a corrupt journal raises while replaying
+        raise UserError(f"cannot read the Optuna journal {path}: {str(e).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------- model lookup
+def resolve_model_run(tracker: Tracker, spec: str, profile: str) -> str:
+    """A stage-2 run id, or STUDY:ROW (that row's stage-2 run at `profile`)."""
+    if ":" in spec:
+        from mqvq.studies.plan import find_row_runs, study_experiment
+        from mqvq.studies.spec import load_study, select_rows
+
+        study_name, row = spec.split(":", 1)
+        study = load_study(study_name)
+        select_rows(study, [row])
+        parents = find_row_runs(tracker, study_experiment(study.name, profile), study.name, row, study.seeds[0])
+        run_id = parents[0].data.tags.get("mqvq.stage2_run") if parents else None
+        if not run_id:
+            raise UserError(f"row {row} of {study.name} (profile {profile}) has no stage-2 model yet: run "
+                            f"`mqvq study run {study.name} --profile {profile} --only {row}` first.")
+        return run_id
+    run = tracker.get_run(spec)
+    if run.data.tags.get("mqvq.stage") != "stage2":
+        raise UserError(f"run {spec} is a {run.data.tags.get('mqvq.stage', 'non-mqvq')} run: searches need a stage-2 model.")
+    if run.info.status != "FINISHED":
+        raise UserError(f"stage-2 run {spec} is {run.info.status.lower()}: it has no final model to search yet.")
+    return spec
+
+
+def best_sampling(tracker: Tracker, run_id: str, base: SamplingConfig) -> SamplingConfig:
+    """The best values a search wrote to the model's run (for --sampling best)."""
+    tags = tracker.get_run(run_id).data.tags
+    found = {k[len(BEST_PREFIX):]: v for k, v in tags.items() if k.startswith(BEST_PREFIX) and k[len(BEST_PREFIX):] in PARAMS}
+    if not found:
+        raise UserError(f"run {run_id} has no searched sampling settings: run `mqvq search sampling {run_id}` first.")
+    values = {k: int(v) if k in INT_PARAMS else float(v) for k, v in found.items()}
+    return dataclasses.replace(base, **values)
+
+
+# --------------------------------------------------------------------------- the search
+@dataclass
+class SearchSpec:
+    run_id: str
+    metric: str
+    num_samples: int
+    trials: int
+    sampler: str
+    space: dict[str, Range]
+    rungs: list[int]
+    grid_points: int = 3
+    seed: int = 0
+    study_name: str = ""
+
+    def __post_init__(self):
+        if not self.study_name:
+            self.study_name = f"sampling/{self.run_id}/{self.metric}/{self.num_samples}"
+
+
+def _make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name in ("random", "grid"):  # grid points are enqueued by the worker, never by Optuna's GridSampler
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"--sampler {name!r} is invalid: use tpe, gp, grid or random.")
+
+
+def _distributions(space: dict[str, Range]) -> dict:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    out = {}
+    for name, r in space.items():
+        if r.fixed:
+            continue
+        out[name] = IntDistribution(int(r.low), int(r.high), log=True) if name in INT_PARAMS else FloatDistribution(r.low, r.high)
+    return out
+
+
+def _check_study(study, spec: SearchSpec) -> None:
+    want = {"model_run": spec.run_id, "metric": spec.metric, "num_samples": spec.num_samples, "sampler": spec.sampler,
+            "space": {k: [v.low, v.high] for k, v in sorted(spec.space.items())}, "rungs": spec.rungs}
+    have = study.user_attrs.get("mqvq")
+    if have is None:
+        study.set_user_attr("mqvq", want)
+    elif have != json.loads(json.dumps(want)):
+        diff = sorted(k for k in want if json.loads(json.dumps(want[k])) != have.get(k))
+        raise UserError(f"Optuna study {spec.study_name} exists with a different {', '.join(diff)}: rerun with the same settings "
+                        f"or give this search another --study-name.")
+
+
+def _reap_dead_trials(study) -> None:
+    """RUNNING trials of workers that died on this machine are failed (marked `reaped`, so they do
+    not count towards --trials) and their points queued again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker", "")
+        host, pid, *_ = (owner.split(":") + ["", ""])[:3]
+        if host == HOST and pid.isdigit() and not _pid_alive(int(pid)):
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("reaped", True)
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+def _remaining(study, spec: SearchSpec) -> int:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and not t.user_attrs.get("reaped")) for t in trials)
+    left = max(0, spec.trials - used)
+    if spec.sampler == "grid":
+        searched = [grid_points(k, v, spec.grid_points) for k, v in spec.space.items() if not v.fixed]
+        left = min(left, max(0, math.prod(len(g) for g in searched) - sum(not t.user_attrs.get("reaped") for t in trials)))
+    return left
+
+
+def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str):
+    """Ask for a trial unless `trials` are already done or running; grid points are handed out once."""
+    from optuna.trial import TrialState
+
+    with _file_lock(lock_path):
+        _reap_dead_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        live = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+        failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("reaped")]
+        if len(live) + len(failed) >= spec.trials:
+            return None
+        if spec.sampler == "grid":
+            taken = {json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)
+                     for t in trials if not t.user_attrs.get("reaped")}  # queued trials hold their point in fixed_params
+            searched = {k: v for k, v in spec.space.items() if not v.fixed}
+            names = list(searched)
+            for combo in itertools.product(*(grid_points(n, searched[n], spec.grid_points) for n in names)):
+                params = dict(zip(names, combo))
+                if json.dumps(params, sort_keys=True) not in taken:
+                    study.enqueue_trial(params)
+                    break
+            else:
+                return None  # every grid point is taken
+        trial = study.ask(_distributions(spec.space))
+        trial.set_user_attr("worker", worker)
+        return trial
+
+
+def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None, workers: int = 1, device: str | None = None,
+               pruner: str = "median", progress: bool = True, log: Callable[[str], None] = print,
+               _spawned: bool = False) -> dict:
+    """Run (or continue) the search until `spec.trials` trials exist in total; returns a summary."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1.")
+    if spec.trials < 1:
+        raise UserError(f"--trials {spec.trials} must be at least 1.")
+    if spec.num_samples < 2:
+        raise UserError(f"--num-samples {spec.num_samples} must be at least 2.")
+    for name, r in spec.space.items():
+        check_range(name, r)
+    if any(not 2 <= r <= spec.num_samples for r in spec.rungs):
+        raise UserError(f"--rungs {spec.rungs} must lie between 2 and --num-samples {spec.num_samples}.")
+    store, address = open_storage(storage, tracker.home, workers)
+    pr = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median" else optuna.pruners.NopPruner()
+    study = optuna.create_study(study_name=spec.study_name, storage=store, direction="minimize", load_if_exists=True,
+                                sampler=_make_sampler(spec.sampler, spec.seed + os.getpid() % 1000), pruner=pr)
+    _check_study(study, spec)
+
+    if _remaining(study, spec) == 0:  # a finished search starts nothing (not even a model load)
+        summary = search_summary(study, spec, address)
+        _write_best(tracker, spec, study)
+        return summary | {"evaluated_here": 0}
+    children = []
+    if workers > 1 and not _spawned:
+        children = [_spawn_worker(spec, storage or address, device, pruner, tracker) for _ in range(workers - 1)]
+    try:
+        evaluated = _worker_loop(tracker, study, spec, address, device, progress, log)
+    finally:
+        for c in children:
+            c.wait()
+    failed_children = [c for c in children if c.returncode != 0]
+    summary = search_summary(study, spec, address)
+    _write_best(tracker, spec, study)
+    summary["evaluated_here"] = evaluated
+    if failed_children:
+        raise UserError(f"{len(failed_children)} search worker(s) failed: see their output above.")
+    return summary
+
+
+def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mqvq", "search", "sampling", spec.run_id, "--trials", str(spec.trials), "--sampler", spec.sampler,
+           "--storage", storage, "--num-samples", str(spec.num_samples), "--metric", spec.metric, "--workers", "1",
+           "--study-name", spec.study_name, "--rungs", ",".join(map(str, spec.rungs)), "--grid-points", str(spec.grid_points),
+           "--pruner", pruner, "--home", str(tracker.home), "--tracking-uri", tracker.uri, "--no-progress", "--seed", str(spec.seed)]
+    for name, r in spec.space.items():
+        cmd += [f"--{name.replace('_', '-')}", f"{r.low}:{r.high}"]
+    if device:
+        cmd += ["--device", device]
+    return subprocess.Popen(cmd)
+
+
+def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progress, log) -> int:
+    from optuna.trial import TrialState
+
+    from mqvq.generation import load_generator
+    from mqvq.train.distributed import setup
+
+    d = setup(device)
+    gen = load_generator(tracker, spec.run_id, d.device)
+    cfg = gen.config
+    backend, reference, ref_key = _reference(tracker, cfg, spec.metric, d.device)
+    lock = tracker.home / "optuna" / (spec.study_name.replace("/", "_") + ".lock")
+    worker = worker_id()
+    evaluated = 0
+    while True:
+        trial = _next_trial(study, spec, lock, worker)
+        if trial is None:
+            return evaluated
+        fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
+        values = {**fixed, **trial.params}
+        params = dataclasses.replace(gen.sampling, **values)
+        validate_sampling(params, "--")
+        run_id = tracker.start_run(_experiment_name(tracker, spec.run_id), f"trial-{trial.number:04d}",
+                                   {"mqvq.kind": "search-trial", "mqvq.search": spec.study_name, "mqvq.trial": trial.number,
+                                    "mqvq.model_run": spec.run_id, "mqvq.search.storage": address,
+                                    f"mqvq.eval.{spec.metric}.backend": backend.name, f"mqvq.eval.{spec.metric}.reference": ref_key},
+                                   {k: v for k, v in values.items()}, parent_run_id=spec.run_id)
+        log(f"trial {trial.number}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+        try:
+            value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress)
+        except BaseException as e:
+            study.tell(trial, state=TrialState.FAIL)
+            tracker.end_run(run_id, "FAILED", f"{type(e).__name__}: {e}")
+            raise
+        if state == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"trial {trial.number}: pruned at {value:.4g}")
+        else:
+            study.tell(trial, value)
+            log(f"trial {trial.number}: {spec.metric} {value:.4g}")
+        tracker.set_tags(run_id, {"mqvq.trial_state": state})
+        tracker.end_run(run_id, "FINISHED")
+        evaluated += 1
+
+
+def _experiment_name(tracker: Tracker, run_id: str) -> str:
+    return tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name
+
+
+def _reference(tracker, cfg: dict, metric: str, device):
+    from mqvq.config import DataConfig, from_dict
+    from mqvq.data import build_dataset
+    from mqvq.metrics.features import make_backend
+    from mqvq.metrics.reference import reference_stats
+
+    backend_name = {"fid": "inception", "fd_vgg16": "vgg16"}[metric]
+    data = dataclasses.replace(from_dict(DataConfig, cfg["stage1"]["data"], "stage1.data."), limit_train=0)
+    ev = cfg.get("eval", {})
+    backend = make_backend(backend_name, device, data.resolution, ev.get("inception_weights") or None)
+    stats, key = reference_stats(backend, build_dataset(data, "train"), "train", tracker.home, ev.get("batch_size", 64))
+    return backend, stats, key
+
+
+@torch.no_grad()
+def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec: SearchSpec, progress):
+    """FD at each rung (statistics accumulate), then at N; pruned when the pruner says so."""
+    from mqvq.generation import sample_images
+    from mqvq.metrics.frechet import RunningStats, frechet_distance
+    from mqvq.reports.figures import image_grid
+
+    stats = RunningStats(backend.dim)
+    rungs = sorted(set(spec.rungs) | {spec.num_samples})
+    seen, first, fd = 0, None, math.nan
+    for images, *_ in sample_images(gen, spec.num_samples, params, seed=spec.seed, progress=progress):
+        if first is None:
+            first = images
+            tracker.log_image(run_id, image_grid([images[i: i + 8] for i in range(0, min(len(images), 16), 8)
+                                                  if len(images[i: i + 8]) == min(8, len(images))]), "figures/samples.png")
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        offset = 0  # feed in pieces so every rung is hit exactly
+        while offset < len(x):
+            nxt = next(r for r in rungs if r > seen)
+            take = min(len(x) - offset, nxt - seen)
+            stats.update(backend(x[offset: offset + take])[0])
+            seen += take
+            offset += take
+            if seen == nxt:
+                fd = frechet_distance(stats.finalize(), reference)
+                tracker.log_metrics(run_id, {spec.metric: fd}, step=seen)
+                if seen < spec.num_samples:
+                    trial.report(fd, seen)
+                    if trial.should_prune():
+                        return fd, "pruned"
+    tracker.log_metrics(run_id, {f"{spec.metric}_final": fd}, step=seen)
+    return fd, "complete"
+
+
+def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return
+    best = min(done, key=lambda t: t.value)
+    old = tracker.get_run(spec.run_id).data.tags
+    same_kind = old.get(BEST_PREFIX + "metric") == spec.metric and old.get(BEST_PREFIX + "num_samples") == str(spec.num_samples)
+    if same_kind and float(old.get(BEST_PREFIX + "value", "inf")) < best.value:
+        return  # an earlier search of the same metric and sample count found better settings
+    fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
+    tags = {BEST_PREFIX + k: v for k, v in {**fixed, **best.params}.items()}
+    tags |= {BEST_PREFIX + "metric": spec.metric, BEST_PREFIX + "value": best.value, BEST_PREFIX + "num_samples": spec.num_samples,
+             BEST_PREFIX + "study": spec.study_name, BEST_PREFIX + "trial": best.number}
+    tracker.set_tags(spec.run_id, tags)
+
+
+def search_summary(study, spec: SearchSpec | None, address: str) -> dict:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    out = {"study": study.study_name, "storage": address, "trials": len(trials), "states": counts,
+           "dashboard": f"optuna-dashboard {address}"}
+    if done:
+        best = min(done, key=lambda t: t.value)
+        out |= {"best_value": best.value, "best_params": best.params, "best_trial": best.number}
+    if len(done) >= 2:
+        try:
+            import optuna
+
+            out["importance"] = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            pass  # too few distinct trials to rank parameters
+    return out
+
+
+def search_status(tracker: Tracker, spec: str, profile: str, storage: str | None, metric: str | None = None) -> list[dict]:
+    """Summaries of every search stored for a model run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_id = resolve_model_run(tracker, spec, profile)
+    store, address = open_storage(storage, tracker.home, 1)
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(store)
+             if s.user_attrs.get("mqvq", {}).get("model_run") == run_id
+             and (metric is None or s.user_attrs["mqvq"].get("metric") == metric)]
+    if not names:
+        raise UserError(f"no sampling search for run {run_id} in {address}: run `mqvq search sampling {run_id}` first.")
+    return [search_summary(optuna.load_study(study_name=n, storage=store), None, address) for n in names]
+

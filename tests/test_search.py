@@ -1,0 +1,114 @@
+"""Optuna sampling search: total trial counts, resumable, parallel without duplicates, pruning, MLflow children."""
+import json
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.train.stage1 import train_stage1
+from mqvq.train.stage2 import train_stage2
+
+runner = CliRunner()
+S2 = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
+      "stage2.sampling.batch_size=8", "eval.batch_size=8"]
+FAST = ["--num-samples", "16", "--rungs", "8", "--no-progress"]
+
+
+@pytest.fixture
+def model_run(tiny, tracker):
+    cfg = tiny("mqvae-f16-adaptive-50", *S2)
+    s1 = train_stage1(cfg, tracker, progress=False)
+    return train_stage2(cfg, tracker, progress=False)["run_id"], s1["run_id"]
+
+
+def _search(run_id, home, *args):
+    return runner.invoke(app, ["search", "sampling", run_id, "--home", str(home), *FAST, *args])
+
+
+def _study(home, run_id, metric="fd_vgg16", n=16, name=None):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(home / "optuna" / "sampling.journal")))
+    return optuna.load_study(study_name=name or f"sampling/{run_id}/{metric}/{n}", storage=storage)
+
+
+def test_trials_in_total_children_and_best_round_trip(model_run, tracker, tmp_path):
+    run_id, _ = model_run
+    r = _search(run_id, tracker.home, "--trials", "4")
+    assert r.exit_code == 0, r.output
+    study = _study(tracker.home, run_id)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    children = tracker.find_runs(run_id and tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name,
+                                 f"tags.\"mlflow.parentRunId\" = '{run_id}'")
+    assert sorted(int(c.data.tags["mqvq.trial"]) for c in children) == [0, 1, 2, 3]
+    for c in children:
+        assert {"top_k", "top_p", "top_k_pos", "top_p_pos"} <= set(c.data.params)
+        assert "fd_vgg16" in c.data.metrics and c.data.tags["mqvq.trial_state"] == "complete"
+        hist = tracker.client.get_metric_history(c.info.run_id, "fd_vgg16")
+        assert sorted(m.step for m in hist) == [8, 16]  # the distance at each sample count
+        assert [a.path for a in tracker.client.list_artifacts(c.info.run_id, "figures")] == ["figures/samples.png"]
+    r = _search(run_id, tracker.home, "--trials", "4")
+    assert r.exit_code == 0 and len(_study(tracker.home, run_id).trials) == 4  # a finished search starts nothing
+    tags = tracker.get_run(run_id).data.tags
+    best = study.best_trial
+    assert int(tags["mqvq.sampling.best.top_k"]) == best.params["top_k"]
+    assert float(tags["mqvq.sampling.best.value"]) == pytest.approx(best.value)
+    out = tmp_path / "s"
+    r = runner.invoke(app, ["sample", run_id, "--num", "3", "--out", str(out), "--sampling", "best", "--home",
+                            str(tracker.home), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    used = json.loads((out / "sampling.json").read_text())["sampling"]
+    assert used["top_k"] == best.params["top_k"] and used["top_p_pos"] == pytest.approx(best.params["top_p_pos"])
+    r = runner.invoke(app, ["search", "status", run_id, "--home", str(tracker.home), "--json"])
+    data = json.loads(r.stdout)["searches"][0]
+    assert data["trials"] == 4 and data["best_trial"] == best.number and "optuna-dashboard" in data["dashboard"]
+
+
+def test_two_workers_exact_count_and_no_duplicate_grid_point(model_run, tracker):
+    run_id, _ = model_run
+    r = _search(run_id, tracker.home, "--trials", "100", "--sampler", "grid", "--workers", "2", "--grid-points", "2",
+                "--top-k", "2:16", "--top-p", "1.0", "--top-k-pos", "2:8", "--top-p-pos", "0.8:1.0")
+    assert r.exit_code == 0, r.output
+    study = _study(tracker.home, run_id)
+    points = [json.dumps(t.params, sort_keys=True) for t in study.trials]
+    assert len(points) == 8 and len(set(points)) == 8  # 2 x 2 x 2 grid, every point once, then it stops
+    assert {t.user_attrs["worker"] for t in study.trials}.__len__() >= 1
+    r = _search(run_id, tracker.home, "--trials", "5", "--workers", "2", "--study-name", "tpe2")
+    assert r.exit_code == 0, r.output
+    assert len(_study(tracker.home, run_id, name="tpe2").trials) == 5  # exactly N across two workers
+
+
+def test_pruned_trials_are_recorded_as_pruned(model_run, tracker, monkeypatch):
+    run_id, _ = model_run
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **k: optuna.pruners.ThresholdPruner(upper=0.0))  # prune all
+    from mqvq.studies.search import SearchSpec, default_space, run_search
+
+    space = default_space(16, 16, False)
+    summary = run_search(tracker, SearchSpec(run_id, "fd_vgg16", 16, 3, "random", space, [8]), progress=False, log=lambda m: None)
+    assert summary["states"] == {"pruned": 3}
+    study = _study(tracker.home, run_id)
+    assert all(t.state.name == "PRUNED" and list(t.intermediate_values) == [8] for t in study.trials)
+    kids = tracker.find_runs(tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name,
+                             f"tags.\"mlflow.parentRunId\" = '{run_id}'")
+    assert len(kids) == 3 and all(k.data.tags["mqvq.trial_state"] == "pruned" for k in kids)
+
+
+def test_search_input_errors(model_run, tracker, tmp_path):
+    run_id, stage1_run = model_run
+    assert _search(run_id, tracker.home, "--trials", "2").exit_code == 0
+    for args, msg in [(["--top-k", "50:10"], "is an empty range"), (["--top-p", "0:0.5"], "must lie in (0, 1]"),
+                      (["--top-k", "0:5"], "must be at least 1"), (["--temperature", "abc"], "use LOW:HIGH"),
+                      (["--storage", "postgresql://nobody@127.0.0.1:9/optuna"], "cannot open the Optuna storage"),
+                      (["--storage", "sqlite:///x.db", "--workers", "2"], "SQLite cannot serve parallel Optuna workers"),
+                      (["--sampler", "cmaes"], "use tpe, gp, grid or random"), (["--metric", "kid"], "use fid or fd_vgg16"),
+                      (["--trials", "4", "--top-p", "0.5:0.9"], "exists with a different space")]:
+        r = _search(run_id, tracker.home, *args)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    r = _search(stage1_run, tracker.home, "--trials", "2")
+    assert r.exit_code == 2 and "searches need a stage-2 model" in r.output
+    r = runner.invoke(app, ["sample", stage1_run, "--num", "1", "--out", str(tmp_path / "x"), "--sampling", "best",
+                            "--home", str(tracker.home)])
+    assert r.exit_code == 2
+    assert len(_study(tracker.home, run_id).trials) == 2  # nothing lost
