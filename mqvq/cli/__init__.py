@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from mqvq.cli import bench, evaluate, experiment, sample, search, study, train, ui, weights
+from mqvq.cli import bench, evaluate, experiment, report, sample, search, study, train, ui, weights
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -16,6 +16,7 @@ app.command("sample")(sample.sample)
 app.command("eval")(evaluate.evaluate)
 app.add_typer(study.app, name="study")
 app.add_typer(search.app, name="search")
+app.command("report")(report.report)
 app.command("ui")(ui.ui)
 
 

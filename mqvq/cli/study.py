@@ -39,11 +39,11 @@ def list_() -> None:
 @cli_errors
 def show(name: Name, as_json: AsJson = False) -> None:
     """The study's rows: experiment, overrides, seeds and the paper values each mirrors."""
-    from mqvq.studies.spec import load_study
+    from mqvq.studies.spec import load_study, row_paper
 
     s = load_study(name)
     rows = [{"row": r.name, "experiment": r.experiment, "label": r.label or r.name, "overrides": list(r.overrides),
-             "seeds": list(r.seeds or s.seeds), "stage2": r.stage2, "paper": r.paper or {}} for r in s.rows]
+             "seeds": list(r.seeds or s.seeds), "stage2": r.stage2, "paper": row_paper(s, r)} for r in s.rows]
     if as_json:
         print(json.dumps({"study": s.name, "description": s.description, "table": s.table, "metrics": list(s.metrics),
                           "rows": rows}, indent=2))
@@ -114,7 +114,7 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
            as_json: AsJson = False) -> None:
     """Rows x finished / running / failed / missing, with their metrics."""
     from mqvq.studies.plan import plan_study
-    from mqvq.studies.spec import load_study
+    from mqvq.studies.spec import load_study, row_paper
     from mqvq.tracking import Tracker
 
     study = load_study(name)
@@ -125,7 +125,7 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
         rows.append({"row": p.row.name, "seed": p.seed, "label": p.row.label or p.row.name, "status": p.status,
                      "run_id": p.parent.info.run_id if p.parent is not None else None,
                      "stage1_run": tags.get("mqvq.stage1_run"), "stage2_run": tags.get("mqvq.stage2_run"),
-                     "failure": tags.get("mqvq.failure") or None, "metrics": p.metrics, "paper": p.row.paper or {}})
+                     "failure": tags.get("mqvq.failure") or None, "metrics": p.metrics, "paper": row_paper(study, p.row)})
     if as_json:
         print(json.dumps({"study": study.name, "profile": profile, "rows": rows}, indent=2))
         return

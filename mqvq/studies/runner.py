@@ -40,8 +40,9 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
                 "mqvq.profile": profile, "mqvq.experiment": p.row.experiment, "mqvq.label": p.row.label or p.row.name,
                 "mqvq.table": study.table, "mqvq.config_hash": config_hash(to_dict(p.cfg))}
         params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
-        if p.row.paper:
-            params |= {f"paper.{k}": v for k, v in sorted(p.row.paper.items())}
+        from mqvq.studies.spec import row_paper
+
+        params |= {f"paper.{k}": v for k, v in sorted(row_paper(study, p.row).items())}
         run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", tags, params)
         tracker.set_tags(run_id, {"mqvq.status": "missing"})
     runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
@@ -107,7 +108,10 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
             stage1_run = train_stage1(p.cfg, tracker, run_id=s1.run_id if s1.state == "resumable" else None,
                                       device=device, progress=progress, mlflow_experiment=experiment,
                                       parent_run_id=parent, tags=tags)["run_id"]
-        tracker.set_tags(parent, {"mqvq.stage1_run": stage1_run})
+        s1_tags = tracker.get_run(stage1_run).data.tags
+        d = p.cfg.stage1.data
+        tracker.set_tags(parent, {"mqvq.stage1_run": stage1_run,
+                                  "mqvq.data": f"{d.name} {d.resolution}px ({s1_tags.get('mqvq.data_digest', '?')})"})
         stage2_run = None
         if p.row.stage2:
             from mqvq.data.tokens import file_digest
@@ -155,7 +159,7 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         needed = [n for n in want if _stage_of(n) == stage and n not in have]
         if needed:
             log(f"  evaluating {stage}: {', '.join(metrics)}")
-            evaluate_run(tracker, run_id, metrics, backend=backend, device=device, progress=progress)
+            evaluate_run(tracker, run_id, [*metrics, "figures"], backend=backend, device=device, progress=progress)
     values, tags = {}, {}
     for run_id in (stage1_run, stage2_run):
         if run_id is None:
@@ -164,7 +168,8 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         for name in want:
             if name in run.metrics:
                 values[name] = run.metrics[name]
-                tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")}
+                tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")
+                         or k in ("mqvq.eval.device", "mqvq.eval.torch")}
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)

@@ -24,6 +24,7 @@ from mqvq.errors import UserError
 
 STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask"}
 STAGE2_METRICS = {"fid", "is", "speed"}
+DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class StudyRow:
     label: str = opt("", "how the row is shown in tables (default: the name)")
     overrides: tuple[str, ...] = opt((), "extra --set overrides for this row")
     seeds: tuple[int, ...] = opt((), "seeds for this row (default: the study's seeds)")
-    paper: dict[str, float] = opt(None, "the paper's values this row mirrors, e.g. {rfid = 4.79, fid = 7.67, usage = 78.22}")
+    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq.reports.paper)")
     stage2: bool = opt(True, "train and evaluate stage 2 for this row")
 
 
@@ -52,6 +53,7 @@ class StudyConfig:
     table: str = opt("", "paper table or figure it mirrors")
     seeds: tuple[int, ...] = opt((0,), "seeds for every row")
     metrics: tuple[str, ...] = opt(("rfid", "fid", "usage"), "metrics evaluated for every row")
+    columns: tuple[str, ...] = opt(("label",), "row descriptors in report tables: label, mask_ratio, f, mask_type, demask")
     rows: tuple[StudyRow, ...] = opt((), "the rows")
     search: SearchSettings = field(default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"})
 
@@ -106,6 +108,9 @@ def load_study(name: str) -> StudyConfig:
         study = from_dict(StudyConfig, raw)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+    bad_cols = [c for c in study.columns if c not in DESCRIPTORS]
+    if bad_cols:
+        raise UserError(f"{path}: columns contains {bad_cols[0]!r}: allowed columns are {', '.join(DESCRIPTORS)}.")
     allowed = sorted(STAGE1_METRICS | STAGE2_METRICS)
     for m in study.metrics:
         if m not in allowed:
@@ -138,6 +143,12 @@ def select_rows(study: StudyConfig, only: list[str] | None) -> list[StudyRow]:
 
 def row_seeds(study: StudyConfig, row: StudyRow, seeds: list[int] | None) -> list[int]:
     return list(seeds) if seeds else list(row.seeds or study.seeds)
+
+
+def row_paper(study: StudyConfig, row: StudyRow) -> dict[str, float]:
+    from mqvq.reports.paper import paper_values
+
+    return paper_values(study.table, row.experiment, row.paper)
 
 
 def row_config(row: StudyRow, profile: str, seed: int) -> ExperimentConfig:

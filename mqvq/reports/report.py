@@ -1,0 +1,207 @@
+"""`mqvq report`: read a study's row runs from MLflow, build the table, render, check, draw figures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mqvq.errors import UserError
+from mqvq.reports.checks import check_claims
+from mqvq.reports.paper import paper_values
+from mqvq.reports.tables import RENDERERS, Table, build_table, describe
+from mqvq.studies.lease import lease_is_live
+from mqvq.studies.plan import study_experiment
+from mqvq.studies.spec import StudyConfig, load_study, row_config
+from mqvq.tracking.store import Tracker
+
+FORMATS = {".md": "md", ".tex": "latex", ".csv": "csv", ".json": "json"}
+
+
+def collect(tracker: Tracker, study: StudyConfig, profile: str) -> list[dict]:
+    """One record per row run (row x seed) of the study at `profile`."""
+    name = study_experiment(study.name, profile)
+    runs = tracker.find_runs(name, "tags.\"mqvq.kind\" = 'row'", order_by=["attributes.start_time ASC"]) \
+        if tracker.client.get_experiment_by_name(name) else []
+    if not runs:
+        raise UserError(f"study {study.name} has no runs at profile {profile} yet: run `mqvq study run {study.name} --profile {profile}` first.")
+    out = []
+    for r in runs:
+        t = r.data.tags
+        status = t.get("mqvq.status", "missing")
+        if status == "running" and not lease_is_live(t.get("mqvq.lease", ""), float(t.get("mqvq.heartbeat", "0") or 0), 120):
+            status = "missing"
+        out.append({"row": t.get("mqvq.row"), "seed": int(t.get("mqvq.seed", 0)), "status": status, "metrics": dict(r.data.metrics),
+                    "tags": dict(t), "run_id": r.info.run_id, "end_time": r.info.end_time if status == "finished" else None})
+    return out
+
+
+def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
+    """Per row: table descriptors (the paper's f), the facts --check needs, and the paper's values."""
+    from mqvq.experiments import PROFILES
+
+    descriptors, meta, paper = {}, {}, {}
+    for row in study.rows:
+        cfg = row_config(row, profile, (row.seeds or study.seeds)[0])
+        d = describe(cfg)
+        f_paper = cfg.stage1.model.downsample * PROFILES[profile].downsample_divisor
+        d["f"] = str(f_paper)
+        descriptors[row.name] = d
+        m = cfg.stage1.model
+        meta[row.name] = {"mask_type": m.mask.type, "ratio": m.mask.ratio, "f": f_paper, "demask": m.demask.type}
+        paper[row.name] = paper_values(study.table, row.experiment, row.paper)
+    return descriptors, meta, paper
+
+
+def make_table(tracker: Tracker, name: str, profile: str) -> tuple[Table, StudyConfig, dict]:
+    study = load_study(name)
+    records = collect(tracker, study, profile)
+    descriptors, meta, paper = row_meta(study, profile)
+    return build_table(study, profile, records, descriptors, paper), study, meta
+
+
+def write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; choose a writable --out.") from None
+
+
+def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, out: Path | None = None,
+           check: bool = False, figures: bool = True) -> dict:
+    """Render the study's table (and with `check` the claim verdicts); write `out` and its figures."""
+    if out is not None and fmt is None:
+        fmt = FORMATS.get(out.suffix.lower())
+        if fmt is None:
+            raise UserError(f"cannot tell the format of {out}: use a .md, .tex, .csv or .json file or pass --format.")
+    fmt = fmt or "md"
+    if fmt not in RENDERERS:
+        raise UserError(f"--format {fmt!r} is invalid: use md, latex, csv or json.")
+    if out is not None:  # check the destination before reading anything
+        from mqvq.tracking.store import ensure_writable
+
+        ensure_writable(out.parent.resolve(), "--out")
+    table, study, meta = make_table(tracker, name, profile)
+    text = RENDERERS[fmt](table)
+    verdicts = check_claims(table, meta) if check else []
+    if verdicts and fmt == "md":
+        text += "\n" + render_verdicts(verdicts)
+    result = {"table": table, "text": text, "verdicts": verdicts, "figures": []}
+    if out is not None:
+        write_atomic(out, text)
+        if figures:
+            result["figures"] = write_figures(tracker, table, study, meta, out.parent / f"{out.stem}-figures")
+    return result
+
+
+def render_verdicts(verdicts) -> str:
+    lines = ["**Reproduction check**", ""]
+    for v in verdicts:
+        mark = {"holds": "✓", "fails": "✗", "not testable": "?"}[v.status]
+        lines.append(f"- {mark} **{v.claim}**: {v.status}" + (f" ({v.significance})" if v.significance else ""))
+        lines += [f"  - {e}" for e in v.evidence]
+    return "\n".join(lines) + "\n"
+
+
+def verdicts_json(verdicts) -> list[dict]:
+    return [{"claim": v.claim, "status": v.status, "evidence": v.evidence, "significance": v.significance} for v in verdicts]
+
+
+# --------------------------------------------------------------------------- figures
+def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict, folder: Path) -> list[str]:
+    """Fig. 4 mask grids, Fig. 5 codebook PCA (VQGAN vs MQ-VAE), Fig. 6a loss curves, Fig. 6b speed vs FID."""
+    from mqvq.reports import figures as F
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    stage_runs = {r.name: _stage_runs(tracker, r) for r in table.rows if r.status == "finished" and r.run_ids}
+    # Fig. 4: the adaptive rows' mask visualisations from their stage-1 evaluation
+    for row, runs in stage_runs.items():
+        if meta[row]["mask_type"] != "none" and runs.get("stage1"):
+            src = _artifact(tracker, runs["stage1"], "figures/fig4_mask.png")
+            if src:
+                dst = folder / f"fig4-mask-{row}.png"
+                shutil.copy(src, dst)
+                written.append(str(dst))
+    # Fig. 5: codebooks of the first VQGAN row and the first adaptive row
+    pair = [next((r for r in stage_runs if meta[r]["mask_type"] == kind and stage_runs[r].get("stage1")), None) for kind in ("none", "adaptive")]
+    if all(pair):
+        fig = _pca_pair(tracker, [(p, stage_runs[p]["stage1"]) for p in pair], table)
+        written.append(_save(fig, folder / "fig5-codebook-pca.png"))
+    # Fig. 6a: stage-2 validation curves
+    curves = {}
+    for row, runs in stage_runs.items():
+        if runs.get("stage2"):
+            for key, kind in (("val/loss", "val"), ("train/loss", "train")):
+                hist = tracker.client.get_metric_history(runs["stage2"], key)
+                if hist:
+                    label = next(r.descriptors["label"] for r in table.rows if r.name == row)
+                    curves[f"{label} ({kind})"] = ([m.step for m in hist], [m.value for m in hist])
+    if curves:
+        written.append(_save(F.loss_curves_figure(curves, f"{study.name}: stage-2 loss"), folder / "fig6a-loss-curves.png"))
+    # Fig. 6b: speed against the Fréchet distance
+    fd_key = next((c.key for c in table.columns if c.key in ("fid", "fd_vgg16")), None)
+    points = [(r.descriptors["label"], r.values["speed_images_per_s"][0], r.values[fd_key][0]) for r in table.rows
+              if fd_key and "speed_images_per_s" in r.values and fd_key in r.values]
+    if len(points) >= 2:
+        written.append(_save(F.speed_fid_figure(points, "FID" if fd_key == "fid" else "FD-VGG16"), folder / "fig6b-speed-vs-fid.png"))
+    return written
+
+
+def _stage_runs(tracker: Tracker, row) -> dict:
+    tags = tracker.get_run(row.run_ids[0]).data.tags
+    return {"stage1": tags.get("mqvq.stage1_run"), "stage2": tags.get("mqvq.stage2_run")}
+
+
+def _artifact(tracker: Tracker, run_id: str, path: str) -> str | None:
+    try:
+        return tracker.client.download_artifacts(run_id, path, tempfile.mkdtemp())
+    except Exception:  # the run was not evaluated with figures
+        return None
+
+
+def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from mqvq.models.mqvae import MQVAE
+    from mqvq.tracking.lookup import model_file
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=120)
+    for ax, (row, run_id) in zip(axes, rows):
+        model = MQVAE.from_checkpoint(model_file(tracker, run_id))
+        counts_path = _artifact(tracker, run_id, "metrics/codebook_counts.json")
+        counts = torch.tensor(json.load(open(counts_path))["counts"]) if counts_path else None
+        e = model.quantizer.embed.double()
+        e = e - e.mean(0)
+        _, _, v = torch.linalg.svd(e, full_matrices=False)
+        xy = (e @ v[:2].T).numpy()
+        used = (counts > 0).numpy() if counts is not None else None
+        if used is not None:
+            ax.scatter(xy[~used, 0], xy[~used, 1], s=5, c="lightgray")
+            ax.scatter(xy[used, 0], xy[used, 1], s=5, c="tab:blue")
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], s=5)
+        label = next(r.descriptors["label"] for r in table.rows if r.name == row)
+        ax.set_title(f"{label}" + (f": {used.sum()} / {len(used)} codes used" if used is not None else ""), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Fig. 5: codebook PCA", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,151 @@
+"""Reports: paper-layout tables byte-identical to stored files, honest rendering, LaTeX that compiles, --check."""
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.reports.checks import check_claims
+from mqvq.reports.report import row_meta
+from mqvq.reports.tables import build_table, to_csv, to_json, to_latex, to_markdown
+from mqvq.studies.spec import load_study
+
+FIX = Path(__file__).parent / "fixtures" / "report"
+runner = CliRunner()
+
+
+def _table(records=None, study="ablation-mask"):
+    s = load_study(study)
+    recs = records if records is not None else json.loads((FIX / "ablation-mask-runs.json").read_text())
+    d, meta, paper = row_meta(s, "smoke")
+    return build_table(s, "smoke", recs, d, paper), meta
+
+
+def test_table_is_byte_identical_to_the_stored_markdown_and_latex():
+    table, _ = _table()
+    assert to_markdown(table) == (FIX / "ablation-mask.md").read_text()
+    assert to_latex(table) == (FIX / "ablation-mask.tex").read_text()
+
+
+def test_rendering_is_honest():
+    table, _ = _table()
+    md = to_markdown(table)
+    lines = {line.split("|")[1].strip() + line.split("|")[3].strip(): line for line in md.splitlines()
+             if line.startswith("| ") and "%" in line.split("|")[1]}
+    assert lines["75 %random"].count("missing") == 6  # the row that never ran stays in the table
+    assert lines["75 %adaptive"].count("failed") == 6
+    assert "±" not in lines["10 %adaptive"] and lines["10 %adaptive"].rstrip(" |").endswith("1")  # one seed: no spread
+    assert "±" in lines["25 %adaptive"]
+    # mixed backends: Inception numbers only under FID, VGG16 numbers only under FD-VGG16, each labelled
+    header = md.splitlines()[2]
+    assert "| FID↓" in header and "| FD-VGG16↓" in header and "| rFID↓" in header
+    cols = [c.strip() for c in header.split("|")]
+    fid, fd = cols.index("FID↓"), cols.index("FD-VGG16↓")
+    adaptive = [c.strip() for c in lines["25 %adaptive"].split("|")]
+    assert adaptive[fid] == "n/a" and adaptive[fd].startswith("**8.07")
+    assert "FD-VGG16 (VGG16 features, not FID)" in md and "FID (Inception-v3 features)" in md
+    assert "8.54 ± 0.10†" in md  # ranks above the 50 % adaptive row, unlike the paper
+    assert json.loads(to_json(table))["rows"][8]["status"] == "missing" and "rfd_vgg16_std" in to_csv(table).splitlines()[0]
+
+
+def test_latex_compiles(tmp_path):
+    table, _ = _table()
+    tex = to_latex(table)
+    assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    ncols = tex.split(r"\begin{tabular}{")[1].split("}")[0]
+    assert len(body) == 9 and all(line.count(" & ") == len(ncols) - 1 for line in body)
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (CI installs texlive); structure checked above")
+    (tmp_path / "table.tex").write_text(tex)
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[T1]{fontenc}\n"
+                                      "\\begin{document}\n\\input{table.tex}\n\\end{document}\n")
+    p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def _records(rows: dict[str, dict[str, list[float]]]):
+    out = []
+    for i, (row, metrics) in enumerate(rows.items()):
+        n = len(next(iter(metrics.values())))
+        for s in range(n):
+            out.append({"row": row, "seed": s, "status": "finished", "metrics": {k: v[s] for k, v in metrics.items()},
+                        "tags": {}, "run_id": f"{i}{s}", "end_time": 1_700_000_000_000})
+    return out
+
+
+HOLDS = {"vqgan-f16": {"rfd_vgg16": [5.0, 5.1, 4.9], "fd_vgg16": [12.0, 12.2, 11.9], "usage": [60.0, 61.0, 60.5]},
+         "adaptive-10": {"rfd_vgg16": [5.1, 5.2, 5.0], "fd_vgg16": [8.0, 8.1, 7.9], "usage": [70.0, 70.5, 69.5]},
+         "adaptive-25": {"rfd_vgg16": [5.3, 5.2, 5.4], "fd_vgg16": [7.8, 7.7, 7.9], "usage": [78.0, 78.2, 77.9]},
+         "random-25": {"rfd_vgg16": [6.5, 6.6, 6.4], "fd_vgg16": [12.5, 12.4, 12.6], "usage": [66.0, 66.3, 66.1]},
+         "adaptive-50": {"rfd_vgg16": [5.5, 5.6, 5.4], "fd_vgg16": [8.4, 8.5, 8.3], "usage": [84.0, 84.1, 83.9]},
+         "random-50": {"rfd_vgg16": [8.0, 8.1, 7.9], "fd_vgg16": [15.5, 15.6, 15.4], "usage": [69.0, 69.1, 68.9]}}
+
+
+def test_check_verdicts_when_claims_hold_and_when_they_fail():
+    table, meta = _table(_records(HOLDS))
+    v = {x.claim.split(" (")[0]: x for x in check_claims(table, meta)}
+    assert v["adaptive beats random at every mask ratio"].status == "holds"
+    assert v["adaptive beats random at every mask ratio"].significance.startswith("significant")
+    assert v["codebook usage rises with the adaptive mask ratio"].status == "holds"
+    assert v["10-25 % adaptive mask improves FID over 0 %"].status == "holds"
+    fails = copy.deepcopy(HOLDS)
+    fails["random-50"]["fd_vgg16"] = [8.0, 8.1, 8.2]          # random beats adaptive at 50 %
+    fails["adaptive-25"]["usage"] = [65.0, 65.1, 64.9]        # usage dips
+    fails["adaptive-10"]["fd_vgg16"] = [12.5, 12.6, 12.4]      # 10 % is worse than 0 %
+    fails["random-25"] = {k: [v[0]] for k, v in fails["random-25"].items()}  # one seed: not assessable
+    table, meta = _table(_records(fails))
+    v = {x.claim.split(" (")[0]: x for x in check_claims(table, meta)}
+    assert v["adaptive beats random at every mask ratio"].status == "fails"
+    assert any("FAILS" in e and "50%" in e for e in v["adaptive beats random at every mask ratio"].evidence)
+    assert "fewer than two seeds" in v["adaptive beats random at every mask ratio"].significance
+    assert v["codebook usage rises with the adaptive mask ratio"].status == "fails"
+    assert v["10-25 % adaptive mask improves FID over 0 %"].status == "fails"
+
+
+def test_check_demask_order_and_not_testable():
+    demask = {"no-demask": {"rfd_vgg16": [7.0], "fd_vgg16": [10.7]}, "sa": {"rfd_vgg16": [6.5], "fd_vgg16": [9.8]},
+              "dcsa": {"rfd_vgg16": [5.8], "fd_vgg16": [8.9]}, "dcsa-update": {"rfd_vgg16": [5.3], "fd_vgg16": [8.4]}}
+    table, meta = _table(_records(demask), "ablation-demask")
+    (v,) = [x for x in check_claims(table, meta) if x.claim.startswith("each de-mask")]
+    assert v.status == "holds"
+    demask["sa"]["rfd_vgg16"] = [7.5]
+    table, meta = _table(_records(demask), "ablation-demask")
+    (v,) = [x for x in check_claims(table, meta) if x.claim.startswith("each de-mask")]
+    assert v.status == "fails"
+    table, meta = _table(_records({"vqgan-f16": {"usage": [60.0]}}))
+    v = {x.claim.split(" (")[0]: x for x in check_claims(table, meta)}
+    assert v["adaptive beats random at every mask ratio"].status == "not testable"
+
+
+def test_report_from_a_real_study_writes_table_and_figures(tmp_path, home, tracker, monkeypatch):
+    from tests.test_studies import write_study
+
+    folder = write_study(tmp_path / "studies", "two", [("vqgan-f16", "vqgan-f16"), ("adaptive-50", "mqvae-f16-adaptive-50")])
+    monkeypatch.setenv("MQVQ_STUDIES", str(folder))
+    r = runner.invoke(app, ["report", "two", "--home", str(home)])
+    assert r.exit_code == 2 and "has no runs at profile smoke yet: run `mqvq study run two --profile smoke`" in r.output
+    assert runner.invoke(app, ["study", "run", "two", "--no-progress", "--home", str(home)]).exit_code == 0
+    out = tmp_path / "out" / "two.md"
+    r = runner.invoke(app, ["report", "two", "--out", str(out), "--check", "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "| FD-VGG16↓" in text and "Provenance" in text and "Reproduction check" in text
+    figs = {p.name for p in (tmp_path / "out" / "two-figures").iterdir()}
+    assert {"fig4-mask-adaptive-50.png", "fig5-codebook-pca.png", "fig6a-loss-curves.png"} <= figs
+    assert all(p.stat().st_size > 1000 for p in (tmp_path / "out" / "two-figures").iterdir())
+    r = runner.invoke(app, ["report", "two", "--format", "latex", "--home", str(home)])
+    assert r.exit_code == 0 and r.stdout.startswith("% generated by mqvq report two")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for args, msg in [(["report", "nope"], "unknown study 'nope'"), (["report", "two", "--out", str(blocker / "t.md")], "cannot write"),
+                      (["report", "two", "--out", str(tmp_path / "t.docx")], "cannot tell the format"),
+                      (["report", "two", "--format", "html"], "use md, latex, csv or json")]:
+        r = runner.invoke(app, [*args, "--home", str(home)])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
