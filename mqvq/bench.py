@@ -84,3 +84,189 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
     if (0.25, cached) in by:
         result["sample_images_per_s"] = by[(0.25, cached)]  # headline: 25 % mask, 192 tokens on a 16x16 grid
     return result
+
+
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[float, float | None]:
+    """Median seconds per call after `warmup` calls, and peak GPU memory (GB) while timing."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, device: str | None = None, steps: int = 10,
+                       warmup: int = 3, compile: bool | None = None) -> dict:
+    """Full stage-1 training step (G + D, LPIPS-VGG16, adaptive weight) img/s, MQ-VAE 25 % vs its VQGAN path."""
+    from mqvq.experiments import load_experiment
+    from mqvq.models.losses import Stage1Loss
+    from mqvq.models.lpips import LPIPS
+    from mqvq.models.mqvae import MQVAE
+    from mqvq.train.common import autocast, autocast_dtype
+
+    dev = _device(device)
+    rows = []
+    for name in ("mqvae-f16-adaptive-25", "vqgan-f16"):
+        sets = [f"stage1.train.batch_size={batch_size}"] if batch_size else []
+        cfg = load_experiment(name, profile, sets).stage1
+        torch.manual_seed(0)
+        model = MQVAE(cfg.model).to(dev).train()
+        loss_fn = Stage1Loss(cfg.loss, LPIPS("vgg")).to(dev)  # random LPIPS weights: speed does not depend on them
+        fused = dev.type == "cuda"
+        opt_g = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
+        opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
+        dtype = autocast_dtype(cfg.train.precision, dev)
+        use_compile = cfg.train.compile if compile is None else compile
+        net = torch.compile(model) if use_compile else model
+        if use_compile:
+            torch._functorch.config.donated_buffer = False
+        b, r = cfg.train.batch_size, cfg.data.resolution
+        x = torch.rand(b, 3, r, r, device=dev) * 2 - 1
+        gan_step = max(cfg.loss.disc_start, 0)
+
+        def step():
+            with autocast(dev, dtype):
+                out = net(x)
+                g, _ = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), gan_step)
+            opt_g.zero_grad(set_to_none=True)
+            g.backward()
+            opt_g.step()
+            with autocast(dev, dtype):
+                d_loss, _ = loss_fn.discriminator_loss(x, out.recon)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+        sec, peak = _timed(step, dev, warmup, steps)
+        rows.append({"experiment": name, "batch_size": b, "resolution": r, "images_per_s": b / sec, "ms_per_step": 1000 * sec,
+                     "peak_memory_gb": peak, "precision": str(dtype or torch.float32), "compiled": use_compile,
+                     "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
+    return {"benchmark": "train-stage1", "profile": profile, "rows": rows, "stage1_train_images_per_s": rows[0]["images_per_s"],
+            "stage1_masking_overhead": rows[1]["images_per_s"] / rows[0]["images_per_s"], "environment": environment(dev)}
+
+
+def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 16,
+                       device: str | None = None, steps: int = 10, warmup: int = 3, compile: bool = False,
+                       codebook_size: int = 1024) -> dict:
+    """Full Stackformer training step (forward, CE_code + CE_position, backward, AdamW) tokens/s."""
+    from mqvq.models.stackformer import sequence_loss
+    from mqvq.train.stage2 import make_optimizer
+
+    if preset not in STACKFORMER_PRESETS:
+        raise UserError(f"unknown preset {preset!r}: allowed presets are {', '.join(STACKFORMER_PRESETS)}.")
+    dev = _device(device)
+    cl, pl, w, h = STACKFORMER_PRESETS[preset]
+    n, length = num_kept(grid * grid, mask_ratio), grid * grid
+    torch.manual_seed(0)
+    model = Stackformer(StackformerConfig(preset=preset, code_layers=cl, position_layers=pl, width=w, heads=h, dropout=0.1),
+                        TokenShape(codebook_size, (grid, grid), n)).to(dev).train()
+    opt = make_optimizer(model, 5e-4, 0.01, dev.type == "cuda")
+    net = torch.compile(model) if compile else model
+    codes = torch.randint(0, codebook_size, (batch_size, n), device=dev)
+    positions = torch.rand(batch_size, length, device=dev).argsort(1)[:, :n].sort(1).values
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+
+    def step():
+        with (torch.autocast(dev.type, dtype=dtype) if dtype else _null()):
+            loss, _ = sequence_loss(*net(codes, positions), codes, positions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    sec, peak = _timed(step, dev, warmup, steps)
+    return {"benchmark": "train-stage2", "preset": preset, "params_m": model.num_params() / 1e6, "tokens": n,
+            "batch_size": batch_size, "ms_per_step": 1000 * sec, "peak_memory_gb": peak, "compiled": compile,
+            "precision": str(dtype or torch.float32), "stage2_train_tokens_per_s": batch_size * n / sec,
+            "environment": environment(dev)}
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 256, num: int = 2048,
+              device: str | None = None, backend: str = "inception", profile: str = "paper", compile: bool = False) -> dict:
+    """FID-50k wall clock, projected from measured end-to-end throughput: sample codes -> stage-1
+    decoder -> feature backend (fp32) for `num` images. Random weights everywhere (a random-weight
+    FID Inception is built when no weights file is given: speed does not depend on the values)."""
+    from mqvq.experiments import load_experiment
+    from mqvq.metrics.features import VGG16Features
+    from mqvq.metrics.frechet import RunningStats
+    from mqvq.models.mqvae import MQVAE
+
+    dev = _device(device)
+    cfg = load_experiment("mqvae-f16-adaptive-25", profile, [f"stage1.model.mask.ratio={mask_ratio}"]).stage1
+    torch.manual_seed(0)
+    vae = MQVAE(cfg.model).to(dev).eval()
+    grid = cfg.data.resolution // cfg.model.downsample
+    cl, pl, w, h = STACKFORMER_PRESETS[preset]
+    model = Stackformer(StackformerConfig(preset=preset, code_layers=cl, position_layers=pl, width=w, heads=h, dropout=0.0),
+                        TokenShape(cfg.model.quantizer.codebook_size, (grid, grid), num_kept(grid * grid, mask_ratio))).to(dev).eval()
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+    if dtype is not None:
+        model = model.to(dtype)
+    if backend == "inception":
+        feats = _random_inception(dev)
+    else:
+        from mqvq.models.lpips import LPIPS
+
+        feats = VGG16Features.__new__(VGG16Features)
+        feats.lpips, feats.device, feats.resolution = LPIPS("vgg").to(dev), dev, min(224, max(32, cfg.data.resolution))
+    params = SamplingConfig(top_k=100, top_p=0.95, top_k_pos=10, top_p_pos=0.95)
+    stats = RunningStats(2048 if backend == "inception" else 512)
+    gen = generate_compiled if compile else generate
+
+    def batch(b):
+        s = gen(model, b, params, device=dev)
+        with torch.no_grad(), (torch.autocast(dev.type, dtype=dtype) if dtype else _null()):
+            images = vae.decode(s.codes, s.positions, (grid, grid))
+        x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        stats.update(feats(x)[0])
+
+    batch(min(batch_size, num))  # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    done = 0
+    while done < num:
+        b = min(batch_size, num - done)
+        batch(b)
+        done += b
+    _sync(dev)
+    sec = time.perf_counter() - t0
+    return {"benchmark": "fid", "backend": backend, "measured_images": num, "seconds": sec, "images_per_s": num / sec,
+            "fid50k_seconds": 50_000 * sec / num, "fid50k_projected": num < 50_000, "batch_size": batch_size,
+            "tokens": model.shape.length, "environment": environment(dev)}
+
+
+def _random_inception(dev: torch.device):
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    from mqvq.metrics.features import InceptionFeatures
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    obj = InceptionFeatures.__new__(InceptionFeatures)
+    obj.model, obj.device, obj.resolution = net.to(dev).eval(), dev, 299
+    return obj
+
+
+HEADLINE = ("stage1_train_images_per_s", "stage1_masking_overhead", "stage2_train_tokens_per_s", "sample_images_per_s",
+            "sample_speedup_50_vs_0", "fid50k_seconds")

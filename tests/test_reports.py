@@ -149,3 +149,17 @@ def test_report_from_a_real_study_writes_table_and_figures(tmp_path, home, track
                       (["report", "two", "--format", "html"], "use md, latex, csv or json")]:
         r = runner.invoke(app, [*args, "--home", str(home)])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_a_store_moved_from_another_machine_still_finds_its_artifacts(tmp_path, tiny, home, tracker):
+    """Results fetched back from a GPU machine: the store records that machine's artifact paths."""
+    from mqvq.tracking import Tracker
+    from mqvq.tracking.lookup import model_file
+    from mqvq.train.stage1 import train_stage1
+
+    run_id = train_stage1(tiny("vqgan-f16"), tracker, progress=False)["run_id"]
+    shutil.rmtree(home / "checkpoints")
+    moved = tmp_path / "fetched"
+    shutil.move(str(home), str(moved))
+    path = model_file(Tracker(None, moved), run_id)
+    assert path.is_file() and str(moved) in str(path)

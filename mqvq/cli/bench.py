@@ -1,4 +1,4 @@
-"""`mqvq bench sample`"""
+"""`mqvq bench sample|train-stage1|train-stage2|fid|all`"""
 from __future__ import annotations
 
 import json
@@ -8,24 +8,68 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import cli_errors, console
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console
 
-app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions.")
+app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
+                                             "results to --out JSON and an MLflow run in the `bench` experiment.")
+
+Device = Annotated[Optional[str], typer.Option(help="cpu or cuda")]
+Out = Annotated[Optional[Path], typer.Option(help="write the result JSON here (e.g. reports/bench/h100.json)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+Log = Annotated[bool, typer.Option("--log/--no-log", help="log the result as an MLflow run (experiment `bench`)")]
+Preset = Annotated[str, typer.Option(help="Stackformer size: tiny, mini, small (paper, 307M), base")]
+BenchProfile = Annotated[str, typer.Option("--profile", "-p", help="stage-1 sizes: paper (256², f = 16), mini or smoke")]
+
+
+def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tracking_uri) -> None:
+    from mqvq.bench import HEADLINE
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if log:
+        from mqvq.tracking import Tracker
+
+        tracker = Tracker(tracking_uri, home)
+        env = result.get("environment", {})
+        run_id = tracker.start_run("bench", f"bench-{result['benchmark']}", {
+            "mqvq.kind": "bench", "mqvq.bench": result["benchmark"], **{f"mqvq.env.{k}": v for k, v in env.items()}})
+        metrics = {k: v for k, v in _flat(result).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracker.log_metrics(run_id, metrics, step=0)
+        tracker.log_dict(run_id, result, "bench.json")
+        tracker.end_run(run_id)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("figure", "value")
+    for k, v in _flat(result).items():
+        if k in HEADLINE or k.endswith(("images_per_s", "tokens_per_s", "peak_memory_gb", "ms_per_step", "seconds")):
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    env = result.get("environment", {})
+    console.print(f"{env.get('gpu', env.get('cpu', env.get('device')))}, torch {env.get('torch')}", highlight=False)
+
+
+def _flat(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    for i, row in enumerate(result.get("rows", [])):
+        tag = row.get("experiment") or f"{row.get('model')}_{row.get('mask_ratio')}_{'cache' if row.get('cache') else 'nocache'}"
+        out |= {f"{tag}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, sub in result.items():
+        if isinstance(sub, dict) and name != "environment":
+            out |= {k: v for k, v in _flat(sub).items() if k in __import__("mqvq.bench", fromlist=["HEADLINE"]).HEADLINE}
+    return out
 
 
 @app.command("sample")
 @cli_errors
-def sample(
-    preset: Annotated[str, typer.Option(help="Stackformer size: tiny, mini, small (paper, 307M), base")] = "small",
-    grid: Annotated[int, typer.Option(help="latent grid side (16 = f16 at 256x256)")] = 16,
-    batch_size: Annotated[int, typer.Option(help="images per batch")] = 64,
-    repeats: Annotated[int, typer.Option(help="timed repeats (median reported)")] = 3,
-    cache: Annotated[str, typer.Option(help="on, off or both")] = "both",
-    compile: Annotated[bool, typer.Option("--compile", help="compile the cached decode step (CUDA graphs)")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="write the result JSON here (e.g. reports/bench/sample.json)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-) -> None:
+def sample(preset: Preset = "small", grid: Annotated[int, typer.Option(help="latent grid side (16 = f16 at 256x256)")] = 16,
+           batch_size: Annotated[int, typer.Option(help="images per batch")] = 64,
+           repeats: Annotated[int, typer.Option(help="timed repeats (median reported)")] = 3,
+           cache: Annotated[str, typer.Option(help="on, off or both")] = "both",
+           compile: Annotated[bool, typer.Option("--compile", help="compile the cached decode step (CUDA graphs)")] = False,
+           device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+           tracking_uri: TrackingUri = None) -> None:
     """Sampling speed of Stackformer (25 %, 50 % mask) vs the raster baseline (0 %), cache on/off."""
     from mqvq.bench import bench_sample
 
@@ -33,16 +77,74 @@ def sample(
     if cache not in modes:
         raise typer.BadParameter("use on, off or both", param_hint="--cache")
     result = bench_sample(preset, grid, batch_size, cache_modes=modes[cache], device=device, repeats=repeats, compile=compile)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    table = Table("model", "mask", "tokens", "cache", "img/s", "ms/step", "peak GB")
-    for r in result["rows"]:
-        table.add_row(r["model"], f"{r['mask_ratio']:.0%}", str(r["tokens"]), "on" if r["cache"] else "off",
-                      f"{r['images_per_s']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] else "-")
-    console.print(table)
-    if "sample_speedup_50_vs_0" in result:
-        console.print(f"50 % mask vs 0 % raster baseline: {result['sample_speedup_50_vs_0']:.2f}x  ({result['environment']['device']})")
+    if not as_json and not out:
+        table = Table("model", "mask", "tokens", "cache", "img/s", "ms/step", "peak GB")
+        for r in result["rows"]:
+            table.add_row(r["model"], f"{r['mask_ratio']:.0%}", str(r["tokens"]), "on" if r["cache"] else "off",
+                          f"{r['images_per_s']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] else "-")
+        console.print(table)
+    _emit(result, out, as_json, log, home, tracking_uri)
+
+
+@app.command("train-stage1")
+@cli_errors
+def train_stage1(profile: BenchProfile = "paper", batch_size: Annotated[Optional[int], typer.Option(help="images per step (default: the profile's)")] = None,
+                 steps: Annotated[int, typer.Option(help="timed steps")] = 10, compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="default: the profile's stage1.train.compile")] = None,
+                 device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+                 tracking_uri: TrackingUri = None) -> None:
+    """Stage-1 training step (G + D, LPIPS-VGG16): MQ-VAE 25 % img/s and the masking overhead vs VQGAN."""
+    from mqvq.bench import bench_train_stage1
+
+    _emit(bench_train_stage1(profile, batch_size, device, steps, compile=compile), out, as_json, log, home, tracking_uri)
+
+
+@app.command("train-stage2")
+@cli_errors
+def train_stage2(preset: Preset = "small", batch_size: Annotated[int, typer.Option(help="sequences per step")] = 16,
+                 steps: Annotated[int, typer.Option(help="timed steps")] = 10, compile: Annotated[bool, typer.Option("--compile")] = False,
+                 device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+                 tracking_uri: TrackingUri = None) -> None:
+    """Stackformer training tokens/s (192 tokens: 25 % of a 16x16 grid)."""
+    from mqvq.bench import bench_train_stage2
+
+    _emit(bench_train_stage2(preset, batch_size=batch_size, device=device, steps=steps, compile=compile), out, as_json, log,
+          home, tracking_uri)
+
+
+@app.command("fid")
+@cli_errors
+def fid(preset: Preset = "small", profile: BenchProfile = "paper", num: Annotated[int, typer.Option(help="images to time (projected to 50k)")] = 2048,
+        batch_size: Annotated[int, typer.Option(help="images per batch")] = 256,
+        backend: Annotated[str, typer.Option(help="inception or vgg16")] = "inception",
+        compile: Annotated[bool, typer.Option("--compile")] = False,
+        device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+        tracking_uri: TrackingUri = None) -> None:
+    """FID-50k wall clock (sample + decode + features), projected from `--num` images."""
+    from mqvq.bench import bench_fid
+
+    if backend not in ("inception", "vgg16"):
+        raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
+    _emit(bench_fid(preset, batch_size=batch_size, num=num, device=device, backend=backend, profile=profile, compile=compile),
+          out, as_json, log, home, tracking_uri)
+
+
+@app.command("all")
+@cli_errors
+def all_(profile: BenchProfile = "paper", preset: Preset = "small", compile: Annotated[bool, typer.Option("--compile")] = False,
+         fid_num: Annotated[int, typer.Option(help="images timed for the FID-50k projection")] = 2048,
+         sample_batch_size: Annotated[int, typer.Option(help="sampling batch size")] = 64,
+         device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+         tracking_uri: TrackingUri = None) -> None:
+    """Every benchmark at the anchor configuration; the headline figures at the top level."""
+    from mqvq.bench import HEADLINE, bench_fid, bench_sample, bench_train_stage1, bench_train_stage2
+
+    parts = {"train_stage1": bench_train_stage1(profile, device=device, compile=compile or None),
+             "train_stage2": bench_train_stage2(preset, device=device, compile=compile),
+             "sample": bench_sample(preset, batch_size=sample_batch_size, device=device, compile=compile),
+             "fid": bench_fid(preset, num=fid_num, batch_size=min(256, fid_num), device=device, profile=profile, compile=compile)}
+    result = {"benchmark": "all", "profile": profile, "preset": preset}
+    for part in parts.values():
+        result |= {k: part[k] for k in HEADLINE if k in part}
+    result |= parts
+    result["environment"] = parts["sample"]["environment"]
+    _emit(result, out, as_json, log, home, tracking_uri)

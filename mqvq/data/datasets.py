@@ -92,12 +92,13 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
 
 
 def fashion_mnist_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
-    root = Path(cfg.root or FASHION_MNIST_DIR)
+    root = Path(cfg.root or os.environ.get("MQVQ_FASHION_MNIST") or FASHION_MNIST_DIR)
     prefix = "train" if split == "train" else "t10k"
     img_path, lab_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
     if not img_path.is_file() or not lab_path.is_file():
         raise UserError(f"Fashion-MNIST not found in {root} (expected {img_path.name}): install it with "
-                        f"`apt-get install dataset-fashion-mnist` or set stage1.data.root to a folder holding the idx .gz files.")
+                        f"`apt-get install dataset-fashion-mnist`, or point stage1.data.root or $MQVQ_FASHION_MNIST at a "
+                        f"folder holding the idx .gz files.")
     images = _read_idx(img_path, 16)
     labels = _read_idx(lab_path, 8)
     if images.size % (28 * 28) or images.size // (28 * 28) != labels.size:

@@ -160,7 +160,7 @@ def _stage_runs(tracker: Tracker, row) -> dict:
 
 def _artifact(tracker: Tracker, run_id: str, path: str) -> str | None:
     try:
-        return tracker.client.download_artifacts(run_id, path, tempfile.mkdtemp())
+        return str(tracker.download_artifact(run_id, path, Path(tempfile.mkdtemp())))
     except Exception:  # the run was not evaluated with figures
         return None
 

@@ -209,8 +209,19 @@ class Tracker:
         self.client.log_image(run_id, image, artifact_file=name)
 
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        """A run artifact as a local file. A store copied from another machine (e.g. fetched back from
+        a GPU box) still records that machine's artifact paths: those are looked up under this home."""
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except Exception:  # MLflow raises several types for a missing artifact root
+            uri = self.client.get_run(run_id).info.artifact_uri
+            marker = "/artifacts/"
+            if uri.startswith("file://") and marker in uri:
+                moved = self.home / "artifacts" / uri.split(marker, 1)[1] / path
+                if moved.is_file():
+                    return moved
+            raise
 
 
 def _param_str(v: Any) -> str:
