@@ -41,6 +41,7 @@ def sampling(
     grid_points: Annotated[int, typer.Option(help="grid sampler: points per searched parameter")] = 3,
     study_name: Annotated[Optional[str], typer.Option(help="Optuna study name (default: sampling/RUN/METRIC/N)")] = None,
     seed: Annotated[int, typer.Option(help="sampler and sampling seed")] = 0,
+    worker_index: Annotated[int, typer.Option(hidden=True, help="set by --workers for the processes it starts")] = 0,
     profile: Annotated[str, typer.Option("--profile", "-p", help="profile of STUDY:ROW")] = "smoke",
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
     home: Home = None,
@@ -80,6 +81,7 @@ def sampling(
     if sampler not in ("tpe", "gp", "grid", "random"):
         raise UserError(f"--sampler {sampler!r} is invalid: use tpe, gp, grid or random.")
     result = run_search(tracker, s, storage=storage, workers=workers, device=device, pruner=pruner, progress=progress,
+                        worker_index=worker_index,
                         log=lambda m: err_console.print(m, highlight=False))
     _print_summary(result)
 

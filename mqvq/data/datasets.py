@@ -282,6 +282,3 @@ def eval_batches(ds, batch_size: int, limit: int = 0, rank: int = 0, world: int 
         items = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else [ds[i] for i in idx]
         yield collate(items)
 
-
-def default_workers() -> int:
-    return min(8, max(0, (os.cpu_count() or 1) - 1))

@@ -83,7 +83,6 @@ class LPIPS(nn.Module):
         super().__init__()
         if net not in CHANNELS:
             raise ValueError(net)
-        self.net_name = net
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None], persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None], persistent=False)
         self.net = _Trunk(net)

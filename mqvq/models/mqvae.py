@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mqvq.config import MQVAEConfig, from_dict, num_kept, to_dict
+from mqvq.config import MQVAEConfig, from_dict, num_kept
 from mqvq.errors import UserError
 from mqvq.models.autoencoder import Decoder, Encoder, MidBlock
 from mqvq.models.demask import DeMask
@@ -147,6 +147,3 @@ class MQVAE(nn.Module):
         model = cls(cfg)
         model.load_state_dict(ckpt["model"])
         return model.eval()
-
-    def config_dict(self) -> dict:
-        return to_dict(self.config)

@@ -45,8 +45,6 @@ def sample_from(logits: torch.Tensor, generator: torch.Generator | None = None) 
 class Samples:
     codes: torch.Tensor      # (B, N) in sampling order
     positions: torch.Tensor  # (B, N) unique grid positions
-    code_logits: list[torch.Tensor] | None = None
-    position_logits: list[torch.Tensor] | None = None
 
 
 def decode_step(model: Stackformer, token, position, used, t, params: SamplingConfig, generator=None):

@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -263,7 +262,7 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str):
 
 def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None, workers: int = 1, device: str | None = None,
                pruner: str = "median", progress: bool = True, log: Callable[[str], None] = print,
-               _spawned: bool = False) -> dict:
+               worker_index: int = 0) -> dict:
     """Run (or continue) the search until `spec.trials` trials exist in total; returns a summary."""
     import optuna
 
@@ -281,7 +280,7 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
     store, address = open_storage(storage, tracker.home, workers)
     pr = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=spec.study_name, storage=store, direction="minimize", load_if_exists=True,
-                                sampler=_make_sampler(spec.sampler, spec.seed + os.getpid() % 1000), pruner=pr)
+                                sampler=_make_sampler(spec.sampler, spec.seed * 1000 + worker_index), pruner=pr)
     _check_study(study, spec)
 
     if _remaining(study, spec) == 0:  # a finished search starts nothing (not even a model load)
@@ -289,8 +288,8 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
         _write_best(tracker, spec, study)
         return summary | {"evaluated_here": 0}
     children = []
-    if workers > 1 and not _spawned:
-        children = [_spawn_worker(spec, storage or address, device, pruner, tracker) for _ in range(workers - 1)]
+    if workers > 1 and worker_index == 0:  # each worker's sampler gets its own seed; sampling seeds stay shared
+        children = [_spawn_worker(spec, storage or address, device, pruner, tracker, i) for i in range(1, workers)]
     try:
         evaluated = _worker_loop(tracker, study, spec, address, device, progress, log)
     finally:
@@ -305,11 +304,12 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
     return summary
 
 
-def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker) -> subprocess.Popen:
+def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mqvq", "search", "sampling", spec.run_id, "--trials", str(spec.trials), "--sampler", spec.sampler,
            "--storage", storage, "--num-samples", str(spec.num_samples), "--metric", spec.metric, "--workers", "1",
            "--study-name", spec.study_name, "--rungs", ",".join(map(str, spec.rungs)), "--grid-points", str(spec.grid_points),
-           "--pruner", pruner, "--home", str(tracker.home), "--tracking-uri", tracker.uri, "--no-progress", "--seed", str(spec.seed)]
+           "--pruner", pruner, "--home", str(tracker.home), "--tracking-uri", tracker.uri, "--no-progress", "--seed", str(spec.seed),
+           "--worker-index", str(index)]
     for name, r in spec.space.items():
         cmd += [f"--{name.replace('_', '-')}", f"{r.low}:{r.high}"]
     if device:
