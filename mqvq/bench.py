@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import platform
-import statistics
 import time
 
 import torch
@@ -13,6 +12,7 @@ from mqvq.config import STACKFORMER_PRESETS, SamplingConfig, StackformerConfig, 
 from mqvq.errors import UserError
 from mqvq.models.sampling import generate, generate_compiled
 from mqvq.models.stackformer import Stackformer, TokenShape
+from mqvq.timing import sync, timed
 
 
 def environment(device: torch.device) -> dict:
@@ -24,11 +24,6 @@ def environment(device: torch.device) -> dict:
     else:
         env |= {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     return env
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ratios=(0.0, 0.25, 0.5),
@@ -59,21 +54,11 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
                 run = functools.partial(generate_compiled, model, batch_size, params, device=dev)
             else:
                 run = functools.partial(generate, model, batch_size, params, use_cache=cache, device=dev)
-            run()  # warm-up (and allocation)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            times = []
-            for _ in range(repeats):
-                _sync(dev)
-                t0 = time.perf_counter()
-                run()
-                _sync(dev)
-                times.append(time.perf_counter() - t0)
-            sec = statistics.median(times)
+            sec, peak = timed(run, dev, warmup=1, repeats=repeats)
             rows.append({"model": kind, "mask_ratio": ratio, "tokens": n, "cache": cache, "compiled": compile and cache,
                          "batch_size": batch_size,
                          "seconds_per_batch": sec, "images_per_s": batch_size / sec, "ms_per_step": 1000 * sec / n,
-                         "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
+                         "peak_memory_gb": peak,
                          "params_m": model.num_params() / 1e6})
     result = {"benchmark": "sample", "preset": preset, "grid": f"{grid}x{grid}", "precision": str(dtype or torch.float32),
               "codebook_size": codebook_size, "rows": rows, "environment": environment(dev)}
@@ -84,23 +69,6 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
     if (0.25, cached) in by:
         result["sample_images_per_s"] = by[(0.25, cached)]  # headline: 25 % mask, 192 tokens on a 16x16 grid
     return result
-
-
-def _timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[float, float | None]:
-    """Median seconds per call after `warmup` calls, and peak GPU memory (GB) while timing."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    return statistics.median(times), peak
 
 
 def _device(device: str | None) -> torch.device:
@@ -149,7 +117,7 @@ def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, de
             d_loss.backward()
             opt_d.step()
 
-        sec, peak = _timed(step, dev, warmup, steps)
+        sec, peak = timed(step, dev, warmup, steps)
         rows.append({"experiment": name, "batch_size": b, "resolution": r, "images_per_s": b / sec, "ms_per_step": 1000 * sec,
                      "peak_memory_gb": peak, "precision": str(dtype or torch.float32), "compiled": use_compile,
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
@@ -186,7 +154,7 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    sec, peak = _timed(step, dev, warmup, steps)
+    sec, peak = timed(step, dev, warmup, steps)
     return {"benchmark": "train-stage2", "preset": preset, "params_m": model.num_params() / 1e6, "tokens": n,
             "batch_size": batch_size, "ms_per_step": 1000 * sec, "peak_memory_gb": peak, "compiled": compile,
             "precision": str(dtype or torch.float32), "stage2_train_tokens_per_s": batch_size * n / sec,
@@ -239,14 +207,14 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
         stats.update(feats(x)[0])
 
     batch(min(batch_size, num))  # warm-up
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     done = 0
     while done < num:
         b = min(batch_size, num - done)
         batch(b)
         done += b
-    _sync(dev)
+    sync(dev)
     sec = time.perf_counter() - t0
     return {"benchmark": "fid", "backend": backend, "measured_images": num, "seconds": sec, "images_per_s": num / sec,
             "fid50k_seconds": 50_000 * sec / num, "fid50k_projected": num < 50_000, "batch_size": batch_size,

@@ -108,17 +108,22 @@ def list_experiments() -> dict[str, str]:
     return out
 
 
-def find_experiment(name: str) -> Path:
+def find_declared(name: str, folder: Path, kind: str, plural: str = "") -> Path:
+    """`name` in `folder` (name.toml), or a .toml path; unknown names list what exists."""
     if name.endswith(".toml") or os.sep in name:
         path = Path(name)
         if not path.is_file():
-            raise UserError(f"experiment file {path} does not exist.")
+            raise UserError(f"{kind} file {path} does not exist.")
         return path
-    path = experiments_dir() / f"{name}.toml"
+    path = folder / f"{name}.toml"
     if not path.is_file():
-        known = ", ".join(list_experiments()) or "none found"
-        raise UserError(f"unknown experiment {name!r}: known experiments are {known} (or pass a .toml path).")
+        known = ", ".join(p.stem for p in sorted(folder.glob("*.toml"))) or "none found"
+        raise UserError(f"unknown {kind} {name!r}: known {plural or kind + 's'} are {known} (or pass a .toml path).")
     return path
+
+
+def find_experiment(name: str) -> Path:
+    return find_declared(name, experiments_dir(), "experiment")
 
 
 def _read_toml(path: Path) -> dict:

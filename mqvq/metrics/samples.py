@@ -1,15 +1,13 @@
 """Stage-2 metrics: FID / FD-VGG16 and IS of generated samples, and sampling speed."""
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from mqvq.config import SamplingConfig
 from mqvq.generation import Generator, sample_images
 from mqvq.metrics.frechet import FeatureStats, RunningStats, frechet_distance, inception_score
 from mqvq.models.sampling import generate
+from mqvq.timing import timed
 
 
 @torch.no_grad()
@@ -33,11 +31,6 @@ def sample_metrics(gen: Generator, num: int, params: SamplingConfig, backend, re
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def sampling_speed(gen: Generator, params: SamplingConfig, batch_size: int, repeats: int = 3, dtype=None) -> dict:
     """Images/s of sampling + decoding at `batch_size`: warm-up, synchronised timing, median of repeats."""
@@ -49,14 +42,6 @@ def sampling_speed(gen: Generator, params: SamplingConfig, batch_size: int, repe
         s = generate(model, batch_size, params, labels, dtype=dtype, device=device)
         return gen.vae.decode(s.codes, s.positions, model.shape.grid)
 
-    once()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        once()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
+    sec, _ = timed(once, device, warmup=1, repeats=repeats)
     return {"speed_images_per_s": batch_size / sec, "speed_ms_per_image": 1000 * sec / batch_size,
             "speed_batch_size": batch_size, "speed_tokens": model.shape.length}

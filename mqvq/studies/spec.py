@@ -82,16 +82,9 @@ def list_studies() -> dict[str, str]:
 
 
 def find_study(name: str) -> Path:
-    if name.endswith(".toml") or os.sep in name:
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"study file {path} does not exist.")
-        return path
-    path = studies_dir() / f"{name}.toml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(studies_dir().glob("*.toml"))) or "none found"
-        raise UserError(f"unknown study {name!r}: known studies are {known} (or pass a .toml path).")
-    return path
+    from mqvq.experiments import find_declared
+
+    return find_declared(name, studies_dir(), "study", "studies")
 
 
 def load_study(name: str) -> StudyConfig:

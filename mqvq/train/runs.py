@@ -2,6 +2,7 @@
 working checkpoint's place, and the metric window that syncs with the device once per log."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
                 tracker.log_dict(run_id, data, name)
         tracker.set_tags(run_id, {"mqvq.checkpoint": str(checkpoint_path(tracker.home, run_id))})
     return distributed.broadcast_object(run_id)
+
+
+@contextlib.contextmanager
+def closing_run(tracker: Tracker, d: Dist, run_id: str, summary: dict):
+    """End the MLflow run however the body ends: FAILED with the reason on an error, KILLED on
+    Ctrl-C (resumable), else the status the body sets in the yielded dict (FINISHED / KILLED)."""
+    state = {"status": "FAILED", "reason": ""}
+    try:
+        yield state
+    except KeyboardInterrupt:
+        state.update(status="KILLED", reason=f"interrupted at step {summary['step']}")
+        raise
+    except BaseException as e:
+        state["reason"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if d.main:
+            tracker.end_run(run_id, state["status"], state["reason"])
+        distributed.teardown()
 
 
 class MetricWindow:

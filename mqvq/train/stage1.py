@@ -23,7 +23,7 @@ from mqvq.reports.figures import reconstruction_grid
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
-from mqvq.train.runs import MetricWindow, checkpoint_path, open_run
+from mqvq.train.runs import MetricWindow, checkpoint_path, closing_run, open_run
 from mqvq.train.common import (
     autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
 )
@@ -91,28 +91,17 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
         net = torch.compile(net)
     loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
 
-    status, reason = "FAILED", ""
     summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step}  # the loop keeps "step" current
-    try:
+    with closing_run(tracker, d, run_id, summary) as run:
         step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file,
                      progress, stop_after, summary)
         if step < s1.train.steps:  # stopped early on purpose: resumable
-            status = "KILLED"
+            run["status"] = "KILLED"
             return summary | {"step": step, "finished": False}
         if d.main:
             summary |= _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step)
-        status = "FINISHED"
+        run["status"] = "FINISHED"
         return summary | {"step": step, "finished": True}
-    except KeyboardInterrupt:
-        status, reason = "KILLED", f"interrupted at step {summary['step']}"
-        raise
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        if d.main:
-            tracker.end_run(run_id, status, reason)
-        distributed.teardown()
 
 
 def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file, progress,

@@ -27,7 +27,7 @@ from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.train.common import autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state
-from mqvq.train.runs import MetricWindow, checkpoint_path, open_run
+from mqvq.train.runs import MetricWindow, checkpoint_path, closing_run, open_run
 
 STAGE = "stage2"
 
@@ -130,28 +130,17 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
     if s2.train.compile:
         net = torch.compile(net)
-    status, reason = "FAILED", ""
     summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step, "stage1": stage1_info}
-    try:
+    with closing_run(tracker, d, run_id, summary) as run:
         _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress,
               stop_after, summary)
         if summary["step"] < s2.train.steps:
-            status = "KILLED"
+            run["status"] = "KILLED"
             return summary | {"finished": False}
         if d.main:
             summary |= _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, summary["step"], stage1_info)
-        status = "FINISHED"
+        run["status"] = "FINISHED"
         return summary | {"finished": True}
-    except KeyboardInterrupt:
-        status, reason = "KILLED", f"interrupted at step {summary['step']}"
-        raise
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        if d.main:
-            tracker.end_run(run_id, status, reason)
-        distributed.teardown()
 
 
 def _batch(tokens: TokenSet, idx, device):
