@@ -25,7 +25,7 @@ from mqvq.metrics.reference import reference_stats
 from mqvq.reports import figures
 from mqvq.tracking.lookup import model_file
 from mqvq.tracking.store import Tracker
-from mqvq.train.checkpoint import load_checkpoint
+from mqvq.train.checkpoint import read_checkpoint
 from mqvq.train.common import autocast_dtype
 
 STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
@@ -49,10 +49,10 @@ def _run_and_config(tracker: Tracker, spec: str):
     from pathlib import Path
 
     if Path(spec).is_file():
-        ckpt = load_checkpoint(spec)
-        spec = ckpt.get("run_id") or ""
-        if not spec:
+        run_id = read_checkpoint(spec).get("run_id")
+        if not run_id:
             raise UserError(f"{spec} does not record the run it belongs to; pass the run id.")
+        spec = run_id
     try:
         run = tracker.client.get_run(spec)
     except MlflowException:
@@ -63,7 +63,7 @@ def _run_and_config(tracker: Tracker, spec: str):
     if run.info.status != "FINISHED":
         raise UserError(f"{stage} run {spec} is {run.info.status.lower()}, not finished: resume it before evaluating.")
     path = model_file(tracker, spec)
-    cfg = from_dict(ExperimentConfig, load_checkpoint(path)["config"])
+    cfg = from_dict(ExperimentConfig, read_checkpoint(path)["config"])
     return run, stage, cfg, path
 
 

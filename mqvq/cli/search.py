@@ -50,7 +50,8 @@ def sampling(
 ) -> None:
     """Search top-k / top-p / temperature for codes and positions, minimising FID (or FD-VGG16)."""
     from mqvq.errors import UserError
-    from mqvq.generation import load_generator
+    from mqvq.tracking.lookup import model_file
+    from mqvq.train.checkpoint import read_checkpoint
     from mqvq.studies.search import SearchSpec, default_space, resolve_model_run, run_search
     from mqvq.tracking import Tracker
 
@@ -60,9 +61,9 @@ def sampling(
         raise UserError(f"--metric {metric!r} is invalid: use fid or fd_vgg16.")
     if pruner not in ("median", "none"):
         raise UserError(f"--pruner {pruner!r} is invalid: use median or none.")
-    gen = load_generator(tracker, run_id, __import__("torch").device("cpu"))
-    model = gen.stackformer
-    space = default_space(model.shape.codebook_size, model.shape.grid_len, model.raster)
+    ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
+    shape, cfg = ckpt["shape"], ckpt["config"]
+    space = default_space(shape["codebook_size"], shape["grid"][0] * shape["grid"][1], cfg["stage2"]["model"]["kind"] == "raster")
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "top_k_pos": top_k_pos, "top_p_pos": top_p_pos,
              "temperature_pos": temperature_pos}
     for name, value in given.items():
@@ -70,7 +71,7 @@ def sampling(
             if name not in space:
                 raise UserError(f"--{name.replace('_', '-')} does not apply: the raster baseline samples no positions.")
             space[name] = _range(name, value)
-    ev = gen.config.get("eval", {})
+    ev = cfg.get("eval", {})
     n = num_samples or min(int(ev.get("num_samples", 10_000)), 10_000)
     metric = metric or ("fid" if ev.get("backend", "inception") == "inception" else "fd_vgg16")
     try:

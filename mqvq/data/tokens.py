@@ -6,6 +6,7 @@ or changing the data invalidates it; the file is written atomically.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ class TokenSet:
 
 
 def file_digest(path: Path) -> str:
+    """sha256 prefix of a file's bytes; computed once per (file, size, mtime) in a process."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -140,10 +140,10 @@ class MQVAE(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MQVAE:
-        from mqvq.train.checkpoint import load_checkpoint
+        from mqvq.train.checkpoint import read_checkpoint
 
-        ckpt = load_checkpoint(path, map_location)
+        ckpt = read_checkpoint(path)
         cfg = from_dict(MQVAEConfig, ckpt["config"]["stage1"]["model"], "stage1.model.")
         model = cls(cfg)
         model.load_state_dict(ckpt["model"])
-        return model.eval()
+        return model.to(map_location).eval()

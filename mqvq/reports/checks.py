@@ -59,6 +59,20 @@ def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
     return [v for v in out if v is not None]
 
 
+def _lower_than(claim: str, comparisons: list[tuple[str, Row, Row, str]]) -> Verdict:
+    """Each (prefix, a, b, key): a's value must be lower than b's."""
+    v = Verdict(claim, "holds")
+    pvals = []
+    for prefix, a, b, key in comparisons:
+        ok = a.values[key][0] < b.values[key][0]
+        v.evidence.append(f"{prefix}: {_fmt(a, key)} vs {_fmt(b, key)} {'ok' if ok else 'FAILS'}")
+        pvals.append(_welch(a, b, key))
+        if not ok:
+            v.status = "fails"
+    v.significance = _significance(pvals)
+    return v
+
+
 def _adaptive_beats_random(table, rows, meta) -> Verdict | None:
     claim = "adaptive beats random at every mask ratio (rFID and FID)"
     pairs = []
@@ -75,21 +89,11 @@ def _adaptive_beats_random(table, rows, meta) -> Verdict | None:
     keys = _columns(table, "rfid") + _columns(table, "fid")
     if not pairs or not keys:
         return Verdict(claim, "not testable", ["needs finished adaptive and random rows with the same mask ratio, and rFID/FID"])
-    v = Verdict(claim, "holds")
-    pvals = []
-    for a, b in pairs:
-        for key in keys:
-            if key not in a.values or key not in b.values:
-                continue
-            ok = a.values[key][0] < b.values[key][0]
-            v.evidence.append(f"{key} at {meta[a.name]['ratio']:.0%}: {_fmt(a, key)} vs {_fmt(b, key)} {'ok' if ok else 'FAILS'}")
-            pvals.append(_welch(a, b, key))
-            if not ok:
-                v.status = "fails"
-    if not v.evidence:
+    comparisons = [(f"{key} at {meta[a.name]['ratio']:.0%}", a, b, key) for a, b in pairs for key in keys
+                   if key in a.values and key in b.values]
+    if not comparisons:
         return Verdict(claim, "not testable", ["the paired rows lack rFID/FID values"])
-    v.significance = _significance(pvals)
-    return v
+    return _lower_than(claim, comparisons)
 
 
 def _monotone(claim: str, seq: list[Row], key: str, increasing: bool, what: str) -> Verdict:
@@ -133,18 +137,7 @@ def _small_mask_improves_fid(table, rows, meta) -> Verdict | None:
                  and meta[r.name]["demask"] == "none" and key in r.values), None)
     if base is None:
         return Verdict(claim, "not testable", [f"needs a finished 0 % row at f = {f} with {key}"])
-    v = Verdict(claim, "holds")
-    pvals = []
-    for r in small:
-        if key not in r.values:
-            continue
-        ok = r.values[key][0] < base.values[key][0]
-        v.evidence.append(f"{key}: {_fmt(r, key)} vs {_fmt(base, key)} {'ok' if ok else 'FAILS'}")
-        pvals.append(_welch(r, base, key))
-        if not ok:
-            v.status = "fails"
-    v.significance = _significance(pvals)
-    return v
+    return _lower_than(claim, [(key, r, base, key) for r in small if key in r.values])
 
 
 def _demask_components(table, rows, meta) -> Verdict | None:

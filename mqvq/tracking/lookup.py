@@ -7,7 +7,7 @@ from pathlib import Path
 from mqvq.config import ExperimentConfig, config_hash, to_dict
 from mqvq.errors import UserError
 from mqvq.tracking.store import Tracker
-from mqvq.train.checkpoint import load_checkpoint
+from mqvq.train.checkpoint import read_checkpoint
 
 # stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake
 TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.quantizer.codebook_size", "model.downsample", "data.resolution")
@@ -37,7 +37,7 @@ def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
     if path.suffix == ".pt" or path.is_file():
         if not path.is_file():
             raise UserError(f"checkpoint {path} does not exist.")
-        ckpt = load_checkpoint(path)
+        ckpt = read_checkpoint(path)
         if ckpt.get("stage") != stage:
             raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not {stage}.")
         return ModelRef(path, ckpt.get("run_id"), ckpt["config"])
@@ -52,7 +52,7 @@ def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
     if run.info.status != "FINISHED":
         raise UserError(f"{stage} run {spec} is {run.info.status.lower()}, not finished: resume it first.")
     path = model_file(tracker, spec)
-    return ModelRef(path, spec, load_checkpoint(path)["config"])
+    return ModelRef(path, spec, read_checkpoint(path)["config"])
 
 
 def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> ModelRef:

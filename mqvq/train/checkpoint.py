@@ -2,6 +2,7 @@
 corrupts the previous checkpoint, and read back with clear errors."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,21 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint on the CPU for reading only (config, weights to copy into a model). The last one
+    read is kept, so resolving a run and then building its model reads the file once."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    st = path.stat()
+    return _read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_cached(path: str, size: int, mtime: int) -> dict:
+    return load_checkpoint(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

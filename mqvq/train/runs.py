@@ -71,6 +71,24 @@ def closing_run(tracker: Tracker, d: Dist, run_id: str, summary: dict):
         distributed.teardown()
 
 
+def publish(tracker: Tracker, d: Dist, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Rank 0 logs a window's metrics and refreshes the run's heartbeat."""
+    if d.main:
+        tracker.log_metrics(run_id, metrics, step)
+        tracker.heartbeat(run_id)
+
+
+@contextlib.contextmanager
+def checkpoint_on_exit(save):
+    """Write a checkpoint when the loop ends, and on Ctrl-C before the interrupt propagates."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        save()
+        raise
+    save()
+
+
 class MetricWindow:
     """Sums logged device scalars over a window; one host sync per `flush`."""
 

@@ -23,7 +23,7 @@ from mqvq.reports.figures import reconstruction_grid
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
-from mqvq.train.runs import MetricWindow, checkpoint_path, closing_run, open_run
+from mqvq.train.runs import MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 from mqvq.train.common import (
     autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
 )
@@ -118,50 +118,43 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
         if d.main:
             _save(ckpt_file, step, cfg, model, loss_fn, opt_g, opt_d, rng, run_id)
 
-    with progress_bar(progress and d.main) as bar:
+    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
         task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
         batches = iter(loader)
-        try:
-            while step < end:
-                x = next(batches)["image"].to(d.device, non_blocking=True)
-                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
-                set_lr(opt_g, lr)
-                set_lr(opt_d, lr)
+        while step < end:
+            x = next(batches)["image"].to(d.device, non_blocking=True)
+            lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+            set_lr(opt_g, lr)
+            set_lr(opt_d, lr)
+            with autocast(d.device, dtype):
+                out = net(x)
+                g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            if loss_fn.gan_active(step):
                 with autocast(d.device, dtype):
-                    out = net(x)
-                    g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_g.step()
-                if loss_fn.gan_active(step):
-                    with autocast(d.device, dtype):
-                        d_loss, dlogs = loss_fn.discriminator_loss(x, out.recon)
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
-                    opt_d.step()
-                    logs |= dlogs
-                window.add(logs)
-                counts += out.counts
-                step += 1
-                summary["step"] = step
-                if step % t.log_every == 0 or step == end:
-                    metrics = window.flush()  # one host sync per window
-                    metrics["train/codebook_used"] = (counts > 0).float().mean().item()
-                    metrics["train/perplexity"] = perplexity(counts).item()
-                    metrics["train/lr"] = lr
-                    last_logs = metrics
-                    if d.main:
-                        tracker.log_metrics(run_id, metrics, step)
-                        tracker.heartbeat(run_id)
-                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
-                    counts.zero_()
-                if step % t.ckpt_every == 0 and step < end:
-                    save()
-        except KeyboardInterrupt:
-            save()
-            raise
-        save()
+                    d_loss, dlogs = loss_fn.discriminator_loss(x, out.recon)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
+                opt_d.step()
+                logs |= dlogs
+            window.add(logs)
+            counts += out.counts
+            step += 1
+            summary["step"] = step
+            if step % t.log_every == 0 or step == end:
+                metrics = window.flush()  # one host sync per window
+                metrics["train/codebook_used"] = (counts > 0).float().mean().item()
+                metrics["train/perplexity"] = perplexity(counts).item()
+                metrics["train/lr"] = lr
+                last_logs = metrics
+                publish(tracker, d, run_id, metrics, step)
+                bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
+                counts.zero_()
+            if step % t.ckpt_every == 0 and step < end:
+                save()
     summary["train_metrics"] = last_logs
     return step
 

@@ -25,9 +25,9 @@ from mqvq.reports.figures import image_grid, to_uint8
 from mqvq.tracking.lookup import ModelRef, check_compatible, find_stage1, resolve
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
-from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
 from mqvq.train.common import autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state
-from mqvq.train.runs import MetricWindow, checkpoint_path, closing_run, open_run
+from mqvq.train.runs import MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 
 STAGE = "stage2"
 
@@ -59,14 +59,14 @@ def load_stackformer(path: Path, map_location="cpu") -> tuple[Stackformer, dict]
     """A stage-2 model checkpoint -> (model in eval mode, the checkpoint dict)."""
     from mqvq.config import StackformerConfig, from_dict
 
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path)
     if ckpt.get("stage") != STAGE:
         raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not a stage-2 model.")
     shape = ckpt["shape"]
     model = Stackformer(from_dict(StackformerConfig, ckpt["config"]["stage2"]["model"], "stage2.model."),
                         TokenShape(shape["codebook_size"], tuple(shape["grid"]), shape["length"], shape["num_classes"]))
     model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return model.to(map_location).eval(), ckpt
 
 
 def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_size: int) -> tuple[TokenSet, TokenSet, MQVAE, int]:
@@ -179,38 +179,31 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
                          "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng}, ckpt_file)
 
     model.train()
-    with progress_bar(progress and d.main) as bar:
+    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
-        try:
-            while step < end:
-                codes, positions, lab = _batch(train_tok, next(sampler), d.device)
-                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
-                set_lr(opt, lr)
-                with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
-                    loss, logs = sequence_loss(*net(codes, positions, lab if labels else None), codes, positions)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                window.add(logs)
-                step += 1
-                summary["step"] = step
-                if step % t.log_every == 0 or step == end:
-                    metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
-                    if step % t.val_every == 0 or step == t.steps:
-                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
-                    if d.main:
-                        tracker.log_metrics(run_id, metrics, step)
-                        tracker.heartbeat(run_id)
-                    summary["train_metrics"] = metrics
-                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
-                if step % t.ckpt_every == 0 and step < end:
-                    save()
-        except KeyboardInterrupt:
-            save()
-            raise
-        save()
+        while step < end:
+            codes, positions, lab = _batch(train_tok, next(sampler), d.device)
+            lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+            set_lr(opt, lr)
+            with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
+                loss, logs = sequence_loss(*net(codes, positions, lab if labels else None), codes, positions)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            window.add(logs)
+            step += 1
+            summary["step"] = step
+            if step % t.log_every == 0 or step == end:
+                metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
+                if step % t.val_every == 0 or step == t.steps:
+                    metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
+                publish(tracker, d, run_id, metrics, step)
+                summary["train_metrics"] = metrics
+                bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
+            if step % t.ckpt_every == 0 and step < end:
+                save()
 
 
 @torch.no_grad()
