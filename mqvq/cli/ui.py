@@ -1,6 +1,8 @@
 """`mqvq ui`: the MLflow UI on this project's store."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from typing import Annotated, Optional
@@ -32,9 +34,25 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
         url += f"/#/experiments/{exp.experiment_id}"
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", host, "--port", str(port)]
     console.print(f"MLflow UI: {url}  (store {tracker.uri}; Ctrl-C stops it)", highlight=False)
-    proc = subprocess.Popen(cmd)
+    # the server (and the workers it forks) get a process group of their own, which is stopped as
+    # a whole however this command ends: Ctrl-C, `kill`, or a shell that ignores SIGINT
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         raise typer.Exit(proc.wait())
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop(proc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue

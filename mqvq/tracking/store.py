@@ -36,6 +36,9 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 
 
 def ensure_writable(path: Path, what: str) -> None:
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"cannot write to {path} ({what}): {blocker} is a file, not a folder; choose a writable folder.")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
