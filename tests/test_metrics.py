@@ -141,3 +141,18 @@ def test_mask_quality_on_hand_made_masks():
     assert tokens.tolist() == [[True, False, False, False]]
     q = mask_quality(torch.tensor([[True, True, False, False]]), tokens)
     assert (int(q["kept_fg"]), int(q["kept"]), int(q["fg"]), int(q["tokens"])) == (1, 2, 1, 4)
+
+
+def test_reference_stats_cache_survives_concurrent_writers(tmp_path):
+    """Study workers often cache the same split's statistics at once: every write must land whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mqvq.metrics.reference import save_stats
+
+    stats = FeatureStats(np.arange(64.0), np.eye(64), 10)
+    path = tmp_path / "fid_stats" / "vgg16-key.npz"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: save_stats(stats, path), range(64)))
+    loaded = FeatureStats.load(path)
+    assert loaded.n == 10 and np.array_equal(loaded.mu, stats.mu) and np.array_equal(loaded.sigma, stats.sigma)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind

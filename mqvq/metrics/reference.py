@@ -3,6 +3,8 @@ dataset digest, split) under <home>/fid_stats/."""
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from mqvq.data import eval_batches
@@ -29,8 +31,19 @@ def reference_stats(backend, dataset, split: str, home: Path, batch_size: int = 
             stats.update(backend(to_uint8(batch["image"]))[0])
             bar.advance(task, batch["image"].shape[0])
     result = stats.finalize()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    result.save(tmp)
-    tmp.replace(path)
+    save_stats(result, path)
     return result, key
+
+
+def save_stats(stats: FeatureStats, path: Path) -> None:
+    """Write atomically through a temp file of this process's own: concurrent study workers often
+    compute the same split's statistics at the same time, and a shared temp name loses the race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            stats.save(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
