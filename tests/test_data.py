@@ -125,3 +125,45 @@ def test_eval_batches_cover_the_limit_once():
     ds = build_dataset(DataConfig(name="procedural", resolution=8, num_train=4, num_test=10), "test")
     sizes = [b["image"].shape[0] for b in eval_batches(ds, 4, limit=9)]
     assert sizes == [4, 4, 1]
+
+
+def test_describe_and_preview_report_what_training_will_see(tmp_path):
+    from mqvq.data.inspect import describe, preview
+    from mqvq.data.procedural import KINDS
+
+    cfg = DataConfig(name="procedural", resolution=16, num_train=40, num_test=12)
+    info = describe(cfg)
+    train, test = info["splits"]["train"], info["splits"]["test"]
+    assert (train["images"], test["images"]) == (40, 12) and train["classes"] == list(KINDS)
+    assert sum(train["per_class"]) == 40 and 0 < train["foreground_fraction"] < 0.5  # objects on larger backgrounds
+    assert train["digest"] != test["digest"]
+    pic = preview(cfg, n=5)  # images, then the foreground row
+    assert pic.shape == (2 * (16 + 2) + 2, 5 * (16 + 2) + 2, 3) and pic.dtype == np.uint8 and pic.std() > 0
+
+    for split in ("train", "val"):
+        for c, n in (("cat", 3), ("dog", 1)):
+            for i in range(n):
+                _save(tmp_path / "inet" / split / c / f"{i}.jpg", (0, 90, 0))
+    cfg = DataConfig(name="folder", layout="imagenet", resolution=16, root=str(tmp_path / "inet"))
+    info = describe(cfg)
+    assert info["splits"]["train"]["per_class"] == [3, 1] and "foreground_fraction" not in info["splits"]["train"]
+    assert preview(cfg, n=2).shape == (16 + 4, 2 * 18 + 2, 3)  # no foreground masks: one row
+
+
+def test_data_show_cli(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mqvq.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "show", "vqgan-f16", "--json", "--preview", str(tmp_path / "p.png"), "--num", "4"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["name"] == "procedural" and info["splits"]["test"]["images"] > 0
+    assert Image.open(tmp_path / "p.png").size == (4 * 34 + 2, 2 * 34 + 2)
+    for args, msg in [(["--set", "stage1.data.name=folder", "--set", f"stage1.data.root={tmp_path / 'none'}"], "does not exist"),
+                      (["--preview", str(tmp_path / "p.jpg")], "ending in .png")]:
+        r = runner.invoke(app, ["data", "show", "vqgan-f16", *args])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from mqvq.cli import bench, evaluate, experiment, report, sample, search, study, train, ui, weights
+from mqvq.cli import bench, data, evaluate, experiment, report, sample, search, study, train, ui, weights
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -11,6 +11,7 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=
 app.add_typer(train.app, name="train")
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(weights.app, name="weights")
+app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
 app.command("sample")(sample.sample)
 app.command("eval")(evaluate.evaluate)

@@ -1,0 +1,57 @@
+"""`mqvq data show`: what an experiment's data resolves to, before any training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mqvq.cli.common import Profile, Sets, cli_errors, console
+
+app = typer.Typer(no_args_is_help=True, help="Datasets: check what an experiment will train and evaluate on.")
+
+
+@app.command("show")
+@cli_errors
+def show(experiment: Annotated[str, typer.Argument(help="experiment name or .toml path")], profile: Profile = "smoke",
+         set_: Sets = None,
+         preview: Annotated[Optional[Path], typer.Option("--preview", help="write a PNG of the first training images (and their foreground masks)")] = None,
+         num: Annotated[int, typer.Option("--num", min=1, max=64, help="images in the preview")] = 8,
+         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
+    """Split sizes, classes, digests and foreground share of the experiment's dataset (stage1.data)."""
+    from mqvq.data.inspect import describe
+    from mqvq.experiments import load_experiment
+
+    cfg = load_experiment(experiment, profile, set_ or []).stage1.data
+    info = describe(cfg)
+    if preview is not None:
+        info["preview"] = str(_write_preview(cfg, preview, num))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
+    console.print(head + (f"  layout {info['layout']}" if info["layout"] else "") + f"  augment {info['augment']}", highlight=False)
+    table = Table("split", "images", "classes", "foreground", "digest")
+    for split, s in info["splits"].items():
+        classes = f"{len(s['classes'])}" + (f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else "")
+        fg = f"{s['foreground_fraction']:.1%}" if "foreground_fraction" in s else "—"
+        table.add_row(split, str(s["images"]), classes if s["classes"] else "—", fg, s["digest"])
+    console.print(table)
+    if "preview" in info:
+        console.print(f"preview: {info['preview']}", highlight=False)
+
+
+def _write_preview(cfg, path: Path, num: int) -> Path:
+    from PIL import Image
+
+    from mqvq.data.inspect import preview
+    from mqvq.errors import UserError
+    from mqvq.tracking.store import ensure_writable
+
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--preview {path}: the preview is a PNG, give a path ending in .png.")
+    ensure_writable(path.parent, "--preview")
+    Image.fromarray(preview(cfg, "train", num)).save(path)
+    return path

@@ -1,0 +1,63 @@
+"""What a data config resolves to: split sizes, classes, digests, foreground share, and a preview.
+
+`mqvq data show` prints this before a long run, so a wrong root, layout or resolution shows up
+in a second instead of after the first checkpoint.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from mqvq.config import DataConfig
+from mqvq.data.datasets import FASHION_MNIST_DIR, build_dataset, eval_batches
+
+
+def data_root(cfg: DataConfig) -> str:
+    if cfg.name == "procedural":
+        return "(generated)"
+    if cfg.name == "fashion-mnist":
+        return cfg.root or os.environ.get("MQVQ_FASHION_MNIST") or FASHION_MNIST_DIR
+    return cfg.root
+
+
+def describe(cfg: DataConfig) -> dict:
+    """Both splits as the training and evaluation code will see them (errors are `UserError`s)."""
+    out = {"name": cfg.name, "root": data_root(cfg), "resolution": cfg.resolution,
+           "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment, "splits": {}}
+    for split in ("train", "test"):
+        ds = build_dataset(cfg, split)
+        info = {"images": len(ds), "digest": ds.digest(), "classes": list(ds.class_names)}
+        labels = _labels(ds)
+        if ds.num_classes and labels is not None:
+            info["per_class"] = torch.bincount(labels[labels >= 0], minlength=ds.num_classes).tolist()
+        fg = getattr(ds, "fg", None)
+        if fg is not None:  # the share a random mask's kept tokens would land on (pixel level)
+            info["foreground_fraction"] = round(float(fg.float().mean()), 4)
+        captions = getattr(ds, "captions", None)
+        if captions:
+            info["captions"] = sum(p.name in captions for p in ds.files)
+        out["splits"][split] = info
+    return out
+
+
+def _labels(ds) -> torch.Tensor | None:
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        return None
+    return labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
+
+
+def preview(cfg: DataConfig, split: str = "train", n: int = 8) -> np.ndarray:
+    """A uint8 picture of the split's first n images as training sees them (augmentation on for
+    train), with a second row darkening the background where the dataset has foreground masks."""
+    from mqvq.reports.figures import image_grid, to_uint8
+
+    ds = build_dataset(cfg, split)
+    batch = next(iter(eval_batches(ds, min(n, len(ds)))))
+    rows = [to_uint8(batch["image"])]
+    if "fg" in batch:
+        fg = batch["fg"][:, None].float()
+        rows.append(to_uint8(batch["image"] * (0.3 + 0.7 * fg) - 0.7 * (1 - fg)))
+    return image_grid(rows)

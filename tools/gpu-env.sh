@@ -1,0 +1,12 @@
+# Source this at the start of a command on the GPU machine (see tools/gpu-prepare.sh):
+#   . tools/gpu-env.sh && mqvq study run ablation-mask --profile mini
+# It installs the carried wheels into .gpu/site (once per machine), points mqvq at the carried
+# weights and data, and keeps the MLflow store under $OUT so that it comes back with the results.
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu/site .gpu/whl/*.whl
+export PYTHONPATH=$PWD:$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
+export PATH=$PWD/.gpu/site/bin:$PATH
+mkdir -p .gpu/weights && cp -n .gpu/extra/*.pth .gpu/weights/ 2>/dev/null
+export MQVQ_WEIGHTS_DIR=$PWD/.gpu/weights
+[ -d .gpu/data/fashion-mnist ] && export MQVQ_FASHION_MNIST=$PWD/.gpu/data/fashion-mnist
+export MQVQ_HOME=${MQVQ_HOME:-${OUT:-$PWD/.gpu}/mqvq}
+mqvq() { python3 -m mqvq "$@"; }
