@@ -2,7 +2,10 @@
 #   . tools/gpu-env.sh && mqvq study run ablation-mask --profile mini
 # It installs the carried wheels into .gpu/site (once per machine), points mqvq at the carried
 # weights and data, and keeps the MLflow store under $OUT so that it comes back with the results.
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu/site .gpu/whl/*.whl
+if [ ! -f .gpu/site/.installed ] || [ -n "$(find .gpu/whl -newer .gpu/site/.installed -name '*.whl')" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target .gpu/site .gpu/whl/*.whl \
+    && touch .gpu/site/.installed
+fi
 export PYTHONPATH=$PWD:$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$PWD/.gpu/site/bin:$PATH
 mkdir -p .gpu/weights && cp -n .gpu/extra/*.pth .gpu/weights/ 2>/dev/null
