@@ -145,6 +145,8 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
         tracker.log_image(run_id, figures.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
         fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
         tracker.client.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
+        # the projected codebook itself (K x 2), so reports can draw Fig. 5 from a store without checkpoints
+        tracker.log_dict(run_id, {"pc": figures.codebook_pca(model.quantizer.embed).round(6).tolist()}, "metrics/codebook_pca.json")
     return values, tags
 
 

@@ -150,6 +150,21 @@ def test_report_from_a_real_study_writes_table_and_figures(tmp_path, home, track
         r = runner.invoke(app, [*args, "--home", str(home)])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
 
+    # a store fetched back from a GPU machine without checkpoints or tokens still draws every figure
+    fetched = tmp_path / "fetched"
+    shutil.copytree(home, fetched, ignore=shutil.ignore_patterns("*.pt", "tokens"))
+    shutil.rmtree(home)
+    again = tmp_path / "again" / "two.md"
+    r = runner.invoke(app, ["report", "two", "--out", str(again), "--home", str(fetched)])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (again.parent / "two-figures").iterdir()} == figs
+    assert again.read_text().split("Provenance")[0] == text.split("Provenance")[0].split("Reproduction check")[0]
+    r = runner.invoke(app, ["study", "status", "two", "--json", "--home", str(fetched)])
+    assert r.exit_code == 0, r.output
+    assert [row["status"] for row in json.loads(r.stdout)["rows"]] == ["finished", "finished"]
+    r = runner.invoke(app, ["study", "run", "two", "--no-progress", "--home", str(fetched)])
+    assert r.exit_code == 0 and "2 skipped" in r.stdout, r.output  # nothing reruns
+
 
 def test_a_store_moved_from_another_machine_still_finds_its_artifacts(tmp_path, tiny, home, tracker):
     """Results fetched back from a GPU machine: the store records that machine's artifact paths."""

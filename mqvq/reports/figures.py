@@ -56,6 +56,25 @@ def importance_grid(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, i
     return image_grid(rows)
 
 
+def codebook_pca(embed: torch.Tensor) -> np.ndarray:
+    """(K, 2): the codebook on its first two principal components (float64 SVD)."""
+    e = embed.detach().double().cpu()
+    e = e - e.mean(0)
+    _, _, v = torch.linalg.svd(e, full_matrices=False)
+    return (e @ v[:2].T).numpy()
+
+
+def scatter_codebook(ax, xy: np.ndarray, used: np.ndarray | None, size: float = 6, legend: bool = True) -> None:
+    """Used codes in blue, unused in grey (Fig. 5's point: MQ-VAE uses more of its codebook)."""
+    if used is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size)
+        return
+    ax.scatter(xy[~used, 0], xy[~used, 1], s=size, c="lightgray", label=f"unused ({(~used).sum()})")
+    ax.scatter(xy[used, 0], xy[used, 1], s=size, c="tab:blue", label=f"used ({used.sum()})")
+    if legend:
+        ax.legend(loc="best", fontsize=7)
+
+
 def codebook_pca_figure(embed: torch.Tensor, counts: torch.Tensor | None = None, title: str = ""):
     """Fig. 5: the learned codebook projected on its first two principal components."""
     import matplotlib
@@ -63,18 +82,8 @@ def codebook_pca_figure(embed: torch.Tensor, counts: torch.Tensor | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    e = embed.double().cpu()
-    e = e - e.mean(0)
-    _, _, v = torch.linalg.svd(e, full_matrices=False)
-    xy = (e @ v[:2].T).numpy()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
-    if counts is not None:
-        used = (counts > 0).cpu().numpy()
-        ax.scatter(xy[~used, 0], xy[~used, 1], s=6, c="lightgray", label=f"unused ({(~used).sum()})")
-        ax.scatter(xy[used, 0], xy[used, 1], s=6, c="tab:blue", label=f"used ({used.sum()})")
-        ax.legend(loc="best", fontsize=7)
-    else:
-        ax.scatter(xy[:, 0], xy[:, 1], s=6)
+    scatter_codebook(ax, codebook_pca(embed), None if counts is None else (counts > 0).cpu().numpy())
     ax.set_title(title or f"codebook PCA (K = {embed.shape[0]})", fontsize=9)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")

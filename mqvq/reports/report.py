@@ -132,7 +132,8 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     pair = [next((r for r in stage_runs if meta[r]["mask_type"] == kind and stage_runs[r].get("stage1")), None) for kind in ("none", "adaptive")]
     if all(pair):
         fig = _pca_pair(tracker, [(p, stage_runs[p]["stage1"]) for p in pair], table)
-        written.append(_save(fig, folder / "fig5-codebook-pca.png"))
+        if fig is not None:
+            written.append(_save(fig, folder / "fig5-codebook-pca.png"))
     # Fig. 6a: stage-2 validation curves
     curves = {}
     for row, runs in stage_runs.items():
@@ -166,30 +167,35 @@ def _artifact(tracker: Tracker, run_id: str, path: str) -> str | None:
 
 
 def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
+    """Fig. 5 side by side; None when a row has neither its projected codebook nor its checkpoint."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     import torch
 
-    from mqvq.models.mqvae import MQVAE
-    from mqvq.tracking.lookup import model_file
+    from mqvq.reports.figures import codebook_pca, scatter_codebook
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=120)
-    for ax, (row, run_id) in zip(axes, rows):
-        model = MQVAE.from_checkpoint(model_file(tracker, run_id))
+    panels = []
+    for row, run_id in rows:
+        pca_path = _artifact(tracker, run_id, "metrics/codebook_pca.json")
+        if pca_path:
+            xy = np.asarray(json.loads(Path(pca_path).read_text())["pc"])
+        else:  # runs evaluated before the projection was logged: project from the checkpoint
+            from mqvq.models.mqvae import MQVAE
+            from mqvq.tracking.lookup import model_file
+
+            try:
+                xy = codebook_pca(MQVAE.from_checkpoint(model_file(tracker, run_id)).quantizer.embed)
+            except UserError:
+                return None
         counts_path = _artifact(tracker, run_id, "metrics/codebook_counts.json")
-        counts = torch.tensor(json.load(open(counts_path))["counts"]) if counts_path else None
-        e = model.quantizer.embed.double()
-        e = e - e.mean(0)
-        _, _, v = torch.linalg.svd(e, full_matrices=False)
-        xy = (e @ v[:2].T).numpy()
-        used = (counts > 0).numpy() if counts is not None else None
-        if used is not None:
-            ax.scatter(xy[~used, 0], xy[~used, 1], s=5, c="lightgray")
-            ax.scatter(xy[used, 0], xy[used, 1], s=5, c="tab:blue")
-        else:
-            ax.scatter(xy[:, 0], xy[:, 1], s=5)
+        used = (torch.tensor(json.loads(Path(counts_path).read_text())["counts"]) > 0).numpy() if counts_path else None
+        panels.append((row, xy, used))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=120)
+    for ax, (row, xy, used) in zip(axes, panels):
+        scatter_codebook(ax, xy, used, size=5, legend=False)
         label = next(r.descriptors["label"] for r in table.rows if r.name == row)
         ax.set_title(f"{label}" + (f": {used.sum()} / {len(used)} codes used" if used is not None else ""), fontsize=8)
         ax.set_xticks([])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from mqvq.config import ExperimentConfig, config_hash, to_dict
 from mqvq.data.tokens import file_digest
+from mqvq.errors import UserError
 from mqvq.metrics.features import metric_names
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
@@ -116,9 +117,10 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             p.stages["stage1"] = s1
             if not row.stage2:
                 p.stages["stage2"] = StageState("skip")
-            elif s1.state in ("done", "reusable"):
-                digest = file_digest(model_file(tracker, s1.run_id))
+            elif s1.state in ("done", "reusable") and (digest := stage1_digest(tracker, s1.run_id)):
                 p.stages["stage2"] = stage_state(tracker, "stage2", stage2_hash(cfg, digest), seed, pid, experiment)
+            elif s1.state in ("done", "reusable"):
+                p.stages["stage2"] = StageState("run", None, "the stage-1 checkpoint is missing")
             else:
                 p.stages["stage2"] = StageState("after stage 1")
             want = expected_metrics(study, cfg, backend)
@@ -134,6 +136,16 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             p.estimate_s = _estimate(p, durations, profile)
             plans.append(p)
     return plans
+
+
+def stage1_digest(tracker: Tracker, run_id: str) -> str | None:
+    """The stage-1 model's digest (stage 2's identity depends on it): from its file, or, in a store
+    fetched without checkpoints, as recorded by the stage-2 runs trained on it."""
+    try:
+        return file_digest(model_file(tracker, run_id))
+    except UserError:
+        runs = tracker.find_runs_everywhere(f"tags.\"mqvq.stage1_run\" = {q(run_id)}")
+        return next((r.data.tags["mqvq.stage1_checkpoint"] for r in runs if r.data.tags.get("mqvq.stage1_checkpoint")), None)
 
 
 def _row_status(parent, lease_timeout: float) -> str:
