@@ -239,3 +239,18 @@ def test_readme_main_job_ablation_mask_at_smoke(tmp_path):
     assert all({"rfd_vgg16", "fd_vgg16", "usage"} <= set(r["metrics"]) for r in rows)
     masked = [r for r in rows if r["row"].startswith(("adaptive", "random"))]
     assert all("mask_fg_precision" in r["metrics"] for r in masked)
+
+
+def test_workers_option_splits_the_rows_between_processes(studies, home, tracker):
+    write_study(studies, "three", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50"), ("c", "mqvae-f16-random-50")])
+    p = _spawn(home, "three", "--workers", "2")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "three (smoke): 3 finished" in out
+    assert "w0 " in err and "w1 " in err  # both workers ran and logged under their names
+    runs = tracker.find_runs("three/smoke")
+    for stage in ("stage1", "stage2"):
+        per_row = [x.data.tags["mqvq.row"] for x in runs if x.data.tags.get("mqvq.stage") == stage]
+        assert sorted(per_row) == ["a", "b", "c"], (stage, per_row)  # each row trained exactly once
+    r = _cli("study", "run", "three", "--workers", "2", "--only", "zzz", home=home)
+    assert r.exit_code == 2 and "unknown row 'zzz'" in r.output and "Traceback" not in r.output

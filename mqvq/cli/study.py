@@ -88,6 +88,7 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
 def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
         device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N")] = None,
         lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = 120.0,
+        workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes sharing the rows (GPUs taken round-robin)")] = 1,
         home: Home = None, tracking_uri: TrackingUri = None,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True) -> None:
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
@@ -97,15 +98,24 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
 
     _check_backend(backend)
     study = load_study(name)
-    tracker = Tracker(tracking_uri, home)
-    results = run_study(tracker, study, profile, seeds=seeds, only=only, backend=backend, device=device, progress=progress,
-                        lease_timeout=lease_timeout, log=lambda m: err_console.print(m, highlight=False))
+    tracker = Tracker(tracking_uri, home)  # validates the store before any worker starts
+    options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout}
+    if workers > 1:
+        from mqvq.studies.workers import run_workers
+
+        results, errors = run_workers(name, workers, tracking_uri=tracking_uri, home=str(tracker.home), device=device, **options)
+        for e in errors:
+            err_console.print(f"[red]{e}[/]", highlight=False)
+    else:
+        errors = []
+        results = run_study(tracker, study, device=device, progress=progress,
+                            log=lambda m: err_console.print(m, highlight=False), **options)
     counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed")}
     console.print(f"{study.name} ({profile}): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     for r in results:
         if r.status == "failed":
             console.print(f"[red]failed[/] {r.row} (seed {r.seed}): {r.detail}")
-    raise typer.Exit(exit_code(results))
+    raise typer.Exit(max(exit_code(results), 1 if errors else 0))
 
 
 @app.command("status")
