@@ -111,7 +111,7 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     from mqvq.models.mqvae import MQVAE
 
     model = MQVAE.from_checkpoint(path, device)
-    test = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), "test")
+    test = build_dataset(cfg.stage1.data, "test")  # limit_train never shortens the test split
     backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None) if "rfid" in wanted else None
     lpips = load_lpips(ev.lpips_net).to(device) if "lpips" in wanted else None
     dtype = autocast_dtype(cfg.stage1.train.precision, device)
@@ -151,10 +151,8 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
 
 
 def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default"):
-    from mqvq.generation import load_generator
+    from mqvq.generation import load_generator, resolve_sampling
     from mqvq.metrics.samples import sample_metrics, sampling_speed
-
-    from mqvq.generation import resolve_sampling
 
     gen = load_generator(tracker, run_id, device)
     params = sampling or resolve_sampling(tracker, gen, sampling_choice)

@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
                                              "results to --out JSON and an MLflow run in the `bench` experiment.")
 
-Device = Annotated[Optional[str], typer.Option(help="cpu or cuda")]
 Out = Annotated[Optional[Path], typer.Option(help="write the result JSON here (e.g. reports/bench/h100.json)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 Log = Annotated[bool, typer.Option("--log/--no-log", help="log the result as an MLflow run (experiment `bench`)")]

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from mqvq.cli.common import Profile, Sets, cli_errors, console
+from mqvq.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: check what an experiment will train and evaluate on.")
 
@@ -21,13 +22,16 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
          num: Annotated[int, typer.Option("--num", min=1, max=64, help="images in the preview")] = 8,
          as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
     """Split sizes, classes, digests and foreground share of the experiment's dataset (stage1.data)."""
-    from mqvq.data.inspect import describe
+    from mqvq.data.inspect import describe, load_splits
     from mqvq.experiments import load_experiment
 
     cfg = load_experiment(experiment, profile, set_ or []).stage1.data
-    info = describe(cfg)
+    if preview is not None and preview.suffix.lower() != ".png":
+        raise UserError(f"--preview {preview}: the preview is a PNG, give a path ending in .png.")
+    splits = load_splits(cfg)
+    info = describe(cfg, splits)
     if preview is not None:
-        info["preview"] = str(_write_preview(cfg, preview, num))
+        info["preview"] = str(_write_preview(cfg, splits["train"], preview, num))
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -43,15 +47,12 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
         console.print(f"preview: {info['preview']}", highlight=False)
 
 
-def _write_preview(cfg, path: Path, num: int) -> Path:
+def _write_preview(cfg, train, path: Path, num: int) -> Path:
     from PIL import Image
 
     from mqvq.data.inspect import preview
-    from mqvq.errors import UserError
     from mqvq.tracking.store import ensure_writable
 
-    if path.suffix.lower() != ".png":
-        raise UserError(f"--preview {path}: the preview is a PNG, give a path ending in .png.")
     ensure_writable(path.parent, "--preview")
-    Image.fromarray(preview(cfg, "train", num)).save(path)
+    Image.fromarray(preview(cfg, "train", num, dataset=train)).save(path)
     return path

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console
 
 
 @cli_errors
@@ -18,10 +18,10 @@ def evaluate(
     test_images: Annotated[Optional[int], typer.Option(help="test images for stage-1 metrics (0 = the entire test split)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
     sampling: Annotated[str, typer.Option(help="stage 2: default (the run's settings) or best (from `mqvq search sampling`)")] = "default",
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Progress = True,
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
     from mqvq.evaluate import evaluate_run, parse_metrics

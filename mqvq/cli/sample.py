@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console
 
 
 @cli_errors
@@ -28,10 +28,10 @@ def sample(
     sampling: Annotated[str, typer.Option(help="default (the run's stage2.sampling) or best (the best settings a `mqvq search sampling` found)")] = "default",
     npz: Annotated[bool, typer.Option("--npz", help="also write samples.npz (images, codes, positions)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace samples already in --out")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Progress = True,
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
     from mqvq.generation import load_generator, resolve_sampling, sampling_params, write_samples

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console, err_console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, err_console
 
 app = typer.Typer(no_args_is_help=True, help="Optuna searches over sampling settings, tracked in MLflow.")
 
@@ -43,10 +43,10 @@ def sampling(
     seed: Annotated[int, typer.Option(help="sampler and sampling seed")] = 0,
     worker_index: Annotated[int, typer.Option(hidden=True, help="set by --workers for the processes it starts")] = 0,
     profile: Annotated[str, typer.Option("--profile", "-p", help="profile of STUDY:ROW")] = "smoke",
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
+    device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Progress = True,
 ) -> None:
     """Search top-k / top-p / temperature for codes and positions, minimising FID (or FD-VGG16)."""
     from mqvq.errors import UserError

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Home, Profile, TrackingUri, cli_errors, console, err_console
+from mqvq.cli.common import Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -86,11 +86,11 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
 @app.command("run")
 @cli_errors
 def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
-        device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N")] = None,
+        device: Device = None,
         lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = 120.0,
         workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes sharing the rows (GPUs taken round-robin)")] = 1,
         home: Home = None, tracking_uri: TrackingUri = None,
-        progress: Annotated[bool, typer.Option(help="show progress bars")] = True) -> None:
+        progress: Progress = True) -> None:
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
     from mqvq.studies.runner import exit_code, run_study
     from mqvq.studies.spec import load_study

@@ -6,9 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, Profile, Sets, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Profile, Progress, Sets, TrackingUri, cli_errors, console
 
 app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
+
+Seed = Annotated[int, typer.Option(help="run seed")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed from its checkpoint")]
+RunId = Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")]
+MlflowExperiment = Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")]
 
 
 @app.command("stage1")
@@ -17,14 +22,14 @@ def stage1(
     experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ (see `mqvq experiment list`) or a .toml path")],
     profile: Profile = "smoke",
     set_: Sets = None,
-    seed: Annotated[int, typer.Option(help="run seed")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed from its checkpoint")] = False,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")] = None,
+    seed: Seed = 0,
+    resume: Resume = False,
+    run_id: RunId = None,
+    device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
-    mlflow_experiment: Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    mlflow_experiment: MlflowExperiment = None,
+    progress: Progress = True,
 ) -> None:
     """Train an MQ-VAE (or a VQGAN baseline) and log it as an MLflow run."""
     from mqvq.experiments import load_experiment
@@ -35,13 +40,7 @@ def stage1(
     tracker = Tracker(tracking_uri, home)
     result = train_stage1(cfg, tracker, resume=resume, run_id=run_id, device=device, progress=progress,
                           mlflow_experiment=mlflow_experiment)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return
-    val = result.get("val_metrics", {})
-    console.print(f"[green]finished[/] stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}")
-    if val:
-        console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in val.items()))
-    console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")
+    _report(result, f"stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}", result.get("val_metrics", {}))
 
 
 @app.command("stage2")
@@ -51,14 +50,14 @@ def stage2(
     stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id or model checkpoint (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
     profile: Profile = "smoke",
     set_: Sets = None,
-    seed: Annotated[int, typer.Option(help="run seed")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed")] = False,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")] = None,
+    seed: Seed = 0,
+    resume: Resume = False,
+    run_id: RunId = None,
+    device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
-    mlflow_experiment: Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    mlflow_experiment: MlflowExperiment = None,
+    progress: Progress = True,
 ) -> None:
     """Train a Stackformer (or the raster baseline) on a frozen stage-1 model's tokens."""
     from mqvq.experiments import load_experiment
@@ -69,10 +68,15 @@ def stage2(
     tracker = Tracker(tracking_uri, home)
     result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,
                           mlflow_experiment=mlflow_experiment)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     m = result.get("train_metrics", {})
-    console.print(f"[green]finished[/] stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}")
-    if m:
-        console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k.startswith(("train/loss", "val/"))))
+    _report(result, f"stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}",
+            {k: v for k, v in m.items() if k.startswith(("train/loss", "val/"))})
+
+
+def _report(result: dict, what: str, metrics: dict) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
+    console.print(f"[green]finished[/] {what}")
+    if metrics:
+        console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")

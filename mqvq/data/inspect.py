@@ -22,12 +22,16 @@ def data_root(cfg: DataConfig) -> str:
     return cfg.root
 
 
-def describe(cfg: DataConfig) -> dict:
+def load_splits(cfg: DataConfig) -> dict:
     """Both splits as the training and evaluation code will see them (errors are `UserError`s)."""
+    return {split: build_dataset(cfg, split) for split in ("train", "test")}
+
+
+def describe(cfg: DataConfig, splits: dict | None = None) -> dict:
+    """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`)."""
     out = {"name": cfg.name, "root": data_root(cfg), "resolution": cfg.resolution,
            "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment, "splits": {}}
-    for split in ("train", "test"):
-        ds = build_dataset(cfg, split)
+    for split, ds in (splits or load_splits(cfg)).items():
         info = {"images": len(ds), "digest": ds.digest(), "classes": list(ds.class_names)}
         labels = _labels(ds)
         if ds.num_classes and labels is not None:
@@ -35,9 +39,8 @@ def describe(cfg: DataConfig) -> dict:
         fg = getattr(ds, "fg", None)
         if fg is not None:  # the share a random mask's kept tokens would land on (pixel level)
             info["foreground_fraction"] = round(float(fg.float().mean()), 4)
-        captions = getattr(ds, "captions", None)
-        if captions:
-            info["captions"] = sum(p.name in captions for p in ds.files)
+        if getattr(ds, "captions", None):
+            info["captions"] = len(ds)  # COCO images without a caption are not listed
         out["splits"][split] = info
     return out
 
@@ -49,15 +52,14 @@ def _labels(ds) -> torch.Tensor | None:
     return labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
 
 
-def preview(cfg: DataConfig, split: str = "train", n: int = 8) -> np.ndarray:
+def preview(cfg: DataConfig, split: str = "train", n: int = 8, dataset=None) -> np.ndarray:
     """A uint8 picture of the split's first n images as training sees them (augmentation on for
     train), with a second row darkening the background where the dataset has foreground masks."""
-    from mqvq.reports.figures import image_grid, to_uint8
+    from mqvq.reports.figures import image_grid, mask_overlay, to_uint8
 
-    ds = build_dataset(cfg, split)
+    ds = dataset if dataset is not None else build_dataset(cfg, split)
     batch = next(iter(eval_batches(ds, min(n, len(ds)))))
     rows = [to_uint8(batch["image"])]
-    if "fg" in batch:
-        fg = batch["fg"][:, None].float()
-        rows.append(to_uint8(batch["image"] * (0.3 + 0.7 * fg) - 0.7 * (1 - fg)))
+    if "fg" in batch:  # the kept-token overlay of Fig. 4, at pixel resolution
+        rows.append(to_uint8(mask_overlay(batch["image"], batch["fg"], tuple(batch["fg"].shape[-2:]))))
     return image_grid(rows)

@@ -3,11 +3,10 @@ dataset digest, split) under <home>/fid_stats/."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from mqvq.data import eval_batches
+from mqvq.files import atomic_write
 from mqvq.metrics.features import to_uint8
 from mqvq.metrics.frechet import FeatureStats, RunningStats
 from mqvq.train.common import progress_bar
@@ -36,14 +35,4 @@ def reference_stats(backend, dataset, split: str, home: Path, batch_size: int = 
 
 
 def save_stats(stats: FeatureStats, path: Path) -> None:
-    """Write atomically through a temp file of this process's own: concurrent study workers often
-    compute the same split's statistics at the same time, and a shared temp name loses the race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            stats.save(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, stats.save)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from mqvq.errors import UserError
+from mqvq.files import atomic_write
 from mqvq.reports.checks import check_claims
 from mqvq.reports.paper import paper_values
 from mqvq.reports.tables import RENDERERS, Table, build_table, describe
@@ -62,14 +62,7 @@ def make_table(tracker: Tracker, name: str, profile: str) -> tuple[Table, StudyC
 
 
 def write_atomic(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; choose a writable --out.") from None
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), hint="; choose a writable --out")
 
 
 def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, out: Path | None = None,

@@ -15,7 +15,7 @@ from typing import Callable
 from mqvq.config import config_hash, to_dict
 from mqvq.errors import UserError
 from mqvq.studies import lease
-from mqvq.studies.plan import RowPlan, expected_metrics, find_row_runs, plan_study, stage_state, study_experiment
+from mqvq.studies.plan import RowPlan, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state, study_experiment
 from mqvq.studies.spec import StudyConfig
 from mqvq.tracking.store import Tracker, git_commit
 
@@ -114,12 +114,12 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
                                   "mqvq.data": f"{d.name} {d.resolution}px ({s1_tags.get('mqvq.data_digest', '?')})"})
         stage2_run = None
         if p.row.stage2:
-            from mqvq.data.tokens import file_digest
-            from mqvq.tracking.lookup import model_file
-            from mqvq.train.stage2 import stage2_hash
+            s2 = p.stages["stage2"]
+            if s2.state == "after stage 1":  # stage 1 was trained just now: stage 2's identity needs its checkpoint
+                from mqvq.train.stage2 import stage2_hash
 
-            h2 = stage2_hash(p.cfg, file_digest(model_file(tracker, stage1_run)))
-            s2 = stage_state(tracker, "stage2", h2, p.seed, parent, experiment)
+                h2 = stage2_hash(p.cfg, stage1_digest(tracker, stage1_run))
+                s2 = stage_state(tracker, "stage2", h2, p.seed, parent, experiment)
             if s2.state in ("done", "reusable"):
                 stage2_run = s2.run_id
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")

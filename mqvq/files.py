@@ -1,0 +1,33 @@
+"""Atomic file writes: checkpoints, cached statistics and reports are never left half-written."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from mqvq.errors import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: str = "") -> Path:
+    """Write through a temp file of this process's own in the target folder, then rename it over
+    `path`: readers see the old file or the new one, and concurrent writers never share a temp
+    name (study workers cache the same statistics at once)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}{hint}.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}{hint}.") from None
+        raise
+    return path
