@@ -41,6 +41,7 @@ class DataConfig:
     num_test: int = opt(512, "procedural: number of test images")
     seed: int = opt(0, "procedural: generator seed (part of the dataset's identity, not the run seed)")
     limit_train: int = opt(0, "use only the first N training images (0 = all)")
+    fit: Literal["pad", "resize"] = opt("pad", "fashion-mnist: 28 -> 32 px by padding the black background (2 px ring) or by resizing (64 px: resized from 32 either way)")
     augment: bool = opt(True, "paper's training augmentation (random resized crop for FFHQ, random crop for ImageNet, horizontal flip)")
     workers: int = opt(0, "DataLoader worker processes for folder datasets")
 
@@ -49,7 +50,7 @@ class DataConfig:
 class MaskConfig:
     type: Literal["adaptive", "random", "none"] = opt("adaptive", "adaptive (learned scorer), random, or none (VQGAN baseline)")
     ratio: float = opt(0.25, "masked fraction of the L tokens: N = (1 - ratio) * L are kept")
-    scorer: Literal["mlp", "conv"] = opt("mlp", "scoring network: the paper's two-layer MLP, or the released conv+BatchNorm scorer")
+    scorer: Literal["mlp", "mlp-bn", "conv", "conv-nobn"] = opt("mlp", "scoring network: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)")
     scorer_hidden: int = opt(256, "hidden width of the scoring network")
 
 
@@ -80,6 +81,7 @@ class MQVAEConfig:
     num_res_blocks: int = opt(2, "ResNet blocks per encoder level (decoder uses one more)")
     z_channels: int = opt(256, "encoder output channels")
     attention: bool = opt(True, "self-attention blocks at the latent resolution (as VQGAN)")
+    projection: Literal["released", "taming"] = opt("released", "quantizer projections: released (bias-free Linear in, 1x1 conv out to the decoder width) or taming (VQGAN's quant_conv / post_quant_conv via z_channels)")
     dropout: float = opt(0.0, "dropout inside ResNet blocks")
     mask: MaskConfig = sub(MaskConfig, "adaptive mask module")
     demask: DemaskConfig = sub(DemaskConfig, "adaptive de-mask module")
@@ -118,6 +120,10 @@ class TrainConfig:
     log_every: int = opt(50, "steps between metric logs")
     ckpt_every: int = opt(5000, "steps between checkpoints (one is always written at the end)")
     eval_images: int = opt(256, "test images reconstructed at the end for validation metrics and the grid")
+    scorer_lr_scale: float = opt(1.0, "the adaptive mask scorer's learning rate as a multiple of lr")
+    val_every: int = opt(0, "steps between validation passes over the first val_images test images during training (L1 and the mask diagnostics as curves; 0 = only at the end)")
+    val_images: int = opt(256, "test images in each validation pass during training")
+    double_forward: bool = opt(False, "run the model a second time for the discriminator step, as the released Lightning code does: the EMA codebook, dead-code restart and scorer BatchNorm statistics then update twice per batch")
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ class Stage1Config:
 # name -> (code_layers, position_layers, width, heads); paper §4.1: small 18 + 6 (307M), base 36 + 12 (607M)
 STACKFORMER_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "tiny": (2, 1, 32, 2),
+    "cpu": (4, 2, 128, 4),
     "mini": (6, 2, 256, 8),
     "small": (18, 6, 1024, 16),
     "base": (36, 12, 1024, 16),
@@ -141,7 +148,7 @@ STACKFORMER_PRESETS: dict[str, tuple[int, int, int, int]] = {
 @dataclass(frozen=True)
 class StackformerConfig:
     kind: Literal["stackformer", "raster"] = opt("stackformer", "stackformer (codes + positions) or raster (VQGAN transformer over all L codes; needs a mask-ratio-0 stage 1)")
-    preset: Literal["tiny", "mini", "small", "base"] = opt("small", "size preset; code_layers/position_layers/width/heads default to it")
+    preset: Literal["tiny", "cpu", "mini", "small", "base"] = opt("small", "size preset; code_layers/position_layers/width/heads default to it")
     code_layers: int = opt(18, "Code-Transformer blocks (raster: the single stack has code_layers + position_layers blocks)")
     position_layers: int = opt(6, "Position-Transformer blocks")
     width: int = opt(1024, "model width d")
@@ -192,6 +199,7 @@ class EvalConfig:
     inception_weights: str = opt("", "FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); default $MQVQ_INCEPTION_WEIGHTS or the weights folder")
     num_samples: int = opt(50_000, "generated samples for FID / IS (paper: 50k)")
     test_images: int = opt(0, "test images for rFID, usage, PSNR, LPIPS (0 = the entire test split, as the paper)")
+    fid_reference: Literal["train", "test"] = opt("train", "real images the samples' FID / FD is measured against: the training split (FFHQ convention) or the test split")
     batch_size: int = opt(64, "images per batch for features and reconstructions")
     speed_batch_size: int = opt(64, "batch size at which sampling speed is measured")
     speed_repeats: int = opt(3, "timed repeats for sampling speed (median reported)")
@@ -388,15 +396,20 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
         "model.demask.layers": m.demask.layers, "model.quantizer.codebook_size": m.quantizer.codebook_size,
         "model.quantizer.dim": m.quantizer.dim, "model.mask.scorer_hidden": m.mask.scorer_hidden,
         "train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size, "train.log_every": cfg.train.log_every,
-        "train.ckpt_every": cfg.train.ckpt_every, "loss.disc_layers": cfg.loss.disc_layers, "loss.disc_channels": cfg.loss.disc_channels,
+        "train.ckpt_every": cfg.train.ckpt_every, "train.val_images": cfg.train.val_images,
+        "loss.disc_layers": cfg.loss.disc_layers, "loss.disc_channels": cfg.loss.disc_channels,
     }
     for name, v in positive.items():
         if v < 1:
             raise UserError(f"{prefix}{name} = {v} must be at least 1.")
+    if cfg.train.val_every < 0:
+        raise UserError(f"{prefix}train.val_every = {cfg.train.val_every} must be 0 (only at the end) or positive.")
     if not 0.0 < m.quantizer.decay < 1.0:
         raise UserError(f"{prefix}model.quantizer.decay = {m.quantizer.decay} must lie in (0, 1).")
     if cfg.train.lr <= 0:
         raise UserError(f"{prefix}train.lr = {cfg.train.lr} must be positive.")
+    if cfg.train.scorer_lr_scale <= 0:
+        raise UserError(f"{prefix}train.scorer_lr_scale = {cfg.train.scorer_lr_scale} must be positive.")
     if not 0.0 <= d.test_fraction < 1.0:
         raise UserError(f"{prefix}data.test_fraction = {d.test_fraction} must lie in [0, 1).")
     if d.name == "fashion-mnist" and d.resolution not in (32, 64):

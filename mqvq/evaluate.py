@@ -20,6 +20,7 @@ from mqvq.data import build_dataset
 from mqvq.errors import UserError
 from mqvq.metrics.features import make_backend, metric_names
 from mqvq.metrics.frechet import frechet_distance
+from mqvq.metrics.mask import MASK_METRICS
 from mqvq.metrics.recon import reconstruction_metrics
 from mqvq.metrics.reference import reference_stats
 from mqvq.reports import figures
@@ -95,6 +96,8 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     env = environment(d.device)
     tags |= {"mqvq.eval.device": env.get("gpu", env.get("cpu", str(d.device))), "mqvq.eval.torch": env["torch"],
              "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
+    if "threads" in env:
+        tags["mqvq.eval.threads"] = env["threads"]
     numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
     tracker.log_metrics(run.info.run_id, numeric, step=0)
     tracker.set_tags(run.info.run_id, tags)
@@ -125,7 +128,7 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
         values[name] = frechet_distance(res.recon_stats, ref)
         tags |= _frechet_tags(name, backend, n, key)
     if "usage" in wanted:
-        values |= {"usage": res.metrics["usage"], "perplexity": res.metrics["perplexity"]}
+        values |= {k: res.metrics[k] for k in ("usage", "usage_effective", "perplexity")}
         tags["mqvq.eval.usage.num"] = n
         tracker.log_dict(run_id, {"codebook_size": len(res.counts), "test_images": n,
                                   "counts": [int(c) for c in res.counts.tolist()]}, "metrics/codebook_counts.json")
@@ -136,15 +139,24 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
         tags["mqvq.eval.lpips.net"] = ev.lpips_net
         tags["mqvq.eval.lpips.resolution"] = max(cfg.stage1.data.resolution, 64)
     if "mask" in wanted:
-        for k in ("mask_fg_precision", "mask_fg_recall", "fg_token_fraction"):
-            if k in res.metrics:
-                values[k] = res.metrics[k]
+        values |= {k: res.metrics[k] for k in MASK_METRICS if k in res.metrics}
+        if res.keep_frequency is not None:
+            fg = None if res.fg_frequency is None else res.fg_frequency.round(decimals=4).tolist()
+            tracker.log_dict(run_id, {"grid": list(res.keep_frequency.shape), "test_images": n,
+                                      "keep": res.keep_frequency.round(decimals=4).tolist(), "foreground": fg},
+                             "metrics/keep_frequency.json")
     if "figures" in wanted and res.examples:
         ex = res.examples
-        tracker.log_image(run_id, figures.importance_grid(ex["images"], ex["keep"], ex["grid"], ex["scores"]), "figures/fig4_mask.png")
+        tracker.log_figure(run_id, figures.importance_grid(ex["images"], ex["keep"], ex["grid"], ex["scores"],
+                                                                  title=f"{cfg.name} ({cfg.profile}, seed {cfg.seed}): Fig. 4",
+                                                                  fg=ex.get("fg")), "figures/fig4_mask.png")
+        if res.keep_frequency is not None:
+            tracker.log_figure(run_id, figures.keep_frequency_figure(
+                res.keep_frequency, res.fg_frequency, f"{cfg.name}: where the mask keeps tokens ({n} test images)"),
+                "figures/keep_frequency.png")
         tracker.log_image(run_id, figures.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
         fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
-        tracker.client.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
+        tracker.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
         # the projected codebook itself (K x 2), so reports can draw Fig. 5 from a store without checkpoints
         tracker.log_dict(run_id, {"pc": figures.codebook_pca(model.quantizer.embed).round(6).tolist()}, "metrics/codebook_pca.json")
     return values, tags
@@ -163,14 +175,15 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
         backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
         if "is" in wanted and not backend.has_logits:
             raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
-        train = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), "train")
-        ref, key = reference_stats(backend, train, "train", tracker.home, ev.batch_size, ev.workers, progress)
+        split = ev.fid_reference
+        real = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), split)
+        ref, key = reference_stats(backend, real, split, tracker.home, ev.batch_size, ev.workers, progress)
         sm = sample_metrics(gen, ev.num_samples, params, backend, ref, cfg.seed, ev.is_splits, progress)
         first = sm["first_images"]
         if "fid" in wanted:
             name = metric_names(backend.name)["fid"]
             values[name] = sm["fd"]
-            tags |= _frechet_tags(name, backend, ev.num_samples, key)
+            tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split}
         if "is" in wanted:
             values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
             tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}
@@ -189,7 +202,7 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
             if hist:
                 curves[label] = ([m.step for m in hist], [m.value for m in hist])
         if curves:
-            tracker.client.log_figure(run_id, figures.loss_curves_figure(curves, f"{cfg.name}: stage-2 loss"),
+            tracker.log_figure(run_id, figures.loss_curves_figure(curves, f"{cfg.name}: stage-2 loss"),
                                       "figures/fig6a_loss_curves.png")
     return values, tags
 

@@ -27,3 +27,19 @@ def timed(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> tuple[
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     return statistics.median(times), peak
+
+
+def device_name(device: torch.device) -> str:
+    """What a time was measured on, e.g. 'NVIDIA H200' or 'CPU Intel(R) Xeon(R) Processor'. Plans
+    compare step times only between runs on the same device name (and, on CPUs, thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"CPU {model or platform.processor() or platform.machine()}"

@@ -26,6 +26,23 @@ def test_speed_fid_and_pca_and_curves():
 def test_importance_grid_shows_scores_and_kept_tokens():
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     keep = torch.rand(3, 16) > 0.5
-    with_scores = figures.importance_grid(images, keep, (4, 4), torch.rand(3, 16))
-    without = figures.importance_grid(images, keep, (4, 4))
+    with_scores = _png(figures.importance_grid(images, keep, (4, 4), torch.rand(3, 16), title="t"))
+    without = _png(figures.importance_grid(images, keep, (4, 4)))
     assert with_scores.shape[0] > without.shape[0] and with_scores.shape[1] == without.shape[1]
+    with_fg = _png(figures.importance_grid(images, keep, (4, 4), fg=torch.rand(3, 16, 16) > 0.5))
+    assert with_fg.shape[0] > without.shape[0]
+
+
+def test_masked_tokens_are_visible_on_a_black_background():
+    """Fig. 4's point: on Fashion-MNIST's black background a masked token must look different from a kept one."""
+    black = -torch.ones(1, 3, 32, 32)
+    keep = torch.tensor([[True, False] * 8])
+    view = figures.masked_view(figures._upscale(black, 128), keep, (4, 4))
+    kept_px, masked_px = view[0, :, 10, 10], view[0, :, 10, 42]   # inside token 0 (kept) and token 1 (masked)
+    assert torch.equal(kept_px, black[0, :, 0, 0]) and (masked_px - kept_px).abs().max() > 0.3
+    assert figures._upscale(black, 128).shape[-1] == 128
+
+
+def test_keep_frequency_figure():
+    img = _png(figures.keep_frequency_figure(torch.rand(8, 8), torch.rand(8, 8), "where"))
+    assert img.shape[1] > img.shape[0] and img.std() > 1

@@ -9,7 +9,8 @@ import torch
 from mqvq.errors import UserError
 from mqvq.metrics.features import INCEPTION_FILE, InceptionFeatures, VGG16Features, metric_names
 from mqvq.metrics.frechet import FeatureStats, RunningStats, frechet_distance, inception_score
-from mqvq.metrics.recon import codebook_usage, mask_quality, reconstruction_metrics, token_foreground
+from mqvq.metrics.mask import MaskTally, border_positions, token_foreground
+from mqvq.metrics.recon import codebook_usage, effective_usage, reconstruction_metrics
 
 
 def _stats(x):
@@ -134,13 +135,74 @@ def test_codebook_usage_is_exact_on_a_hand_made_code_map():
     assert res.metrics["psnr"] > 100  # the stand-in reconstructs perfectly
 
 
-def test_mask_quality_on_hand_made_masks():
+def test_mask_diagnostics_on_hand_made_masks():
+    """Two images on a 4 x 4 grid with known foreground, keep mask and scores: every value by hand."""
+    fg = torch.zeros(2, 16, 16, dtype=torch.bool)
+    fg[0, 4:12, 4:12] = True      # image 0: the 2 x 2 centre tokens (5, 6, 9, 10)
+    fg[1, 0:4, 0:8] = True        # image 1: tokens 0 and 1 (on the border)
+    tokens = token_foreground(fg, (4, 4))
+    assert tokens[0].nonzero().flatten().tolist() == [5, 6, 9, 10] and tokens[1].nonzero().flatten().tolist() == [0, 1]
+    keep = torch.zeros(2, 16, dtype=torch.bool)
+    keep[0, [5, 6, 0, 15]] = True  # 2 of 4 kept on the object, 2 on the border background
+    keep[1, [0, 2, 3, 4]] = True   # 1 of 4 kept on the object
+    scores = torch.full((2, 16), 0.25)
+    scores[0, [5, 6, 9, 10]] = 0.75
+    scores[1, [0, 1]] = 0.5
+    tally = MaskTally((4, 4))
+    tally.add(keep[:1], fg[:1], scores[:1])  # batches accumulate
+    tally.add(keep[1:], fg[1:], scores[1:])
+    r = tally.result()
+    assert r["mask_fg_precision"] == pytest.approx(3 / 8)   # kept tokens on the object / kept tokens
+    assert r["mask_fg_recall"] == pytest.approx(3 / 6)      # object tokens kept / object tokens
+    assert r["fg_token_fraction"] == pytest.approx(6 / 32)  # what a random mask's precision would be
+    assert r["mask_score_fg"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
+    assert r["mask_score_bg"] == pytest.approx(0.25)
+    ring = border_positions((4, 4))
+    assert ring.sum() == 12 and not ring[[5, 6, 9, 10]].any()
+    # border kept: image 0 keeps 0, 15; image 1 keeps 0, 2, 3, 4 -> 6 of 2 x 12; centre: image 0 keeps 5, 6 -> 2 of 2 x 4
+    assert r["mask_keep_border"] == pytest.approx(6 / 24) and r["mask_keep_centre"] == pytest.approx(2 / 8)
+    freq = tally.keep_frequency()
+    assert freq.shape == (4, 4) and freq[0, 0] == 1.0 and freq[1, 1] == 0.5 and freq[2, 2] == 0.0
+    assert tally.fg_frequency()[0, 0] == 0.5 and tally.fg_frequency()[1, 1] == 0.5
+
+
+def test_random_mask_precision_is_the_foreground_fraction():
+    """The sanity check the curves rely on: a uniformly random keep mask's precision ~ fg fraction."""
+    g = torch.Generator().manual_seed(0)
+    fg = torch.rand(4000, 8, 8, generator=g) < 0.39  # one pixel per token
+    keep = torch.rand(4000, 64, generator=g).argsort(1) < 32
+    images = torch.rand(4000, 3, 32, 32, generator=g)
+    tally = MaskTally((8, 8))
+    tally.add(keep, fg, images=images)
+    r = tally.result()
+    assert abs(r["mask_fg_precision"] - r["fg_token_fraction"]) < 0.01 and "mask_score_fg" not in r
+    assert abs(r["mask_detail_ratio"] - 1) < 0.01
+
+
+def test_edge_and_detail_diagnostics():
+    """Kept tokens on the outline and on detailed patches, by hand; no foreground mask needed for detail."""
     fg = torch.zeros(1, 8, 8, dtype=torch.bool)
-    fg[0, :4, :4] = True  # top-left quadrant -> token 0 of a 2x2 grid
-    tokens = token_foreground(fg, (2, 2))
-    assert tokens.tolist() == [[True, False, False, False]]
-    q = mask_quality(torch.tensor([[True, True, False, False]]), tokens)
-    assert (int(q["kept_fg"]), int(q["kept"]), int(q["fg"]), int(q["tokens"])) == (1, 2, 1, 4)
+    fg[0, :, :3] = True                      # 2 x 2 grid of 4 x 4 patches: the left column is partly foreground
+    images = torch.zeros(1, 3, 8, 8)
+    images[0, :, :4, :4] = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).repeat(2, 2)  # token 0 detailed, the rest flat
+    keep = torch.tensor([[True, False, False, True]])
+    tally = MaskTally((2, 2))
+    tally.add(keep, fg, images=images)
+    r = tally.result()
+    assert r["edge_token_fraction"] == 0.5 and r["mask_edge_precision"] == 0.5  # tokens 0, 2 are outline; 0 kept
+    assert r["mask_detail_ratio"] == pytest.approx((0.5 / 2) / (0.5 / 4))       # std 0.5 in token 0 only
+    plain = MaskTally((2, 2))
+    plain.add(keep, images=images)                                               # a folder dataset: no foreground
+    assert set(plain.result()) == {"mask_keep_border", "mask_detail_ratio"}
+
+
+def test_effective_usage_differs_where_used_at_least_once_saturates():
+    even, skewed = torch.full((8,), 100.0), torch.tensor([993.0, 1, 1, 1, 1, 1, 1, 1])
+    assert codebook_usage(even) == codebook_usage(skewed) == 100.0
+    from mqvq.models.quantizer import perplexity
+
+    assert effective_usage(perplexity(even).item(), 8) == pytest.approx(100.0)
+    assert effective_usage(perplexity(skewed).item(), 8) < 15.0
 
 
 def test_reference_stats_cache_survives_concurrent_writers(tmp_path):

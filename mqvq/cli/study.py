@@ -59,19 +59,26 @@ def show(name: Name, as_json: AsJson = False) -> None:
 @app.command("plan")
 @cli_errors
 def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
+         device: Device = None,
+         workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="the --workers the study will run with (CPU: threads per worker; total time / N)")] = 1,
          home: Home = None, tracking_uri: TrackingUri = None, as_json: AsJson = False) -> None:
-    """Per row and stage: done, reusable, resumable or to run, with a time estimate."""
-    from mqvq.studies.plan import plan_study
+    """Per row and stage: done, reusable, resumable or to run, with a time estimate from measured step times."""
+    from mqvq.studies.plan import measured_costs, plan_study
     from mqvq.studies.spec import load_study
     from mqvq.tracking import Tracker
 
     _check_backend(backend)
     study = load_study(name)
-    plans = plan_study(Tracker(tracking_uri, home), study, profile, seeds, only, backend)
+    tracker = Tracker(tracking_uri, home)
+    costs = measured_costs(tracker, profile, device, workers)
+    plans = plan_study(tracker, study, profile, seeds, only, backend, device=device, workers=workers, costs=costs)
     rows = [{"row": p.row.name, "seed": p.seed, "status": p.status, "estimate_s": p.estimate_s,
              "stages": {k: {"state": v.state, "run_id": v.run_id, "detail": v.detail} for k, v in p.stages.items()}} for p in plans]
+    known = [p.estimate_s for p in plans if p.todo and p.estimate_s is not None]
+    basis = {"device": costs.device, "measured_runs": costs.runs, "workers": workers,
+             "total_s": sum(known) / workers if known else None}
     if as_json:
-        print(json.dumps({"study": study.name, "profile": profile, "rows": rows}, indent=2))
+        print(json.dumps({"study": study.name, "profile": profile, "estimate": basis, "rows": rows}, indent=2))
         return
     table = Table("row", "seed", "stage 1", "stage 2", "eval", "estimate")
     for p in plans:
@@ -79,8 +86,12 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
         est = "-" if not p.todo else (f"{p.estimate_s:.0f} s" if p.estimate_s is not None else "unknown")
         table.add_row(p.row.name, str(p.seed), *cells, est)
     console.print(table)
-    known = [p.estimate_s for p in plans if p.todo and p.estimate_s is not None]
-    console.print(f"{sum(p.todo for p in plans)} of {len(plans)} rows to run" + (f", about {sum(known):.0f} s" if known else ""))
+    todo = sum(p.todo for p in plans)
+    total = f", about {basis['total_s'] / 60:.0f} min" + (f" with {workers} workers" if workers > 1 else "") if known else ""
+    console.print(f"{todo} of {len(plans)} rows to run{total}")
+    how = (f"from the step times of {costs.runs} finished {profile} runs" if costs.runs
+           else f"no finished {profile} runs measured there yet: the estimates are rough defaults")
+    console.print(f"estimates assume {costs.device}, {how}", highlight=False)
 
 
 @app.command("run")

@@ -104,10 +104,13 @@ def fashion_mnist_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     if images.size % (28 * 28) or images.size // (28 * 28) != labels.size:
         raise UserError(f"{img_path} and {lab_path.name} do not hold matching 28x28 images and labels.")
     images = torch.from_numpy(images.reshape(-1, 1, 28, 28).copy())
-    images = F.pad(images, (2, 2, 2, 2))  # 28 -> 32 on the black background
+    if cfg.fit == "resize":  # the garment fills the frame: no empty ring for a mask to latch onto
+        images = F.interpolate(images.float(), size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    else:
+        images = F.pad(images, (2, 2, 2, 2))  # 28 -> 32 on the black background
     fg = images[:, 0] > 0
     labels = torch.from_numpy(labels.astype(np.int64))
-    digest = hashlib.sha256(img_path.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(img_path.read_bytes() + (b"resize" if cfg.fit == "resize" else b"")).hexdigest()[:16]
     return InMemoryImages(f"fashion-mnist-{split}", images, labels, fg, cfg.resolution, digest, 10, FASHION_MNIST_CLASSES)
 
 

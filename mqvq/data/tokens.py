@@ -48,12 +48,12 @@ def _digest(path: str, size: int, mtime: int) -> str:
 
 
 @torch.no_grad()
-def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip: bool = False) -> TokenSet:
-    """Encode every image (and its mirror image when `flip`) with a frozen stage-1 model."""
+def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip: bool = False, limit: int = 0) -> TokenSet:
+    """Encode every image (the first `limit` if set, and mirror images when `flip`) with a frozen stage-1 model."""
     model.eval().to(device)
     codes, positions, labels = [], [], []
     grid = None
-    for batch in eval_batches(dataset, batch_size):
+    for batch in eval_batches(dataset, batch_size, limit):
         x = batch["image"].to(device)
         views = [x, x.flip(-1)] if flip else [x]
         for v in views:
@@ -66,14 +66,15 @@ def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip:
 
 
 def cached_tokens(home: Path, checkpoint: Path, model: MQVAE, dataset, split: str, batch_size: int,
-                  device: torch.device, flip: bool) -> TokenSet:
-    key = hashlib.sha256(f"{file_digest(checkpoint)}:{dataset.digest()}:{split}:{int(flip)}".encode()).hexdigest()[:20]
+                  device: torch.device, flip: bool, limit: int = 0) -> TokenSet:
+    extra = f":{limit}" if limit and limit < len(dataset) else ""
+    key = hashlib.sha256(f"{file_digest(checkpoint)}:{dataset.digest()}:{split}:{int(flip)}{extra}".encode()).hexdigest()[:20]
     path = home / "tokens" / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, map_location="cpu", weights_only=True)
         if d.get("format") == TOKENS_FORMAT:
             return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"])
-    ts = tokenize(model, dataset, batch_size, device, flip)
+    ts = tokenize(model, dataset, batch_size, device, flip, limit)
     small = torch.int16 if max(ts.codebook_size, ts.grid[0] * ts.grid[1]) < 2 ** 15 else torch.int32
     atomic_save({"format": TOKENS_FORMAT, "codes": ts.codes.to(small), "positions": ts.positions.to(small),
                  "labels": ts.labels, "grid": list(ts.grid), "codebook_size": ts.codebook_size}, path)

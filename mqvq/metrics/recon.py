@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mqvq.data import eval_batches
 from mqvq.metrics.features import to_uint8
 from mqvq.metrics.frechet import FeatureStats, RunningStats
+from mqvq.metrics.mask import MaskTally
 from mqvq.models.quantizer import perplexity
 from mqvq.train.common import autocast, progress_bar
 
@@ -30,15 +31,11 @@ def codebook_usage(counts: torch.Tensor) -> float:
     return 100.0 * (counts > 0).float().mean().item()
 
 
-def token_foreground(fg: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) pixel mask -> (B, L) bool: a token is foreground when most of its f x f patch is."""
-    frac = F.adaptive_avg_pool2d(fg[:, None].float(), grid)
-    return (frac >= 0.5).flatten(1)
-
-
-def mask_quality(keep: torch.Tensor, fg_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Counts for: share of kept tokens on the foreground (precision), share of foreground tokens kept (recall)."""
-    return {"kept_fg": (keep & fg_tokens).sum(), "kept": keep.sum(), "fg": fg_tokens.sum(), "tokens": torch.tensor(keep.numel())}
+def effective_usage(perplexity: float, codebook_size: int) -> float:
+    """Percentage of the K codes an evenly used codebook with the same code entropy would use:
+    100 * exp(H) / K. Unlike `usage` it does not saturate when dead-code restart keeps every code
+    alive: a code used a handful of times in the whole split hardly counts."""
+    return 100.0 * perplexity / codebook_size
 
 
 @dataclass
@@ -46,7 +43,9 @@ class ReconResult:
     metrics: dict[str, float]
     counts: torch.Tensor                      # (K,) code frequencies over the split
     recon_stats: FeatureStats | None = None   # features of the reconstructions (rFID)
-    examples: dict = field(default_factory=dict)  # first batch: images, recon, keep, scores, grid
+    examples: dict = field(default_factory=dict)  # first batch: images, recon, keep, scores, grid, fg
+    keep_frequency: torch.Tensor | None = None  # (h, w) share of images keeping each position (masked models with fg)
+    fg_frequency: torch.Tensor | None = None    # (h, w) share of images with a foreground token at each position
 
 
 @torch.no_grad()
@@ -56,7 +55,7 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
     counts = torch.zeros(model.config.quantizer.codebook_size, device=device)
     stats = RunningStats(backend.dim) if backend is not None else None
     sums = {"psnr": 0.0, "lpips": 0.0, "l1": 0.0}
-    mq = {"kept_fg": 0, "kept": 0, "fg": 0, "tokens": 0}
+    tally = None
     has_mask = model.config.mask.type != "none"
     n, examples = 0, {}
     total = len(dataset) if not limit else min(limit, len(dataset))
@@ -77,21 +76,22 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
                 sums["lpips"] += lpips(*lpips_inputs(x, recon)).sum().item()
             if stats is not None:
                 stats.update(backend(fake8)[0])
-            if has_mask and "fg" in batch:
-                q = mask_quality(enc.keep, token_foreground(batch["fg"].to(device), enc.grid))
-                for k in mq:
-                    mq[k] += int(q[k])
+            if has_mask:
+                tally = tally or MaskTally(enc.grid, device)
+                tally.add(enc.keep, batch["fg"].to(device) if "fg" in batch else None, enc.scores, x)
             if not examples:
                 examples = {"images": x[:8].cpu(), "recon": recon[:8].cpu(), "keep": enc.keep[:8].cpu(),
-                            "scores": None if enc.scores is None else enc.scores[:8].float().cpu(), "grid": enc.grid}
+                            "scores": None if enc.scores is None else enc.scores[:8].float().cpu(), "grid": enc.grid,
+                            "fg": batch["fg"][:8].cpu() if "fg" in batch else None}
             n += x.shape[0]
             bar.advance(task, x.shape[0])
-    metrics = {"usage": codebook_usage(counts), "perplexity": perplexity(counts).item(), "psnr": sums["psnr"] / n,
+    ppl = perplexity(counts).item()
+    metrics = {"usage": codebook_usage(counts), "perplexity": ppl, "usage_effective": effective_usage(ppl, len(counts)),
+               "psnr": sums["psnr"] / n,
                "l1": sums["l1"] / n, "num_images": float(n)}
     if lpips is not None:
         metrics["lpips"] = sums["lpips"] / n
-    if mq["kept"]:
-        metrics["mask_fg_precision"] = mq["kept_fg"] / mq["kept"]          # kept tokens that are foreground
-        metrics["mask_fg_recall"] = mq["kept_fg"] / max(mq["fg"], 1)       # foreground tokens that were kept
-        metrics["fg_token_fraction"] = mq["fg"] / mq["tokens"]             # what a random mask's precision would be
-    return ReconResult(metrics, counts.cpu(), stats.finalize() if stats is not None and stats.n > 1 else None, examples)
+    if tally is not None:
+        metrics |= tally.result()
+    return ReconResult(metrics, counts.cpu(), stats.finalize() if stats is not None and stats.n > 1 else None, examples,
+                       *((tally.keep_frequency(), tally.fg_frequency() if tally.with_fg else None) if tally is not None else (None, None)))

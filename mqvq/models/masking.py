@@ -28,27 +28,46 @@ class MaskOutput:
     scores: torch.Tensor | None  # (B, L) importance scores (adaptive only)
 
 
-class MLPScorer(nn.Module):
-    """The paper's two-layer MLP applied to every region feature."""
+SCORERS = ("mlp", "mlp-bn", "conv", "conv-nobn")
 
-    def __init__(self, channels: int, hidden: int):
+
+class MLPScorer(nn.Module):
+    """The paper's two-layer MLP applied to every region feature; `batchnorm` adds the released
+    scorer's BatchNorm over the batch's score logits (the `mlp-bn` variant)."""
+
+    def __init__(self, channels: int, hidden: int, batchnorm: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.norm = nn.BatchNorm1d(1) if batchnorm else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L)
-        return torch.sigmoid(self.net(z.flatten(2).transpose(1, 2))).squeeze(-1)
+        logits = self.net(z.flatten(2).transpose(1, 2)).transpose(1, 2)  # (B, 1, L)
+        if self.norm is not None:
+            logits = self.norm(logits)
+        return torch.sigmoid(logits).flatten(1)
 
 
 class ConvScorer(nn.Module):
-    """The released scorer: whole-map LayerNorm, conv3x3, ReLU, conv1x1, BatchNorm2d(1), sigmoid."""
+    """The released scorer: whole-map LayerNorm, conv3x3, ReLU, conv1x1, BatchNorm2d(1), sigmoid
+    (`batchnorm=False`: the same without the BatchNorm, the `conv-nobn` variant)."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, batchnorm: bool = True):
         super().__init__()
-        self.net = nn.Sequential(nn.GroupNorm(1, channels, affine=False), nn.Conv2d(channels, hidden, 3, padding=1),
-                                 nn.ReLU(), nn.Conv2d(hidden, 1, 1), nn.BatchNorm2d(1))
+        layers = [nn.GroupNorm(1, channels, affine=False), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
+                  nn.Conv2d(hidden, 1, 1)]
+        self.net = nn.Sequential(*layers, *([nn.BatchNorm2d(1)] if batchnorm else []))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z)).flatten(1)
+
+
+def make_scorer(kind: str, channels: int, hidden: int) -> nn.Module:
+    """mlp (paper's text), mlp-bn, conv (what the released code trains: conv + BatchNorm), conv-nobn."""
+    if kind not in SCORERS:
+        raise ValueError(kind)
+    if kind.startswith("mlp"):
+        return MLPScorer(channels, hidden, batchnorm=kind == "mlp-bn")
+    return ConvScorer(channels, hidden, batchnorm=kind == "conv")
 
 
 def select_top(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +86,7 @@ class AdaptiveMask(nn.Module):
     def __init__(self, channels: int, ratio: float, scorer: str = "mlp", hidden: int = 256):
         super().__init__()
         self.ratio = ratio
-        self.scorer = MLPScorer(channels, hidden) if scorer == "mlp" else ConvScorer(channels, hidden)
+        self.scorer = make_scorer(scorer, channels, hidden)
 
     def forward(self, z: torch.Tensor) -> MaskOutput:
         b, c, h, w = z.shape

@@ -59,17 +59,21 @@ class MQVAE(nn.Module):
         else:
             self.mask = NoMask()
         q = c.quantizer
-        self.quant_proj = nn.Linear(cz, q.dim)          # VQGAN's quant_conv, applied per kept token
+        width = c.channels * mult[-1]
+        # released: bias-free pre-projection, post-projection straight to the decoder width (its conv_in
+        # then runs width -> width); taming: quant_conv with bias, post_quant_conv back to z_channels
+        taming = c.projection == "taming"
+        self.quant_proj = nn.Linear(cz, q.dim, bias=taming)  # applied per kept token
         self.quantizer = VectorQuantizer(q.codebook_size, q.dim, q.beta, q.update, q.decay, q.restart_dead, q.dead_threshold)
         if c.mask.type != "none":  # uniformly initialised learnable mask code (paper §3.2)
             self.mask_code = nn.Parameter(torch.empty(q.dim).uniform_(-1.0 / q.dim, 1.0 / q.dim))
-        self.post_quant = nn.Conv2d(q.dim, cz, 1)       # VQGAN's post_quant_conv
-        width = c.channels * mult[-1]
+        post = cz if taming else width
+        self.post_quant = nn.Conv2d(q.dim, post, 1)
         if c.demask.type == "none":
             head = MidBlock(width, c.attention, c.dropout)
         else:
             head = DeMask(width, c.demask.layers, c.demask.type, c.demask.mask_init, c.demask.renormalize, c.dropout)
-        self.decoder = Decoder(c.channels, mult, c.num_res_blocks, cz, head, c.attention, c.dropout)
+        self.decoder = Decoder(c.channels, mult, c.num_res_blocks, post, head, c.attention, c.dropout)
 
     # ------------------------------------------------------------------ pieces
     def _grid(self, images: torch.Tensor) -> tuple[int, int]:
@@ -143,7 +147,9 @@ class MQVAE(nn.Module):
         from mqvq.train.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path)
-        cfg = from_dict(MQVAEConfig, ckpt["config"]["stage1"]["model"], "stage1.model.")
+        saved = dict(ckpt["config"]["stage1"]["model"])
+        saved.setdefault("projection", "taming")  # checkpoints from before the field existed used that layout
+        cfg = from_dict(MQVAEConfig, saved, "stage1.model.")
         model = cls(cfg)
         model.load_state_dict(ckpt["model"])
         return model.to(map_location).eval()

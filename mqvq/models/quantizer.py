@@ -42,7 +42,9 @@ class VectorQuantizer(nn.Module):
         if update == "ema":
             self.register_buffer("embed", init)
             self.register_buffer("cluster_size", torch.zeros(codebook_size))
-            self.register_buffer("embed_sum", init.clone())
+            # as released: the EMA sum starts from N(0, 1), untouched by the uniform initialisation of the
+            # codes, so the uniform init only decides the first assignment
+            self.register_buffer("embed_sum", torch.randn(codebook_size, dim))
         elif update == "loss":
             self.embed = nn.Parameter(init)
         else:
@@ -91,10 +93,10 @@ class VectorQuantizer(nn.Module):
             m = flat.shape[0]
             if m >= self.size:
                 candidates = flat[torch.randperm(m, device=flat.device)[: self.size]]
-            else:  # fewer vectors than codes: tile with noise so restarted codes differ
+            else:  # fewer vectors than codes: tile with noise so restarted codes differ (uniform [0, 0.01/sqrt(d)), as released)
                 reps = -(-self.size // m)
                 tiled = flat.repeat(reps, 1)
-                tiled = tiled + torch.randn_like(tiled) * (0.01 / self.dim ** 0.5)
+                tiled = tiled + torch.rand_like(tiled) * (0.01 / self.dim ** 0.5)
                 candidates = tiled[torch.randperm(tiled.shape[0], device=flat.device)[: self.size]]
             if _dist():
                 dist.broadcast(candidates, 0)

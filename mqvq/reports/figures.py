@@ -38,22 +38,101 @@ def reconstruction_grid(images: torch.Tensor, recon: torch.Tensor, keep: torch.T
     return image_grid(rows)
 
 
+def _upscale(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Nearest-neighbour upscale by an integer factor to at least `side` pixels (tokens stay crisp squares)."""
+    factor = max(1, -(-side // images.shape[-1]))
+    return images if factor == 1 else F.interpolate(images.float(), scale_factor=factor, mode="nearest")
+
+
+def _token_outline(keep: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
+    """(B, size, size) bool: the edges of masked tokens (1 px lines on the upscaled grid)."""
+    k = F.interpolate(keep.float().reshape(-1, 1, *grid), size=(size, size), mode="nearest")[:, 0]
+    step = size // grid[0]
+    lines = torch.zeros(size, size, dtype=torch.bool)
+    lines[::step, :] = True
+    lines[:, ::step] = True
+    return (k < 0.5) & lines
+
+
+def masked_view(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Masked tokens tinted blue-grey with their outlines drawn, kept tokens untouched: visible on any
+    background (darkening alone hides a masked black background)."""
+    k = F.interpolate(keep.float().reshape(-1, 1, *grid), size=images.shape[-2:], mode="nearest")
+    tint = torch.tensor([-0.2, 0.0, 0.6]).view(1, 3, 1, 1)
+    out = images.float() * (0.4 + 0.6 * k) + (1 - k) * 0.6 * tint
+    edges = _token_outline(keep, grid, images.shape[-1])[:, None].expand(-1, 3, -1, -1)
+    return torch.where(edges, torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1).expand_as(out), out).clamp(-1, 1)
+
+
 def importance_grid(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor | None = None,
-                    n: int = 8) -> np.ndarray:
-    """Fig. 4: input, importance map (red high, blue low; adaptive masks only) and the kept tokens."""
+                    n: int = 8, title: str = "", fg: torch.Tensor | None = None):
+    """Fig. 4 a person can read: each image upscaled (nearest) to >= 128 px; labelled rows: input,
+    importance map (red high, blue low; adaptive only), kept tokens (masked ones tinted and outlined)
+    and, where the data has one, the foreground the diagnostics count against."""
     import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     n = min(n, images.shape[0])
-    rows = [to_uint8(images[:n])]
+    x = _upscale(images[:n].float().cpu(), 128)
+    side = x.shape[-1]
+    rows: list[tuple[str, np.ndarray]] = [("input", to_uint8(x))]
     if scores is not None:
-        s = scores[:n].float()
+        s = scores[:n].float().cpu()
         s = (s - s.min(1, keepdim=True).values) / (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values).clamp_min(1e-8)
-        heat = matplotlib.colormaps["jet"](s.reshape(n, *grid).cpu().numpy())[..., :3]  # (n, h, w, 3)
+        heat = matplotlib.colormaps["jet"](s.reshape(n, *grid).numpy())[..., :3]
         heat = torch.from_numpy(heat).permute(0, 3, 1, 2).float() * 2 - 1
-        heat = F.interpolate(heat, size=images.shape[-2:], mode="nearest")
-        rows.append(to_uint8(0.5 * images[:n].float().cpu() + 0.5 * heat))
-    rows.append(to_uint8(mask_overlay(images[:n].float().cpu(), keep[:n].cpu(), grid)))
-    return image_grid(rows)
+        heat = F.interpolate(heat, size=(side, side), mode="nearest")
+        rows.append(("importance\n(red high)", to_uint8(0.35 * x + 0.65 * heat)))
+    kept = keep[:n].cpu()
+    rows.append((f"kept tokens, untinted\n({int(kept[0].sum())} of {kept.shape[1]})", to_uint8(masked_view(x, kept, grid))))
+    if fg is not None:
+        from mqvq.metrics.mask import token_foreground
+
+        fg_tok = token_foreground(fg[:n].cpu(), grid)
+        rows.append(("foreground tokens,\nuntinted", to_uint8(masked_view(x, fg_tok, grid))))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 0.9, 1.5 * len(rows) + 0.4), dpi=100, squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(imgs[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def keep_frequency_figure(keep_freq: torch.Tensor, fg_freq: torch.Tensor | None = None, title: str = ""):
+    """Where the mask keeps tokens, over the whole test split, beside where the object is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("share of images keeping each token", keep_freq)]
+    if fg_freq is not None:
+        panels.insert(0, ("share of images with foreground there", fg_freq))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), dpi=110, squeeze=False)
+    for ax, (label, m) in zip(axes[0], panels):
+        m = np.asarray(m, dtype=float)
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        if m.shape[0] <= 16:
+            for (i, j), v in np.ndenumerate(m):
+                ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6,
+                        color="white" if v < 0.6 else "black")
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def codebook_pca(embed: torch.Tensor) -> np.ndarray:
@@ -123,5 +202,36 @@ def speed_fid_figure(points: list[tuple[str, float, float]], metric: str = "FID"
     ax.set_xlabel("sampling speed (images / s)")
     ax.set_ylabel(f"{metric} (lower is better)")
     ax.set_title(f"speed vs {metric}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], baseline: float | None = None,
+                       title: str = "", ylabel: str = "share of kept tokens on the foreground"):
+    """Foreground share over training: one line per row (mean over its seeds, band = min..max), the
+    foreground token fraction (what a random mask gets) dashed. Random rows use dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    colours = matplotlib.colormaps["tab10"]
+    for i, (label, runs) in enumerate(curves.items()):
+        steps = sorted(set.intersection(*(set(s) for s, _ in runs)))
+        if not steps:
+            continue
+        vals = np.array([[dict(zip(s, v))[t] for t in steps] for s, v in runs])
+        style = "--" if "random" in label else "-"
+        ax.plot(steps, vals.mean(0), style, color=colours(i % 10), label=f"{label} (n={len(runs)})", linewidth=1.4)
+        if len(runs) > 1:
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=colours(i % 10), alpha=0.15, linewidth=0)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linestyle=":", linewidth=1, label=f"foreground token fraction {baseline:.2f}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig

@@ -84,6 +84,10 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
     verdicts = check_claims(table, meta) if check else []
     if verdicts and fmt == "md":
         text += "\n" + render_verdicts(verdicts)
+    elif verdicts and fmt == "json":
+        text = json.dumps(json.loads(text) | {"check": verdicts_json(verdicts)}, indent=2) + "\n"
+    elif verdicts and fmt == "latex":
+        text += "".join(f"% check: {line}\n" for line in render_verdicts(verdicts).splitlines() if line.strip())
     result = {"table": table, "text": text, "verdicts": verdicts, "figures": []}
     if out is not None:
         write_atomic(out, text)
@@ -95,7 +99,7 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
 def render_verdicts(verdicts) -> str:
     lines = ["**Reproduction check**", ""]
     for v in verdicts:
-        mark = {"holds": "✓", "fails": "✗", "not testable": "?"}[v.status]
+        mark = {"holds": "✓", "fails": "✗", "not significant": "≈", "not assessable": "?"}[v.status]
         lines.append(f"- {mark} **{v.claim}**: {v.status}" + (f" ({v.significance})" if v.significance else ""))
         lines += [f"  - {e}" for e in v.evidence]
     return "\n".join(lines) + "\n"
@@ -121,6 +125,18 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
                 dst = folder / f"fig4-mask-{row}.png"
                 shutil.copy(src, dst)
                 written.append(str(dst))
+    # where each adaptive row's mask keeps tokens over the test split (heat maps from the evaluation)
+    for row, runs in stage_runs.items():
+        if meta[row]["mask_type"] != "none" and runs.get("stage1"):
+            src = _artifact(tracker, runs["stage1"], "figures/keep_frequency.png")
+            if src:
+                dst = folder / f"keep-frequency-{row}.png"
+                shutil.copy(src, dst)
+                written.append(str(dst))
+    # foreground share over training, every seed of every masked row
+    fig = _mask_curves(tracker, table, meta, study)
+    if fig is not None:
+        written.append(_save(fig, folder / "mask-foreground-curves.png"))
     # Fig. 5: codebooks of the first VQGAN row and the first adaptive row
     pair = [next((r for r in stage_runs if meta[r]["mask_type"] == kind and stage_runs[r].get("stage1")), None) for kind in ("none", "adaptive")]
     if all(pair):
@@ -145,6 +161,29 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     if len(points) >= 2:
         written.append(_save(F.speed_fid_figure(points, "FID" if fd_key == "fid" else "FD-VGG16"), folder / "fig6b-speed-vs-fid.png"))
     return written
+
+
+def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig):
+    from mqvq.reports import figures as F
+
+    curves, fractions = {}, []
+    for row in table.rows:
+        if row.status != "finished" or meta[row.name]["mask_type"] == "none":
+            continue
+        runs = []
+        for rid in row.run_ids:
+            s1 = tracker.get_run(rid).data.tags.get("mqvq.stage1_run")
+            hist = tracker.client.get_metric_history(s1, "val/mask_fg_precision") if s1 else []
+            if len(hist) > 1:
+                runs.append(([m.step for m in hist], [m.value for m in hist]))
+                frac = tracker.client.get_metric_history(s1, "val/fg_token_fraction")
+                fractions += [m.value for m in frac[-1:]]
+        if runs:
+            curves[row.descriptors.get("label", row.name)] = runs
+    if not curves:
+        return None
+    return F.mask_curves_figure(curves, sum(fractions) / len(fractions) if fractions else None,
+                                f"{study.name} ({table.profile}): does the mask keep the object? (validation images)")
 
 
 def _stage_runs(tracker: Tracker, row) -> dict:

@@ -21,7 +21,9 @@ from mqvq.tracking.store import Tracker
 from mqvq.train.runs import checkpoint_path
 from mqvq.train.stage2 import stage2_hash
 
-DEFAULT_SECONDS = {"smoke": {"stage1": 8, "stage2": 4, "eval": 5}, "mini": {"stage1": 120, "stage2": 90, "eval": 60}}
+# guesses for a device with no finished runs of the profile yet
+DEFAULT_SECONDS = {"smoke": {"stage1": 8, "stage2": 4, "eval": 5}, "cpu": {"stage1": 200, "stage2": 90, "eval": 60},
+                   "mini": {"stage1": 120, "stage2": 90, "eval": 60}}
 
 
 def study_experiment(study: str, profile: str) -> str:
@@ -91,18 +93,21 @@ def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | N
             out.append(names[m])
         elif m == "speed":
             out.append("speed_images_per_s")
-        elif m == "mask":  # only masked models on data with foreground masks have it
+        elif m in ("mask", "mask_detail"):  # only masked models on data with foreground masks have them
             if cfg.stage1.model.mask.type != "none" and cfg.stage1.data.name != "folder":
-                out.append("mask_fg_precision")
+                out += ["mask_fg_precision", "fg_token_fraction"] + (["mask_keep_border", "mask_keep_centre"] if m == "mask_detail" else [])
+        elif m == "usage":
+            out += ["usage", "usage_effective"]
         else:
             out.append(m)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,
-               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = 120.0) -> list[RowPlan]:
+               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = 120.0,
+               device: str | None = None, workers: int = 1, costs: Costs | None = None) -> list[RowPlan]:
     experiment = study_experiment(study.name, profile)
-    durations = _durations(tracker, profile)
+    costs = costs or measured_costs(tracker, profile, device, workers)
     plans = []
     for row in select_rows(study, only):
         for seed in row_seeds(study, row, seeds):
@@ -133,7 +138,7 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
                                           ", ".join(missing) if missing and parent is not None else "")
             if p.stages["eval"].state == "done" and p.status != "finished":
                 p.stages["eval"] = StageState("run")
-            p.estimate_s = _estimate(p, durations, profile)
+            p.estimate_s = _estimate(p, costs, profile)
             plans.append(p)
     return plans
 
@@ -159,24 +164,75 @@ def _row_status(parent, lease_timeout: float) -> str:
     return status if status in ("finished", "failed") else "missing"
 
 
-def _durations(tracker: Tracker, profile: str) -> dict[str, float]:
-    out = {}
-    for stage in ("stage1", "stage2"):
-        runs = tracker.find_runs_everywhere(f"tags.\"mqvq.stage\" = '{stage}' and tags.\"mqvq.profile\" = {q(profile)} "
-                                            f"and attributes.status = 'FINISHED'")
-        secs = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time]
-        if secs:
-            out[stage] = statistics.median(secs)
-    return out
+@dataclass
+class Costs:
+    """Measured costs on one device: seconds per training step by stage (exact config first, then
+    the experiment, then any run of the stage), the per-run overhead, and evaluation seconds."""
+    device: str
+    runs: int = 0
+    step_s: dict[tuple, float] = field(default_factory=dict)     # (stage, key) -> median seconds per step
+    overhead_s: dict[str, float] = field(default_factory=dict)   # stage -> median (duration - steps * step_s)
+    eval_s: float | None = None
+
+    def stage_seconds(self, stage: str, cfg: ExperimentConfig) -> float | None:
+        section = cfg.stage1 if stage == "stage1" else cfg.stage2
+        for key in (config_hash(to_dict(section)), cfg.name, "*"):
+            if (stage, key) in self.step_s:
+                return section.train.steps * self.step_s[(stage, key)] + self.overhead_s.get(stage, 0.0)
+        return None
 
 
-def _estimate(p: RowPlan, durations: dict[str, float], profile: str) -> float | None:
+def measured_costs(tracker: Tracker, profile: str, device: str | None = None, workers: int = 1) -> Costs:
+    """What finished runs of `profile` on this device measured (same device name; on a CPU, the same
+    torch thread count as each of `workers` workers gets): one query for all stage runs, none per row."""
+    import os
+
+    import torch
+
+    from mqvq.timing import device_name
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = device_name(dev)
+    threads = str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()) if dev.type == "cpu" else None
+    costs = Costs(name + (f", {threads} torch thread{'s' * (threads != '1')} per worker" if threads else ""))
+    runs = tracker.find_runs_everywhere(f"tags.\"mqvq.profile\" = {q(profile)} and tags.\"mqvq.device_name\" = {q(name)} "
+                                        f"and attributes.status = 'FINISHED'")
+    per: dict[tuple, list[float]] = {}
+    over: dict[str, list[float]] = {}
+    evals = []
+    for r in runs:
+        t, m = r.data.tags, r.data.metrics
+        stage, sec = t.get("mqvq.stage"), m.get("time/step_seconds")
+        if stage not in ("stage1", "stage2") or sec is None or (threads and t.get("mqvq.torch_threads") not in (None, threads)):
+            continue
+        costs.runs += 1
+        for key in (t.get("mqvq.config_hash"), t.get("mqvq.experiment"), "*"):
+            per.setdefault((stage, key), []).append(sec)
+        steps = float(r.data.params.get(f"{stage}.train.steps", 0) or 0)
+        if r.info.end_time and steps:
+            over.setdefault(stage, []).append(max(0.0, (r.info.end_time - r.info.start_time) / 1000 - steps * sec))
+        if t.get("mqvq.eval.seconds"):
+            evals.append(float(t["mqvq.eval.seconds"]))
+    costs.step_s = {k: statistics.median(v) for k, v in per.items()}
+    costs.overhead_s = {k: statistics.median(v) for k, v in over.items()}
+    costs.eval_s = statistics.median(evals) if evals else None
+    return costs
+
+
+def _estimate(p: RowPlan, costs: Costs, profile: str) -> float | None:
     default = DEFAULT_SECONDS.get(profile, {})
     total = 0.0
     for stage, st in p.stages.items():
         if st.state in ("done", "reusable", "skip"):
             continue
-        sec = durations.get(stage, default.get(stage))
+        if stage == "eval":
+            sec = costs.eval_s if costs.eval_s is not None else default.get("eval")
+            # a row evaluates its stage-1 run and, unless it skips stage 2, its stage-2 run
+            sec = None if sec is None else sec * (1 if p.stages["stage2"].state == "skip" else 2)
+        else:
+            sec = costs.stage_seconds(stage, p.cfg)
+            if sec is None:
+                sec = default.get(stage)
         if sec is None:
             return None
         total += sec * (0.5 if st.state == "resumable" else 1.0)

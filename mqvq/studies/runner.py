@@ -169,7 +169,7 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
             if name in run.metrics:
                 values[name] = run.metrics[name]
                 tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")
-                         or k in ("mqvq.eval.device", "mqvq.eval.torch")}
+                         or k in ("mqvq.eval.device", "mqvq.eval.torch", "mqvq.eval.threads", "mqvq.torch_threads", "mqvq.device_name")}
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)

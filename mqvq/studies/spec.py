@@ -22,7 +22,7 @@ from pathlib import Path
 from mqvq.config import ExperimentConfig, from_dict, opt
 from mqvq.errors import UserError
 
-STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask"}
+STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail"}  # mask_detail: the mask diagnostics as table columns
 STAGE2_METRICS = {"fid", "is", "speed"}
 DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
@@ -58,8 +58,9 @@ class StudyConfig:
     search: SearchSettings = field(default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"})
 
     def stage_metrics(self, stage: str) -> list[str]:
+        """What `mqvq eval` computes for this stage (mask_detail is computed by `mask`)."""
         wanted = STAGE1_METRICS if stage == "stage1" else STAGE2_METRICS
-        return [m for m in self.metrics if m in wanted]
+        return list(dict.fromkeys("mask" if m == "mask_detail" else m for m in self.metrics if m in wanted))
 
 
 def studies_dir() -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import queue as queue_lib
 
 from mqvq.studies.runner import RowResult
@@ -36,6 +37,11 @@ def _worker(index: int, results, study_name: str, tracking_uri: str | None, home
     from mqvq.tracking import Tracker
 
     console = Console(stderr=True)
+    if kwargs.get("threads"):  # CPU workers share the cores instead of each taking all of them
+        import torch
+
+        torch.set_num_threads(kwargs["threads"])
+    kwargs = {k: v for k, v in kwargs.items() if k != "threads"}
     try:
         rows = run_study(Tracker(tracking_uri, home), load_study(study_name), progress=False,
                          log=lambda m: console.print(f"[dim]w{index}[/] {m}", highlight=False), **kwargs)
@@ -54,8 +60,11 @@ def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = Non
     select_rows(load_study(study_name), kwargs.get("only"))  # user mistakes fail here, once, not in every worker
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(i, results, study_name, tracking_uri, home, {**kwargs, "device": dev}))
-             for i, dev in enumerate(worker_devices(workers, device))]
+    devices = worker_devices(workers, device)
+    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [ctx.Process(target=_worker, args=(i, results, study_name, tracking_uri, home,
+                                                {**kwargs, "device": dev, "threads": cpu_threads if not (dev or "").startswith("cuda") else None}))
+             for i, dev in enumerate(devices)]
     for p in procs:
         p.start()
     reports, errors, silent = {}, [], dict.fromkeys(range(len(procs)), 0)

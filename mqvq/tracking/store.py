@@ -211,6 +211,15 @@ class Tracker:
     def log_image(self, run_id: str, image, name: str) -> None:
         self.client.log_image(run_id, image, artifact_file=name)
 
+    def log_figure(self, run_id: str, fig, name: str) -> None:
+        """A matplotlib figure as a PNG artifact; the figure is closed (long runs draw many)."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(run_id, fig, name)
+        finally:
+            plt.close(fig)
+
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
         """A run artifact as a local file. A store copied from another machine (e.g. fetched back from
         a GPU box) still records that machine's artifact paths: those are looked up under this home."""

@@ -30,9 +30,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to 0 (released stage-1 recipe) or constant."""
+    """Linear warm-up from 0 at step 0 (as released), then cosine to 0 (released stage-1 recipe) or constant."""
     if warmup and step < warmup:
-        return base * (step + 1) / warmup
+        return base * step / warmup
     if schedule == "constant":
         return base
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -40,8 +40,9 @@ def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> flo
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group follows the schedule, times its own `lr_scale` (default 1)."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def seed_all(seed: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mqvq.errors import UserError
+from mqvq.timing import device_name
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.distributed import Dist
@@ -44,7 +45,8 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
             tracker.resume_run(run_id)
         else:
             tags = {"mqvq.stage": stage, "mqvq.config_hash": config_hash, "mqvq.seed": seed,
-                    "mqvq.world_size": d.world, "mqvq.device": str(d.device), **tags}
+                    "mqvq.world_size": d.world, "mqvq.device": str(d.device), "mqvq.device_name": device_name(d.device),
+                    "mqvq.torch_threads": torch.get_num_threads(), **tags}
             run_id = tracker.start_run(experiment, run_name, tags, params, parent_run_id=parent_run_id)
             for name, data in artifacts.items():
                 tracker.log_dict(run_id, data, name)
@@ -87,6 +89,26 @@ def checkpoint_on_exit(save):
         save()
         raise
     save()
+
+
+class LoopClock:
+    """Seconds per training step in this process, validation passes excluded: what `study plan`
+    multiplies by a row's steps to estimate its time (logged as `time/step_seconds`)."""
+
+    def __init__(self, start_step: int):
+        self.start_step, self.t0, self.paused = start_step, time.perf_counter(), 0.0
+
+    @contextlib.contextmanager
+    def pause(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - t
+
+    def step_seconds(self, step: int) -> float | None:
+        done = step - self.start_step
+        return (time.perf_counter() - self.t0 - self.paused) / done if done > 0 else None
 
 
 class MetricWindow:

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
+from mqvq.metrics.mask import MaskTally
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
@@ -23,7 +24,7 @@ from mqvq.reports.figures import reconstruction_grid
 from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
-from mqvq.train.runs import MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.train.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 from mqvq.train.common import (
     autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
 )
@@ -43,6 +44,17 @@ def save_model(path: Path, cfg: ExperimentConfig, model: MQVAE, step: int, run_i
                         "config": to_dict(cfg), "model": model.state_dict()}, path)
 
 
+def generator_groups(model: MQVAE, scorer_lr_scale: float) -> list[dict]:
+    """One Adam group for the whole MQ-VAE, the adaptive mask's scorer in its own group when its
+    learning rate is scaled (`train.scorer_lr_scale`)."""
+    scorer = list(model.mask.scorer.parameters()) if hasattr(model.mask, "scorer") else []
+    if not scorer or scorer_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    ids = {id(p) for p in scorer}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": scorer, "lr_scale": scorer_lr_scale}]
+
+
 def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = False, run_id: str | None = None,
                  device: str | None = None, progress: bool = True, mlflow_experiment: str | None = None,
                  stop_after: int | None = None, parent_run_id: str | None = None, tags: dict | None = None) -> dict:
@@ -60,7 +72,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     model = MQVAE(s1.model).to(d.device)
     loss_fn = Stage1Loss(s1.loss).to(d.device)
     fused = d.device.type == "cuda"
-    opt_g = torch.optim.Adam(model.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
+    opt_g = torch.optim.Adam(generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
 
     start_step = 0
@@ -93,8 +105,8 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
 
     summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step}  # the loop keeps "step" current
     with closing_run(tracker, d, run_id, summary) as run:
-        step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file,
-                     progress, stop_after, summary)
+        step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, test_ds, start_step, dtype, tracker, run_id,
+                     ckpt_file, progress, stop_after, summary)
         if step < s1.train.steps:  # stopped early on purpose: resumable
             run["status"] = "KILLED"
             return summary | {"step": step, "finished": False}
@@ -104,8 +116,8 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
         return summary | {"step": step, "finished": True}
 
 
-def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, tracker, run_id, ckpt_file, progress,
-          stop_after, summary) -> int:
+def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step, dtype, tracker, run_id, ckpt_file,
+          progress, stop_after, summary) -> int:
     t = cfg.stage1.train
     step = start_step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
@@ -118,8 +130,18 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
         if d.main:
             _save(ckpt_file, step, cfg, model, loss_fn, opt_g, opt_d, rng, run_id)
 
+    clock = LoopClock(start_step)
+
+    def validate() -> None:
+        if d.main:
+            with clock.pause():
+                metrics = validation_pass(model, val_ds, d.device, dtype, t.batch_size, t.val_images)
+                publish(tracker, d, run_id, {f"val/{k}": v for k, v in metrics.items()}, step)
+
     with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
         task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
+        if t.val_every and step == 0:  # the untrained model: where the curves start
+            validate()
         batches = iter(loader)
         while step < end:
             x = next(batches)["image"].to(d.device, non_blocking=True)
@@ -132,9 +154,13 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
+            recon = out.recon
+            if t.double_forward:  # the released step: a second forward for D, updating EMA and BatchNorm again
+                with torch.no_grad(), autocast(d.device, dtype):
+                    recon = net(x).recon
             if loss_fn.gan_active(step):
                 with autocast(d.device, dtype):
-                    d_loss, dlogs = loss_fn.discriminator_loss(x, out.recon)
+                    d_loss, dlogs = loss_fn.discriminator_loss(x, recon)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
@@ -153,42 +179,66 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, start_step, dtype, 
                 publish(tracker, d, run_id, metrics, step)
                 bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
                 counts.zero_()
+            if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
+                validate()
             if step % t.ckpt_every == 0 and step < end:
                 save()
     summary["train_metrics"] = last_logs
+    if (sec := clock.step_seconds(step)) is not None and d.main:
+        tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
     return step
+
+
+@torch.no_grad()
+def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit: int, lpips=None, grid: bool = False) -> dict:
+    """L1, PSNR, batch-union codebook usage, LPIPS and the mask diagnostics on the first `limit` test
+    images, in eval mode. The RNG is forked, so a random mask drawn here never shifts the training
+    stream (a resumed run stays bit-identical to an uninterrupted one)."""
+    was_training = model.training
+    model.eval()
+    used = torch.zeros(model.config.quantizer.codebook_size, dtype=torch.bool, device=device)
+    l1 = lp = psnr = 0.0
+    n, tally, picture = 0, None, None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch in eval_batches(test_ds, batch_size, limit):
+            x = batch["image"].to(device)
+            with autocast(device, dtype):
+                out = model(x)
+            recon = out.recon.float().clamp(-1, 1)
+            enc = out.encoded
+            used[enc.codes.flatten()] = True
+            l1 += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
+            mse = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
+            psnr += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum().item()
+            if lpips is not None:
+                lp += lpips(x, recon).sum().item()
+            if model.config.mask.type != "none":
+                tally = tally or MaskTally(enc.grid, device)
+                tally.add(enc.keep, batch["fg"].to(device) if "fg" in batch else None, enc.scores, x)
+            if grid and picture is None:
+                picture = reconstruction_grid(x, recon, enc.keep, enc.grid)
+            n += x.shape[0]
+    model.train(was_training)
+    metrics = {"l1": l1 / n, "psnr": psnr / n, "codebook_usage": used.float().mean().item() * 100.0}
+    if lpips is not None:
+        metrics["lpips"] = lp / n
+    if tally is not None:
+        metrics |= tally.result()
+    if grid:
+        metrics["grid"] = picture
+    return metrics
 
 
 @torch.no_grad()
 def _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step) -> dict:
     """Validation on the test split, reconstruction grid, model artifact."""
     t = cfg.stage1.train
-    model.eval()
-    k = model.config.quantizer.codebook_size
-    used = torch.zeros(k, dtype=torch.bool, device=d.device)
-    l1 = lp = mse = 0.0
-    n, grid_img = 0, None
-    for batch in eval_batches(test_ds, t.batch_size, t.eval_images):
-        x = batch["image"].to(d.device)
-        with autocast(d.device, dtype):
-            out = model(x)
-        recon = out.recon.float().clamp(-1, 1)
-        used[out.encoded.codes.flatten()] = True
-        l1 += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
-        mse_i = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
-        mse += (10 * torch.log10(1.0 / mse_i.clamp_min(1e-10))).sum().item()
-        if loss_fn.lpips is not None:
-            lp += loss_fn.lpips(x, recon).sum().item()
-        if grid_img is None:
-            grid_img = reconstruction_grid(x, recon, out.encoded.keep, out.encoded.grid)
-        n += x.shape[0]
-    metrics = {"val/l1": l1 / n, "val/psnr": mse / n, "val/codebook_usage": used.float().mean().item() * 100.0}
-    if loss_fn.lpips is not None:
-        metrics["val/lpips"] = lp / n
+    res = validation_pass(model, test_ds, d.device, dtype, t.batch_size, t.eval_images, loss_fn.lpips, grid=True)
+    grid_img = res.pop("grid")
+    metrics = {f"val/{k}": v for k, v in res.items()}
     tracker.log_metrics(run_id, metrics, step)
     model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id)
     tracker.log_artifact(run_id, model_file, "checkpoints")
     if grid_img is not None:
         tracker.log_image(run_id, grid_img, "figures/reconstructions.png")
-    model.train()
     return {"val_metrics": metrics, "model": str(model_file)}

@@ -27,9 +27,10 @@ from mqvq.tracking.store import Tracker
 from mqvq.train import distributed
 from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
 from mqvq.train.common import autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state
-from mqvq.train.runs import MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.train.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 
 STAGE = "stage2"
+VAL_TOKENS = 2048  # test images whose tokens give the validation loss (Fig. 6a): only these are encoded
 
 
 def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
@@ -77,7 +78,7 @@ def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_si
     for rank_turn in (True, False):  # rank 0 first, then everyone else from the cache
         if d.main == rank_turn:
             out = [cached_tokens(home, ref.checkpoint, vae, train_ds, "train", batch_size, d.device, cfg.stage2.train.flip),
-                   cached_tokens(home, ref.checkpoint, vae, test_ds, "test", batch_size, d.device, False)]
+                   cached_tokens(home, ref.checkpoint, vae, test_ds, "test", batch_size, d.device, False, VAL_TOKENS)]
         if d.world > 1:
             torch.distributed.barrier()
     num_classes = train_ds.num_classes if cfg.stage2.model.conditioning == "class" else 0
@@ -150,7 +151,7 @@ def _batch(tokens: TokenSet, idx, device):
 
 
 @torch.no_grad()
-def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, device, dtype, labels: bool, limit: int = 2048) -> dict:
+def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, device, dtype, labels: bool, limit: int = VAL_TOKENS) -> dict:
     model.eval()
     n = min(len(tokens), limit)
     sums: dict[str, float] = {}
@@ -179,6 +180,7 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
                          "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng}, ckpt_file)
 
     model.train()
+    clock = LoopClock(start_step)
     with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
         while step < end:
@@ -198,12 +200,15 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
             if step % t.log_every == 0 or step == end:
                 metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
                 if step % t.val_every == 0 or step == t.steps:
-                    metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
+                    with clock.pause():
+                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
                 publish(tracker, d, run_id, metrics, step)
                 summary["train_metrics"] = metrics
                 bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
             if step % t.ckpt_every == 0 and step < end:
                 save()
+    if (sec := clock.step_seconds(step)) is not None and d.main:
+        tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
 
 
 @torch.no_grad()

@@ -1,0 +1,135 @@
+"""Does the adaptive mask keep the object? Diagnostics of a keep mask against a foreground mask.
+
+On data with a known foreground (Fashion-MNIST, procedural) a token is foreground when most of
+its f x f patch is. Over a split (or a validation subset during training) we count:
+
+    mask_fg_precision   share of kept tokens that are foreground (random mask: = fg_token_fraction)
+    mask_fg_recall      share of foreground tokens that are kept
+    fg_token_fraction   share of all tokens that are foreground
+    mask_score_fg/_bg   mean importance score on foreground / background tokens (adaptive only)
+    mask_keep_border    how often a position of the latent grid's outer ring is kept
+    mask_keep_centre    how often any other position is kept
+    mask_edge_precision share of kept tokens on the object's outline (patch partly foreground),
+                        beside edge_token_fraction
+    mask_detail_ratio   mean pixel std of kept tokens / of all tokens (> 1: the mask keeps the
+                        detailed regions, flat ones masked; random = 1; needs no foreground mask)
+
+and the keep frequency of every grid position (the heat map `mqvq eval` draws). A mask that
+learned importance has precision above the foreground fraction; one that learned the opposite
+(or the padding ring of 28 -> 32 px Fashion-MNIST) has it below.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_foreground(fg: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) pixel mask -> (B, L) bool: a token is foreground when most of its f x f patch is."""
+    frac = F.adaptive_avg_pool2d(fg[:, None].float(), grid)
+    return (frac >= 0.5).flatten(1)
+
+
+def token_edges(fg: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) pixel mask -> (B, L) bool: tokens whose patch is partly foreground (the outline)."""
+    frac = F.adaptive_avg_pool2d(fg[:, None].float(), grid).flatten(1)
+    return (frac > 0) & (frac < 1)
+
+
+def token_detail(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L): pixel standard deviation inside each token's patch (channels averaged)."""
+    x = images.float()
+    mean = F.adaptive_avg_pool2d(x, grid)
+    var = (F.adaptive_avg_pool2d(x * x, grid) - mean * mean).clamp_min(0)
+    return var.mean(1).sqrt().flatten(1)
+
+
+def border_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
+    """(L,) bool: True on the outer ring of an h x w grid."""
+    h, w = grid
+    ring = torch.ones(h, w, dtype=torch.bool, device=device)
+    ring[1:-1, 1:-1] = False
+    return ring.flatten()
+
+
+class MaskTally:
+    """Running sums of the diagnostics over batches: one host sync, at `result()`."""
+
+    def __init__(self, grid: tuple[int, int], device=None):
+        self.grid = grid
+        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        self.kept_fg, self.kept, self.fg, self.tokens = z(), z(), z(), z()
+        self.score_fg, self.score_bg, self.scored_fg, self.scored_bg = z(), z(), z(), z()
+        self.kept_edge, self.edge, self.detail_kept, self.detail_all = z(), z(), z(), z()
+        self.detail_tokens = z()
+        self.with_fg = False
+        self.keep_count = torch.zeros(grid[0] * grid[1], dtype=torch.float64, device=device)
+        self.fg_count = torch.zeros_like(self.keep_count)
+        self.images = 0
+        self.border = border_positions(grid, device)
+
+    def add(self, keep: torch.Tensor, fg: torch.Tensor | None = None, scores: torch.Tensor | None = None,
+            images: torch.Tensor | None = None) -> None:
+        """keep: (B, L) bool; fg: (B, H, W) pixel foreground mask or None; scores: (B, L) or None;
+        images: (B, C, H, W) for the detail ratio, or None."""
+        dev = self.keep_count.device
+        keep = keep.to(dev)
+        self.kept += keep.sum()
+        self.tokens += keep.numel()
+        self.keep_count += keep.sum(0)
+        self.images += keep.shape[0]
+        if images is not None:
+            detail = token_detail(images, self.grid).to(dev)
+            self.detail_kept += (detail * keep).sum()
+            self.detail_all += detail.sum()
+            self.detail_tokens += detail.numel()
+        if fg is None:
+            return
+        self.with_fg = True
+        fg_tokens, edges = token_foreground(fg, self.grid).to(dev), token_edges(fg, self.grid).to(dev)
+        self.kept_fg += (keep & fg_tokens).sum()
+        self.fg += fg_tokens.sum()
+        self.fg_count += fg_tokens.sum(0)
+        self.kept_edge += (keep & edges).sum()
+        self.edge += edges.sum()
+        if scores is not None:
+            s = scores.detach().to(self.keep_count).float()
+            self.score_fg += (s * fg_tokens).sum()
+            self.score_bg += (s * ~fg_tokens).sum()
+            self.scored_fg += fg_tokens.sum()
+            self.scored_bg += (~fg_tokens).sum()
+
+    def keep_frequency(self) -> torch.Tensor:
+        """(h, w): share of images in which each position was kept."""
+        return (self.keep_count / max(self.images, 1)).reshape(self.grid).float().cpu()
+
+    def fg_frequency(self) -> torch.Tensor:
+        """(h, w): share of images in which each position is foreground."""
+        return (self.fg_count / max(self.images, 1)).reshape(self.grid).float().cpu()
+
+    def result(self) -> dict[str, float]:
+        if not self.images:
+            return {}
+        freq = self.keep_count / self.images
+        out = {"mask_keep_border": freq[self.border].mean().item()}
+        if (~self.border).any():
+            out["mask_keep_centre"] = freq[~self.border].mean().item()
+        if self.detail_tokens > 0 and self.detail_all > 0:
+            out["mask_detail_ratio"] = ((self.detail_kept / self.kept.clamp_min(1)) / (self.detail_all / self.detail_tokens)).item()
+        if not self.with_fg:
+            return out
+        out |= {"mask_fg_precision": (self.kept_fg / self.kept.clamp_min(1)).item(),
+                "mask_fg_recall": (self.kept_fg / self.fg.clamp_min(1)).item(),
+                "fg_token_fraction": (self.fg / self.tokens.clamp_min(1)).item(),
+                "mask_edge_precision": (self.kept_edge / self.kept.clamp_min(1)).item(),
+                "edge_token_fraction": (self.edge / self.tokens.clamp_min(1)).item()}
+        if self.scored_fg + self.scored_bg > 0:
+            if self.scored_fg > 0:
+                out["mask_score_fg"] = (self.score_fg / self.scored_fg).item()
+            if self.scored_bg > 0:
+                out["mask_score_bg"] = (self.score_bg / self.scored_bg).item()
+        return out
+
+
+MASK_METRICS = ("mask_fg_precision", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
+                "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio")

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The `cpu` reproduction of Tables 6 and 7 on a 2-core machine (about 90 minutes), then its reports:
+#   bash tools/reproduce-cpu.sh [HOME]        (default home: ./.mqvq-cpu)
+# Resumable: rerun the same command after an interruption and only what is missing runs.
+# In the background: nohup bash tools/reproduce-cpu.sh > cpu.log 2>&1 &   (stop it with kill -TERM)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+home=${1:-.mqvq-cpu}
+seeds=(--seeds 0 --seeds 1 --seeds 2)
+workers=${MQVQ_WORKERS:-2}
+start=$(date +%s)
+status=0
+for study in ablation-mask ablation-demask; do  # ablation-demask reuses Table 6's VQGAN and 50 % rows
+  mqvq study plan "$study" --profile cpu --home "$home" --workers "$workers" "${seeds[@]}" | tail -n 3
+  mqvq study run "$study" --profile cpu --home "$home" --workers "$workers" "${seeds[@]}" --no-progress || status=$?
+done
+echo "studies took $(( ($(date +%s) - start) / 60 )) min"
+mkdir -p reports/cpu
+for study in ablation-mask ablation-demask; do
+  mqvq report "$study" --profile cpu --home "$home" --check --out "reports/cpu/$study.md"  # and its figures
+  for ext in tex json; do
+    mqvq report "$study" --profile cpu --home "$home" --check --out "reports/cpu/$study.$ext" --no-figures
+  done
+done
+exit "$status"
