@@ -68,7 +68,8 @@ PROFILES: dict[str, Profile] = {
             "stage1.loss.disc_layers": 3, "stage1.loss.disc_channels": 32, "stage1.loss.disc_start": 1000,
             "stage1.train.steps": 3000, "stage1.train.batch_size": 64, "stage1.train.lr": 4e-4,
             "stage1.train.warmup_steps": 100, "stage1.train.log_every": 100, "stage1.train.ckpt_every": 1000,
-            "stage1.train.compile": False, "stage1.train.eval_images": 1000,
+            "stage1.train.compile": False, "stage1.train.eval_images": 1000, "stage1.train.val_every": 250,
+            "stage1.train.val_images": 1000,
             "stage2.model.preset": "mini", "stage2.train.steps": 4000, "stage2.train.batch_size": 128, "stage2.train.lr": 6e-4,
             "stage2.train.warmup_steps": 200, "stage2.train.log_every": 100, "stage2.train.val_every": 500,
             "stage2.train.ckpt_every": 1000, "stage2.sampling.batch_size": 256,
@@ -87,7 +88,7 @@ PROFILES: dict[str, Profile] = {
             "stage1.loss.perceptual_weight": 0.0, "stage1.loss.disc_weight": 0.0,
             "stage1.train.steps": 800, "stage1.train.batch_size": 16, "stage1.train.lr": 1e-3,
             "stage1.train.warmup_steps": 50, "stage1.train.log_every": 50, "stage1.train.ckpt_every": 1000,
-            "stage1.train.val_every": 100, "stage1.train.val_images": 512, "stage1.train.eval_images": 512,
+            "stage1.train.val_every": 100, "stage1.train.val_images": 256, "stage1.train.eval_images": 512,
             "stage2.model.preset": "cpu", "stage2.model.dropout": 0.1, "stage2.train.flip": False,
             "stage2.train.steps": 600, "stage2.train.batch_size": 32, "stage2.train.lr": 1e-3, "stage2.train.warmup_steps": 50,
             "stage2.train.log_every": 50, "stage2.train.val_every": 200, "stage2.train.ckpt_every": 1000,
@@ -100,6 +101,7 @@ PROFILES: dict[str, Profile] = {
         "the paper's sizes: FFHQ 256x256 from your folder, f = 16, K = 1024, H = 8 (multi-GPU via torchrun)",
         downsample_divisor=1,
         overrides={"stage1.data.name": "folder", "stage1.data.layout": "ffhq", "stage1.data.resolution": 256,
+                   "stage1.train.val_every": 5000,
                    "stage1.data.test_fraction": 1 / 7, "stage1.data.workers": 8},  # FFHQ: 60k train, 10k test
     ),
 }

@@ -191,6 +191,15 @@ def test_edge_and_detail_diagnostics():
     r = tally.result()
     assert r["edge_token_fraction"] == 0.5 and r["mask_edge_precision"] == 0.5  # tokens 0, 2 are outline; 0 kept
     assert r["mask_detail_ratio"] == pytest.approx((0.5 / 2) / (0.5 / 4))       # std 0.5 in token 0 only
+    # the score's correlation with brightness and detail, against numpy over the 4 tokens
+    scores = torch.tensor([[0.9, 0.2, 0.4, 0.3]])
+    with_scores = MaskTally((2, 2))
+    with_scores.add(keep, fg, scores, images)
+    r = with_scores.result()
+    bright = torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), (2, 2)).flatten().numpy()
+    detail = torch.tensor([0.5, 0.0, 0.0, 0.0]).numpy()
+    assert r["mask_score_corr_brightness"] == pytest.approx(np.corrcoef(scores[0].numpy(), bright)[0, 1])
+    assert r["mask_score_corr_detail"] == pytest.approx(np.corrcoef(scores[0].numpy(), detail)[0, 1])
     plain = MaskTally((2, 2))
     plain.add(keep, images=images)                                               # a folder dataset: no foreground
     assert set(plain.result()) == {"mask_keep_border", "mask_detail_ratio"}

@@ -70,6 +70,26 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
     assert [x["status"] for x in data["rows"]] == ["finished", "finished"] and data["rows"][0]["paper"]["fid"] == 7.5
     r = _cli("study", "plan", "two", "--json", home=home)
     assert all(st["state"] == "done" for row in json.loads(r.stdout)["rows"] for st in row["stages"].values())
+    # estimates for new seeds come from the step times measured on this device, per experiment
+    from mqvq.studies.plan import measured_costs
+    from mqvq.timing import device_name
+
+    r = _cli("study", "plan", "two", "--json", "--seeds", "7", home=home)
+    plan = json.loads(r.stdout)
+    assert plan["estimate"]["device"].startswith(device_name(__import__("torch").device("cpu")))
+    assert plan["estimate"]["measured_runs"] == 4  # two stage-1 and two stage-2 runs
+    costs = measured_costs(tracker, "smoke")
+    stage1_runs = [x for x in runs if x.data.tags.get("mqvq.stage") == "stage1"]
+    step_s = {x.data.tags["mqvq.experiment"]: x.data.metrics["time/step_seconds"] for x in stage1_runs}
+    assert costs.step_s[("stage1", "vqgan-f16")] == step_s["vqgan-f16"]
+    a = next(x for x in plan["rows"] if x["row"] == "a")
+    from mqvq.studies.spec import load_study as _load, row_config
+
+    cfg = row_config(_load("two").rows[0], "smoke", 7)
+    expected = costs.stage_seconds("stage1", cfg) + costs.stage_seconds("stage2", cfg) + 2 * costs.eval_s
+    assert a["estimate_s"] == pytest.approx(expected)
+    r = _cli("study", "plan", "two", "--seeds", "7", home=home)
+    assert "estimates assume CPU" in r.stdout and "from the step times of 4 finished smoke runs" in r.stdout
 
 
 def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home, tracker):
@@ -254,3 +274,33 @@ def test_workers_option_splits_the_rows_between_processes(studies, home, tracker
         assert sorted(per_row) == ["a", "b", "c"], (stage, per_row)  # each row trained exactly once
     r = _cli("study", "run", "three", "--workers", "2", "--only", "zzz", home=home)
     assert r.exit_code == 2 and "unknown row 'zzz'" in r.output and "Traceback" not in r.output
+
+
+def test_reevaluation_asks_only_for_the_missing_metric_families():
+    from mqvq.studies.runner import _family_of
+
+    assert {_family_of(n) for n in ("rfd_vgg16", "usage_effective", "mask_detail_ratio", "fg_token_fraction",
+                                    "fd_vgg16", "speed_images_per_s")} == {"rfid", "usage", "mask", "fid", "speed"}
+
+
+def test_sigterm_stops_a_background_study_like_ctrl_c(studies, home, tracker):
+    """`nohup mqvq study run ... &` ignores SIGINT; `kill -TERM` must checkpoint and release every row."""
+    write_study(studies, "term", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
+                extra=["stage1.train.steps=400", "stage1.train.log_every=5"])
+    p = _spawn(home, "term", "--workers", "2")
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and len(running) < 2:
+        running = [r for r in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'") if "train/loss" in r.data.metrics]
+        time.sleep(0.5)
+    assert len(running) == 2, "both workers should be training"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    for run in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'"):
+        assert run.info.status == "KILLED"  # ended as resumable, not left RUNNING
+        assert (home / "checkpoints" / run.info.run_id / "last.pt").is_file()
+    rows = [r for r in _runs(tracker, "term/smoke") if r.data.tags.get("mqvq.kind") == "row"]
+    assert sorted(r.data.tags["mqvq.status"] for r in rows) == ["missing", "missing"]
+    r = _cli("study", "plan", "term", "--json", home=home)
+    assert [x["stages"]["stage1"]["state"] for x in json.loads(r.stdout)["rows"]] == ["resumable", "resumable"]

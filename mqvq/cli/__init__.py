@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from mqvq.cli import bench, data, evaluate, experiment, report, sample, search, study, train, ui, weights
+from mqvq.signals import stop_on_sigterm
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -22,4 +23,5 @@ app.command("ui")(ui.ui)
 
 
 def main() -> None:
+    stop_on_sigterm()
     app()

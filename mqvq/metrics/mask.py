@@ -13,6 +13,10 @@ its f x f patch is. Over a split (or a validation subset during training) we cou
                         beside edge_token_fraction
     mask_detail_ratio   mean pixel std of kept tokens / of all tokens (> 1: the mask keeps the
                         detailed regions, flat ones masked; random = 1; needs no foreground mask)
+    mask_score_corr_brightness / _detail   Pearson correlation, over all tokens, of the score with
+                        the token's mean brightness / pixel std (adaptive only): a score that
+                        tracks brightness with a seed-dependent sign keeps the object or the
+                        background by chance (reports/cpu/README.md)
 
 and the keep frequency of every grid position (the heat map `mqvq eval` draws). A mask that
 learned importance has precision above the foreground fraction; one that learned the opposite
@@ -63,6 +67,9 @@ class MaskTally:
         self.kept_edge, self.edge, self.detail_kept, self.detail_all = z(), z(), z(), z()
         self.detail_tokens = z()
         self.with_fg = False
+        # score vs brightness / detail: n, sum s, sum b, sum d, sum s^2, sum b^2, sum d^2; then sum sb, sum sd
+        self.moments = torch.zeros(7, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(2, dtype=torch.float64, device=device)
         self.keep_count = torch.zeros(grid[0] * grid[1], dtype=torch.float64, device=device)
         self.fg_count = torch.zeros_like(self.keep_count)
         self.images = 0
@@ -83,6 +90,13 @@ class MaskTally:
             self.detail_kept += (detail * keep).sum()
             self.detail_all += detail.sum()
             self.detail_tokens += detail.numel()
+            if scores is not None:
+                sc = scores.detach().to(dev).double().flatten()
+                br = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), self.grid).to(dev).double().flatten()
+                de = detail.double().flatten()
+                self.moments += torch.stack([sc.new_tensor(sc.numel()), sc.sum(), br.sum(), de.sum(),
+                                             (sc * sc).sum(), (br * br).sum(), (de * de).sum()])
+                self.cross += torch.stack([(sc * br).sum(), (sc * de).sum()])
         if fg is None:
             return
         self.with_fg = True
@@ -116,6 +130,14 @@ class MaskTally:
             out["mask_keep_centre"] = freq[~self.border].mean().item()
         if self.detail_tokens > 0 and self.detail_all > 0:
             out["mask_detail_ratio"] = ((self.detail_kept / self.kept.clamp_min(1)) / (self.detail_all / self.detail_tokens)).item()
+        n, s_sum, b_sum, d_sum, s_sq, b_sq, d_sq = self.moments.tolist()
+        if n > 1:
+            def corr(x_sum, x_sq, sx):
+                var_s, var_x = s_sq / n - (s_sum / n) ** 2, x_sq / n - (x_sum / n) ** 2
+                return (sx / n - s_sum * x_sum / n ** 2) / (var_s * var_x) ** 0.5 if var_s > 0 and var_x > 0 else 0.0
+            sb, sd = self.cross.tolist()
+            out["mask_score_corr_brightness"] = corr(b_sum, b_sq, sb)
+            out["mask_score_corr_detail"] = corr(d_sum, d_sq, sd)
         if not self.with_fg:
             return out
         out |= {"mask_fg_precision": (self.kept_fg / self.kept.clamp_min(1)).item(),
@@ -132,4 +154,5 @@ class MaskTally:
 
 
 MASK_METRICS = ("mask_fg_precision", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
-                "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio")
+                "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio",
+                "mask_score_corr_brightness", "mask_score_corr_detail")

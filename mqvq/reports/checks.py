@@ -100,7 +100,7 @@ def _names(cols) -> str:
 def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
     """`meta[row]`: mask_type, ratio, f, demask of the row's experiment."""
     rows = [r for r in table.rows if r.status == "finished"]
-    out = [_adaptive_beats_random(table, rows, meta), _mask_keeps_foreground(table, rows, meta),
+    out = [_adaptive_beats_random(table, rows, meta), _mask_keeps_foreground(table, rows, meta), _mask_keeps_detail(table, rows, meta),
            _usage_rises(table, rows, meta), _small_mask_improves_fid(table, rows, meta),
            _demask_components(table, rows, meta), _full_model_beats_vqgan(table, rows, meta), _speed_rises(table, rows, meta)]
     return [v for v in out if v is not None]
@@ -142,6 +142,16 @@ def _mask_keeps_foreground(table, rows, meta) -> Verdict | None:
     return judge(claim, comps) if comps else _missing(claim, "needs finished adaptive and random rows with the mask diagnostics")
 
 
+def _mask_keeps_detail(table, rows, meta) -> Verdict | None:
+    """Fig. 4's wording: the mask preserves 'the structural and edge regions', i.e. masks the flat ones."""
+    if not _metric_columns(table, "detail") or not any(meta[r.name]["mask_type"] == "random" for r in table.rows):
+        return None
+    claim = "the adaptive mask keeps more detailed regions than random (pixel std of kept tokens / of all tokens)"
+    comps = [Comparison(f"at {meta[a.name]['ratio']:.0%}", a, b, "mask_detail_ratio", False)
+             for a, b in _random_pairs(rows, meta) if "mask_detail_ratio" in a.values and "mask_detail_ratio" in b.values]
+    return judge(claim, comps) if comps else _missing(claim, "needs finished adaptive and random rows with the mask diagnostics")
+
+
 def _chain(seq: list[Row], key: str, lower: bool, label: str) -> list[Comparison]:
     """Consecutive rows: each next row must be better than the one before."""
     return [Comparison(f"{label}: {b.descriptors.get('label', b.name)} over {a.descriptors.get('label', a.name)}", b, a, key, lower)
@@ -159,8 +169,10 @@ def _usage_rises(table, rows, meta) -> Verdict | None:
         return _missing(claim, f"needs finished adaptive rows with {col.label}")
     f, demask = meta[adaptive[0].name]["f"], meta[adaptive[0].name]["demask"]
     base = [r for r in rows if meta[r.name]["mask_type"] == "none" and meta[r.name]["f"] == f and col.key in r.values]
-    seq = sorted(base[:1] + [r for r in adaptive if meta[r.name]["f"] == f and meta[r.name]["demask"] == demask],
-                 key=lambda r: meta[r.name]["ratio"])
+    same = [r for r in adaptive if meta[r.name]["f"] == f and meta[r.name]["demask"] == demask]
+    if len({meta[r.name]["ratio"] for r in same}) < len(same):
+        return None  # several rows per ratio (e.g. the mask investigation): not Table 6's sequence
+    seq = sorted(base[:1] + same, key=lambda r: meta[r.name]["ratio"])
     if len(seq) < 2:
         return _missing(claim, "needs at least two mask ratios")
     return judge(claim, _chain(seq, col.key, False, col.label))
@@ -183,9 +195,10 @@ def _small_mask_improves_fid(table, rows, meta) -> Verdict | None:
 
 def _demask_components(table, rows, meta) -> Verdict | None:
     order = ["none", "sa", "dcsa", "dcsa-update"]
-    variants = {meta[r.name]["demask"] for r in table.rows if meta[r.name]["mask_type"] == "adaptive"}
-    if len(variants) < 2:
-        return None
+    masked = [r for r in table.rows if meta[r.name]["mask_type"] == "adaptive"]
+    variants = {meta[r.name]["demask"] for r in masked}
+    if len(variants) < 2 or len(variants) < len(masked):
+        return None  # Table 7's shape: one adaptive row per de-mask variant
     cols = _metric_columns(table, "rfid") + _metric_columns(table, "fid")
     claim = f"each de-mask component improves reconstruction and generation (none -> SA -> DC-SA -> DC-SA + update; {_names(cols)})"
     comps = []

@@ -207,31 +207,40 @@ def speed_fid_figure(points: list[tuple[str, float, float]], metric: str = "FID"
 
 
 def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], baseline: float | None = None,
-                       title: str = "", ylabel: str = "share of kept tokens on the foreground"):
-    """Foreground share over training: one line per row (mean over its seeds, band = min..max), the
-    foreground token fraction (what a random mask gets) dashed. Random rows use dashed lines."""
+                       title: str = "", ylabel: str = "kept tokens on the foreground"):
+    """Foreground share over training, one panel per row: every seed as a thin line (a mask that locks
+    in early shows as flat lines), their mean thick, the foreground token fraction (what a random mask
+    gets) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    colours = matplotlib.colormaps["tab10"]
-    for i, (label, runs) in enumerate(curves.items()):
-        steps = sorted(set.intersection(*(set(s) for s, _ in runs)))
-        if not steps:
-            continue
-        vals = np.array([[dict(zip(s, v))[t] for t in steps] for s, v in runs])
-        style = "--" if "random" in label else "-"
-        ax.plot(steps, vals.mean(0), style, color=colours(i % 10), label=f"{label} (n={len(runs)})", linewidth=1.4)
-        if len(runs) > 1:
-            ax.fill_between(steps, vals.min(0), vals.max(0), color=colours(i % 10), alpha=0.15, linewidth=0)
-    if baseline is not None:
-        ax.axhline(baseline, color="black", linestyle=":", linewidth=1, label=f"foreground token fraction {baseline:.2f}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    n = len(curves)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.4, 2.2 * rows + 0.6), dpi=120, squeeze=False,
+                             sharex=True, sharey=True)
+    for ax, (label, runs) in zip(axes.flat, curves.items()):
+        colour = "tab:green" if "random" in label else "tab:blue"
+        for steps, values in runs:
+            ax.plot(steps, values, color=colour, linewidth=0.8, alpha=0.6)
+        common = sorted(set.intersection(*(set(st) for st, _ in runs)))
+        if len(runs) > 1 and common:
+            mean = np.array([[dict(zip(st, v))[t] for t in common] for st, v in runs]).mean(0)
+            ax.plot(common, mean, color=colour, linewidth=2.0)
+        if baseline is not None:
+            ax.axhline(baseline, color="black", linestyle=":", linewidth=1)
+        ax.set_title(f"{label} (n={len(runs)})", fontsize=7.5)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=7.5)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("training step", fontsize=7.5)
+    note = f"dotted: foreground token fraction {baseline:.2f} (a random mask)" if baseline is not None else ""
+    fig.suptitle("\n".join(t for t in (title, note) if t), fontsize=8.5)
     fig.tight_layout()
     return fig

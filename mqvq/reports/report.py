@@ -175,7 +175,10 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
             s1 = tracker.get_run(rid).data.tags.get("mqvq.stage1_run")
             hist = tracker.client.get_metric_history(s1, "val/mask_fg_precision") if s1 else []
             if len(hist) > 1:
-                runs.append(([m.step for m in hist], [m.value for m in hist]))
+                first = {}
+                for m in sorted(hist, key=lambda m: m.timestamp):  # one point per step (older runs logged the last twice)
+                    first.setdefault(m.step, m.value)
+                runs.append((sorted(first), [first[k] for k in sorted(first)]))
                 frac = tracker.client.get_metric_history(s1, "val/fg_token_fraction")
                 fractions += [m.value for m in frac[-1:]]
         if runs:
@@ -183,7 +186,7 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
     if not curves:
         return None
     return F.mask_curves_figure(curves, sum(fractions) / len(fractions) if fractions else None,
-                                f"{study.name} ({table.profile}): does the mask keep the object? (validation images)")
+                                f"{study.name} ({table.profile}): share of kept tokens on the foreground during training")
 
 
 def _stage_runs(tracker: Tracker, row) -> dict:

@@ -25,9 +25,11 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
     "usage": ({"": "usage"}, {"": "usage (%)"}, False, 2, "usage"),
     "usage_effective": ({"": "usage_effective"}, {"": "effective usage (%)"}, False, 2, None),
     "mask": ({"": "mask_fg_precision"}, {"": "kept on foreground"}, False, 3, None),
+    "detail": ({"": "mask_detail_ratio"}, {"": "detail kept / mean"}, False, 3, None),
     "fg_fraction": ({"": "fg_token_fraction"}, {"": "foreground tokens"}, False, 3, None),
     "keep_border": ({"": "mask_keep_border"}, {"": "kept at border"}, False, 3, None),
     "keep_centre": ({"": "mask_keep_centre"}, {"": "kept in centre"}, False, 3, None),
+    "score_brightness": ({"": "mask_score_corr_brightness"}, {"": "r(score, brightness)"}, False, 2, None),
     "psnr": ({"": "psnr"}, {"": "PSNR"}, False, 2, None),
     "lpips": ({"": "lpips"}, {"": "LPIPS"}, True, 3, None),
     "is": ({"inception": "is"}, {"inception": "IS"}, False, 2, None),
@@ -90,13 +92,15 @@ def build_table(study, profile: str, records: list[dict], descriptors: dict[str,
     for r in records:
         by_row.setdefault(r["row"], []).append(r)
     metric_keys = list(study.metrics) + (["fid_best"] if getattr(study, "search", None) and study.search.trials else [])
+    present = {k for r in records for k in r["metrics"]}
     if "speed" in metric_keys:
         metric_keys.append("speedup")
     if "mask_detail" in metric_keys:  # the diagnostics behind "kept on foreground"
         i = metric_keys.index("mask_detail")
-        detail = ["fg_fraction", "keep_border", "keep_centre"]
+        detail = ["fg_fraction", "keep_border", "keep_centre", "score_brightness"]
         metric_keys[i: i + 1] = detail if "mask" in metric_keys else ["mask", *detail]
-    present = {k for r in records for k in r["metrics"]}
+    if "mask" in metric_keys and "mask_detail_ratio" in present:  # older runs lack it: no empty column
+        metric_keys.insert(metric_keys.index("mask") + 1, "detail")
     if "usage" in metric_keys and "usage_effective" in present:  # used-at-least-once saturates under dead-code restart; 100 exp(H) / K does not
         metric_keys.insert(metric_keys.index("usage") + 1, "usage_effective")
     rows = []

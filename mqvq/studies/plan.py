@@ -95,7 +95,11 @@ def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | N
             out.append("speed_images_per_s")
         elif m in ("mask", "mask_detail"):  # only masked models on data with foreground masks have them
             if cfg.stage1.model.mask.type != "none" and cfg.stage1.data.name != "folder":
-                out += ["mask_fg_precision", "fg_token_fraction"] + (["mask_keep_border", "mask_keep_centre"] if m == "mask_detail" else [])
+                out += ["mask_fg_precision", "fg_token_fraction", "mask_detail_ratio"]
+                if m == "mask_detail":
+                    out += ["mask_keep_border", "mask_keep_centre"]
+                    if cfg.stage1.model.mask.type == "adaptive":
+                        out += ["mask_score_corr_brightness"]
         elif m == "usage":
             out += ["usage", "usage_effective"]
         else:

@@ -156,10 +156,11 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         if run_id is None or not metrics:
             continue
         have = tracker.get_run(run_id).data.metrics
-        needed = [n for n in want if _stage_of(n) == stage and n not in have]
-        if needed:
-            log(f"  evaluating {stage}: {', '.join(metrics)}")
-            evaluate_run(tracker, run_id, [*metrics, "figures"], backend=backend, device=device, progress=progress)
+        needed = {_family_of(n) for n in want if _stage_of(n) == stage and n not in have}
+        todo = [m for m in metrics if m in needed]  # only the metric families that are missing
+        if todo:
+            log(f"  evaluating {stage}: {', '.join(todo)}")
+            evaluate_run(tracker, run_id, [*todo, "figures"], backend=backend, device=device, progress=progress)
     values, tags = {}, {}
     for run_id in (stage1_run, stage2_run):
         if run_id is None:
@@ -196,6 +197,19 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
     tracker.set_tags(parent, {f"mqvq.eval.{metric}_best.num": n, f"mqvq.eval.{metric}_best.backend": "inception" if metric == "fid" else "vgg16",
                               f"mqvq.eval.{metric}_best.trials": summary["trials"]})
     return values
+
+
+def _family_of(metric: str) -> str:
+    """The `mqvq eval` metric that computes a logged metric name."""
+    if metric in ("rfid", "rfd_vgg16", "fid", "fd_vgg16", "is"):
+        return {"rfd_vgg16": "rfid", "fd_vgg16": "fid"}.get(metric, metric)
+    if metric.startswith("mask_") or metric in ("fg_token_fraction", "edge_token_fraction"):
+        return "mask"
+    if metric.startswith("usage") or metric == "perplexity":
+        return "usage"
+    if metric.startswith("speed"):
+        return "speed"
+    return metric
 
 
 def _stage_of(metric: str) -> str:

@@ -36,6 +36,9 @@ def _worker(index: int, results, study_name: str, tracking_uri: str | None, home
     from mqvq.studies.spec import load_study
     from mqvq.tracking import Tracker
 
+    from mqvq.signals import stop_on_sigterm
+
+    stop_on_sigterm()
     console = Console(stderr=True)
     if kwargs.get("threads"):  # CPU workers share the cores instead of each taking all of them
         import torch
@@ -82,6 +85,11 @@ def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = Non
             reports[index] = [RowResult(**r) for r in rows]
             if error:
                 errors.append(f"worker {index}: {error}")
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker; SIGTERM only this process: pass it on
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        raise
     finally:
         for p in procs:
             p.join()
