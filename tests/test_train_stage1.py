@@ -37,8 +37,30 @@ def test_smoke_run_finishes_logs_and_lowers_reconstruction_loss(tiny, tracker):
     assert abs(run.data.metrics["val/l1"] - after) < 1e-4
 
 
-def test_resume_continues_exactly(tiny, tracker):
-    cfg = tiny("mqvae-f16-random-50", "stage1.train.steps=6", "stage1.loss.disc_start=2")
+def test_validation_curves_of_the_mask_diagnostics(tiny, tracker):
+    """Every val_every steps (and at step 0) the mask diagnostics become MLflow curves; a random mask's
+    foreground share sits at the foreground token fraction."""
+    cfg = tiny("mqvae-f16-random-50", "stage1.train.steps=6", "stage1.train.val_every=2", "stage1.train.val_images=8",
+               "stage1.loss.perceptual_weight=0")
+    run_id = train_stage1(cfg, tracker, progress=False)["run_id"]
+    hist = tracker.client.get_metric_history(run_id, "val/mask_fg_precision")
+    assert [m.step for m in hist] == [0, 2, 4, 6]  # the last point is the final validation
+    for key in ("val/fg_token_fraction", "val/mask_keep_border", "val/mask_keep_centre", "val/mask_detail_ratio", "val/l1"):
+        assert len(tracker.client.get_metric_history(run_id, key)) == 4, key
+    m = tracker.get_run(run_id).data.metrics
+    assert m["time/step_seconds"] > 0
+    # validating changes nothing in training: same weights as a run without validation passes
+    plain = train_stage1(tiny("mqvae-f16-random-50", "stage1.train.steps=6", "stage1.loss.perceptual_weight=0"), tracker,
+                         progress=False, mlflow_experiment="plain")
+    a = load_checkpoint(tracker.get_run(run_id).data.tags["mqvq.checkpoint"])["model"]
+    b = load_checkpoint(plain["checkpoint"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("val_every", [0, 2])
+def test_resume_continues_exactly(tiny, tracker, val_every):
+    """Also with validation passes, which draw random masks from a forked RNG."""
+    cfg = tiny("mqvae-f16-random-50", "stage1.train.steps=6", "stage1.loss.disc_start=2", f"stage1.train.val_every={val_every}")
     full = train_stage1(cfg, tracker, progress=False, mlflow_experiment="a")
     part = train_stage1(cfg, tracker, progress=False, mlflow_experiment="b", stop_after=3)
     assert not part["finished"] and tracker.get_run(part["run_id"]).info.status == "KILLED"

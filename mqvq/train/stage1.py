@@ -135,7 +135,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
     def validate() -> None:
         if d.main:
             with clock.pause():
-                metrics = validation_pass(model, val_ds, d.device, dtype, t.batch_size, t.val_images)
+                metrics, _ = validation_pass(model, val_ds, d.device, dtype, t.batch_size, t.val_images)
                 publish(tracker, d, run_id, {f"val/{k}": v for k, v in metrics.items()}, step)
 
     with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
@@ -190,9 +190,10 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
 
 
 @torch.no_grad()
-def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit: int, lpips=None, grid: bool = False) -> dict:
+def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit: int, lpips=None,
+                    grid: bool = False) -> tuple[dict, object]:
     """L1, PSNR, batch-union codebook usage, LPIPS and the mask diagnostics on the first `limit` test
-    images, in eval mode. The RNG is forked, so a random mask drawn here never shifts the training
+    images, in eval mode, and (with `grid`) the first batch's reconstruction grid. The RNG is forked, so a random mask drawn here never shifts the training
     stream (a resumed run stays bit-identical to an uninterrupted one)."""
     was_training = model.training
     model.eval()
@@ -224,17 +225,14 @@ def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit
         metrics["lpips"] = lp / n
     if tally is not None:
         metrics |= tally.result()
-    if grid:
-        metrics["grid"] = picture
-    return metrics
+    return metrics, picture
 
 
 @torch.no_grad()
 def _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step) -> dict:
     """Validation on the test split, reconstruction grid, model artifact."""
     t = cfg.stage1.train
-    res = validation_pass(model, test_ds, d.device, dtype, t.batch_size, t.eval_images, loss_fn.lpips, grid=True)
-    grid_img = res.pop("grid")
+    res, grid_img = validation_pass(model, test_ds, d.device, dtype, t.batch_size, t.eval_images, loss_fn.lpips, grid=True)
     metrics = {f"val/{k}": v for k, v in res.items()}
     tracker.log_metrics(run_id, metrics, step)
     model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id)
