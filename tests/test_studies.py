@@ -304,3 +304,16 @@ def test_sigterm_stops_a_background_study_like_ctrl_c(studies, home, tracker):
     assert sorted(r.data.tags["mqvq.status"] for r in rows) == ["missing", "missing"]
     r = _cli("study", "plan", "term", "--json", home=home)
     assert [x["stages"]["stage1"]["state"] for x in json.loads(r.stdout)["rows"]] == ["resumable", "resumable"]
+
+
+def test_study_level_overrides_come_before_each_rows_own(studies):
+    from mqvq.studies.spec import row_config
+
+    studies.mkdir(parents=True, exist_ok=True)
+    (studies / "pinned.toml").write_text(
+        'overrides = ["stage1.train.steps=7", "stage1.model.mask.ratio=0.25"]\n'
+        '[[rows]]\nname = "a"\nexperiment = "mqvae-f16-adaptive-50"\n'
+        '[[rows]]\nname = "b"\nexperiment = "mqvae-f16-adaptive-50"\noverrides = ["stage1.train.steps=9"]\n')
+    a, b = (row_config(r, "smoke", 0) for r in load_study("pinned").rows)
+    assert (a.stage1.train.steps, a.stage1.model.mask.ratio) == (7, 0.25)
+    assert (b.stage1.train.steps, b.stage1.model.mask.ratio) == (9, 0.25)

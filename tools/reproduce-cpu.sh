@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `cpu` reproduction of Tables 6 and 7 on a 2-core machine (about 90 minutes), then its reports:
+# The `cpu` reproduction of Tables 6 and 7 on a 2-core machine (about 80 minutes), then its reports:
 #   bash tools/reproduce-cpu.sh [HOME]        (default home: ./.mqvq-cpu)
 # Resumable: rerun the same command after an interruption and only what is missing runs.
 # In the background: nohup bash tools/reproduce-cpu.sh > cpu.log 2>&1 &   (stop it with kill -TERM)

@@ -36,7 +36,8 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
         print(json.dumps(info, indent=2))
         return
     head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
-    console.print(head + (f"  layout {info['layout']}" if info["layout"] else "") + f"  augment {info['augment']}", highlight=False)
+    console.print(head + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  28 -> 32 px by {info['fit']}" if info["fit"] else "")
+                  + f"  augment {info['augment']}", highlight=False)
     table = Table("split", "images", "classes", "foreground", "digest")
     for split, s in info["splits"].items():
         classes = f"{len(s['classes'])}" + (f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else "")

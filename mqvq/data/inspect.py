@@ -30,7 +30,8 @@ def load_splits(cfg: DataConfig) -> dict:
 def describe(cfg: DataConfig, splits: dict | None = None) -> dict:
     """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`)."""
     out = {"name": cfg.name, "root": data_root(cfg), "resolution": cfg.resolution,
-           "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment, "splits": {}}
+           "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment and cfg.name == "folder",
+           "fit": cfg.fit if cfg.name == "fashion-mnist" else "", "splits": {}}
     for split, ds in (splits or load_splits(cfg)).items():
         info = {"images": len(ds), "digest": ds.digest(), "classes": list(ds.class_names)}
         labels = _labels(ds)

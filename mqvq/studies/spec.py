@@ -14,6 +14,7 @@ the paper's tables, each row naming the paper values it mirrors.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = opt((0,), "seeds for every row")
     metrics: tuple[str, ...] = opt(("rfid", "fid", "usage"), "metrics evaluated for every row")
     columns: tuple[str, ...] = opt(("label",), "row descriptors in report tables: label, mask_ratio, f, mask_type, demask")
+    overrides: tuple[str, ...] = opt((), "--set overrides for every row, applied before each row's own")
     rows: tuple[StudyRow, ...] = opt((), "the rows")
     search: SearchSettings = field(default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"})
 
@@ -122,6 +124,9 @@ def load_study(name: str) -> StudyConfig:
         if row.name in seen:
             raise UserError(f"{path}: rows[{i}].name = {row.name!r} is used twice; row names must be unique.")
         seen.add(row.name)
+    if study.overrides:
+        study = dataclasses.replace(study, rows=tuple(dataclasses.replace(r, overrides=study.overrides + r.overrides)
+                                                      for r in study.rows))
     return study
 
 
