@@ -132,24 +132,25 @@ def _adaptive_beats_random(table, rows, meta) -> Verdict | None:
     return judge(claim, comps) if comps else _missing(claim, "the paired rows lack Fréchet values")
 
 
+def _mask_beats_random(table, rows, meta, family: str, key: str, claim: str) -> Verdict | None:
+    """A mask diagnostic (higher = more important regions kept), adaptive vs random at each ratio."""
+    if not _metric_columns(table, family) or not any(meta[r.name]["mask_type"] == "random" for r in table.rows):
+        return None
+    comps = [Comparison(f"at {meta[a.name]['ratio']:.0%}", a, b, key, False)
+             for a, b in _random_pairs(rows, meta) if key in a.values and key in b.values]
+    return judge(claim, comps) if comps else _missing(claim, "needs finished adaptive and random rows with the mask diagnostics")
+
+
 def _mask_keeps_foreground(table, rows, meta) -> Verdict | None:
     """Not in the paper's tables but its Fig. 4 claim: the learned mask keeps the object."""
-    if not _metric_columns(table, "mask") or not any(meta[r.name]["mask_type"] == "random" for r in table.rows):
-        return None
-    claim = "the adaptive mask keeps the foreground more often than random (share of kept tokens on the foreground)"
-    comps = [Comparison(f"at {meta[a.name]['ratio']:.0%}", a, b, "mask_fg_precision", False)
-             for a, b in _random_pairs(rows, meta) if "mask_fg_precision" in a.values and "mask_fg_precision" in b.values]
-    return judge(claim, comps) if comps else _missing(claim, "needs finished adaptive and random rows with the mask diagnostics")
+    return _mask_beats_random(table, rows, meta, "mask", "mask_fg_precision",
+                              "the adaptive mask keeps the foreground more often than random (share of kept tokens on the foreground)")
 
 
 def _mask_keeps_detail(table, rows, meta) -> Verdict | None:
     """Fig. 4's wording: the mask preserves 'the structural and edge regions', i.e. masks the flat ones."""
-    if not _metric_columns(table, "detail") or not any(meta[r.name]["mask_type"] == "random" for r in table.rows):
-        return None
-    claim = "the adaptive mask keeps more detailed regions than random (pixel std of kept tokens / of all tokens)"
-    comps = [Comparison(f"at {meta[a.name]['ratio']:.0%}", a, b, "mask_detail_ratio", False)
-             for a, b in _random_pairs(rows, meta) if "mask_detail_ratio" in a.values and "mask_detail_ratio" in b.values]
-    return judge(claim, comps) if comps else _missing(claim, "needs finished adaptive and random rows with the mask diagnostics")
+    return _mask_beats_random(table, rows, meta, "detail", "mask_detail_ratio",
+                              "the adaptive mask keeps more detailed regions than random (pixel std of kept tokens / of all tokens)")
 
 
 def _chain(seq: list[Row], key: str, lower: bool, label: str) -> list[Comparison]:

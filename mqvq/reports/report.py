@@ -117,22 +117,15 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     stage_runs = {r.name: _stage_runs(tracker, r) for r in table.rows if r.status == "finished" and r.run_ids}
-    # Fig. 4: the adaptive rows' mask visualisations from their stage-1 evaluation
+    # Fig. 4 and where the mask keeps tokens over the test split, from the masked rows' stage-1 evaluation
     for row, runs in stage_runs.items():
-        if meta[row]["mask_type"] != "none" and runs.get("stage1"):
-            src = _artifact(tracker, runs["stage1"], "figures/fig4_mask.png")
+        if meta[row]["mask_type"] == "none" or not runs.get("stage1"):
+            continue
+        for artifact, name in (("figures/fig4_mask.png", f"fig4-mask-{row}.png"), ("figures/keep_frequency.png", f"keep-frequency-{row}.png")):
+            src = _artifact(tracker, runs["stage1"], artifact)
             if src:
-                dst = folder / f"fig4-mask-{row}.png"
-                shutil.copy(src, dst)
-                written.append(str(dst))
-    # where each adaptive row's mask keeps tokens over the test split (heat maps from the evaluation)
-    for row, runs in stage_runs.items():
-        if meta[row]["mask_type"] != "none" and runs.get("stage1"):
-            src = _artifact(tracker, runs["stage1"], "figures/keep_frequency.png")
-            if src:
-                dst = folder / f"keep-frequency-{row}.png"
-                shutil.copy(src, dst)
-                written.append(str(dst))
+                shutil.copy(src, folder / name)
+                written.append(str(folder / name))
     # foreground share over training, every seed of every masked row
     fig = _mask_curves(tracker, table, meta, study)
     if fig is not None:

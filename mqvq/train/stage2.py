@@ -8,6 +8,7 @@ Fig. 6a's curves.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -99,7 +100,9 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     ref = resolve(tracker, stage1, "stage1") if stage1 else find_stage1(tracker, cfg, experiment)
     check_compatible(ref, cfg)
     digest = file_digest(ref.checkpoint)
+    t0 = time.perf_counter()
     train_tok, test_tok, vae, num_classes = prepare_tokens(cfg, ref, tracker.home, d, max(cfg.eval.batch_size, cfg.stage1.train.batch_size))
+    tokenize_s = time.perf_counter() - t0  # before the run exists: logged below, for `study plan`
     shape = TokenShape(train_tok.codebook_size, train_tok.grid, train_tok.codes.shape[1], num_classes)
     seed_all(cfg.seed)
     model = Stackformer(s2.model, shape).to(d.device)
@@ -118,6 +121,8 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
                                                   "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": num_classes},
         artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
     ckpt_file = checkpoint_path(tracker.home, run_id)
+    if d.main:
+        tracker.log_metrics(run_id, {"time/tokenize_seconds": tokenize_s}, 0)
     start_step = 0
     if ckpt_file.is_file():
         ckpt = load_checkpoint(ckpt_file, d.device)
