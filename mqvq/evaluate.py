@@ -21,6 +21,7 @@ from mqvq.errors import UserError
 from mqvq.metrics.features import make_backend, metric_names
 from mqvq.metrics.frechet import frechet_distance
 from mqvq.metrics.mask import MASK_METRICS
+from mqvq.timing import device_name
 from mqvq.metrics.recon import reconstruction_metrics
 from mqvq.metrics.reference import reference_stats
 from mqvq.reports import figures
@@ -94,7 +95,7 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     else:
         values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice)
     env = environment(d.device)
-    tags |= {"mqvq.eval.device": env.get("gpu", env.get("cpu", str(d.device))), "mqvq.eval.torch": env["torch"],
+    tags |= {"mqvq.eval.device": device_name(d.device), "mqvq.eval.torch": env["torch"],
              "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
     if "threads" in env:
         tags["mqvq.eval.threads"] = env["threads"]

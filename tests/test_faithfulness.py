@@ -129,3 +129,10 @@ def test_initial_distributions_match_the_released_layers():
     assert m.mask_code.abs().max() <= 1 / d and m.quantizer.embed.abs().max() <= 1 / k
     # the released scorer's hidden width is the encoder's channel count
     assert m.mask.scorer.net[1].out_channels == cfg.stage1.model.z_channels
+
+
+def test_a_tree_outside_git_names_its_commit(monkeypatch):
+    from mqvq.tracking.store import git_commit
+
+    monkeypatch.setenv("MQVQ_GIT_COMMIT", "0123abc")
+    assert git_commit() == "0123abc"

@@ -16,6 +16,7 @@ mkdir -p .gpu/weights && cp -n .gpu/extra/*.pth .gpu/weights/ 2>/dev/null
 export MQVQ_WEIGHTS_DIR=$PWD/.gpu/weights
 [ -d .gpu/data/fashion-mnist ] && export MQVQ_FASHION_MNIST=$PWD/.gpu/data/fashion-mnist
 export MQVQ_HOME=${MQVQ_HOME:-$PWD/.gpu/mqvq}
+[ -f .gpu/data/commit ] && export MQVQ_GIT_COMMIT=${MQVQ_GIT_COMMIT:-$(cat .gpu/data/commit)}
 mqvq() { python3 -m mqvq "$@"; }
 mqvq_pack() {
   tar -C "$MQVQ_HOME" -czf - --exclude='*.pt' --exclude=./tokens --exclude=./checkpoints --exclude=./fid_stats --exclude='*.lock' . \

@@ -23,4 +23,7 @@ cp "$src"/lpips_alex.pth .gpu/extra/   # LPIPS-Alex (the reconstruction metric),
 fm=${MQVQ_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 cp "$fm"/*-ubyte.gz .gpu/data/fashion-mnist/
 
+# the machine gets the working tree without .git: runs there record this commit (gpu-env.sh)
+git rev-parse HEAD > .gpu/data/commit 2>/dev/null || true
+
 du -sh .gpu/whl .gpu/weights .gpu/extra .gpu/data

@@ -71,6 +71,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout mqvq runs from (`-dirty` with uncommitted changes); a copy of the tree
+    outside git (a snapshot for a long background run, a machine the tree was carried to) names
+    its commit in $MQVQ_GIT_COMMIT."""
+    if os.environ.get("MQVQ_GIT_COMMIT"):
+        return os.environ["MQVQ_GIT_COMMIT"]
     root = Path(__file__).resolve().parent.parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
