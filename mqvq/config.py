@@ -404,6 +404,8 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
             raise UserError(f"{prefix}{name} = {v} must be at least 1.")
     if cfg.train.val_every < 0:
         raise UserError(f"{prefix}train.val_every = {cfg.train.val_every} must be 0 (only at the end) or positive.")
+    if m.quantizer.beta < 0:
+        raise UserError(f"{prefix}model.quantizer.beta = {m.quantizer.beta} must be 0 or positive (it weights the commitment loss).")
     if not 0.0 < m.quantizer.decay < 1.0:
         raise UserError(f"{prefix}model.quantizer.decay = {m.quantizer.decay} must lie in (0, 1).")
     if cfg.train.lr <= 0:
