@@ -46,3 +46,13 @@ def test_masked_tokens_are_visible_on_a_black_background():
 def test_keep_frequency_figure():
     img = _png(figures.keep_frequency_figure(torch.rand(8, 8), torch.rand(8, 8), "where"))
     assert img.shape[1] > img.shape[0] and img.std() > 1
+
+
+def test_mask_curves_draw_each_rows_own_foreground_fraction():
+    """Padding and resizing 28 -> 32 give different foreground fractions: each panel's dotted
+    random-mask line must be its own row's, not an average over rows."""
+    curves = {"padded": [([0, 100], [0.3, 0.35])], "resized": [([0, 100], [0.6, 0.7])]}
+    fig = figures.mask_curves_figure(curves, {"padded": 0.39, "resized": 0.6})
+    lines = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+             for ax in fig.axes if ax.get_title()}
+    assert lines == {"padded (n=1), fg fraction 0.39": [0.39], "resized (n=1), fg fraction 0.60": [0.6]}

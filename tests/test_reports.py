@@ -215,3 +215,13 @@ def test_a_store_moved_from_another_machine_still_finds_its_artifacts(tmp_path, 
     shutil.move(str(home), str(moved))
     path = model_file(Tracker(None, moved), run_id)
     assert path.is_file() and str(moved) in str(path)
+
+
+def test_json_keeps_each_seeds_value_for_paired_comparisons():
+    """Seeds share initialisation and data order across rows, so a reader pairing rows by seed needs
+    every seed's number, not only mean and spread; a single seed adds nothing beyond the mean."""
+    table, _ = _table()
+    rows = {r["row"]: r for r in json.loads(to_json(table))["rows"]}
+    assert rows["adaptive-25"]["rfd_vgg16_per_seed"] == {"0": 5.32, "1": 5.18, "2": 5.193}
+    assert "rfd_vgg16_per_seed" not in rows["adaptive-10"]
+    assert "per_seed" not in to_csv(table)

@@ -14,7 +14,7 @@ err_console = Console(stderr=True)
 
 Home = Annotated[Optional[str], typer.Option("--home", help="folder for the default MLflow store, artifacts and checkpoints (default $MQVQ_HOME or ./.mqvq)")]
 TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow store: sqlite:///ABS.db, http(s)://HOST:PORT or a database URL (default $MLFLOW_TRACKING_URI or <home>/mlflow.db)")]
-Profile = Annotated[str, typer.Option("--profile", "-p", help="size profile: smoke (CPU seconds), mini (one GPU, minutes), paper (paper sizes)")]
+Profile = Annotated[str, typer.Option("--profile", "-p", help="size profile: smoke (CPU seconds), cpu (Fashion-MNIST on 2 CPU cores, about an hour per study), mini (one GPU, minutes), paper (paper sizes)")]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config value, e.g. --set stage1.model.mask.ratio=0.5 (repeatable)")]

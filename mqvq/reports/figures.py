@@ -206,11 +206,11 @@ def speed_fid_figure(points: list[tuple[str, float, float]], metric: str = "FID"
     return fig
 
 
-def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], baseline: float | None = None,
+def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], baselines: dict[str, float] | None = None,
                        title: str = "", ylabel: str = "kept tokens on the foreground"):
     """Foreground share over training, one panel per row: every seed as a thin line (a mask that locks
     in early shows as flat lines), their mean thick, the foreground token fraction (what a random mask
-    gets) dotted."""
+    gets, per row: it depends on the data's fit) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,9 +229,10 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
         if len(runs) > 1 and common:
             mean = np.array([[dict(zip(st, v))[t] for t in common] for st, v in runs]).mean(0)
             ax.plot(common, mean, color=colour, linewidth=2.0)
-        if baseline is not None:
-            ax.axhline(baseline, color="black", linestyle=":", linewidth=1)
-        ax.set_title(f"{label} (n={len(runs)})", fontsize=7.5)
+        base = (baselines or {}).get(label)
+        if base is not None:
+            ax.axhline(base, color="black", linestyle=":", linewidth=1)
+        ax.set_title(f"{label} (n={len(runs)})" + (f", fg fraction {base:.2f}" if base is not None else ""), fontsize=7.5)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
@@ -240,7 +241,7 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
         ax.set_ylabel(ylabel, fontsize=7.5)
     for ax in axes[-1, :]:
         ax.set_xlabel("training step", fontsize=7.5)
-    note = f"dotted: foreground token fraction {baseline:.2f} (a random mask)" if baseline is not None else ""
+    note = "dotted: the foreground token fraction, what a mask blind to content keeps" if baselines else ""
     fig.suptitle("\n".join(t for t in (title, note) if t), fontsize=8.5)
     fig.tight_layout()
     return fig

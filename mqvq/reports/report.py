@@ -159,11 +159,11 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
 def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig):
     from mqvq.reports import figures as F
 
-    curves, fractions = {}, []
+    curves, fractions = {}, {}
     for row in table.rows:
         if row.status != "finished" or meta[row.name]["mask_type"] == "none":
             continue
-        runs = []
+        runs, row_fractions = [], []
         for rid in row.run_ids:
             s1 = tracker.get_run(rid).data.tags.get("mqvq.stage1_run")
             hist = tracker.client.get_metric_history(s1, "val/mask_fg_precision") if s1 else []
@@ -173,12 +173,15 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
                     first.setdefault(m.step, m.value)
                 runs.append((sorted(first), [first[k] for k in sorted(first)]))
                 frac = tracker.client.get_metric_history(s1, "val/fg_token_fraction")
-                fractions += [m.value for m in frac[-1:]]
+                row_fractions += [m.value for m in frac[-1:]]
         if runs:
-            curves[row.descriptors.get("label", row.name)] = runs
+            label = row.descriptors.get("label", row.name)
+            curves[label] = runs
+            if row_fractions:  # per row: resizing 28 -> 32 changes how much of the grid is garment
+                fractions[label] = sum(row_fractions) / len(row_fractions)
     if not curves:
         return None
-    return F.mask_curves_figure(curves, sum(fractions) / len(fractions) if fractions else None,
+    return F.mask_curves_figure(curves, fractions,
                                 f"{study.name} ({table.profile}): share of kept tokens on the foreground during training")
 
 

@@ -63,6 +63,7 @@ class Row:
     values: dict[str, tuple[float, float, int]] = field(default_factory=dict)   # key -> (mean, std, n)
     paper: dict[str, float] = field(default_factory=dict)
     run_ids: list[str] = field(default_factory=list)
+    per_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # key -> seed -> value (for paired tests)
 
 
 @dataclass
@@ -114,6 +115,7 @@ def build_table(study, profile: str, records: list[dict], descriptors: dict[str,
             vals = [r["metrics"][key] for r in done if key in r["metrics"]]
             if vals:
                 row.values[key] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals))
+                row.per_seed[key] = {r["seed"]: r["metrics"][key] for r in done if key in r["metrics"]}
         rows.append(row)
     _speedups(rows)
     columns: list[Column] = []
@@ -308,6 +310,8 @@ def to_records(table: Table) -> list[dict]:
                 v = row.values.get(col.key)
                 rec[col.key] = v[0] if v else None
                 rec[f"{col.key}_std"] = v[1] if v else None
+                if v and len(row.per_seed.get(col.key, {})) > 1:  # JSON keys are strings: the seed
+                    rec[f"{col.key}_per_seed"] = {str(k): x for k, x in sorted(row.per_seed[col.key].items())}
         out.append(rec)
     return out
 
@@ -315,7 +319,8 @@ def to_records(table: Table) -> list[dict]:
 def to_csv(table: Table) -> str:
     import pandas as pd
 
-    return pd.DataFrame(to_records(table)).to_csv(index=False)
+    flat = [{k: v for k, v in r.items() if not k.endswith("_per_seed")} for r in to_records(table)]  # one cell, one number
+    return pd.DataFrame(flat).to_csv(index=False)
 
 
 def to_json(table: Table) -> str:
