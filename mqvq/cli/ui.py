@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +19,8 @@ from mqvq.cli.common import Home, TrackingUri, cli_errors, console
 def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's experiment (e.g. ablation-mask)")] = None,
        profile: Annotated[str, typer.Option("--profile", "-p", help="the study's profile")] = "smoke",
        host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for remote access)")] = "127.0.0.1",
-       port: Annotated[int, typer.Option(help="port")] = 5000,
+       port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 5000,
+       start_timeout: Annotated[float, typer.Option(help="seconds to wait for the server to answer", min=1)] = 120.0,
        home: Home = None, tracking_uri: TrackingUri = None) -> None:
     """Start the MLflow UI on the store and print the URL (Ctrl-C stops it)."""
     from mqvq.errors import UserError
@@ -32,18 +36,53 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
         if exp is None:
             raise UserError(f"study {study} has no runs at profile {profile} yet: run `mqvq study run {study} --profile {profile}`.")
         url += f"/#/experiments/{exp.experiment_id}"
+    _check_port_free(host, port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", host, "--port", str(port)]
-    console.print(f"MLflow UI: {url}  (store {tracker.uri}; Ctrl-C stops it)", highlight=False)
+    console.print(f"starting the MLflow UI on {host}:{port} (store {tracker.uri}) ...", highlight=False)
     # the server (and the workers it forks) get a process group of their own, which is stopped as
     # a whole however this command ends: Ctrl-C, `kill`, or a shell that ignores SIGINT
     proc = subprocess.Popen(cmd, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        raise typer.Exit(proc.wait())
+        _wait_until_it_answers(proc, "127.0.0.1" if host in ("0.0.0.0", "::") else host, port, start_timeout)
+        console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False)  # only once it answers
+        code = proc.wait()
+        if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+            raise UserError(f"the MLflow UI server stopped with exit status {code}: see its messages above.")
     except KeyboardInterrupt:
         _stop(proc)
+    except BaseException:
+        _stop(proc)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from mqvq.errors import UserError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            reason = "is already in use" if e.errno in (98, 48) else f"cannot be opened ({e.strerror})"
+            raise UserError(f"port {port} on {host} {reason}: choose another with --port.") from None
+
+
+def _wait_until_it_answers(proc: subprocess.Popen, host: str, port: int, timeout: float) -> None:
+    from mqvq.errors import UserError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the MLflow UI server exited with status {proc.returncode} before it answered: see its messages above.")
+        try:
+            urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise UserError(f"the MLflow UI server did not answer on port {port} within {timeout:.0f} s: raise --start-timeout or see its messages above.")
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -65,15 +65,27 @@ def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip:
     return TokenSet(torch.cat(codes), torch.cat(positions), torch.cat(labels), grid, model.config.quantizer.codebook_size)
 
 
+def _read_tokens(path: Path) -> TokenSet | None:
+    """The cached token set, or None when the file is truncated, foreign or from another format: the
+    cache is derived data, so the caller rebuilds it."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        if d.get("format") != TOKENS_FORMAT:
+            return None
+        return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"])
+    except Exception:  # any damage means rebuild
+        return None
+
+
 def cached_tokens(home: Path, checkpoint: Path, model: MQVAE, dataset, split: str, batch_size: int,
                   device: torch.device, flip: bool, limit: int = 0) -> TokenSet:
     extra = f":{limit}" if limit and limit < len(dataset) else ""
     key = hashlib.sha256(f"{file_digest(checkpoint)}:{dataset.digest()}:{split}:{int(flip)}{extra}".encode()).hexdigest()[:20]
     path = home / "tokens" / f"{key}.pt"
     if path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        if d.get("format") == TOKENS_FORMAT:
-            return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"])
+        cached = _read_tokens(path)
+        if cached is not None:
+            return cached
     ts = tokenize(model, dataset, batch_size, device, flip, limit)
     small = torch.int16 if max(ts.codebook_size, ts.grid[0] * ts.grid[1]) < 2 ** 15 else torch.int32
     atomic_save({"format": TOKENS_FORMAT, "codes": ts.codes.to(small), "positions": ts.positions.to(small),

@@ -39,8 +39,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise UserError(f"cannot read checkpoint {path}: {e}.") from None
+    except Exception:  # torch raises several types, with multi-sentence messages, for truncated or foreign files
+        ckpt = None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not an mqvq checkpoint.")
+        raise UserError(f"{path} is truncated or is not an mqvq checkpoint.")
     return ckpt

@@ -1,0 +1,78 @@
+"""Damaged files a store can hold: one sentence naming the file, or a rebuild where the file is derived."""
+from __future__ import annotations
+
+import torch
+from typer.testing import CliRunner
+
+from mqvq.cli import app
+from mqvq.errors import UserError
+from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+
+runner = CliRunner()
+
+
+def _damaged(tmp_path):
+    good = tmp_path / "good.pt"
+    atomic_save({"format": FORMAT, "weights": torch.randn(4096)}, good)
+    data = good.read_bytes()
+    files = {"truncated": data[: len(data) // 2], "random bytes": bytes(range(256)) * 40, "empty": b""}
+    out = {}
+    for name, content in files.items():
+        p = tmp_path / f"{name.replace(' ', '-')}.pt"
+        p.write_bytes(content)
+        out[name] = p
+    return out
+
+
+def test_a_broken_checkpoint_is_one_sentence_naming_it(tmp_path):
+    for name, path in _damaged(tmp_path).items():
+        try:
+            load_checkpoint(path)
+        except UserError as e:
+            msg = str(e)
+        else:
+            raise AssertionError(f"{name} checkpoint was accepted")
+        assert msg == f"{path} is truncated or is not an mqvq checkpoint.", (name, msg)
+
+
+def test_sample_and_eval_refuse_a_broken_checkpoint_without_a_traceback(tmp_path):
+    path = _damaged(tmp_path)["truncated"]
+    for args in (["sample", str(path), "--num", "1", "--out", str(tmp_path / "s")], ["eval", str(path)]):
+        r = runner.invoke(app, [*args, "--home", str(tmp_path / "home")])
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        assert "is truncated or is not an mqvq checkpoint." in r.output and r.output.count(". ") == 0, r.output
+
+
+def test_a_damaged_token_cache_is_rebuilt(tmp_path, tiny):
+    from mqvq.data import build_dataset
+    from mqvq.data.tokens import cached_tokens
+    from mqvq.models.mqvae import MQVAE
+
+    cfg = tiny()
+    torch.manual_seed(0)
+    model = MQVAE(cfg.stage1.model).eval()
+    ckpt = tmp_path / "model.pt"
+    atomic_save({"format": FORMAT}, ckpt)  # the cache key is the checkpoint file's digest
+    ds = build_dataset(cfg.stage1.data, "test")
+    first = cached_tokens(tmp_path, ckpt, model, ds, "test", 4, torch.device("cpu"), flip=False)
+    (cache,) = (tmp_path / "tokens").glob("*.pt")
+    for damage in (cache.read_bytes()[:100], b"", b"not a torch file"):
+        cache.write_bytes(damage)
+        again = cached_tokens(tmp_path, ckpt, model, ds, "test", 4, torch.device("cpu"), flip=False)
+        assert torch.equal(again.codes, first.codes) and torch.equal(again.positions, first.positions)
+        assert cache.stat().st_size > 100  # rewritten whole
+
+
+def test_ui_refuses_a_taken_port_and_an_impossible_one(home):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(app, ["ui", "--port", str(port), "--home", str(home)])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert f"port {port} on 127.0.0.1 is already in use: choose another with --port." in r.output
+    assert "http://" not in r.output  # no URL that would show whatever else listens there
+    r = runner.invoke(app, ["ui", "--port", "70000", "--home", str(home)])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "--port" in r.output and "65535" in r.output
