@@ -9,6 +9,12 @@ from typing import BinaryIO, Callable
 from mqvq.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: str = "") -> Path:
     """Write through a temp file of this process's own in the target folder, then rename it over
     `path`: readers see the old file or the new one, and concurrent writers never share a temp
@@ -23,6 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: st
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shared outputs get the usual modes
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -76,3 +76,50 @@ def test_ui_refuses_a_taken_port_and_an_impossible_one(home):
     assert "http://" not in r.output  # no URL that would show whatever else listens there
     r = runner.invoke(app, ["ui", "--port", "70000", "--home", str(home)])
     assert r.exit_code != 0 and "Traceback" not in r.output and "--port" in r.output and "65535" in r.output
+
+
+def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, monkeypatch):
+    """A mistyped store must not be created empty and reported as 'every row missing'."""
+    missing = tmp_path / "no" / "such" / "x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    for args in (["study", "status", "ablation-mask"], ["study", "plan", "ablation-mask"], ["report", "ablation-mask"],
+                 ["search", "status", "vqgan-f16"], ["ui"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code != 0 and "Traceback" not in r.output, (args, r.output)
+        assert f"there is no tracking store at {missing}" in r.output, (args, r.output)
+    assert not (tmp_path / "no").exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    r = runner.invoke(app, ["study", "status", "ablation-mask", "--home", str(tmp_path / "typo")])
+    assert r.exit_code != 0 and not (tmp_path / "typo").exists()
+
+
+def test_a_command_that_writes_says_once_that_it_created_the_store(tmp_path):
+    from mqvq.cli.common import open_tracker
+    import io
+    from rich.console import Console
+    import mqvq.cli.common as common
+
+    buf = io.StringIO()
+    common.err_console, saved = Console(file=buf, width=200), common.err_console
+    try:
+        open_tracker(None, str(tmp_path / "new"))
+        open_tracker(None, str(tmp_path / "new"))
+    finally:
+        common.err_console = saved
+    assert buf.getvalue().count("created a new tracking store at sqlite:///") == 1
+
+
+def test_written_files_get_the_usual_umask_modes(tmp_path):
+    import os
+
+    from mqvq.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write(tmp_path / "report.md", lambda f: f.write(b"x"))
+        assert (p.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        q = atomic_write(tmp_path / "private.md", lambda f: f.write(b"x"))
+        assert (q.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)

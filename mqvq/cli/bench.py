@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console, open_tracker
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
                                              "results to --out JSON and an MLflow run in the `bench` experiment.")
@@ -27,9 +27,8 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     if log:
-        from mqvq.tracking import Tracker
 
-        tracker = Tracker(tracking_uri, home)
+        tracker = open_tracker(tracking_uri, home)
         env = result.get("environment", {})
         run_id = tracker.start_run("bench", f"bench-{result['benchmark']}", {
             "mqvq.kind": "bench", "mqvq.bench": result["benchmark"], **{f"mqvq.env.{k}": v for k, v in env.items()}})

@@ -25,6 +25,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def open_tracker(tracking_uri: str | None, home: str | None, read_only: bool = False):
+    """The store a command uses: a read-only command refuses one that does not exist; a command that
+    writes may create it, and says so once."""
+    from mqvq.tracking import Tracker
+
+    tracker = Tracker(tracking_uri, home, must_exist=read_only)
+    if tracker.created:
+        err_console.print(f"created a new tracking store at {tracker.uri}", highlight=False)
+    return tracker
+
+
 def cli_errors(fn):
     """Turn user mistakes into one sentence on stderr and a non-zero exit, never a traceback."""
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker
 
 
 @cli_errors
@@ -25,11 +25,10 @@ def evaluate(
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
     from mqvq.evaluate import evaluate_run, parse_metrics
-    from mqvq.tracking import Tracker
 
     if backend is not None and backend not in ("inception", "vgg16"):
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
-    result = evaluate_run(Tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
+    result = evaluate_run(open_tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
                           test_images=test_images, batch_size=batch_size, device=device, progress=progress,
                           sampling_choice=sampling)
     table = Table("metric", "value", "backend / count")

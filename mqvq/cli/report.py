@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console, err_console
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console, err_console, open_tracker
 
 
 @cli_errors
@@ -23,12 +23,11 @@ def report(
 ) -> None:
     """The study's table in the paper's layout, with the paper's numbers beside ours."""
     from mqvq.reports.report import render_verdicts, report as make_report
-    from mqvq.tracking import Tracker
 
     if strict and not check:
         raise typer.BadParameter("--strict judges the claims: use it with --check", param_hint="--strict")
 
-    result = make_report(Tracker(tracking_uri, home), name, profile, format, out, check, figures)
+    result = make_report(open_tracker(tracking_uri, home, read_only=True), name, profile, format, out, check, figures)
     if out is None:
         print(result["text"], end="")
     else:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker
 
 
 @cli_errors
@@ -35,11 +35,10 @@ def sample(
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
     from mqvq.generation import load_generator, resolve_sampling, sampling_params, write_samples
-    from mqvq.tracking import Tracker
     from mqvq.train.distributed import setup
 
     d = setup(device)
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home)
     gen = load_generator(tracker, run, d.device)
     base = resolve_sampling(tracker, gen, sampling)
     params = sampling_params(base, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,

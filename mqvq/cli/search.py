@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, err_console
+from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, err_console, open_tracker
 
 app = typer.Typer(no_args_is_help=True, help="Optuna searches over sampling settings, tracked in MLflow.")
 
@@ -53,9 +53,8 @@ def sampling(
     from mqvq.tracking.lookup import model_file
     from mqvq.train.checkpoint import read_checkpoint
     from mqvq.studies.search import SearchSpec, default_space, resolve_model_run, run_search
-    from mqvq.tracking import Tracker
 
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home)
     run_id = resolve_model_run(tracker, spec, profile)
     if metric is not None and metric not in ("fid", "fd_vgg16"):
         raise UserError(f"--metric {metric!r} is invalid: use fid or fd_vgg16.")
@@ -105,9 +104,8 @@ def status(spec: Spec, storage: Storage = None, metric: Annotated[Optional[str],
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Trials, best value and settings, parameter importance, and the optuna-dashboard command."""
     from mqvq.studies.search import search_status
-    from mqvq.tracking import Tracker
 
-    results = search_status(Tracker(tracking_uri, home), spec, profile, storage, metric)
+    results = search_status(open_tracker(tracking_uri, home, read_only=True), spec, profile, storage, metric)
     if as_json:
         print(json.dumps({"searches": results}, indent=2, default=str))
         return

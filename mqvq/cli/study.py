@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console
+from mqvq.cli.common import Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console, open_tracker
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -65,11 +65,10 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
     """Per row and stage: done, reusable, resumable or to run, with a time estimate from measured step times."""
     from mqvq.studies.plan import measured_costs, plan_study
     from mqvq.studies.spec import load_study
-    from mqvq.tracking import Tracker
 
     _check_backend(backend)
     study = load_study(name)
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home, read_only=True)
     costs = measured_costs(tracker, profile, device, workers)
     plans = plan_study(tracker, study, profile, seeds, only, backend, device=device, workers=workers, costs=costs)
     rows = [{"row": p.row.name, "seed": p.seed, "status": p.status, "estimate_s": p.estimate_s,
@@ -105,11 +104,10 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
     from mqvq.studies.runner import exit_code, run_study
     from mqvq.studies.spec import load_study
-    from mqvq.tracking import Tracker
 
     _check_backend(backend)
     study = load_study(name)
-    tracker = Tracker(tracking_uri, home)  # validates the store before any worker starts
+    tracker = open_tracker(tracking_uri, home)  # validates the store before any worker starts
     options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout}
     if workers > 1:
         from mqvq.studies.workers import run_workers
@@ -136,10 +134,9 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
     """Rows x finished / running / failed / missing, with their metrics."""
     from mqvq.studies.plan import plan_study
     from mqvq.studies.spec import load_study, row_paper
-    from mqvq.tracking import Tracker
 
     study = load_study(name)
-    plans = plan_study(Tracker(tracking_uri, home), study, profile)
+    plans = plan_study(open_tracker(tracking_uri, home, read_only=True), study, profile)
     rows = []
     for p in plans:
         tags = p.parent.data.tags if p.parent is not None else {}

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Device, Home, Profile, Progress, Sets, TrackingUri, cli_errors, console
+from mqvq.cli.common import Device, Home, Profile, Progress, Sets, TrackingUri, cli_errors, console, open_tracker
 
 app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
 
@@ -33,11 +33,10 @@ def stage1(
 ) -> None:
     """Train an MQ-VAE (or a VQGAN baseline) and log it as an MLflow run."""
     from mqvq.experiments import load_experiment
-    from mqvq.tracking import Tracker
     from mqvq.train.stage1 import train_stage1
 
     cfg = load_experiment(experiment, profile, set_ or [], seed)
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home)
     result = train_stage1(cfg, tracker, resume=resume, run_id=run_id, device=device, progress=progress,
                           mlflow_experiment=mlflow_experiment)
     _report(result, f"stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}", result.get("val_metrics", {}))
@@ -61,11 +60,10 @@ def stage2(
 ) -> None:
     """Train a Stackformer (or the raster baseline) on a frozen stage-1 model's tokens."""
     from mqvq.experiments import load_experiment
-    from mqvq.tracking import Tracker
     from mqvq.train.stage2 import train_stage2
 
     cfg = load_experiment(experiment, profile, set_ or [], seed)
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home)
     result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,
                           mlflow_experiment=mlflow_experiment)
     m = result.get("train_metrics", {})

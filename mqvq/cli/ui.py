@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console, open_tracker
 
 
 @cli_errors
@@ -25,9 +25,8 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
     """Start the MLflow UI on the store and print the URL (Ctrl-C stops it)."""
     from mqvq.errors import UserError
     from mqvq.studies.plan import study_experiment
-    from mqvq.tracking import Tracker
 
-    tracker = Tracker(tracking_uri, home)
+    tracker = open_tracker(tracking_uri, home, read_only=True)
     if not tracker.uri.startswith("sqlite:"):
         raise UserError(f"{tracker.uri} is served by its own MLflow server already: open it in a browser.")
     url = f"http://{host}:{port}"

@@ -57,6 +57,11 @@ def resolve_tracking_uri(uri: str | None, home: Path) -> str:
     return uri
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (None for servers and other databases)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast with one sentence instead of MLflow's minutes of retries."""
     if uri.startswith(("http://", "https://")):
@@ -107,7 +112,16 @@ def _quiet_mlflow() -> None:
 class Tracker:
     """A thin, explicit wrapper over MlflowClient for one store."""
 
-    def __init__(self, uri: str | None = None, home: str | os.PathLike | None = None):
+    def __init__(self, uri: str | None = None, home: str | os.PathLike | None = None, must_exist: bool = False):
+        """`must_exist` (commands that only read): refuse a SQLite store that is not there instead of
+        creating an empty one that would report every run as missing. `created` says whether this
+        call made a new store."""
+        wanted = Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
+        db = sqlite_path(resolve_tracking_uri(uri, wanted))
+        if must_exist and db is not None and not db.is_file():
+            raise UserError(f"there is no tracking store at {db}: check --home, --tracking-uri or MLFLOW_TRACKING_URI "
+                            f"(this command only reads, so it does not create one).")
+        self.created = db is not None and not db.is_file()
         self.home = home_dir(home)
         self.uri = resolve_tracking_uri(uri, self.home)
         check_reachable(self.uri)
