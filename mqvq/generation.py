@@ -72,6 +72,14 @@ def sampling_params(base: SamplingConfig, **overrides) -> SamplingConfig:
     return params
 
 
+def check_top_k(name: str, value: int, codebook_size: int, grid_len: int) -> None:
+    """A top-k the user asks for beyond what it ranks would silently mean "no top-k": refuse it,
+    naming K or L. (The configs' defaults, 100 and 10 as released, may exceed a small model's K.)"""
+    limit, what = (codebook_size, f"K = {codebook_size} codes") if name == "top_k" else (grid_len, f"L = {grid_len} positions")
+    if value > limit:
+        raise UserError(f"--{name.replace('_', '-')} {value} exceeds this model's {what}: use at most {limit}.")
+
+
 def check_request(gen: Generator, num: int, steps: int | None, class_label: int | None) -> None:
     model = gen.stackformer
     n_tok = model.shape.length

@@ -103,7 +103,9 @@ def test_search_input_errors(model_run, tracker, tmp_path):
                       (["--storage", "postgresql://nobody@127.0.0.1:9/optuna"], "cannot open the Optuna storage"),
                       (["--storage", "sqlite:///x.db", "--workers", "2"], "SQLite cannot serve parallel Optuna workers"),
                       (["--sampler", "cmaes"], "use tpe, gp, grid or random"), (["--metric", "kid"], "use fid or fd_vgg16"),
-                      (["--trials", "4", "--top-p", "0.5:0.9"], "exists with a different space")]:
+                      (["--trials", "4", "--top-p", "0.5:0.9"], "exists with a different space"),
+                      (["--top-k", "100:200"], "--top-k 200 exceeds this model's K = 16 codes: use at most 16."),
+                      (["--top-k-pos", "1:1000"], "--top-k-pos 1000 exceeds this model's L = 16 positions: use at most 16.")]:
         r = _search(run_id, tracker.home, *args)
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
     r = _search(stage1_run, tracker.home, "--trials", "2")
@@ -111,4 +113,6 @@ def test_search_input_errors(model_run, tracker, tmp_path):
     r = runner.invoke(app, ["sample", stage1_run, "--num", "1", "--out", str(tmp_path / "x"), "--sampling", "best",
                             "--home", str(tracker.home)])
     assert r.exit_code == 2
+    r = runner.invoke(app, ["sample", run_id, "--num", "1", "--out", str(tmp_path / "y"), "--top-k", "100", "--home", str(tracker.home)])
+    assert r.exit_code == 2 and "--top-k 100 exceeds this model's K = 16 codes" in r.output and not (tmp_path / "y").exists()
     assert len(_study(tracker.home, run_id).trials) == 2  # nothing lost

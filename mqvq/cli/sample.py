@@ -34,13 +34,17 @@ def sample(
     progress: Progress = True,
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
-    from mqvq.generation import load_generator, resolve_sampling, sampling_params, write_samples
+    from mqvq.generation import check_top_k, load_generator, resolve_sampling, sampling_params, write_samples
     from mqvq.train.distributed import setup
 
     d = setup(device)
     tracker = open_tracker(tracking_uri, home)
     gen = load_generator(tracker, run, d.device)
     base = resolve_sampling(tracker, gen, sampling)
+    shape = gen.stackformer.shape
+    for name, value in (("top_k", top_k), ("top_k_pos", top_k_pos)):
+        if value is not None:
+            check_top_k(name, value, shape.codebook_size, shape.grid_len)
     params = sampling_params(base, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
                              top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos)
     result = write_samples(gen, out, num, params, class_label=class_label, seed=seed, steps=steps, npz=npz,

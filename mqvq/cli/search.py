@@ -52,6 +52,7 @@ def sampling(
     from mqvq.errors import UserError
     from mqvq.tracking.lookup import model_file
     from mqvq.train.checkpoint import read_checkpoint
+    from mqvq.generation import check_top_k
     from mqvq.studies.search import SearchSpec, default_space, resolve_model_run, run_search
 
     tracker = open_tracker(tracking_uri, home)
@@ -70,6 +71,8 @@ def sampling(
             if name not in space:
                 raise UserError(f"--{name.replace('_', '-')} does not apply: the raster baseline samples no positions.")
             space[name] = _range(name, value)
+            if name in ("top_k", "top_k_pos"):
+                check_top_k(name, int(space[name].high), shape["codebook_size"], shape["grid"][0] * shape["grid"][1])
     ev = cfg.get("eval", {})
     n = num_samples or min(int(ev.get("num_samples", 10_000)), 10_000)
     metric = metric or ("fid" if ev.get("backend", "inception") == "inception" else "fd_vgg16")
