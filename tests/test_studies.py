@@ -109,6 +109,11 @@ def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home
     assert status["a"]["status"] == "finished"
     stage1_runs = [x for x in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")]
     assert len(stage1_runs) == 1  # reused, not retrained
+    # once linked, the reused run is this row's: a rerun (or a second worker) does not redo the row
+    plan = {x["row"]: x for x in json.loads(_cli("study", "plan", "two", "--json", home=home).stdout)["rows"]}
+    assert all(st["state"] in ("done", "skip") for st in plan["a"]["stages"].values()), plan["a"]
+    r = _cli("study", "run", "two", "--only", "a", "--no-progress", home=home)
+    assert r.exit_code == 0 and "1 skipped" in r.stdout and "reusable" not in r.stdout, r.stdout
 
 
 def _spawn(home, study, *extra):

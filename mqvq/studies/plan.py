@@ -69,10 +69,14 @@ def _stage_runs(tracker: Tracker, stage: str, h: str, seed: int, finished: bool)
                                         f"tags.\"mqvq.seed\" = '{seed}' and attributes.status {status}")
 
 
-def stage_state(tracker: Tracker, stage: str, h: str, seed: int, parent_id: str | None, experiment: str) -> StageState:
+def stage_state(tracker: Tracker, stage: str, h: str, seed: int, parent_id: str | None, experiment: str,
+                linked: str | None = None) -> StageState:
+    """`linked`: the stage run this row already uses (its `mqvq.<stage>_run` tag), so a run reused from
+    another study's row counts as done here instead of being reused again on every `study run`."""
     done = _stage_runs(tracker, stage, h, seed, finished=True)
     if done:
-        mine = [r for r in done if parent_id and r.data.tags.get("mlflow.parentRunId") == parent_id]
+        mine = [r for r in done if (parent_id and r.data.tags.get("mlflow.parentRunId") == parent_id)
+                or (linked and r.info.run_id == linked)]
         run = (mine or done)[0]
         return StageState("done" if mine else "reusable", run.info.run_id,
                           "" if mine else f"finished run in {tracker.client.get_experiment(run.info.experiment_id).name}")
@@ -122,12 +126,14 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             if parent is not None:
                 p.metrics = dict(parent.data.metrics)
             pid = parent.info.run_id if parent else None
-            s1 = stage_state(tracker, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, experiment)
+            links = parent.data.tags if parent else {}
+            s1 = stage_state(tracker, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, experiment, links.get("mqvq.stage1_run"))
             p.stages["stage1"] = s1
             if not row.stage2:
                 p.stages["stage2"] = StageState("skip")
             elif s1.state in ("done", "reusable") and (digest := stage1_digest(tracker, s1.run_id)):
-                p.stages["stage2"] = stage_state(tracker, "stage2", stage2_hash(cfg, digest), seed, pid, experiment)
+                p.stages["stage2"] = stage_state(tracker, "stage2", stage2_hash(cfg, digest), seed, pid, experiment,
+                                                 links.get("mqvq.stage2_run"))
             elif s1.state in ("done", "reusable"):
                 p.stages["stage2"] = StageState("run", None, "the stage-1 checkpoint is missing")
             else:
