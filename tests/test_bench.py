@@ -19,9 +19,25 @@ def test_bench_all_tiny_on_cpu_writes_json_and_logs_to_mlflow(tmp_path, home, tr
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert set(HEADLINE) <= set(data) and all(data[k] > 0 for k in HEADLINE)
-    assert data["fid"]["fid50k_projected"] and data["environment"]["torch"] == torch.__version__
+    assert data["fid"]["fid50k_projected"] and data["environment"]["torch"] == torch.__version__ and data["complete"] is True
     run = tracker.find_runs("bench")[0]
     assert run.data.tags["mqvq.bench"] == "all" and run.data.metrics["stage2_train_tokens_per_s"] > 0
+
+
+def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home, monkeypatch):
+    import mqvq.bench
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mqvq.bench, "bench_fid", interrupted)
+    out = tmp_path / "cpu.json"
+    r = runner.invoke(app, ["bench", "all", "--profile", "smoke", "--preset", "tiny", "--sample-batch-size", "4",
+                            "--device", "cpu", "--out", str(out), "--home", str(home)])
+    assert r.exit_code == 130, r.output
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and {"train_stage1", "train_stage2", "sample"} <= set(data) and "fid" not in data
+    assert data["sample"]["environment"]["torch"] == torch.__version__
 
 
 def test_bench_commands_report_their_keys():

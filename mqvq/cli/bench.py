@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console, open_tracker
+from mqvq.files import atomic_write
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
                                              "results to --out JSON and an MLflow run in the `bench` experiment.")
@@ -24,8 +25,7 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
     from mqvq.bench import HEADLINE
 
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()), " (--out)")
     if log:
 
         tracker = open_tracker(tracking_uri, home)
@@ -136,11 +136,17 @@ def all_(profile: BenchProfile = "paper", preset: Preset = "small", compile: Ann
     """Every benchmark at the anchor configuration; the headline figures at the top level."""
     from mqvq.bench import HEADLINE, bench_fid, bench_sample, bench_train_stage1, bench_train_stage2
 
-    parts = {"train_stage1": bench_train_stage1(profile, device=device, compile=compile or None),
-             "train_stage2": bench_train_stage2(preset, device=device, compile=compile),
-             "sample": bench_sample(preset, batch_size=sample_batch_size, device=device, compile=compile),
-             "fid": bench_fid(preset, num=fid_num, batch_size=min(256, fid_num), device=device, profile=profile, compile=compile)}
-    result = {"benchmark": "all", "profile": profile, "preset": preset}
+    steps = {"train_stage1": lambda: bench_train_stage1(profile, device=device, compile=compile or None),
+             "train_stage2": lambda: bench_train_stage2(preset, device=device, compile=compile),
+             "sample": lambda: bench_sample(preset, batch_size=sample_batch_size, device=device, compile=compile),
+             "fid": lambda: bench_fid(preset, num=fid_num, batch_size=min(256, fid_num), device=device, profile=profile, compile=compile)}
+    parts: dict = {}
+    for name, run in steps.items():
+        parts[name] = run()
+        if out and len(parts) < len(steps):  # an interrupted benchmark keeps every section it finished
+            atomic_write(out, lambda f: f.write((json.dumps({"benchmark": "all", "profile": profile, "preset": preset,
+                                                              "complete": False, **parts}, indent=2) + "\n").encode()))
+    result = {"benchmark": "all", "profile": profile, "preset": preset, "complete": True}
     for part in parts.values():
         result |= {k: part[k] for k in HEADLINE if k in part}
     result |= parts
