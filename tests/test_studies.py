@@ -322,3 +322,17 @@ def test_study_level_overrides_come_before_each_rows_own(studies):
     a, b = (row_config(r, "smoke", 0) for r in load_study("pinned").rows)
     assert (a.stage1.train.steps, a.stage1.model.mask.ratio) == (7, 0.25)
     assert (b.stage1.train.steps, b.stage1.model.mask.ratio) == (9, 0.25)
+
+
+def test_train_stage2_finds_the_stage1_run_a_study_trained(studies, home, tracker):
+    """The README: `train stage2 EXPERIMENT` uses the finished stage-1 run of the same config, also
+    when a study (whose runs live in the study's MLflow experiment) trained it."""
+    write_study(studies, "one", [("a", "vqgan-f16")], metrics='["usage"]')
+    assert _cli("study", "run", "one", "--no-progress", home=home).exit_code == 0
+    (s1,) = tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")
+    sets = [a for o in FAST for a in ("--set", o)]
+    r = _cli("train", "stage2", "vqgan-f16", "--profile", "smoke", *sets, "--no-progress", home=home)
+    assert r.exit_code == 0, r.output
+    assert len(tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")) == 1
+    (mine,) = tracker.find_runs("vqgan-f16", "tags.\"mqvq.stage\" = 'stage2'")
+    assert mine.data.tags["mqvq.stage1_run"] == s1.info.run_id

@@ -56,10 +56,12 @@ def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
 
 
 def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> ModelRef:
-    """The latest finished stage-1 run of exactly this experiment's stage-1 config and seed."""
+    """The latest finished stage-1 run of exactly this experiment's stage-1 config and seed: from the
+    experiment's own MLflow experiment first, else from any (a study's rows train in the study's)."""
     h = config_hash(to_dict(cfg.stage1))
-    runs = tracker.find_runs(experiment, f"tags.\"mqvq.stage\" = 'stage1' and tags.\"mqvq.config_hash\" = '{h}' "
-                                         f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status = 'FINISHED'")
+    query = (f"tags.\"mqvq.stage\" = 'stage1' and tags.\"mqvq.config_hash\" = '{h}' "
+             f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status = 'FINISHED'")
+    runs = tracker.find_runs(experiment, query) or tracker.find_runs_everywhere(query)
     if not runs:
         raise UserError(f"no finished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) in {tracker.uri}: "
                         f"train one with `mqvq train stage1 {cfg.name} --profile {cfg.profile}` or pass --stage1 RUN_OR_CHECKPOINT.")
