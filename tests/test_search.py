@@ -64,6 +64,7 @@ def test_trials_in_total_children_and_best_round_trip(model_run, tracker, tmp_pa
     r = runner.invoke(app, ["search", "status", run_id, "--home", str(tracker.home), "--json"])
     data = json.loads(r.stdout)["searches"][0]
     assert data["trials"] == 4 and data["best_trial"] == best.number and "optuna-dashboard" in data["dashboard"]
+    assert data["in_use"] is True  # search status says which search --sampling best uses
 
 
 def test_two_workers_exact_count_and_no_duplicate_grid_point(model_run, tracker):
@@ -116,3 +117,32 @@ def test_search_input_errors(model_run, tracker, tmp_path):
     r = runner.invoke(app, ["sample", run_id, "--num", "1", "--out", str(tmp_path / "y"), "--top-k", "100", "--home", str(tracker.home)])
     assert r.exit_code == 2 and "--top-k 100 exceeds this model's K = 16 codes" in r.output and not (tmp_path / "y").exists()
     assert len(_study(tracker.home, run_id).trials) == 2  # nothing lost
+
+
+def test_a_quicker_or_worse_search_never_replaces_the_best_settings_in_use(tracker):
+    """Issue: a 1-trial search at 16 samples overwrote the best of a 6-trial search at 64 samples."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from mqvq.config import SamplingConfig
+    from mqvq.studies.search import KINDS_TAG, Range, SearchSpec, _write_best, best_in_use, best_sampling
+
+    run_id = tracker.start_run("x", "model", {"mqvq.stage": "stage2"})
+
+    def search(metric, n, value, top_k, name):
+        spec = SearchSpec(run_id, metric, n, 1, "tpe", {"top_k": Range(1, 64), "top_p": Range(0.9, 0.9)}, [], 3, 0, name)
+        trial = SimpleNamespace(value=value, params={"top_k": top_k}, number=0, state=TrialState.COMPLETE)
+        _write_best(tracker, spec, SimpleNamespace(get_trials=lambda deepcopy=False, states=(): [trial]))
+        return best_in_use(tracker, run_id)
+
+    assert search("fd_vgg16", 64, 209.36, 40, "a")["study"] == "a"
+    assert search("fd_vgg16", 16, 244.80, 5, "b")["study"] == "a"      # fewer samples
+    assert search("fd_vgg16", 64, 230.00, 6, "c")["study"] == "a"      # same count, worse
+    assert search("fid", 1000, 12.0, 7, "d")["study"] == "a"           # another metric: not comparable
+    assert search("fd_vgg16", 64, 200.00, 30, "e")["study"] == "e"     # same count, better
+    assert search("fd_vgg16", 128, 250.00, 20, "f")["study"] == "f"    # more samples of the same metric
+    assert best_sampling(tracker, run_id, SamplingConfig()).top_k == 20
+    kinds = json.loads(tracker.get_run(run_id).data.tags[KINDS_TAG])
+    assert {k: v["value"] for k, v in kinds.items()} == {"fd_vgg16@64": 200.0, "fd_vgg16@16": 244.8, "fid@1000": 12.0,
+                                                          "fd_vgg16@128": 250.0}

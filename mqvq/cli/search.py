@@ -90,7 +90,8 @@ def sampling(
 
 
 def _print_summary(r: dict) -> None:
-    console.print(f"[bold]{r['study']}[/]: {r['trials']} trials ({', '.join(f'{v} {k}' for k, v in r['states'].items())})")
+    use = "  [green](in use: --sampling best)[/]" if r.get("in_use") else ""
+    console.print(f"[bold]{r['study']}[/]: {r['trials']} trials ({', '.join(f'{v} {k}' for k, v in r['states'].items())}){use}")
     if "best_value" in r:
         console.print(f"best: {r['best_value']:.4g} (trial {r['best_trial']}) with "
                       + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["best_params"].items()))

@@ -413,22 +413,44 @@ def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spe
     return fd, "complete"
 
 
+KINDS_TAG = "mqvq.sampling.searched"  # JSON: every metric@samples searched -> its best value and settings
+
+
 def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
+    """Record the search's best per metric and sample count, and make it the one `--sampling best`
+    uses unless the settings in use came from more samples, from as many with a better value, or
+    from another metric: a quick search never displaces a more reliable one."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return
     best = min(done, key=lambda t: t.value)
-    old = tracker.get_run(spec.run_id).data.tags
-    same_kind = old.get(BEST_PREFIX + "metric") == spec.metric and old.get(BEST_PREFIX + "num_samples") == str(spec.num_samples)
-    if same_kind and float(old.get(BEST_PREFIX + "value", "inf")) < best.value:
-        return  # an earlier search of the same metric and sample count found better settings
     fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
-    tags = {BEST_PREFIX + k: v for k, v in {**fixed, **best.params}.items()}
-    tags |= {BEST_PREFIX + "metric": spec.metric, BEST_PREFIX + "value": best.value, BEST_PREFIX + "num_samples": spec.num_samples,
-             BEST_PREFIX + "study": spec.study_name, BEST_PREFIX + "trial": best.number}
+    params = {**fixed, **best.params}
+    old = tracker.get_run(spec.run_id).data.tags
+    kinds = json.loads(old.get(KINDS_TAG, "{}"))
+    kind = f"{spec.metric}@{spec.num_samples}"
+    if kind not in kinds or best.value < kinds[kind]["value"]:
+        kinds[kind] = {"value": best.value, "params": params, "study": spec.study_name, "trial": best.number}
+    tags = {KINDS_TAG: json.dumps(kinds, sort_keys=True)}
+    metric, n, value = old.get(BEST_PREFIX + "metric"), int(old.get(BEST_PREFIX + "num_samples", 0)), float(old.get(BEST_PREFIX + "value", "inf"))
+    # values at other sample counts or of another metric are not comparable: more samples of the
+    # same metric win; at the same count, the lower value; another metric never displaces silently
+    if metric is None or (metric == spec.metric and (spec.num_samples > n or (spec.num_samples == n and best.value < value))):
+        tags |= {BEST_PREFIX + k: v for k, v in params.items()}
+        tags |= {BEST_PREFIX + "metric": spec.metric, BEST_PREFIX + "value": best.value, BEST_PREFIX + "num_samples": spec.num_samples,
+                 BEST_PREFIX + "study": spec.study_name, BEST_PREFIX + "trial": best.number}
     tracker.set_tags(spec.run_id, tags)
+
+
+def best_in_use(tracker: Tracker, run_id: str) -> dict | None:
+    """Which searched settings `--sampling best` uses now (metric, sample count, value, study)."""
+    tags = tracker.get_run(run_id).data.tags
+    if BEST_PREFIX + "metric" not in tags:
+        return None
+    return {"metric": tags[BEST_PREFIX + "metric"], "num_samples": int(tags[BEST_PREFIX + "num_samples"]),
+            "value": float(tags[BEST_PREFIX + "value"]), "study": tags.get(BEST_PREFIX + "study", "")}
 
 
 def search_summary(study, spec: SearchSpec | None, address: str) -> dict:
@@ -464,5 +486,11 @@ def search_status(tracker: Tracker, spec: str, profile: str, storage: str | None
              and (metric is None or s.user_attrs["mqvq"].get("metric") == metric)]
     if not names:
         raise UserError(f"no sampling search for run {run_id} in {address}: run `mqvq search sampling {run_id}` first.")
-    return [search_summary(optuna.load_study(study_name=n, storage=store), None, address) for n in names]
+    in_use = best_in_use(tracker, run_id)
+    out = []
+    for n in names:
+        summary = search_summary(optuna.load_study(study_name=n, storage=store), None, address)
+        summary["in_use"] = in_use is not None and in_use["study"] == n  # what --sampling best uses
+        out.append(summary)
+    return out
 
