@@ -169,8 +169,11 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
 
     gen = load_generator(tracker, run_id, device)
     params = sampling or resolve_sampling(tracker, gen, sampling_choice)
-    values, tags = {}, {"mqvq.eval.sampling": json.dumps(dataclasses.asdict(params), sort_keys=True),
-                        "mqvq.eval.sampling_choice": sampling_choice}
+    settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
+    values, tags = {}, {"mqvq.eval.sampling": settings, "mqvq.eval.sampling_choice": sampling_choice}
+    # the searched settings' distance is its own metric (as a study's search rows log it), so the
+    # run's default-sampling number, which studies and reports show, is never silently replaced
+    suffix = "_best" if sampling is None and sampling_choice == "best" else ""
     first = None
     if "fid" in wanted or "is" in wanted:
         backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
@@ -182,9 +185,11 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
         sm = sample_metrics(gen, ev.num_samples, params, backend, ref, cfg.seed, ev.is_splits, progress)
         first = sm["first_images"]
         if "fid" in wanted:
-            name = metric_names(backend.name)["fid"]
+            name = metric_names(backend.name)["fid"] + suffix
             values[name] = sm["fd"]
-            tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split}
+            tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split,
+                                                                         f"mqvq.eval.{name}.sampling": settings,
+                                                                         f"mqvq.eval.{name}.sampling_choice": sampling_choice}
         if "is" in wanted:
             values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
             tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}

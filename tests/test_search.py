@@ -65,6 +65,13 @@ def test_trials_in_total_children_and_best_round_trip(model_run, tracker, tmp_pa
     data = json.loads(r.stdout)["searches"][0]
     assert data["trials"] == 4 and data["best_trial"] == best.number and "optuna-dashboard" in data["dashboard"]
     assert data["in_use"] is True  # search status says which search --sampling best uses
+    before = tracker.get_run(run_id).data.metrics.get("fd_vgg16")
+    r = runner.invoke(app, ["eval", run_id, "--metrics", "fid", "--sampling", "best", "--home", str(tracker.home), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    run = tracker.get_run(run_id)
+    assert run.data.metrics.get("fd_vgg16") == before and "fd_vgg16_best" in run.data.metrics  # nothing overwritten
+    assert json.loads(run.data.tags["mqvq.eval.fd_vgg16_best.sampling"])["top_k"] == best.params["top_k"]
+    assert run.data.tags["mqvq.eval.fd_vgg16_best.sampling_choice"] == "best"
 
 
 def test_two_workers_exact_count_and_no_duplicate_grid_point(model_run, tracker):

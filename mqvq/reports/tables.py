@@ -160,7 +160,7 @@ def _provenance(study, profile: str, records: list[dict]) -> dict:
     backends = {}
     for r in records:
         for k, v in r["tags"].items():
-            if k.startswith("mqvq.eval.") and k.endswith((".backend", ".num")):
+            if k.startswith("mqvq.eval.") and k.endswith((".backend", ".num", ".sampling_choice")):
                 backends.setdefault(k[len("mqvq.eval."):].rsplit(".", 1)[0], {}).setdefault(k.rsplit(".", 1)[1], set()).add(v)
     return {"study": study.name, "table": getattr(study, "table", ""), "profile": profile,
             "runs": {r["row"] + (f"/s{r['seed']}" if len(study.seeds) > 1 else ""): r["run_id"] for r in records},
