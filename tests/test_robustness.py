@@ -123,3 +123,22 @@ def test_written_files_get_the_usual_umask_modes(tmp_path):
         assert (q.stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
+
+
+def test_undecodable_images_are_named_before_anything_is_written(tmp_path, home, tracker):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (20, 20), (i * 30, 0, 0)).save(folder / f"{i:02d}.png")
+    (folder / "03b.png").write_bytes(b"")                       # zero bytes
+    (folder / "05b.png").write_text("this is a text file\n")      # not an image at all
+    sets = ["--set", "stage1.data.name=folder", "--set", f"stage1.data.root={folder}", "--set", "stage1.data.layout=ffhq",
+            "--set", "stage1.data.test_fraction=0.2"]
+    r = runner.invoke(app, ["data", "show", "vqgan-f16", "--profile", "smoke", *sets])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "2 of 8 images" in r.output and "03b.png" in r.output and "05b.png" in r.output, r.output
+    r = runner.invoke(app, ["train", "stage1", "vqgan-f16", "--profile", "smoke", *sets, "--home", str(home), "--no-progress"])
+    assert r.exit_code != 0 and "cannot be decoded" in r.output, r.output
+    assert tracker.find_runs("vqgan-f16") == []  # no FAILED run left behind

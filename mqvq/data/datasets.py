@@ -183,6 +183,23 @@ class FolderImages(Dataset):
         except Exception as e:  # PIL raises many types for bad files
             raise UserError(f"cannot read image {path}: {e}.") from None
 
+    def bad_files(self) -> list[tuple[Path, str]]:
+        """Every file PIL cannot decode, with the reason (reads each file once; threads for I/O)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def bad(path: Path) -> str | None:
+            from PIL import Image
+
+            try:
+                with Image.open(path) as im:
+                    im.load()  # a full decode: verify() alone passes some truncated files
+                return None
+            except Exception as e:  # PIL raises many types for bad files
+                return str(e).split("\n")[0] or type(e).__name__
+
+        with ThreadPoolExecutor(8) as pool:
+            return [(p, why) for p, why in zip(self.files, pool.map(bad, self.files)) if why is not None]
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -205,6 +222,26 @@ class FolderImages(Dataset):
         for p in self.files:
             h.update(f"{p.name}:{p.stat().st_size}\n".encode())
         return h.hexdigest()[:16]
+
+
+def check_images(ds, cache_dir: Path | None = None) -> None:
+    """Refuse a folder dataset holding files that do not decode, naming them, before anything is
+    written. A folder already checked (same file names and sizes) is not read again."""
+    if not isinstance(ds, FolderImages):
+        return
+    mark = cache_dir / f"{ds.digest()}.ok" if cache_dir is not None else None
+    if mark is not None and mark.is_file():
+        return
+    bad = ds.bad_files()
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"{len(bad)} of {len(ds)} images in the {ds.name} split cannot be decoded: {shown}; remove or replace them.")
+    if mark is not None:
+        try:
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text(f"{len(ds)} images decoded\n")
+        except OSError:
+            pass  # only a cache
 
 
 def _read_coco_captions(path: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mqvq.config import DataConfig
-from mqvq.data.datasets import FASHION_MNIST_DIR, build_dataset, eval_batches
+from mqvq.data.datasets import FASHION_MNIST_DIR, build_dataset, check_images, eval_batches
 
 
 def data_root(cfg: DataConfig) -> str:
@@ -24,7 +24,10 @@ def data_root(cfg: DataConfig) -> str:
 
 def load_splits(cfg: DataConfig) -> dict:
     """Both splits as the training and evaluation code will see them (errors are `UserError`s)."""
-    return {split: build_dataset(cfg, split) for split in ("train", "test")}
+    splits = {split: build_dataset(cfg, split) for split in ("train", "test")}
+    for ds in splits.values():
+        check_images(ds)  # data show decodes every file, every time
+    return splits
 
 
 def describe(cfg: DataConfig, splits: dict | None = None) -> dict:

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
+from mqvq.data.datasets import check_images
 from mqvq.metrics.mask import MaskTally
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
@@ -68,6 +69,8 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     # everything that can fail on user input happens before an MLflow run exists
     train_ds = build_dataset(s1.data, "train")
     test_ds = build_dataset(s1.data, "test")
+    for ds in (train_ds, test_ds):  # a file that does not decode would fail the run mid-way
+        check_images(ds, tracker.home / "data-checks")
     seed_all(cfg.seed)
     model = MQVAE(s1.model).to(d.device)
     loss_fn = Stage1Loss(s1.loss).to(d.device)
