@@ -55,4 +55,4 @@ def test_mask_curves_draw_each_rows_own_foreground_fraction():
     fig = figures.mask_curves_figure(curves, {"padded": 0.39, "resized": 0.6})
     lines = {ax.get_title(): [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"]
              for ax in fig.axes if ax.get_title()}
-    assert lines == {"padded (n=1), fg fraction 0.39": [0.39], "resized (n=1), fg fraction 0.60": [0.6]}
+    assert lines == {"padded (n=1)\nforeground fraction 0.39": [0.39], "resized (n=1)\nforeground fraction 0.60": [0.6]}

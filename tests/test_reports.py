@@ -126,7 +126,7 @@ def test_foreground_claim_holds_fails_or_is_not_significant_over_seeds():
     assert _fg([0.62, 0.60], [0.40, 0.41], ratio="25").status == "holds"
 
 
-def test_strict_exits_1_only_when_a_claim_fails(tmp_path, monkeypatch):
+def test_strict_exits_1_only_when_a_claim_fails(home, monkeypatch):
     import mqvq.cli.report as cli_report
     from mqvq.reports.checks import Verdict
 
@@ -135,9 +135,9 @@ def test_strict_exits_1_only_when_a_claim_fails(tmp_path, monkeypatch):
 
     for status, code in (("fails", 1), ("not significant", 0), ("holds", 0)):
         monkeypatch.setattr("mqvq.reports.report.report", lambda *a, s=status, **k: fake(*a, **k, verdicts=[Verdict("c", s)]))
-        r = runner.invoke(app, ["report", "ablation-mask", "--check", "--strict", "--home", str(tmp_path)])
+        r = runner.invoke(app, ["report", "ablation-mask", "--check", "--strict", "--home", str(home)])
         assert r.exit_code == code, r.output
-    r = runner.invoke(app, ["report", "ablation-mask", "--strict", "--home", str(tmp_path)])
+    r = runner.invoke(app, ["report", "ablation-mask", "--strict", "--home", str(home)])
     assert r.exit_code == 2 and "--check" in r.output
 
 

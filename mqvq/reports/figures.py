@@ -219,7 +219,7 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
     n = len(curves)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.4, 2.2 * rows + 0.6), dpi=120, squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.4, 2.4 * rows + 0.6), dpi=120, squeeze=False,
                              sharex=True, sharey=True)
     for ax, (label, runs) in zip(axes.flat, curves.items()):
         colour = "tab:green" if "random" in label else "tab:blue"
@@ -232,7 +232,7 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
         base = (baselines or {}).get(label)
         if base is not None:
             ax.axhline(base, color="black", linestyle=":", linewidth=1)
-        ax.set_title(f"{label} (n={len(runs)})" + (f", fg fraction {base:.2f}" if base is not None else ""), fontsize=7.5)
+        ax.set_title(f"{label} (n={len(runs)})" + (f"\nforeground fraction {base:.2f}" if base is not None else ""), fontsize=7)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:

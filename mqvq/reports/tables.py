@@ -26,10 +26,10 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
     "usage_effective": ({"": "usage_effective"}, {"": "effective usage (%)"}, False, 2, None),
     "mask": ({"": "mask_fg_precision"}, {"": "kept on foreground"}, False, 3, None),
     "detail": ({"": "mask_detail_ratio"}, {"": "detail kept / mean"}, False, 3, None),
-    "fg_fraction": ({"": "fg_token_fraction"}, {"": "foreground tokens"}, False, 3, None),
-    "keep_border": ({"": "mask_keep_border"}, {"": "kept at border"}, False, 3, None),
-    "keep_centre": ({"": "mask_keep_centre"}, {"": "kept in centre"}, False, 3, None),
-    "score_brightness": ({"": "mask_score_corr_brightness"}, {"": "r(score, brightness)"}, False, 2, None),
+    "fg_fraction": ({"": "fg_token_fraction"}, {"": "foreground tokens"}, None, 3, None),
+    "keep_border": ({"": "mask_keep_border"}, {"": "kept at border"}, None, 3, None),
+    "keep_centre": ({"": "mask_keep_centre"}, {"": "kept in centre"}, None, 3, None),
+    "score_brightness": ({"": "mask_score_corr_brightness"}, {"": "r(score, brightness)"}, None, 2, None),
     "psnr": ({"": "psnr"}, {"": "PSNR"}, False, 2, None),
     "lpips": ({"": "lpips"}, {"": "LPIPS"}, True, 3, None),
     "is": ({"inception": "is"}, {"inception": "IS"}, False, 2, None),
@@ -43,7 +43,7 @@ DESCRIPTOR_LABELS = {"label": "model setting", "mask_ratio": "mask ratio", "f": 
 class Column:
     key: str              # metric name in the runs (e.g. fd_vgg16), or "paper:<key>"
     label: str            # header without arrow
-    lower: bool
+    lower: bool | None    # None: a diagnostic with no better direction (no arrow, no bold)
     decimals: int
     backend: str = ""
     family: str = ""      # the study metric it shows (rfid, fid, usage, ...): a paper column compares with its family
@@ -174,7 +174,7 @@ def _provenance(study, profile: str, records: list[dict]) -> dict:
 def _best(table: Table, col: Column) -> float | None:
     vals = [_value(r, col) for r in table.rows]
     vals = [v for v in vals if v is not None]
-    if not vals:
+    if not vals or col.lower is None:
         return None
     return min(vals) if col.lower else max(vals)
 
@@ -237,6 +237,7 @@ def _caption(table: Table) -> str:
     kinds = sorted({"FID (Inception-v3 features)" if c.backend == "inception" else "FD-VGG16 (VGG16 features, not FID)" for c in metrics})
     what = f"{table.title}: " if table.title else ""
     profile = {"smoke": "smoke profile: tiny models on procedural 32x32 images (synthetic)",
+               "cpu": "cpu profile: Fashion-MNIST 32x32 on a 2-core CPU",
                "mini": "mini profile: Fashion-MNIST 64x64", "paper": "paper profile: FFHQ 256x256"}.get(table.profile, table.profile)
     return f"{what}{table.study}, {profile}. Fréchet columns: {', '.join(kinds) or 'none measured'}; paper columns report FID on FFHQ."
 
@@ -246,7 +247,7 @@ def to_markdown(table: Table) -> str:
     def header(label, col):
         if col is None or col.key.startswith("paper:"):
             return label
-        return col.header("↓" if col.lower else "↑")
+        return col.header("" if col.lower is None else "↓" if col.lower else "↑")
 
     df = _frame(table, lambda t: f"**{t}**", "†", header, lambda s: s)
     out = io.StringIO()
@@ -280,7 +281,8 @@ def to_latex(table: Table) -> str:
     def header(label, col):
         if col is None or col.key.startswith("paper:"):
             return latex_escape(label)
-        return latex_escape(col.header("ARROW")).replace("ARROW", r"$\downarrow$" if col.lower else r"$\uparrow$")
+        arrow = "" if col.lower is None else r"$\downarrow$" if col.lower else r"$\uparrow$"
+        return latex_escape(col.header("ARROW")).replace("ARROW", arrow)
 
     df = _frame(table, lambda t: r"\textbf{" + t + "}", r"$^\dagger$", header, latex_escape)
     styler = df.style.hide(axis="index")
