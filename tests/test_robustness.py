@@ -142,3 +142,33 @@ def test_undecodable_images_are_named_before_anything_is_written(tmp_path, home,
     r = runner.invoke(app, ["train", "stage1", "vqgan-f16", "--profile", "smoke", *sets, "--home", str(home), "--no-progress"])
     assert r.exit_code != 0 and "cannot be decoded" in r.output, r.output
     assert tracker.find_runs("vqgan-f16") == []  # no FAILED run left behind
+
+
+def test_a_copied_or_moved_store_writes_and_reads_its_own_artifacts(tmp_path, home):
+    import json
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mqvq.tracking import Tracker
+
+    original = Tracker(None, home)
+    run = original.start_run("e", "r", {"mqvq.stage": "stage1"})
+    original.log_dict(run, {"v": 1}, "metrics/a.json")
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    t = Tracker(None, copy)
+    t.log_dict(run, {"v": 2}, "metrics/a.json")
+    t.log_figure(run, plt.figure(), "figures/f.png")
+    assert json.loads(t.download_artifact(run, "metrics/a.json", tmp_path / "dl").read_text()) == {"v": 2}
+    assert json.loads(original.download_artifact(run, "metrics/a.json", tmp_path / "dl2").read_text()) == {"v": 1}
+    assert not list(home.rglob("f.png")) and list(copy.rglob("f.png"))  # the original store is untouched
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)
+    m = Tracker(None, moved)
+    m.log_dict(run, {"v": 3}, "metrics/b.json")
+    assert not copy.exists()  # the old folder is not re-created
+    assert json.loads(m.download_artifact(run, "metrics/b.json", tmp_path / "dl3").read_text()) == {"v": 3}

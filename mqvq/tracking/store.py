@@ -221,38 +221,80 @@ class Tracker:
     def heartbeat(self, run_id: str) -> None:
         self.client.set_tag(run_id, "mqvq.heartbeat", str(time.time()))
 
+    def _moved_artifacts(self, run_id: str) -> Path | None:
+        """Where this run's artifacts live under *this* home when the store was copied or moved from
+        another folder (the database still records the old absolute path); None when they are where
+        the database says. Artifacts must follow the store being used, never write into the old one."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        uri = self.client.get_run(run_id).info.artifact_uri
+        if not uri.startswith("file://"):
+            return None
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path))  # <old home>/artifacts/<experiment>/<run id>/artifacts
+        if len(path.parents) < 3:
+            return None
+        root = path.parents[2]
+        here = self.home / "artifacts"
+        if root.name != "artifacts" or root == here:
+            return None
+        return here / path.relative_to(root)
+
+    def _write(self, run_id: str, name: str, write) -> bool:
+        """Write one artifact into the moved store's folder; False when MLflow's own path is right."""
+        target = self._moved_artifacts(run_id)
+        if target is None:
+            return False
+        out = target / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write(out)
+        return True
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        import shutil
+
+        name = f"{artifact_path}/{Path(path).name}" if artifact_path else Path(path).name
+        if not self._write(run_id, name, lambda out: shutil.copyfile(path, out)):
+            self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_dict(self, run_id: str, data: dict, name: str) -> None:
-        self.client.log_dict(run_id, data, name)
+        import json
+
+        if not self._write(run_id, name, lambda out: out.write_text(json.dumps(data, indent=2))):
+            self.client.log_dict(run_id, data, name)
 
     def log_image(self, run_id: str, image, name: str) -> None:
-        self.client.log_image(run_id, image, artifact_file=name)
+        def save(out: Path) -> None:
+            import numpy as np
+            from PIL import Image
+
+            (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(out)
+
+        if not self._write(run_id, name, save):
+            self.client.log_image(run_id, image, artifact_file=name)
 
     def log_figure(self, run_id: str, fig, name: str) -> None:
         """A matplotlib figure as a PNG artifact; the figure is closed (long runs draw many)."""
         import matplotlib.pyplot as plt
 
         try:
-            self.client.log_figure(run_id, fig, name)
+            if not self._write(run_id, name, lambda out: fig.savefig(out)):
+                self.client.log_figure(run_id, fig, name)
         finally:
             plt.close(fig)
 
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
-        """A run artifact as a local file. A store copied from another machine (e.g. fetched back from
-        a GPU box) still records that machine's artifact paths: those are looked up under this home."""
+        """A run artifact as a local file: from this home's copy when the store was copied or moved
+        here (e.g. fetched back from a GPU box), else from where the database says."""
+        moved = self._moved_artifacts(run_id)
+        if moved is not None:
+            if (moved / path).is_file():
+                return moved / path
+            raise UserError(f"artifact {path} of run {run_id} is not under {moved} (the store was copied or moved "
+                            f"without its artifacts folder).")
         dst.mkdir(parents=True, exist_ok=True)
-        try:
-            return Path(self.client.download_artifacts(run_id, path, str(dst)))
-        except Exception:  # MLflow raises several types for a missing artifact root
-            uri = self.client.get_run(run_id).info.artifact_uri
-            marker = "/artifacts/"
-            if uri.startswith("file://") and marker in uri:
-                moved = self.home / "artifacts" / uri.split(marker, 1)[1] / path
-                if moved.is_file():
-                    return moved
-            raise
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
 
 def _param_str(v: Any) -> str:
