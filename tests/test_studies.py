@@ -336,3 +336,23 @@ def test_train_stage2_finds_the_stage1_run_a_study_trained(studies, home, tracke
     assert len(tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")) == 1
     (mine,) = tracker.find_runs("vqgan-f16", "tags.\"mqvq.stage\" = 'stage2'")
     assert mine.data.tags["mqvq.stage1_run"] == s1.info.run_id
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed_and_stays_resumable(tracker):
+    """After SIGKILL nothing ends the MLflow run: the next `study run` must not leave it RUNNING."""
+    from mqvq.studies.lease import reap_stale_runs
+
+    exp = "s/smoke"
+    parent = tracker.start_run(exp, "row", {"mqvq.kind": "row"})
+    tracker.set_tags(parent, {"mqvq.lease": "somehost:999999:dead", "mqvq.heartbeat": 1000.0})
+    dead = tracker.start_run(exp, "stage1", {"mqvq.stage": "stage1"}, parent_run_id=parent)
+    tracker.set_tags(dead, {"mqvq.heartbeat": 1000.0})  # its process died long ago
+    alive = tracker.start_run(exp, "stage1", {"mqvq.stage": "stage1"}, parent_run_id=parent)  # fresh heartbeat
+    assert reap_stale_runs(tracker, exp, timeout=120) == [dead]
+    run = tracker.get_run(dead)
+    assert run.info.status == "KILLED" and "no heartbeat since" in run.data.tags["mqvq.failure"]
+    assert tracker.get_run(alive).info.status == "RUNNING" and tracker.get_run(parent).info.status == "RUNNING"
+    # a stale heartbeat under a row whose worker is alive (a long evaluation) is left alone
+    tracker.set_tags(parent, {"mqvq.lease": "somehost:1:x", "mqvq.heartbeat": __import__("time").time()})
+    tracker.set_tags(alive, {"mqvq.heartbeat": 1000.0})
+    assert reap_stale_runs(tracker, exp, timeout=120) == []

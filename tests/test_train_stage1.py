@@ -93,7 +93,10 @@ def test_interrupt_keeps_a_checkpoint_and_marks_the_run_killed(tiny, tracker, mo
     assert load_checkpoint(run.data.tags["mqvq.checkpoint"])["step"] == 4
     monkeypatch.setattr(s1, "lr_at", real)
     done = train_stage1(cfg, tracker, progress=False, resume=True)
-    assert done["run_id"] == run.info.run_id and done["step"] == 8
+    assert done["run_id"] == run.info.run_id and done["step"] == 8 and done["resumed_from"] == 4
+    tags = tracker.get_run(run.info.run_id).data.tags
+    assert tags["mqvq.failure"] == "" and tags["mqvq.status"] == "finished"  # no stale 'interrupted at step 4'
+    assert tags["mqvq.resumed_from_step"] == "4"
 
 
 def test_user_errors_happen_before_any_run_is_created(tiny, tracker, tmp_path, monkeypatch):

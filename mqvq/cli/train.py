@@ -74,7 +74,8 @@ def stage2(
 def _report(result: dict, what: str, metrics: dict) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
-    console.print(f"[green]finished[/] {what}")
+    resumed = f" (resumed from the checkpoint at step {result['resumed_from']})" if result.get("resumed_from") else ""
+    console.print(f"[green]finished[/] {what}{resumed}")
     if metrics:
         console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")

@@ -94,3 +94,27 @@ class Heartbeat:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def reap_stale_runs(tracker: Tracker, experiment: str, timeout: float, now: float | None = None) -> list[str]:
+    """Mark KILLED the stage runs of `experiment` left RUNNING by a process that died without a
+    word (SIGKILL, a lost machine): no heartbeat within `timeout` and no live lease on their row.
+    They stay resumable from their last checkpoint; returns their ids."""
+    now = now or time.time()
+    reaped = []
+    for run in tracker.find_runs(experiment, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("mqvq.kind") == "row" or "mqvq.stage" not in tags:
+            continue
+        beat = float(tags.get("mqvq.heartbeat", "0") or 0)
+        if now - beat <= timeout:
+            continue
+        parent = tags.get("mlflow.parentRunId")
+        if parent:
+            owner, parent_beat = current_lease(tracker, parent)
+            if lease_is_live(owner, parent_beat, timeout, now):
+                continue  # its row's worker is alive (e.g. a long evaluation between heartbeats)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(beat)) if beat else "its start"
+        tracker.end_run(run.info.run_id, "KILLED", f"stopped without finishing: no heartbeat since {since} (killed?)")
+        reaped.append(run.info.run_id)
+    return reaped

@@ -59,6 +59,8 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
     worker = lease.worker_id()
     if settle is None:  # claims are only racy across machines, i.e. with a server store
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
+    for rid in lease.reap_stale_runs(tracker, study_experiment(study.name, profile), lease_timeout):
+        log(f"[yellow]run {rid} had stopped without finishing (no heartbeat): marked KILLED, resumable from its checkpoint[/]")
     plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout)
     results = []
     for p in plans:

@@ -165,8 +165,10 @@ class Tracker:
         return run.info.run_id
 
     def resume_run(self, run_id: str) -> None:
+        """Running again: the reason it stopped no longer describes it (a finished run must not keep
+        'interrupted at step 5')."""
         self.client.update_run(run_id, status="RUNNING")
-        self.set_tags(run_id, {"mqvq.status": "running", "mqvq.heartbeat": time.time()})
+        self.set_tags(run_id, {"mqvq.status": "running", "mqvq.heartbeat": time.time(), "mqvq.failure": ""})
 
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
         tags: dict[str, Any] = {"mqvq.status": status.lower()}

@@ -107,6 +107,9 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
 
     summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step}  # the loop keeps "step" current
+    if start_step and d.main:  # say where a resumed run continues, in MLflow and in the summary
+        summary["resumed_from"] = start_step
+        tracker.set_tags(run_id, {"mqvq.resumed_from_step": start_step})
     with closing_run(tracker, d, run_id, summary) as run:
         step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, test_ds, start_step, dtype, tracker, run_id,
                      ckpt_file, progress, stop_after, summary)

@@ -137,6 +137,9 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     if s2.train.compile:
         net = torch.compile(net)
     summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step, "stage1": stage1_info}
+    if start_step and d.main:  # say where a resumed run continues, in MLflow and in the summary
+        summary["resumed_from"] = start_step
+        tracker.set_tags(run_id, {"mqvq.resumed_from_step": start_step})
     with closing_run(tracker, d, run_id, summary) as run:
         _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress,
               stop_after, summary)
