@@ -30,7 +30,7 @@ import torch
 from mqvq.config import SamplingConfig, validate_sampling
 from mqvq.errors import UserError
 from mqvq.studies.lease import HOST, _pid_alive, worker_id
-from mqvq.tracking.store import Tracker, _file_lock
+from mqvq.tracking.store import Tracker, _file_lock, require_driver
 
 PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos")
 INT_PARAMS = {"top_k", "top_k_pos"}
@@ -100,6 +100,7 @@ def open_storage(spec: str | None, home: Path, workers: int):
         if spec.startswith("sqlite") and workers > 1:
             raise UserError("SQLite cannot serve parallel Optuna workers (no row locking): use the default journal file "
                             "or a PostgreSQL URL with --workers > 1.")
+        require_driver(spec, "the Optuna storage")
         try:
             return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}), spec
         except Exception as e:  # drivers raise their own types

@@ -62,8 +62,23 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+DRIVERS = {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2", "postgresql+psycopg": "psycopg"}
+
+
+def require_driver(uri: str, what: str) -> None:
+    """A PostgreSQL URL needs its Python driver; name the extra that installs it."""
+    module = DRIVERS.get(uri.split("://", 1)[0].lower()) if "://" in uri else None
+    if module is None:
+        return
+    try:
+        __import__(module)
+    except ImportError:
+        raise UserError(f'{what} {uri} needs the PostgreSQL driver {module}, which is not installed: pip install "mqvq[postgres]".') from None
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast with one sentence instead of MLflow's minutes of retries."""
+    require_driver(uri, "the tracking store")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:

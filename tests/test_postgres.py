@@ -1,0 +1,101 @@
+"""Tracking, row leases and Optuna storage against a real PostgreSQL server started for the test
+(Debian's `postgresql` package); skipped, with the reason, where it cannot be started."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+def _bin(name: str) -> str | None:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    return found
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    pytest.importorskip("psycopg2", reason='the PostgreSQL driver is not installed: pip install "mqvq[postgres]"')
+    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="mqvq-pg-"))  # not under pytest's 0700 root-owned folder
+    data = base / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: use the package's postgres user
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        base.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "mqvq", "--auth=trust"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
+                        f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not be started here: {getattr(e, 'stderr', b'') or e}")
+    try:
+        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "mlflow"],
+                       check=True, capture_output=True, timeout=60)
+        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "optuna"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql://mqvq@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_tracking_and_leases_on_postgresql(postgres_url, tmp_path):
+    from mqvq.studies import lease
+    from mqvq.tracking import Tracker
+
+    t = Tracker(f"{postgres_url}/mlflow", tmp_path / "home")
+    run = t.start_run("exp", "r", {"mqvq.stage": "stage1"})
+    t.log_metrics(run, {"loss": 1.5}, step=0)
+    t.end_run(run)
+    assert t.get_run(run).info.status == "FINISHED" and t.get_run(run).data.metrics["loss"] == 1.5
+    row = t.start_run("exp", "row", {"mqvq.kind": "row"})
+    assert lease.claim(t, row, "a:1:x", timeout=60)
+    assert not lease.claim(t, row, "b:2:y", timeout=60)  # a live lease is not taken over
+    lease.release(t, row, "a:1:x")
+    assert lease.claim(t, row, "b:2:y", timeout=60)
+
+
+def test_optuna_storage_on_postgresql(postgres_url, tmp_path):
+    import optuna
+
+    from mqvq.studies.search import open_storage
+
+    storage, address = open_storage(f"{postgres_url}/optuna", tmp_path, workers=2)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda trial: (trial.suggest_float("x", -1, 1)) ** 2, n_trials=3)
+    again = optuna.load_study(study_name="s", storage=storage)
+    assert len(again.trials) == 3 and "postgresql" in address
+
+
+def test_a_missing_driver_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    from mqvq.errors import UserError
+    from mqvq.tracking import Tracker
+
+    real = builtins.__import__
+
+    def no_driver(name, *a, **k):
+        if name.split(".")[0] in ("psycopg2", "psycopg"):
+            raise ModuleNotFoundError(f"No module named '{name}'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_driver)
+    with pytest.raises(UserError, match=r'pip install "mqvq\[postgres\]"'):
+        Tracker("postgresql://nobody@127.0.0.1:9/mlflow", tmp_path / "home")
