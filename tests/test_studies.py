@@ -356,3 +356,36 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed_and_stays_resumab
     tracker.set_tags(parent, {"mqvq.lease": "somehost:1:x", "mqvq.heartbeat": __import__("time").time()})
     tracker.set_tags(alive, {"mqvq.heartbeat": 1000.0})
     assert reap_stale_runs(tracker, exp, timeout=120) == []
+
+
+def test_two_workers_and_a_third_killed_mid_row_then_a_rerun(studies, home, tracker):
+    """Every row exactly once FINISHED, no run left RUNNING, the killed row's stage 1 resumed."""
+    write_study(studies, "trio", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50"), ("c", "mqvae-f16-random-50")],
+                extra=["stage1.train.steps=60", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"], metrics='["usage"]')
+    tracker.experiment_id("warm")
+    victim = _spawn(home, "trio")
+    deadline, owned = time.time() + 180, None
+    while time.time() < deadline and owned is None:  # the row the victim holds, once it has a checkpoint
+        for row in tracker.find_runs("trio/smoke", "tags.\"mqvq.kind\" = 'row'"):
+            if f":{victim.pid}:" in row.data.tags.get("mqvq.lease", ""):
+                s1 = [x for x in tracker.find_runs("trio/smoke", f"tags.\"mlflow.parentRunId\" = '{row.info.run_id}'")
+                      if x.data.tags.get("mqvq.stage") == "stage1"]
+                if s1 and (home / "checkpoints" / s1[0].info.run_id / "last.pt").is_file():
+                    owned = (row.data.tags["mqvq.row"], s1[0].info.run_id)
+        time.sleep(0.2)
+    assert owned, "the victim never held a row with a checkpoint"
+    workers = [_spawn(home, "trio"), _spawn(home, "trio")]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    for p in workers:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode in (0, 1), err[-3000:]
+    r = _cli("study", "run", "trio", "--no-progress", home=home)
+    assert r.exit_code == 0, r.output
+    runs = tracker.find_runs("trio/smoke")
+    assert not [x for x in runs if x.info.status == "RUNNING"]
+    rows = [x for x in runs if x.data.tags.get("mqvq.kind") == "row"]
+    assert sorted(x.data.tags["mqvq.row"] for x in rows) == ["a", "b", "c"] and all(x.info.status == "FINISHED" for x in rows)
+    finished_s1 = [x for x in runs if x.data.tags.get("mqvq.stage") == "stage1" and x.info.status == "FINISHED"]
+    assert sorted(x.data.tags["mqvq.row"] for x in finished_s1) == ["a", "b", "c"]  # each exactly once
+    assert owned[1] in {x.info.run_id for x in finished_s1}  # the killed stage was resumed, not restarted
