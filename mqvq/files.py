@@ -20,6 +20,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: st
     `path`: readers see the old file or the new one, and concurrent writers never share a temp
     name (study workers cache the same statistics at once)."""
     path = Path(path)
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"cannot write {path}: {blocker} is a file, not a folder{hint}.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -172,3 +172,17 @@ def test_a_copied_or_moved_store_writes_and_reads_its_own_artifacts(tmp_path, ho
     m.log_dict(run, {"v": 3}, "metrics/b.json")
     assert not copy.exists()  # the old folder is not re-created
     assert json.loads(m.download_artifact(run, "metrics/b.json", tmp_path / "dl3").read_text()) == {"v": 3}
+
+
+def test_outputs_through_a_file_and_impossible_devices_are_one_sentence(tmp_path, home):
+    from mqvq.files import atomic_write
+
+    (tmp_path / "afile").write_text("x")
+    try:
+        atomic_write(tmp_path / "afile" / "x.json", lambda f: f.write(b"{}"), "; choose a writable --out")
+    except UserError as e:
+        assert str(e) == f"cannot write {tmp_path / 'afile' / 'x.json'}: {tmp_path / 'afile'} is a file, not a folder; choose a writable --out."
+    else:
+        raise AssertionError("wrote through a file")
+    r = runner.invoke(app, ["study", "run", "ablation-mask", "--device", "tpu", "--home", str(home)])
+    assert r.exit_code == 2 and "--device 'tpu' is invalid: use cpu, cuda or cuda:N." in r.output

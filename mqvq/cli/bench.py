@@ -25,7 +25,7 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
     from mqvq.bench import HEADLINE
 
     if out:
-        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()), " (--out)")
+        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()), "; choose a writable --out")
     if log:
 
         tracker = open_tracker(tracking_uri, home)

@@ -107,6 +107,9 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
 
     _check_backend(backend)
     study = load_study(name)
+    from mqvq.train.distributed import check_device
+
+    check_device(device)  # before anything runs, even when every row is already finished
     tracker = open_tracker(tracking_uri, home)  # validates the store before any worker starts
     options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout}
     if workers > 1:

@@ -62,18 +62,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-DRIVERS = {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2", "postgresql+psycopg": "psycopg"}
+# plain postgresql:// is served by either driver (MLflow picks psycopg 3 when it is there)
+DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "postgresql+psycopg2": ("psycopg2",), "postgresql+psycopg": ("psycopg",)}
 
 
 def require_driver(uri: str, what: str) -> None:
     """A PostgreSQL URL needs its Python driver; name the extra that installs it."""
-    module = DRIVERS.get(uri.split("://", 1)[0].lower()) if "://" in uri else None
-    if module is None:
-        return
-    try:
-        __import__(module)
-    except ImportError:
-        raise UserError(f'{what} {uri} needs the PostgreSQL driver {module}, which is not installed: pip install "mqvq[postgres]".') from None
+    modules = DRIVERS.get(uri.split("://", 1)[0].lower(), ()) if "://" in uri else ()
+    for module in modules:
+        try:
+            __import__(module)
+            return
+        except ImportError:
+            continue
+    if modules:
+        raise UserError(f'{what} {uri} needs a PostgreSQL driver ({" or ".join(modules)}), which is not installed: '
+                        f'pip install "mqvq[postgres]".')
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -22,17 +22,23 @@ class Dist:
         return self.rank == 0
 
 
+def check_device(device: str | None) -> str:
+    """The device name to use (default: cuda when available), refused in one sentence if impossible."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise UserError(f"--device {device!r} is invalid: use cpu, cuda or cuda:N.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is available: use --device cpu.")
+    return device
+
+
 def setup(device: str | None = None) -> Dist:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is available: use --device cpu.")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"--device {device!r} is invalid: use cpu, cuda or cuda:N.")
+    device = check_device(device)
     if device == "cuda":
         device = f"cuda:{local}" if world > 1 else "cuda"
     dev = torch.device(device)
