@@ -116,10 +116,10 @@ def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home
     assert r.exit_code == 0 and "1 skipped" in r.stdout and "reusable" not in r.stdout, r.stdout
 
 
-def _spawn(home, study, *extra):
+def _spawn(home, study, *extra, session=False):
     env = {**os.environ, "MQVQ_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mqvq", "study", "run", study, "--no-progress", *extra], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
 
 
 def test_sigkill_mid_row_then_restart_resumes_from_the_checkpoint(studies, home, tracker):
@@ -288,18 +288,23 @@ def test_reevaluation_asks_only_for_the_missing_metric_families():
                                     "fd_vgg16", "speed_images_per_s")} == {"rfid", "usage", "mask", "fid", "speed"}
 
 
-def test_sigterm_stops_a_background_study_like_ctrl_c(studies, home, tracker):
-    """`nohup mqvq study run ... &` ignores SIGINT; `kill -TERM` must checkpoint and release every row."""
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_sigterm_stops_a_background_study_like_ctrl_c(studies, home, tracker, stop):
+    """`nohup mqvq study run ... &` ignores SIGINT; `kill -TERM` must checkpoint and release every row.
+    Ctrl-C (SIGINT to the whole process group) must stop the workers and the parent alike."""
     write_study(studies, "term", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
                 extra=["stage1.train.steps=400", "stage1.train.log_every=5"])
-    p = _spawn(home, "term", "--workers", "2")
+    p = _spawn(home, "term", "--workers", "2", session=stop == "ctrl-c")
     deadline = time.time() + 120
     running = []
     while time.time() < deadline and len(running) < 2:
         running = [r for r in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'") if "train/loss" in r.data.metrics]
         time.sleep(0.5)
     assert len(running) == 2, "both workers should be training"
-    p.send_signal(signal.SIGTERM)
+    if stop == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     for run in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'"):
