@@ -85,10 +85,18 @@ def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = Non
             reports[index] = [RowResult(**r) for r in rows]
             if error:
                 errors.append(f"worker {index}: {error}")
-    except KeyboardInterrupt:  # Ctrl-C reaches every worker; SIGTERM only this process: pass it on
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+    except KeyboardInterrupt:
+        from mqvq import signals
+
+        if signals.received_sigterm:  # SIGTERM reached only this process: pass it on
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+        else:  # Ctrl-C reached every worker: let them checkpoint and end their runs, then make sure
+            for p in procs:
+                p.join(timeout=120)
+                if p.is_alive():
+                    p.terminate()
         raise
     finally:
         for p in procs:
