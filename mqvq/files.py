@@ -9,6 +9,12 @@ from typing import BinaryIO, Callable
 from mqvq.errors import UserError
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` (or `path` itself) when it is a file, not a folder."""
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    return blocker if blocker is not None and not blocker.is_dir() else None
+
+
 def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
@@ -20,8 +26,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: st
     `path`: readers see the old file or the new one, and concurrent writers never share a temp
     name (study workers cache the same statistics at once)."""
     path = Path(path)
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
         raise UserError(f"cannot write {path}: {blocker} is a file, not a folder{hint}.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,15 @@ Preset = Annotated[str, typer.Option(help="Stackformer size: tiny, mini, small (
 BenchProfile = Annotated[str, typer.Option("--profile", "-p", help="stage-1 sizes: paper (256², f = 16), mini or smoke")]
 
 
+def _write_json(out: Path, data: dict) -> None:
+    atomic_write(out, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()), "; choose a writable --out")
+
+
 def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tracking_uri) -> None:
     from mqvq.bench import HEADLINE
 
     if out:
-        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()), "; choose a writable --out")
+        _write_json(out, result)
     if log:
 
         tracker = open_tracker(tracking_uri, home)
@@ -144,8 +148,7 @@ def all_(profile: BenchProfile = "paper", preset: Preset = "small", compile: Ann
     for name, run in steps.items():
         parts[name] = run()
         if out and len(parts) < len(steps):  # an interrupted benchmark keeps every section it finished
-            atomic_write(out, lambda f: f.write((json.dumps({"benchmark": "all", "profile": profile, "preset": preset,
-                                                              "complete": False, **parts}, indent=2) + "\n").encode()))
+            _write_json(out, {"benchmark": "all", "profile": profile, "preset": preset, "complete": False, **parts})
     result = {"benchmark": "all", "profile": profile, "preset": preset, "complete": True}
     for part in parts.values():
         result |= {k: part[k] for k in HEADLINE if k in part}

@@ -63,7 +63,8 @@ def sampling(
         raise UserError(f"--pruner {pruner!r} is invalid: use median or none.")
     ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
     shape, cfg = ckpt["shape"], ckpt["config"]
-    space = default_space(shape["codebook_size"], shape["grid"][0] * shape["grid"][1], cfg["stage2"]["model"]["kind"] == "raster")
+    grid_len = shape["grid"][0] * shape["grid"][1]
+    space = default_space(shape["codebook_size"], grid_len, cfg["stage2"]["model"]["kind"] == "raster")
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "top_k_pos": top_k_pos, "top_p_pos": top_p_pos,
              "temperature_pos": temperature_pos}
     for name, value in given.items():
@@ -72,7 +73,7 @@ def sampling(
                 raise UserError(f"--{name.replace('_', '-')} does not apply: the raster baseline samples no positions.")
             space[name] = _range(name, value)
             if name in ("top_k", "top_k_pos"):
-                check_top_k(name, int(space[name].high), shape["codebook_size"], shape["grid"][0] * shape["grid"][1])
+                check_top_k(name, int(space[name].high), shape["codebook_size"], grid_len)
     ev = cfg.get("eval", {})
     n = num_samples or min(int(ev.get("num_samples", 10_000)), 10_000)
     metric = metric or ("fid" if ev.get("backend", "inception") == "inception" else "fd_vgg16")

@@ -48,11 +48,10 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
         code = proc.wait()
         if code not in (0, -signal.SIGINT, -signal.SIGTERM):
             raise UserError(f"the MLflow UI server stopped with exit status {code}: see its messages above.")
-    except KeyboardInterrupt:
+    except BaseException as e:  # Ctrl-C / kill stop quietly; errors stop the server, then report
         _stop(proc)
-    except BaseException:
-        _stop(proc)
-        raise
+        if not isinstance(e, KeyboardInterrupt):
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -160,6 +160,7 @@ class FolderImages(Dataset):
         if cfg.limit_train and split == "train":
             files, self.labels = files[: cfg.limit_train], self.labels[: cfg.limit_train]
         self.files = files
+        self._digest: str | None = None
         self.num_classes = len(self.classes)
         self.class_names = self.classes
         r = cfg.resolution
@@ -218,10 +219,14 @@ class FolderImages(Dataset):
         return out
 
     def digest(self) -> str:
-        h = hashlib.sha256(self.layout.encode())
-        for p in self.files:
-            h.update(f"{p.name}:{p.stat().st_size}\n".encode())
-        return h.hexdigest()[:16]
+        """Names and sizes of the files (one stat per file, so computed once: the decode check,
+        the run's tags and the token cache all ask)."""
+        if self._digest is None:
+            h = hashlib.sha256(self.layout.encode())
+            for p in self.files:
+                h.update(f"{p.name}:{p.stat().st_size}\n".encode())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
 
 
 def check_images(ds, cache_dir: Path | None = None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mqvq.errors import UserError
+from mqvq.files import file_in_the_way
 
 SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
@@ -36,8 +37,8 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 
 
 def ensure_writable(path: Path, what: str) -> None:
-    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_in_the_way(path)
+    if blocker is not None:
         raise UserError(f"cannot write to {path} ({what}): {blocker} is a file, not a folder; choose a writable folder.")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -90,8 +91,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise UserError(f"cannot reach the MLflow server at {uri}: {reason}; start it or pass another --tracking-uri.") from None
-    elif uri.startswith("sqlite:///"):
-        ensure_writable(Path(uri[len("sqlite:///"):]).parent, "the SQLite tracking store's folder")
+    elif (db := sqlite_path(uri)) is not None:
+        ensure_writable(db.parent, "the SQLite tracking store's folder")
 
 
 def git_commit() -> str:
@@ -136,13 +137,13 @@ class Tracker:
         creating an empty one that would report every run as missing. `created` says whether this
         call made a new store."""
         wanted = Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
-        db = sqlite_path(resolve_tracking_uri(uri, wanted))
+        self.uri = resolve_tracking_uri(uri, wanted)
+        db = sqlite_path(self.uri)
         if must_exist and db is not None and not db.is_file():
             raise UserError(f"there is no tracking store at {db}: check --home, --tracking-uri or MLFLOW_TRACKING_URI "
                             f"(this command only reads, so it does not create one).")
         self.created = db is not None and not db.is_file()
-        self.home = home_dir(home)
-        self.uri = resolve_tracking_uri(uri, self.home)
+        self.home = home_dir(home)  # the same folder, now created and checked writable
         check_reachable(self.uri)
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
