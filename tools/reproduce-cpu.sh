@@ -11,7 +11,9 @@ workers=${MQVQ_WORKERS:-2}
 start=$(date +%s)
 status=0
 for study in ablation-mask ablation-demask; do  # ablation-demask reuses Table 6's VQGAN and 50 % rows
-  mqvq study plan "$study" --profile cpu --home "$home" --workers "$workers" "${seeds[@]}" | tail -n 3
+  if [ -f "$home/mlflow.db" ]; then  # plan only reads: on a fresh home there is no store to plan from yet
+    mqvq study plan "$study" --profile cpu --home "$home" --workers "$workers" "${seeds[@]}" | tail -n 3
+  fi
   mqvq study run "$study" --profile cpu --home "$home" --workers "$workers" "${seeds[@]}" --no-progress || status=$?
 done
 echo "studies took $(( ($(date +%s) - start) / 60 )) min"
