@@ -3,7 +3,6 @@ device and software versions. Random weights: speed does not depend on them."""
 from __future__ import annotations
 
 import functools
-import platform
 import time
 
 import torch
@@ -11,19 +10,9 @@ import torch
 from mqvq.config import STACKFORMER_PRESETS, SamplingConfig, StackformerConfig, num_kept
 from mqvq.errors import UserError
 from mqvq.models.sampling import generate, generate_compiled
-from mqvq.models.stackformer import Stackformer, TokenShape
+from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
+from mqvq.runtime import autocast, autocast_dtype, environment
 from mqvq.timing import sync, timed
-
-
-def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if device.type == "cuda":
-        env |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version()}
-    else:
-        env |= {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    return env
 
 
 def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ratios=(0.0, 0.25, 0.5),
@@ -82,7 +71,6 @@ def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, de
     from mqvq.models.losses import Stage1Loss
     from mqvq.models.lpips import LPIPS
     from mqvq.models.mqvae import MQVAE
-    from mqvq.train.common import autocast, autocast_dtype
 
     dev = _device(device)
     rows = []
@@ -129,8 +117,7 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
                        device: str | None = None, steps: int = 10, warmup: int = 3, compile: bool = False,
                        codebook_size: int = 1024) -> dict:
     """Full Stackformer training step (forward, CE_code + CE_position, backward, AdamW) tokens/s."""
-    from mqvq.models.stackformer import sequence_loss
-    from mqvq.train.stage2 import make_optimizer
+    from mqvq.stages.train_stage2 import make_optimizer
 
     if preset not in STACKFORMER_PRESETS:
         raise UserError(f"unknown preset {preset!r}: allowed presets are {', '.join(STACKFORMER_PRESETS)}.")

@@ -1,6 +1,8 @@
-"""Atomic file writes: checkpoints, cached statistics and reports are never left half-written."""
+"""Files: atomic writes (checkpoints, cached statistics and reports are never left half-written) and content digests."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,3 +49,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: st
             raise UserError(f"cannot write {path}: {e.strerror or e}{hint}.") from None
         raise
     return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 prefix of a file's bytes; computed once per (file, size, mtime) in a process."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from mqvq.cli import app
 from mqvq.errors import UserError
-from mqvq.evaluate import evaluate_run
-from mqvq.train.stage1 import train_stage1
-from mqvq.train.stage2 import train_stage2
+from mqvq.stages.evaluate import evaluate_run
+from mqvq.stages.train_stage1 import train_stage1
+from mqvq.stages.train_stage2 import train_stage2
 from tests.test_metrics import inception_file  # noqa: F401  (session fixture)
 
 runner = CliRunner()

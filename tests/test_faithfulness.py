@@ -3,11 +3,11 @@ documented switches that keep the other choice."""
 import pytest
 import torch
 
-from mqvq.config import MQVAEConfig, MaskConfig, QuantizerConfig
+from mqvq.config import MaskConfig, MQVAEConfig, QuantizerConfig
 from mqvq.models.masking import AdaptiveMask
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import VectorQuantizer
-from mqvq.train.common import lr_at
+from mqvq.stages.schedule import lr_at
 
 
 def _model(**kw) -> MQVAE:
@@ -30,7 +30,7 @@ def test_released_projections_bias_free_in_and_straight_to_the_decoder_width():
 
 def test_checkpoints_without_the_projection_field_load_with_the_old_layout(tmp_path):
     from mqvq.config import ExperimentConfig, to_dict
-    from mqvq.train.checkpoint import FORMAT, atomic_save
+    from mqvq.models.checkpoint import FORMAT, atomic_save
 
     old = _model(projection="taming")
     cfg = to_dict(ExperimentConfig())
@@ -86,9 +86,9 @@ def test_batchnorm_changes_the_scores_not_the_ranking():
 
 def test_double_forward_updates_the_ema_codebook_and_batchnorm_twice_per_step(tmp_path):
     from mqvq.experiments import load_experiment
+    from mqvq.models.checkpoint import read_checkpoint
+    from mqvq.stages.train_stage1 import train_stage1
     from mqvq.tracking import Tracker
-    from mqvq.train.checkpoint import read_checkpoint
-    from mqvq.train.stage1 import train_stage1
 
     tracker = Tracker(None, tmp_path)
     seen = {}

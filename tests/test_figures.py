@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mqvq.reports import figures
+from mqvq import figures, images
 
 
 def _png(fig) -> np.ndarray:
@@ -37,10 +37,10 @@ def test_masked_tokens_are_visible_on_a_black_background():
     """Fig. 4's point: on Fashion-MNIST's black background a masked token must look different from a kept one."""
     black = -torch.ones(1, 3, 32, 32)
     keep = torch.tensor([[True, False] * 8])
-    view = figures.masked_view(figures._upscale(black, 128), keep, (4, 4))
+    view = images.masked_view(images.upscale(black, 128), keep, (4, 4))
     kept_px, masked_px = view[0, :, 10, 10], view[0, :, 10, 42]   # inside token 0 (kept) and token 1 (masked)
     assert torch.equal(kept_px, black[0, :, 0, 0]) and (masked_px - kept_px).abs().max() > 0.3
-    assert figures._upscale(black, 128).shape[-1] == 128
+    assert images.upscale(black, 128).shape[-1] == 128
 
 
 def test_keep_frequency_figure():

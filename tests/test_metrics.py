@@ -7,10 +7,11 @@ import scipy.linalg
 import torch
 
 from mqvq.errors import UserError
+from mqvq.metrics.codebook import codebook_usage, effective_usage
 from mqvq.metrics.features import INCEPTION_FILE, InceptionFeatures, VGG16Features, metric_names
 from mqvq.metrics.frechet import FeatureStats, RunningStats, frechet_distance, inception_score
 from mqvq.metrics.mask import MaskTally, border_positions, token_foreground
-from mqvq.metrics.recon import codebook_usage, effective_usage, reconstruction_metrics
+from mqvq.stages.reconstruction import reconstruction_metrics
 
 
 def _stats(x):
@@ -218,7 +219,7 @@ def test_reference_stats_cache_survives_concurrent_writers(tmp_path):
     """Study workers often cache the same split's statistics at once: every write must land whole."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mqvq.metrics.reference import save_stats
+    from mqvq.stages.reference import save_stats
 
     stats = FeatureStats(np.arange(64.0), np.eye(64), 10)
     path = tmp_path / "fid_stats" / "vgg16-key.npz"

@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mqvq.config import num_kept
 from mqvq.models import MQVAE
-from mqvq.train.stage1 import save_model
+from mqvq.stages.train_stage1 import save_model
 
 VARIANTS = ["vqgan-f32", "vqgan-f16", "vqgan-star-f16", "mqvae-f16-adaptive-10", "mqvae-f16-adaptive-75",
             "mqvae-f16-random-50", "mqvae-f16-adaptive-50-nodemask", "mqvae-f16-adaptive-50-sa",

@@ -205,9 +205,9 @@ def test_report_from_a_real_study_writes_table_and_figures(tmp_path, home, track
 
 def test_a_store_moved_from_another_machine_still_finds_its_artifacts(tmp_path, tiny, home, tracker):
     """Results fetched back from a GPU machine: the store records that machine's artifact paths."""
+    from mqvq.stages.lookup import model_file
+    from mqvq.stages.train_stage1 import train_stage1
     from mqvq.tracking import Tracker
-    from mqvq.tracking.lookup import model_file
-    from mqvq.train.stage1 import train_stage1
 
     run_id = train_stage1(tiny("vqgan-f16"), tracker, progress=False)["run_id"]
     shutil.rmtree(home / "checkpoints")

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from mqvq.cli import app
 from mqvq.errors import UserError
-from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 
 runner = CliRunner()
 
@@ -45,8 +45,8 @@ def test_sample_and_eval_refuse_a_broken_checkpoint_without_a_traceback(tmp_path
 
 def test_a_damaged_token_cache_is_rebuilt(tmp_path, tiny):
     from mqvq.data import build_dataset
-    from mqvq.data.tokens import cached_tokens
     from mqvq.models.mqvae import MQVAE
+    from mqvq.stages.tokenize import cached_tokens
 
     cfg = tiny()
     torch.manual_seed(0)
@@ -94,10 +94,12 @@ def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, monkeypat
 
 
 def test_a_command_that_writes_says_once_that_it_created_the_store(tmp_path):
-    from mqvq.cli.common import open_tracker
     import io
+
     from rich.console import Console
+
     import mqvq.cli.common as common
+    from mqvq.cli.common import open_tracker
 
     buf = io.StringIO()
     common.err_console, saved = Console(file=buf, width=200), common.err_console

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mqvq.cli import app
-from mqvq.train.stage1 import train_stage1
-from mqvq.train.stage2 import train_stage2
+from mqvq.stages.train_stage1 import train_stage1
+from mqvq.stages.train_stage2 import train_stage2
 
 runner = CliRunner()
 S2 = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
@@ -133,7 +133,8 @@ def test_a_quicker_or_worse_search_never_replaces_the_best_settings_in_use(track
     from optuna.trial import TrialState
 
     from mqvq.config import SamplingConfig
-    from mqvq.studies.search import KINDS_TAG, Range, SearchSpec, _write_best, best_in_use, best_sampling
+    from mqvq.stages.generate import best_sampling
+    from mqvq.studies.search import KINDS_TAG, Range, SearchSpec, _write_best, best_in_use
 
     run_id = tracker.start_run("x", "model", {"mqvq.stage": "stage2"})
 

@@ -117,9 +117,13 @@ def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home
 
 
 def _spawn(home, study, *extra, session=False):
+    """`mqvq study run` as typed at a terminal: SIGINT at its default even when this suite itself runs
+    in the background (a non-interactive shell starts background jobs with SIGINT ignored, and Python
+    then never installs its Ctrl-C handler)."""
     env = {**os.environ, "MQVQ_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mqvq", "study", "run", study, "--no-progress", *extra], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_sigkill_mid_row_then_restart_resumes_from_the_checkpoint(studies, home, tracker):

@@ -6,8 +6,8 @@ import mqvq.models.lpips as L
 from mqvq.data import build_dataset, eval_batches
 from mqvq.errors import UserError
 from mqvq.models import MQVAE
-from mqvq.train.checkpoint import load_checkpoint
-from mqvq.train.stage1 import train_stage1
+from mqvq.models.checkpoint import load_checkpoint
+from mqvq.stages.train_stage1 import train_stage1
 
 
 def _val_l1(model, cfg):
@@ -78,7 +78,7 @@ def test_resume_continues_exactly(tiny, tracker, val_every):
 
 def test_interrupt_keeps_a_checkpoint_and_marks_the_run_killed(tiny, tracker, monkeypatch):
     cfg = tiny("vqgan-f16", "stage1.train.steps=8")
-    import mqvq.train.stage1 as s1
+    import mqvq.stages.train_stage1 as s1
 
     real = s1.lr_at
     def interrupt(step, *a):

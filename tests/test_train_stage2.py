@@ -5,11 +5,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mqvq.cli import app
-from mqvq.data.tokens import TokenSet
 from mqvq.errors import UserError
-from mqvq.train.checkpoint import load_checkpoint
-from mqvq.train.stage1 import train_stage1
-from mqvq.train.stage2 import load_stackformer, train_stage2
+from mqvq.models.checkpoint import load_checkpoint
+from mqvq.stages.tokenize import TokenSet
+from mqvq.stages.train_stage1 import train_stage1
+from mqvq.stages.train_stage2 import load_stackformer, train_stage2
 
 S2 = ["stage2.train.steps=6", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=3",
       "stage2.sampling.batch_size=8"]

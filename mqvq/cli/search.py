@@ -50,9 +50,9 @@ def sampling(
 ) -> None:
     """Search top-k / top-p / temperature for codes and positions, minimising FID (or FD-VGG16)."""
     from mqvq.errors import UserError
-    from mqvq.tracking.lookup import model_file
-    from mqvq.train.checkpoint import read_checkpoint
-    from mqvq.generation import check_top_k
+    from mqvq.models.checkpoint import read_checkpoint
+    from mqvq.stages.generate import check_top_k
+    from mqvq.stages.lookup import model_file
     from mqvq.studies.search import SearchSpec, default_space, resolve_model_run, run_search
 
     tracker = open_tracker(tracking_uri, home)

@@ -107,7 +107,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
 
     _check_backend(backend)
     study = load_study(name)
-    from mqvq.train.distributed import check_device
+    from mqvq.runtime import check_device
 
     check_device(device)  # before anything runs, even when every row is already finished
     tracker = open_tracker(tracking_uri, home)  # validates the store before any worker starts

@@ -33,7 +33,7 @@ def stage1(
 ) -> None:
     """Train an MQ-VAE (or a VQGAN baseline) and log it as an MLflow run."""
     from mqvq.experiments import load_experiment
-    from mqvq.train.stage1 import train_stage1
+    from mqvq.stages.train_stage1 import train_stage1
 
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)
@@ -60,7 +60,7 @@ def stage2(
 ) -> None:
     """Train a Stackformer (or the raster baseline) on a frozen stage-1 model's tokens."""
     from mqvq.experiments import load_experiment
-    from mqvq.train.stage2 import train_stage2
+    from mqvq.stages.train_stage2 import train_stage2
 
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)

@@ -1,1 +1,1 @@
-"""Metrics: Fréchet distances with pluggable feature backends, IS, codebook usage, PSNR/LPIPS, mask quality, speed."""
+"""Metrics: plain functions over tensors and features: Fréchet distances and their feature backends, IS, codebook usage, mask quality."""

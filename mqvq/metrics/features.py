@@ -114,8 +114,3 @@ def make_backend(name: str, device: torch.device, resolution: int, inception_wei
     if name == "vgg16":
         return VGG16Features(device, resolution, lpips_weights)
     raise UserError(f"unknown feature backend {name!r}: allowed backends are {', '.join(BACKENDS)}.")
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> uint8, as written to PNG (metrics see what a user would save)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

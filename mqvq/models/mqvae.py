@@ -144,7 +144,7 @@ class MQVAE(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MQVAE:
-        from mqvq.train.checkpoint import read_checkpoint
+        from mqvq.models.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path)
         saved = dict(ckpt["config"]["stage1"]["model"])

@@ -1,1 +1,1 @@
-"""Tables and figures built from runs."""
+"""Reports: a study's runs as the paper's tables (Markdown / LaTeX / CSV / JSON), its claims checked, and its figures."""

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from mqvq.errors import UserError
 from mqvq.files import atomic_write
+from mqvq.paper import paper_values
 from mqvq.reports.checks import check_claims
-from mqvq.reports.paper import paper_values
 from mqvq.reports.tables import RENDERERS, Table, build_table, describe
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.plan import study_experiment
 from mqvq.studies.spec import StudyConfig, load_study, row_config
-from mqvq.tracking.store import Tracker
+from mqvq.tracking.store import Tracker, ensure_writable
 
 FORMATS = {".md": "md", ".tex": "latex", ".csv": "csv", ".json": "json"}
 
@@ -76,8 +76,6 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
     if fmt not in RENDERERS:
         raise UserError(f"--format {fmt!r} is invalid: use md, latex, csv or json.")
     if out is not None:  # check the destination before reading anything
-        from mqvq.tracking.store import ensure_writable
-
         ensure_writable(out.parent.resolve(), "--out")
     table, study, meta = make_table(tracker, name, profile)
     text = RENDERERS[fmt](table)
@@ -112,7 +110,7 @@ def verdicts_json(verdicts) -> list[dict]:
 # --------------------------------------------------------------------------- figures
 def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict, folder: Path) -> list[str]:
     """Fig. 4 mask grids, Fig. 5 codebook PCA (VQGAN vs MQ-VAE), Fig. 6a loss curves, Fig. 6b speed vs FID."""
-    from mqvq.reports import figures as F
+    from mqvq import figures as F
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -157,7 +155,7 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
 
 
 def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig):
-    from mqvq.reports import figures as F
+    from mqvq import figures as F
 
     curves, fractions = {}, {}
     for row in table.rows:
@@ -206,7 +204,7 @@ def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
     import numpy as np
     import torch
 
-    from mqvq.reports.figures import codebook_pca, scatter_codebook
+    from mqvq.figures import codebook_pca, scatter_codebook
 
     panels = []
     for row, run_id in rows:
@@ -215,7 +213,7 @@ def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
             xy = np.asarray(json.loads(Path(pca_path).read_text())["pc"])
         else:  # runs evaluated before the projection was logged: project from the checkpoint
             from mqvq.models.mqvae import MQVAE
-            from mqvq.tracking.lookup import model_file
+            from mqvq.stages.lookup import model_file
 
             try:
                 xy = codebook_pca(MQVAE.from_checkpoint(model_file(tracker, run_id)).quantizer.embed)

@@ -11,15 +11,15 @@ import statistics
 from dataclasses import dataclass, field
 
 from mqvq.config import ExperimentConfig, config_hash, to_dict
-from mqvq.data.tokens import file_digest
 from mqvq.errors import UserError
+from mqvq.files import file_digest
 from mqvq.metrics.features import metric_names
+from mqvq.stages.lookup import model_file
+from mqvq.stages.runs import checkpoint_path
+from mqvq.stages.train_stage2 import stage2_hash
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
-from mqvq.tracking.lookup import model_file
 from mqvq.tracking.store import Tracker
-from mqvq.train.runs import checkpoint_path
-from mqvq.train.stage2 import stage2_hash
 
 # guesses for a device with no finished runs of the profile yet
 DEFAULT_SECONDS = {"smoke": {"stage1": 8, "stage2": 4, "eval": 5}, "cpu": {"stage1": 200, "stage2": 90, "eval": 60},

@@ -16,7 +16,7 @@ from mqvq.config import config_hash, to_dict
 from mqvq.errors import UserError
 from mqvq.studies import lease
 from mqvq.studies.plan import RowPlan, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state, study_experiment
-from mqvq.studies.spec import StudyConfig
+from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking.store import Tracker, git_commit
 
 
@@ -40,8 +40,6 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
                 "mqvq.profile": profile, "mqvq.experiment": p.row.experiment, "mqvq.label": p.row.label or p.row.name,
                 "mqvq.table": study.table, "mqvq.config_hash": config_hash(to_dict(p.cfg))}
         params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
-        from mqvq.studies.spec import row_paper
-
         params |= {f"paper.{k}": v for k, v in sorted(row_paper(study, p.row).items())}
         run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", tags, params)
         tracker.set_tags(run_id, {"mqvq.status": "missing"})
@@ -91,9 +89,9 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
 
 
 def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, progress, log) -> RowResult:
-    from mqvq.evaluate import evaluate_run
-    from mqvq.train.stage1 import train_stage1
-    from mqvq.train.stage2 import train_stage2
+    from mqvq.stages.evaluate import evaluate_run
+    from mqvq.stages.train_stage1 import train_stage1
+    from mqvq.stages.train_stage2 import train_stage2
 
     experiment = study_experiment(study.name, profile)
     label = f"{p.row.name} (seed {p.seed})"
@@ -118,7 +116,7 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
         if p.row.stage2:
             s2 = p.stages["stage2"]
             if s2.state == "after stage 1":  # stage 1 was trained just now: stage 2's identity needs its checkpoint
-                from mqvq.train.stage2 import stage2_hash
+                from mqvq.stages.train_stage2 import stage2_hash
 
                 h2 = stage2_hash(p.cfg, stage1_digest(tracker, stage1_run))
                 s2 = stage_state(tracker, "stage2", h2, p.seed, parent, experiment)

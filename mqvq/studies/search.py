@@ -27,14 +27,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mqvq.config import SamplingConfig, validate_sampling
+from mqvq.config import DataConfig, from_dict, validate_sampling
 from mqvq.errors import UserError
+from mqvq.stages.generate import BEST_PREFIX, INT_PARAMS, load_generator, sample_images
 from mqvq.studies.lease import HOST, _pid_alive, worker_id
 from mqvq.tracking.store import Tracker, _file_lock, require_driver
-
-PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos")
-INT_PARAMS = {"top_k", "top_k_pos"}
-BEST_PREFIX = "mqvq.sampling.best."
 
 
 @dataclass(frozen=True)
@@ -139,16 +136,6 @@ def resolve_model_run(tracker: Tracker, spec: str, profile: str) -> str:
     if run.info.status != "FINISHED":
         raise UserError(f"stage-2 run {spec} is {run.info.status.lower()}: it has no final model to search yet.")
     return spec
-
-
-def best_sampling(tracker: Tracker, run_id: str, base: SamplingConfig) -> SamplingConfig:
-    """The best values a search wrote to the model's run (for --sampling best)."""
-    tags = tracker.get_run(run_id).data.tags
-    found = {k[len(BEST_PREFIX):]: v for k, v in tags.items() if k.startswith(BEST_PREFIX) and k[len(BEST_PREFIX):] in PARAMS}
-    if not found:
-        raise UserError(f"run {run_id} has no searched sampling settings: run `mqvq search sampling {run_id}` first.")
-    values = {k: int(v) if k in INT_PARAMS else float(v) for k, v in found.items()}
-    return dataclasses.replace(base, **values)
 
 
 # --------------------------------------------------------------------------- the search
@@ -321,8 +308,7 @@ def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index
 def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progress, log) -> int:
     from optuna.trial import TrialState
 
-    from mqvq.generation import load_generator
-    from mqvq.train.distributed import setup
+    from mqvq.runtime import setup
 
     d = setup(device)
     gen = load_generator(tracker, spec.run_id, d.device)
@@ -367,10 +353,9 @@ def _experiment_name(tracker: Tracker, run_id: str) -> str:
 
 
 def _reference(tracker, cfg: dict, metric: str, device):
-    from mqvq.config import DataConfig, from_dict
     from mqvq.data import build_dataset
     from mqvq.metrics.features import make_backend
-    from mqvq.metrics.reference import reference_stats
+    from mqvq.stages.reference import reference_stats
 
     backend_name = {"fid": "inception", "fd_vgg16": "vgg16"}[metric]
     data = dataclasses.replace(from_dict(DataConfig, cfg["stage1"]["data"], "stage1.data."), limit_train=0)
@@ -383,9 +368,8 @@ def _reference(tracker, cfg: dict, metric: str, device):
 @torch.no_grad()
 def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec: SearchSpec, progress):
     """FD at each rung (statistics accumulate), then at N; pruned when the pruner says so."""
-    from mqvq.generation import sample_images
+    from mqvq.images import image_grid
     from mqvq.metrics.frechet import RunningStats, frechet_distance
-    from mqvq.reports.figures import image_grid
 
     stats = RunningStats(backend.dim)
     rungs = sorted(set(spec.rungs) | {spec.num_samples})

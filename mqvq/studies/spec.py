@@ -35,7 +35,7 @@ class StudyRow:
     label: str = opt("", "how the row is shown in tables (default: the name)")
     overrides: tuple[str, ...] = opt((), "extra --set overrides for this row")
     seeds: tuple[int, ...] = opt((), "seeds for this row (default: the study's seeds)")
-    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq.reports.paper)")
+    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq.paper)")
     stage2: bool = opt(True, "train and evaluate stage 2 for this row")
 
 
@@ -145,7 +145,7 @@ def row_seeds(study: StudyConfig, row: StudyRow, seeds: list[int] | None) -> lis
 
 
 def row_paper(study: StudyConfig, row: StudyRow) -> dict[str, float]:
-    from mqvq.reports.paper import paper_values
+    from mqvq.paper import paper_values
 
     return paper_values(study.table, row.experiment, row.paper)
 

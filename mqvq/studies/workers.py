@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import queue as queue_lib
 
-from mqvq.studies.runner import RowResult
+from mqvq.studies.runner import RowResult, run_study
 
 # when workers disagree about a row, the most informative report wins
 _RANK = {"finished": 3, "failed": 2, "skipped": 1, "busy": 0}
@@ -32,7 +32,6 @@ def _worker(index: int, results, study_name: str, tracking_uri: str | None, home
     from rich.console import Console
 
     from mqvq.errors import UserError
-    from mqvq.studies.runner import run_study
     from mqvq.studies.spec import load_study
     from mqvq.tracking import Tracker
 

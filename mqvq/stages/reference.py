@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mqvq.data import eval_batches
 from mqvq.files import atomic_write
-from mqvq.metrics.features import to_uint8
+from mqvq.images import to_uint8
 from mqvq.metrics.frechet import FeatureStats, RunningStats
-from mqvq.train.common import progress_bar
+from mqvq.runtime import progress_bar
 
 
 def reference_key(backend, dataset, split: str) -> str:

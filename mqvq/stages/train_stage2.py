@@ -15,20 +15,22 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
+from mqvq import runtime
+from mqvq.config import ExperimentConfig, StackformerConfig, config_hash, flatten, from_dict, to_dict
 from mqvq.data import StepSampler, build_dataset
-from mqvq.data.tokens import TokenSet, cached_tokens, file_digest
 from mqvq.errors import UserError
+from mqvq.files import file_digest
+from mqvq.images import image_grid, to_pixels
+from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
-from mqvq.reports.figures import image_grid, to_uint8
-from mqvq.tracking.lookup import ModelRef, check_compatible, find_stage1, resolve
+from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
+from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve
+from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.stages.schedule import lr_at, set_lr
+from mqvq.stages.tokenize import TokenSet, cached_tokens
 from mqvq.tracking.store import Tracker
-from mqvq.train import distributed
-from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
-from mqvq.train.common import autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state
-from mqvq.train.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 
 STAGE = "stage2"
 VAL_TOKENS = 2048  # test images whose tokens give the validation loss (Fig. 6a): only these are encoded
@@ -59,8 +61,6 @@ def save_model(path: Path, cfg: ExperimentConfig, model: Stackformer, step: int,
 
 def load_stackformer(path: Path, map_location="cpu") -> tuple[Stackformer, dict]:
     """A stage-2 model checkpoint -> (model in eval mode, the checkpoint dict)."""
-    from mqvq.config import StackformerConfig, from_dict
-
     ckpt = read_checkpoint(path)
     if ckpt.get("stage") != STAGE:
         raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not a stage-2 model.")
@@ -92,7 +92,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
                  run_id: str | None = None, device: str | None = None, progress: bool = True,
                  mlflow_experiment: str | None = None, stop_after: int | None = None, parent_run_id: str | None = None,
                  tags: dict | None = None) -> dict:
-    d = distributed.setup(device)
+    d = runtime.setup(device)
     s2 = cfg.stage2
     experiment = mlflow_experiment or cfg.name
     dtype = autocast_dtype(s2.train.precision, d.device)
@@ -228,5 +228,5 @@ def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_
     g = torch.Generator(device=d.device).manual_seed(cfg.seed)
     s = generate(model, n, cfg.stage2.sampling, labels, g, dtype=dtype, device=d.device)
     images = vae.decode(s.codes, s.positions, model.shape.grid)
-    tracker.log_image(run_id, image_grid([to_uint8(images[i: i + 8]) for i in range(0, n, 8)]), "figures/samples.png")
+    tracker.log_image(run_id, image_grid([to_pixels(images[i: i + 8]) for i in range(0, n, 8)]), "figures/samples.png")
     return {"model": str(model_file)}

@@ -1,67 +1,13 @@
-"""Image grids: reconstructions with the kept-token mask (paper Fig. 4 style)."""
+"""Figures drawn with matplotlib from a run's tensors and metrics: Fig. 4 (importance and kept
+tokens), where the mask keeps tokens, Fig. 5 (codebook PCA), Fig. 6a (loss curves) and the study figures."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-    """Stack rows of (B, H, W, 3) uint8 images into one (R*(H+pad), B*(W+pad), 3) picture."""
-    b, h, w, _ = rows[0].shape
-    out = np.full((len(rows) * (h + pad) + pad, b * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for i in range(row.shape[0]):
-            y, x = pad + r * (h + pad), pad + i * (w + pad)
-            out[y: y + h, x: x + w] = row[i]
-    return out
-
-
-def mask_overlay(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], dim: float = 0.3) -> torch.Tensor:
-    """Darken the regions whose tokens were masked; kept regions stay as they are."""
-    k = keep.float().reshape(-1, 1, *grid)
-    k = F.interpolate(k, size=images.shape[-2:], mode="nearest")
-    return images * (dim + (1 - dim) * k) - (1 - dim) * (1 - k)
-
-
-def reconstruction_grid(images: torch.Tensor, recon: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
-                        n: int = 8) -> np.ndarray:
-    """Rows: input, kept tokens (masked regions darkened), reconstruction."""
-    n = min(n, images.shape[0])
-    rows = [to_uint8(images[:n]), to_uint8(mask_overlay(images[:n], keep[:n], grid)), to_uint8(recon[:n])]
-    return image_grid(rows)
-
-
-def _upscale(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Nearest-neighbour upscale by an integer factor to at least `side` pixels (tokens stay crisp squares)."""
-    factor = max(1, -(-side // images.shape[-1]))
-    return images if factor == 1 else F.interpolate(images.float(), scale_factor=factor, mode="nearest")
-
-
-def _token_outline(keep: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
-    """(B, size, size) bool: the edges of masked tokens (1 px lines on the upscaled grid)."""
-    k = F.interpolate(keep.float().reshape(-1, 1, *grid), size=(size, size), mode="nearest")[:, 0]
-    step = size // grid[0]
-    lines = torch.zeros(size, size, dtype=torch.bool)
-    lines[::step, :] = True
-    lines[:, ::step] = True
-    return (k < 0.5) & lines
-
-
-def masked_view(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Masked tokens tinted blue-grey with their outlines drawn, kept tokens untouched: visible on any
-    background (darkening alone hides a masked black background)."""
-    k = F.interpolate(keep.float().reshape(-1, 1, *grid), size=images.shape[-2:], mode="nearest")
-    tint = torch.tensor([-0.2, 0.0, 0.6]).view(1, 3, 1, 1)
-    out = images.float() * (0.4 + 0.6 * k) + (1 - k) * 0.6 * tint
-    edges = _token_outline(keep, grid, images.shape[-1])[:, None].expand(-1, 3, -1, -1)
-    return torch.where(edges, torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1).expand_as(out), out).clamp(-1, 1)
+from mqvq.images import masked_view, to_pixels, upscale
+from mqvq.metrics.mask import token_foreground
 
 
 def importance_grid(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], scores: torch.Tensor | None = None,
@@ -75,23 +21,21 @@ def importance_grid(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, i
     import matplotlib.pyplot as plt
 
     n = min(n, images.shape[0])
-    x = _upscale(images[:n].float().cpu(), 128)
+    x = upscale(images[:n].float().cpu(), 128)
     side = x.shape[-1]
-    rows: list[tuple[str, np.ndarray]] = [("input", to_uint8(x))]
+    rows: list[tuple[str, np.ndarray]] = [("input", to_pixels(x))]
     if scores is not None:
         s = scores[:n].float().cpu()
         s = (s - s.min(1, keepdim=True).values) / (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values).clamp_min(1e-8)
         heat = matplotlib.colormaps["jet"](s.reshape(n, *grid).numpy())[..., :3]
         heat = torch.from_numpy(heat).permute(0, 3, 1, 2).float() * 2 - 1
         heat = F.interpolate(heat, size=(side, side), mode="nearest")
-        rows.append(("importance\n(red high)", to_uint8(0.35 * x + 0.65 * heat)))
+        rows.append(("importance\n(red high)", to_pixels(0.35 * x + 0.65 * heat)))
     kept = keep[:n].cpu()
-    rows.append((f"kept tokens, untinted\n({int(kept[0].sum())} of {kept.shape[1]})", to_uint8(masked_view(x, kept, grid))))
+    rows.append((f"kept tokens, untinted\n({int(kept[0].sum())} of {kept.shape[1]})", to_pixels(masked_view(x, kept, grid))))
     if fg is not None:
-        from mqvq.metrics.mask import token_foreground
-
         fg_tok = token_foreground(fg[:n].cpu(), grid)
-        rows.append(("foreground tokens,\nuntinted", to_uint8(masked_view(x, fg_tok, grid))))
+        rows.append(("foreground tokens,\nuntinted", to_pixels(masked_view(x, fg_tok, grid))))
     fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 0.9, 1.5 * len(rows) + 0.4), dpi=100, squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for i in range(n):

@@ -1,5 +1,6 @@
-"""Stage-1 metrics from one pass over a test split: rFID features, codebook usage (Table 6's
-definition), perplexity, PSNR, LPIPS, and mask quality on datasets with foreground masks."""
+"""One pass of a trained stage-1 model over a test split, collecting every stage-1 metric at once:
+rFID features, codebook usage (Table 6's definition), perplexity, PSNR, LPIPS, and mask quality on
+datasets with foreground masks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from mqvq.data import eval_batches
-from mqvq.metrics.features import to_uint8
+from mqvq.images import to_uint8
+from mqvq.metrics.codebook import codebook_usage, effective_usage
 from mqvq.metrics.frechet import FeatureStats, RunningStats
 from mqvq.metrics.mask import MaskTally
 from mqvq.models.quantizer import perplexity
-from mqvq.train.common import autocast, progress_bar
-
+from mqvq.runtime import autocast, progress_bar
 
 LPIPS_MIN_SIDE = 64
 
@@ -24,18 +25,6 @@ def lpips_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
         return x, y
     up = lambda t: F.interpolate(t, size=(LPIPS_MIN_SIDE, LPIPS_MIN_SIDE), mode="bilinear", align_corners=False)  # noqa: E731
     return up(x), up(y)
-
-
-def codebook_usage(counts: torch.Tensor) -> float:
-    """Percentage of the K codes used at least once (Table 6: over the entire test set)."""
-    return 100.0 * (counts > 0).float().mean().item()
-
-
-def effective_usage(perplexity: float, codebook_size: int) -> float:
-    """Percentage of the K codes an evenly used codebook with the same code entropy would use:
-    100 * exp(H) / K. Unlike `usage` it does not saturate when dead-code restart keeps every code
-    alive: a code used a handful of times in the whole split hardly counts."""
-    return 100.0 * perplexity / codebook_size
 
 
 @dataclass

@@ -10,14 +10,19 @@ import numpy as np
 import torch
 
 from mqvq.config import SamplingConfig, from_dict, to_dict, validate_sampling
-from mqvq.data.tokens import file_digest
 from mqvq.errors import UserError
+from mqvq.files import file_digest
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer
-from mqvq.tracking.lookup import model_file, resolve
-from mqvq.tracking.store import Tracker
-from mqvq.train.common import autocast_dtype, progress_bar
+from mqvq.runtime import autocast_dtype, progress_bar
+from mqvq.stages.lookup import model_file, resolve
+from mqvq.tracking.store import Tracker, ensure_writable
+
+# the tags `mqvq search sampling` writes on a stage-2 run and `--sampling best` reads
+SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos")
+INT_PARAMS = {"top_k", "top_k_pos"}
+BEST_PREFIX = "mqvq.sampling.best."
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Generator:
 
 def load_generator(tracker: Tracker, spec: str, device: torch.device) -> Generator:
     """Stage-2 run id or checkpoint path -> Generator on `device` (stage 1 found via the recorded reference)."""
-    from mqvq.train.stage2 import load_stackformer
+    from mqvq.stages.train_stage2 import load_stackformer
 
     ref = resolve(tracker, spec, "stage2")
     model, ckpt = load_stackformer(ref.checkpoint, "cpu")
@@ -58,12 +63,20 @@ def resolve_sampling(tracker: Tracker, gen: Generator, which: str) -> SamplingCo
     if which == "default":
         return gen.sampling
     if which == "best":
-        from mqvq.studies.search import best_sampling
-
         if gen.run_id is None:
             raise UserError("--sampling best needs a model with an MLflow run: pass the stage-2 run id.")
         return best_sampling(tracker, gen.run_id, gen.sampling)
     raise UserError(f"--sampling {which!r} is invalid: use default or best.")
+
+
+def best_sampling(tracker: Tracker, run_id: str, base: SamplingConfig) -> SamplingConfig:
+    """The best values a search wrote to the model's run (for --sampling best)."""
+    tags = tracker.get_run(run_id).data.tags
+    found = {k[len(BEST_PREFIX):]: v for k, v in tags.items() if k.startswith(BEST_PREFIX) and k[len(BEST_PREFIX):] in SAMPLING_PARAMS}
+    if not found:
+        raise UserError(f"run {run_id} has no searched sampling settings: run `mqvq search sampling {run_id}` first.")
+    values = {k: int(v) if k in INT_PARAMS else float(v) for k, v in found.items()}
+    return dataclasses.replace(base, **values)
 
 
 def sampling_params(base: SamplingConfig, **overrides) -> SamplingConfig:
@@ -123,8 +136,6 @@ def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *
                   progress: bool = True) -> dict:
     """Write `num` PNGs (000000.png, ...) and optionally samples.npz to `out`; returns a summary."""
     from PIL import Image
-
-    from mqvq.tracking.store import ensure_writable
 
     check_request(gen, num, steps, class_label)  # all input checks before anything is written
     ensure_writable(out, "--out")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from mqvq.config import SamplingConfig
-from mqvq.generation import Generator, sample_images
 from mqvq.metrics.frechet import FeatureStats, RunningStats, frechet_distance, inception_score
 from mqvq.models.sampling import generate
+from mqvq.stages.generate import Generator, sample_images
 from mqvq.timing import timed
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mqvq.config import ExperimentConfig, config_hash, to_dict
+from mqvq.config import ExperimentConfig, config_hash, get_dotted, to_dict
 from mqvq.errors import UserError
+from mqvq.models.checkpoint import read_checkpoint
 from mqvq.tracking.store import Tracker
-from mqvq.train.checkpoint import read_checkpoint
 
 # stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake
 TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.quantizer.codebook_size", "model.downsample", "data.resolution")
@@ -70,8 +70,6 @@ def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> Mod
 
 def check_compatible(ref: ModelRef, cfg: ExperimentConfig) -> None:
     """The stage-1 checkpoint must produce the tokens this experiment's stage 2 expects."""
-    from mqvq.config import get_dotted
-
     have, want = ref.config["stage1"], to_dict(cfg.stage1)
     for key in TOKEN_FIELDS:
         a, b = get_dotted(have, key), get_dotted(want, key)

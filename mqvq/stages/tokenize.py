@@ -6,7 +6,6 @@ or changing the data invalidates it; the file is written atomically.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,9 @@ from pathlib import Path
 import torch
 
 from mqvq.data.datasets import eval_batches
+from mqvq.files import file_digest
+from mqvq.models.checkpoint import atomic_save
 from mqvq.models.mqvae import MQVAE
-from mqvq.train.checkpoint import atomic_save
 
 TOKENS_FORMAT = "mqvq-tokens-v1"
 
@@ -30,21 +30,6 @@ class TokenSet:
 
     def __len__(self) -> int:
         return self.codes.shape[0]
-
-
-def file_digest(path: Path) -> str:
-    """sha256 prefix of a file's bytes; computed once per (file, size, mtime) in a process."""
-    st = Path(path).stat()
-    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()

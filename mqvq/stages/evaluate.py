@@ -13,22 +13,20 @@ import dataclasses
 import json
 import time
 
-
-from mqvq.bench import environment
+from mqvq import figures, images
 from mqvq.config import ExperimentConfig, SamplingConfig, from_dict, validate_eval
 from mqvq.data import build_dataset
 from mqvq.errors import UserError
 from mqvq.metrics.features import make_backend, metric_names
 from mqvq.metrics.frechet import frechet_distance
 from mqvq.metrics.mask import MASK_METRICS
+from mqvq.models.checkpoint import read_checkpoint
+from mqvq.runtime import autocast_dtype, environment, setup
+from mqvq.stages.lookup import model_file
+from mqvq.stages.reconstruction import reconstruction_metrics
+from mqvq.stages.reference import reference_stats
 from mqvq.timing import device_name
-from mqvq.metrics.recon import reconstruction_metrics
-from mqvq.metrics.reference import reference_stats
-from mqvq.reports import figures
-from mqvq.tracking.lookup import model_file
 from mqvq.tracking.store import Tracker
-from mqvq.train.checkpoint import read_checkpoint
-from mqvq.train.common import autocast_dtype
 
 STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
                  "stage2": ("fid", "is", "speed", "figures")}
@@ -46,9 +44,9 @@ def parse_metrics(text: str | None) -> list[str] | None:
 
 
 def _run_and_config(tracker: Tracker, spec: str):
-    from mlflow.exceptions import MlflowException
-
     from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
 
     if Path(spec).is_file():
         run_id = read_checkpoint(spec).get("run_id")
@@ -74,8 +72,6 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
                  device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
                  sampling_choice: str = "default") -> dict:
     """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
-    from mqvq.train.distributed import setup
-
     run, stage, cfg, path = _run_and_config(tracker, spec)
     ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
                                                             "test_images": test_images, "batch_size": batch_size}.items()
@@ -155,7 +151,7 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
             tracker.log_figure(run_id, figures.keep_frequency_figure(
                 res.keep_frequency, res.fg_frequency, f"{cfg.name}: where the mask keeps tokens ({n} test images)"),
                 "figures/keep_frequency.png")
-        tracker.log_image(run_id, figures.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
+        tracker.log_image(run_id, images.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
         fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
         tracker.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
         # the projected codebook itself (K x 2), so reports can draw Fig. 5 from a store without checkpoints
@@ -164,8 +160,8 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
 
 
 def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default"):
-    from mqvq.generation import load_generator, resolve_sampling
-    from mqvq.metrics.samples import sample_metrics, sampling_speed
+    from mqvq.stages.generate import load_generator, resolve_sampling
+    from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
 
     gen = load_generator(tracker, run_id, device)
     params = sampling or resolve_sampling(tracker, gen, sampling_choice)
@@ -201,7 +197,7 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
         if first is None:
             first = next(iter(_few_samples(gen, params, cfg.seed)))
         rows = [first[i: i + 8] for i in range(0, min(len(first), 32), 8)]
-        tracker.log_image(run_id, figures.image_grid([r for r in rows if len(r) == len(rows[0])]), "figures/samples_eval.png")
+        tracker.log_image(run_id, images.image_grid([r for r in rows if len(r) == len(rows[0])]), "figures/samples_eval.png")
         curves = {}
         for key_, label in (("train/loss", "train"), ("val/loss", "validation")):
             hist = tracker.client.get_metric_history(run_id, key_)
@@ -214,7 +210,7 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
 
 
 def _few_samples(gen, params, seed):
-    from mqvq.generation import sample_images
+    from mqvq.stages.generate import sample_images
 
-    for images, *_ in sample_images(gen, min(16, params.batch_size), params, seed=seed, progress=False):
-        yield images
+    for batch, *_ in sample_images(gen, min(16, params.batch_size), params, seed=seed, progress=False):
+        yield batch

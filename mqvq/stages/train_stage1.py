@@ -14,21 +14,20 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mqvq import runtime
 from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
+from mqvq.images import reconstruction_grid
 from mqvq.metrics.mask import MaskTally
+from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
-from mqvq.reports.figures import reconstruction_grid
+from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
+from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking.store import Tracker
-from mqvq.train import distributed
-from mqvq.train.checkpoint import FORMAT, atomic_save, load_checkpoint
-from mqvq.train.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
-from mqvq.train.common import (
-    autocast, autocast_dtype, gather_rng_states, lr_at, progress_bar, seed_all, set_lr, set_rng_state,
-)
 
 STAGE = "stage1"
 
@@ -61,7 +60,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
                  stop_after: int | None = None, parent_run_id: str | None = None, tags: dict | None = None) -> dict:
     """Train (or resume) stage 1 and return a summary. `stop_after` ends this process after that
     many steps with a checkpoint, leaving the run resumable (used for time-boxed jobs and tests)."""
-    d = distributed.setup(device)
+    d = runtime.setup(device)
     s1 = cfg.stage1
     dtype = autocast_dtype(s1.train.precision, d.device)
     experiment = mlflow_experiment or cfg.name
@@ -169,7 +168,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
                     d_loss, dlogs = loss_fn.discriminator_loss(x, recon)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
-                distributed.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
+                runtime.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
                 opt_d.step()
                 logs |= dlogs
             window.add(logs)

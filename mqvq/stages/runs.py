@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from mqvq import runtime
 from mqvq.errors import UserError
+from mqvq.runtime import Dist
 from mqvq.timing import device_name
 from mqvq.tracking.store import Tracker
-from mqvq.train import distributed
-from mqvq.train.distributed import Dist
 
 
 def checkpoint_path(home: Path, run_id: str) -> Path:
@@ -51,7 +51,7 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
             for name, data in artifacts.items():
                 tracker.log_dict(run_id, data, name)
         tracker.set_tags(run_id, {"mqvq.checkpoint": str(checkpoint_path(tracker.home, run_id))})
-    return distributed.broadcast_object(run_id)
+    return runtime.broadcast_object(run_id)
 
 
 @contextlib.contextmanager
@@ -70,7 +70,7 @@ def closing_run(tracker: Tracker, d: Dist, run_id: str, summary: dict):
     finally:
         if d.main:
             tracker.end_run(run_id, state["status"], state["reason"])
-        distributed.teardown()
+        runtime.teardown()
 
 
 def publish(tracker: Tracker, d: Dist, run_id: str, metrics: dict[str, float], step: int) -> None:

@@ -1,1 +1,0 @@
-"""Training loops (explicit, no framework), checkpoints and distributed set-up."""

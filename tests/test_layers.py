@@ -1,0 +1,157 @@
+"""The package's layers (README, "Architecture"): every import in mqvq/, at module level or inside a
+function, points to its own layer or a lower one, within a layer only along the allowed edges, and
+the module graph has no cycle. A new module must be placed here before this test passes."""
+import ast
+from pathlib import Path
+
+import mqvq
+
+PACKAGE = Path(mqvq.__file__).parent
+
+# layer 1, foundations: any layer may use them
+FOUNDATIONS = {"config", "errors", "files", "timing", "signals", "runtime", "images"}
+# layer 2, parts: siblings that know nothing of each other except these edges
+PARTS = {"models": set(), "data": set(), "tracking": set(), "experiments": set(), "paper": set(),
+         "metrics": {"models"},      # the FD-VGG16 features are LPIPS's VGG
+         "figures": {"metrics"}}     # Fig. 4 counts foreground tokens as the mask metrics do
+# layer 3, stages: each reads what an earlier one wrote; rank 0 holds what every stage shares
+STAGES = {"runs": 0, "schedule": 0, "lookup": 0, "reference": 0, "reconstruction": 0,
+          "train_stage1": 1, "tokenize": 2, "train_stage2": 3, "generate": 4, "sample_metrics": 5, "evaluate": 6}
+# layer 4, orchestration
+ORCHESTRATION = {"studies": set(), "bench": set(), "reports": {"studies"}}
+LAYER_NAMES = {1: "foundations", 2: "parts", 3: "stages", 4: "orchestration", 5: "cli"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """{module: the mqvq modules it imports anywhere in its body}."""
+    files = {module_name(p): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "mqvq"}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                if base.split(".")[0] != "mqvq":
+                    continue
+                for a in node.names:  # `from mqvq import runtime` imports the module mqvq.runtime
+                    found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
+        graph[name] = {m for m in found if m != name}
+    return graph
+
+
+def place(module: str) -> tuple[int, str, int]:
+    """(layer, group, rank within the group's layer) of a module."""
+    parts = module.split(".")
+    if module == "mqvq":
+        return 1, "mqvq", 0
+    top = parts[1]
+    if top in FOUNDATIONS:
+        return 1, top, 0
+    if top in PARTS:
+        return 2, top, 0
+    if top == "stages":
+        if len(parts) == 2:
+            return 3, "stages", 0
+        if parts[2] not in STAGES:
+            raise AssertionError(f"{module} is not placed in tests/test_layers.py: add it to STAGES")
+        return 3, parts[2], STAGES[parts[2]]
+    if top in ORCHESTRATION:
+        return 4, top, 0
+    if top in ("cli", "__main__"):
+        return 5, "cli", 0
+    raise AssertionError(f"{module} is not placed in tests/test_layers.py: add it to a layer")
+
+
+def allowed(src: str, dst: str) -> bool:
+    (ls, gs, rs), (ld, gd, rd) = place(src), place(dst)
+    if ld != ls:
+        return ld < ls
+    if ls == 2:
+        return gd == gs or gd in PARTS[gs]
+    if ls == 3:
+        return rd <= rs
+    if ls == 4:
+        return gd == gs or gd in ORCHESTRATION[gs]
+    return True
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for src in sorted(graph):
+        for dst in sorted(graph[src]):
+            if not allowed(src, dst):
+                out.append(f"{src} ({LAYER_NAMES[place(src)[0]]}) imports {dst} ({LAYER_NAMES[place(dst)[0]]})")
+    return out
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_walker_sees_the_package():
+    graph = import_graph()
+    assert len(graph) > 60
+    assert "mqvq.stages.generate" in graph["mqvq.stages.evaluate"]            # a module-level import
+    assert "mqvq.stages.train_stage2" in graph["mqvq.stages.generate"]        # one inside a function
+    assert "mqvq.runtime" in graph["mqvq.stages.train_stage1"]                # `from mqvq import runtime`
+
+
+def test_every_module_imports_only_downward():
+    graph = import_graph()
+    for module in graph:
+        place(module)  # every module has a layer
+    assert upward_imports(graph) == []
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_catch_what_they_guard_against():
+    """The rules fail on the kinds of imports this layout was made to remove."""
+    bad = {"mqvq.models.mqvae": {"mqvq.models.checkpoint", "mqvq.stages.train_stage1"},   # a model knowing its trainer
+           "mqvq.data.datasets": {"mqvq.models.mqvae"},                                   # data importing models
+           "mqvq.stages.train_stage1": {"mqvq.stages.generate"},                          # a stage reaching forward
+           "mqvq.studies.plan": {"mqvq.reports.report"}}                                  # studies importing reports
+    assert len(upward_imports(bad)) == 4
+    assert cycles({"mqvq.stages.generate": {"mqvq.studies.search"}, "mqvq.studies.search": {"mqvq.stages.generate"}}) == \
+        [["mqvq.stages.generate", "mqvq.studies.search"]]

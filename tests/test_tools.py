@@ -1,0 +1,55 @@
+"""tools/wheelhouse.py: the project carries the wheel collection its GPU workflow runs."""
+import importlib.util
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _wheelhouse():
+    spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "tools" / "wheelhouse.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_index(requires: dict[str, list[str]]):
+    """A stand-in for `pip download`: writes a wheel whose METADATA lists the given requirements."""
+    fetched = []
+
+    def fetch(req, dest: Path) -> Path:
+        fetched.append(str(req))
+        name = req.name.replace("-", "_")
+        wheel = dest / f"{name}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            meta = "Metadata-Version: 2.1\nName: {}\nVersion: 1.0\n".format(req.name)
+            meta += "".join(f"Requires-Dist: {r}\n" for r in requires.get(req.name, []))
+            z.writestr(f"{name}-1.0.dist-info/METADATA", meta)
+        return wheel
+    return fetch, fetched
+
+
+def test_collect_walks_dependencies_and_skips_what_the_gpu_has(tmp_path):
+    wh = _wheelhouse()
+    fetch, fetched = _fake_index({
+        "optuna": ["alembic>=1.5", "numpy", "colorlog", "tqdm; python_version < '3.0'", "pytest; extra == 'test'"],
+        "alembic": ["Mako", "SQLAlchemy>=1.4"],
+        "lpips": ["torch>=0.4", "torchvision", "scipy"],
+    })
+    present = wh.read_present(_write(tmp_path / "present.txt", "# a comment\nnumpy\nsqlalchemy\nscipy\n"))
+    wheels = wh.collect(["optuna", "lpips"], tmp_path / "whl", present, fetch=fetch)
+    names = sorted(wh.wheel_name(w) for w in wheels)
+    # markers are evaluated for the GPU machine, extras are not requested, torch and what the image lists stay out
+    assert names == ["alembic", "colorlog", "lpips", "mako", "optuna"]
+    assert "alembic>=1.5" in fetched   # the first specifier met is the one downloaded
+
+
+def test_the_present_list_is_carried_in_the_repository():
+    wh = _wheelhouse()
+    present = wh.read_present(ROOT / "tools" / "gpu-present.txt")
+    assert {"numpy", "pandas", "typer"} <= present and "mlflow" not in present and "optuna" not in present
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
