@@ -3,7 +3,9 @@ device and software versions. Random weights: speed does not depend on them."""
 from __future__ import annotations
 
 import functools
+import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -11,106 +13,132 @@ from mqvq.config import STACKFORMER_PRESETS, SamplingConfig, StackformerConfig, 
 from mqvq.errors import UserError
 from mqvq.models.sampling import generate, generate_compiled
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
-from mqvq.runtime import autocast, autocast_dtype, environment
-from mqvq.timing import sync, timed
+from mqvq.runtime import autocast, autocast_dtype, check_device, conv_layout, environment
+from mqvq.timing import interleaved, paired_ratio, sync
+from mqvq.tracking.store import git_commit
 
 
 def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ratios=(0.0, 0.25, 0.5),
                  cache_modes=(True, False), device: str | None = None, precision: str = "auto", repeats: int = 3,
                  codebook_size: int = 1024, compile: bool = False) -> dict:
-    """Images/s of Algorithm 1 for Stackformer (ratio > 0) and the raster baseline (ratio 0)."""
+    """Images/s of Algorithm 1 for Stackformer (ratio > 0) and the raster baseline (ratio 0); the
+    ratios of one cache mode are timed interleaved, and the 50 % vs 0 % speed-up is the median of
+    paired ratios."""
     if preset not in STACKFORMER_PRESETS:
         raise UserError(f"unknown preset {preset!r}: allowed presets are {', '.join(STACKFORMER_PRESETS)}.")
     if batch_size < 1 or repeats < 1 or grid < 1:
         raise UserError("batch size, repeats and grid must be at least 1.")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _device(device)
     dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and dev.type == "cuda")) else None
     code_layers, pos_layers, width, heads = STACKFORMER_PRESETS[preset]
     params = SamplingConfig(top_k=100, top_p=0.95, top_k_pos=10, top_p_pos=0.95, batch_size=batch_size)
-    rows = []
+    models = {}
     for ratio in ratios:
-        length = grid * grid
-        n = num_kept(length, ratio)
         kind = "raster" if ratio == 0 else "stackformer"
         cfg = StackformerConfig(kind=kind, preset=preset, code_layers=code_layers, position_layers=pos_layers,
                                 width=width, heads=heads, dropout=0.0)
         torch.manual_seed(0)
-        model = Stackformer(cfg, TokenShape(codebook_size, (grid, grid), n)).to(dev).eval()
-        if dtype is not None:
-            model = model.to(dtype)
-        for cache in cache_modes:
-            if compile and cache:
-                run = functools.partial(generate_compiled, model, batch_size, params, device=dev)
-            else:
-                run = functools.partial(generate, model, batch_size, params, use_cache=cache, device=dev)
-            sec, peak = timed(run, dev, warmup=1, repeats=repeats)
-            rows.append({"model": kind, "mask_ratio": ratio, "tokens": n, "cache": cache, "compiled": compile and cache,
-                         "batch_size": batch_size,
-                         "seconds_per_batch": sec, "images_per_s": batch_size / sec, "ms_per_step": 1000 * sec / n,
-                         "peak_memory_gb": peak,
+        model = Stackformer(cfg, TokenShape(codebook_size, (grid, grid), num_kept(grid * grid, ratio))).to(dev).eval()
+        models[ratio] = model.to(dtype) if dtype is not None else model
+    rows, times = [], {}
+    for cache in cache_modes:
+        runs = {ratio: (functools.partial(generate_compiled, m, batch_size, params, device=dev) if compile and cache else
+                        functools.partial(generate, m, batch_size, params, use_cache=cache, device=dev))
+                for ratio, m in models.items()}
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times[cache] = interleaved(runs, dev, rounds=repeats)
+        peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+        for ratio, model in models.items():
+            wall, cpu = statistics.median(times[cache][ratio]["wall"]), statistics.median(times[cache][ratio]["cpu"])
+            n = model.shape.length
+            rows.append({"model": model.cfg.kind, "mask_ratio": ratio, "tokens": n, "cache": cache, "compiled": compile and cache,
+                         "batch_size": batch_size, "seconds_per_batch": wall, "images_per_s": batch_size / wall,
+                         "cpu_seconds_per_batch": cpu, "ms_per_step": 1000 * wall / n, "peak_memory_gb": peak,
                          "params_m": model.num_params() / 1e6})
     result = {"benchmark": "sample", "preset": preset, "grid": f"{grid}x{grid}", "precision": str(dtype or torch.float32),
-              "codebook_size": codebook_size, "rows": rows, "environment": environment(dev)}
-    by = {(r["mask_ratio"], r["cache"]): r["images_per_s"] for r in rows}
-    cached = True in cache_modes
-    if (0.5, cached) in by and (0.0, cached) in by:
-        result["sample_speedup_50_vs_0"] = by[(0.5, cached)] / by[(0.0, cached)]
-    if (0.25, cached) in by:
-        result["sample_images_per_s"] = by[(0.25, cached)]  # headline: 25 % mask, 192 tokens on a 16x16 grid
+              "codebook_size": codebook_size, "rounds": repeats, "timing": "interleaved rounds, medians (of paired ratios for ratios)",
+              "rows": rows, "environment": environment(dev)}
+    first = cache_modes[0]
+    if 0.5 in models and 0.0 in models:
+        result["sample_speedup_50_vs_0"] = paired_ratio(times[first][0.0]["wall"], times[first][0.5]["wall"])
+        result["sample_speedup_50_vs_0_cpu"] = paired_ratio(times[first][0.0]["cpu"], times[first][0.5]["cpu"])
+    if 0.25 in models:
+        result["sample_images_per_s"] = batch_size / statistics.median(times[first][0.25]["wall"])  # 25 % mask, cached
     return result
 
 
 def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(check_device(device))
 
 
 def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, device: str | None = None, steps: int = 10,
                        warmup: int = 3, compile: bool | None = None) -> dict:
-    """Full stage-1 training step (G + D, LPIPS-VGG16, adaptive weight) img/s, MQ-VAE 25 % vs its VQGAN path."""
+    """Full stage-1 training step (G + D, LPIPS-VGG16, adaptive weight) img/s, MQ-VAE 25 % vs its VQGAN
+    path, the two steps timed in interleaved rounds (`steps` each); the overhead is a median of paired ratios."""
     from mqvq.experiments import load_experiment
     from mqvq.models.losses import Stage1Loss
     from mqvq.models.lpips import LPIPS
     from mqvq.models.mqvae import MQVAE
 
     dev = _device(device)
-    rows = []
+    runs, rows = {}, []
     for name in ("mqvae-f16-adaptive-25", "vqgan-f16"):
         sets = [f"stage1.train.batch_size={batch_size}"] if batch_size else []
         cfg = load_experiment(name, profile, sets).stage1
         torch.manual_seed(0)
         model = MQVAE(cfg.model).to(dev).train()
         loss_fn = Stage1Loss(cfg.loss, LPIPS("vgg")).to(dev)  # random LPIPS weights: speed does not depend on them
-        fused = dev.type == "cuda"
-        opt_g = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
-        opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
-        dtype = autocast_dtype(cfg.train.precision, dev)
         use_compile = cfg.train.compile if compile is None else compile
-        net = torch.compile(model) if use_compile else model
-        if use_compile:
-            torch._functorch.config.donated_buffer = False
-        b, r = cfg.train.batch_size, cfg.data.resolution
-        x = torch.rand(b, 3, r, r, device=dev) * 2 - 1
-        gan_step = max(cfg.loss.disc_start, 0)
-
-        def step():
-            with autocast(dev, dtype):
-                out = net(x)
-                g, _ = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), gan_step)
-            opt_g.zero_grad(set_to_none=True)
-            g.backward()
-            opt_g.step()
-            with autocast(dev, dtype):
-                d_loss, _ = loss_fn.discriminator_loss(x, out.recon)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-        sec, peak = timed(step, dev, warmup, steps)
-        rows.append({"experiment": name, "batch_size": b, "resolution": r, "images_per_s": b / sec, "ms_per_step": 1000 * sec,
-                     "peak_memory_gb": peak, "precision": str(dtype or torch.float32), "compiled": use_compile,
+        runs[name] = _stage1_step(model, loss_fn, cfg, dev, use_compile)
+        rows.append({"experiment": name, "batch_size": cfg.train.batch_size, "resolution": cfg.data.resolution,
+                     "precision": str(autocast_dtype(cfg.train.precision, dev) or torch.float32), "compiled": use_compile,
+                     "memory_format": str(conv_layout(dev)).removeprefix("torch."),
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
-    return {"benchmark": "train-stage1", "profile": profile, "rows": rows, "stage1_train_images_per_s": rows[0]["images_per_s"],
-            "stage1_masking_overhead": rows[1]["images_per_s"] / rows[0]["images_per_s"], "environment": environment(dev)}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = interleaved(runs, dev, rounds=steps, warmup=warmup)
+    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    for row in rows:
+        wall, cpu = statistics.median(times[row["experiment"]]["wall"]), statistics.median(times[row["experiment"]]["cpu"])
+        row |= {"images_per_s": row["batch_size"] / wall, "ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * cpu,
+                "peak_memory_gb": peak}
+    mq, vq = times["mqvae-f16-adaptive-25"], times["vqgan-f16"]
+    return {"benchmark": "train-stage1", "profile": profile, "rounds": steps, "timing": "interleaved rounds, medians",
+            "rows": rows, "stage1_train_images_per_s": rows[0]["images_per_s"],
+            "stage1_masking_overhead": paired_ratio(mq["wall"], vq["wall"]),
+            "stage1_masking_overhead_cpu": paired_ratio(mq["cpu"], vq["cpu"]), "environment": environment(dev)}
+
+
+def _stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool):
+    """One G + D step on a fixed random batch, as the training loop runs it (same memory layout too)."""
+    layout = conv_layout(dev)
+    model.to(memory_format=layout)
+    loss_fn.to(memory_format=layout)
+    fused = dev.type == "cuda"
+    opt_g = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
+    opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=fused)
+    dtype = autocast_dtype(cfg.train.precision, dev)
+    net = torch.compile(model) if use_compile else model
+    if use_compile:
+        torch._functorch.config.donated_buffer = False
+    b, r = cfg.train.batch_size, cfg.data.resolution
+    x = (torch.rand(b, 3, r, r, device=dev) * 2 - 1).contiguous(memory_format=layout)
+    gan_step = max(cfg.loss.disc_start, 0)
+
+    def step():
+        with autocast(dev, dtype):
+            out = net(x)
+            g, _ = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), gan_step)
+        opt_g.zero_grad(set_to_none=True)
+        g.backward()
+        opt_g.step()
+        with autocast(dev, dtype):
+            d_loss, _ = loss_fn.discriminator_loss(x, out.recon)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    return step
 
 
 def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 16,
@@ -141,9 +169,14 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    sec, peak = timed(step, dev, warmup, steps)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = interleaved({"step": step}, dev, rounds=steps, warmup=warmup)["step"]
+    sec = statistics.median(times["wall"])
+    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
     return {"benchmark": "train-stage2", "preset": preset, "params_m": model.num_params() / 1e6, "tokens": n,
-            "batch_size": batch_size, "ms_per_step": 1000 * sec, "peak_memory_gb": peak, "compiled": compile,
+            "batch_size": batch_size, "ms_per_step": 1000 * sec, "cpu_ms_per_step": 1000 * statistics.median(times["cpu"]),
+            "peak_memory_gb": peak, "compiled": compile,
             "precision": str(dtype or torch.float32), "stage2_train_tokens_per_s": batch_size * n / sec,
             "environment": environment(dev)}
 
@@ -195,7 +228,7 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
 
     batch(min(batch_size, num))  # warm-up
     sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     done = 0
     while done < num:
         b = min(batch_size, num - done)
@@ -203,7 +236,8 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
         done += b
     sync(dev)
     sec = time.perf_counter() - t0
-    return {"benchmark": "fid", "backend": backend, "measured_images": num, "seconds": sec, "images_per_s": num / sec,
+    return {"benchmark": "fid", "backend": backend, "measured_images": num, "seconds": sec, "cpu_seconds": time.process_time() - c0,
+            "images_per_s": num / sec,
             "fid50k_seconds": 50_000 * sec / num, "fid50k_projected": num < 50_000, "batch_size": batch_size,
             "tokens": model.shape.length, "environment": environment(dev)}
 
@@ -225,3 +259,39 @@ def _random_inception(dev: torch.device):
 
 HEADLINE = ("stage1_train_images_per_s", "stage1_masking_overhead", "stage2_train_tokens_per_s", "sample_images_per_s",
             "sample_speedup_50_vs_0", "fid50k_seconds")
+
+# `bench all --quick`: the smallest sizes that still give every headline figure (a CPU check in minutes)
+QUICK = {"profile": "smoke", "preset": "tiny", "steps": 3, "grid": 8, "sample_batch_size": 16, "repeats": 3,
+         "fid_num": 64, "fid_batch_size": 32}
+
+
+def bench_all(profile: str = "paper", preset: str = "small", *, compile: bool = False, fid_num: int = 2048,
+              sample_batch_size: int = 64, device: str | None = None, quick: bool = False,
+              on_section: Callable[[str, dict], None] | None = None) -> dict:
+    """Every benchmark at the anchor configuration (or QUICK's sizes), the headline figures at the top
+    level; `on_section(name, partial_result)` runs before and after each section so a caller can show
+    progress and write what is finished (an interrupted run keeps its sections)."""
+    q = QUICK if quick else {}
+    profile, preset = q.get("profile", profile), q.get("preset", preset)
+    steps, grid = q.get("steps", 10), q.get("grid", 16)
+    fid_num, sample_batch_size = q.get("fid_num", fid_num), q.get("sample_batch_size", sample_batch_size)
+    sections = {
+        "train_stage1": lambda: bench_train_stage1(profile, device=device, steps=steps, warmup=min(3, steps), compile=compile or None),
+        "train_stage2": lambda: bench_train_stage2(preset, grid=grid, device=device, steps=steps, warmup=min(3, steps), compile=compile),
+        "sample": lambda: bench_sample(preset, grid=grid, batch_size=sample_batch_size, device=device, compile=compile,
+                                       repeats=q.get("repeats", 3)),
+        "fid": lambda: bench_fid(preset, num=fid_num, batch_size=q.get("fid_batch_size", min(256, fid_num)), device=device,
+                                 profile=profile, compile=compile)}
+    result = {"benchmark": "all", "profile": profile, "preset": preset, "quick": quick, "compiled": compile, "complete": False,
+              "git_commit": git_commit()}
+    for name, run in sections.items():
+        if on_section:
+            on_section(name, result)
+        t0 = time.perf_counter()
+        result[name] = run() | {"section_seconds": round(time.perf_counter() - t0, 1)}
+        result |= {k: result[name][k] for k in HEADLINE if k in result[name]}
+    result["complete"] = True
+    result["environment"] = result["sample"]["environment"]
+    if on_section:
+        on_section("", result)
+    return result

@@ -33,6 +33,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def conv_layout(device: torch.device) -> torch.memory_format:
+    """Memory format for the stage-1 networks: channels_last on CPU, oneDNN's native layout, which made the
+    whole G + D step 1.1-1.25x faster there (smoke to 128 px); on CUDA the default until measured there."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -138,7 +144,7 @@ def broadcast_object(obj):
 
 
 def environment(device: torch.device) -> dict:
-    """What a measurement ran on: torch, python, device (GPU name, CUDA, cuDNN or CPU and threads)."""
+    """What a measurement ran on: torch, python, device (GPU name, CUDA, cuDNN or CPU and threads), load."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if device.type == "cuda":
@@ -146,4 +152,6 @@ def environment(device: torch.device) -> dict:
                 "cudnn": torch.backends.cudnn.version()}
     else:
         env |= {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if hasattr(os, "getloadavg"):  # what else ran: timings on a shared machine depend on it
+        env["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return env

@@ -1,8 +1,10 @@
-"""Wall-clock timing with device synchronisation: warm-up, then the median of repeats."""
+"""Timing with device synchronisation: warm-up, then medians of repeats; comparisons interleaved
+(A B, B A, ...) so that load swings on a shared machine fall on both sides of every ratio."""
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -27,6 +29,31 @@ def timed(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> tuple[
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     return statistics.median(times), peak
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int = 5,
+                warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each fn, once per round in alternating order: {name: {"wall": [...], "cpu": [...]}}.
+    CPU time is this process's (all threads), beside wall time."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {n: {"wall": [], "cpu": []} for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            sync(device)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
+    return times
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[i] / b[i]: a ratio of two interleaved measurements."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def device_name(device: torch.device) -> str:

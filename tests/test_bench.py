@@ -9,19 +9,45 @@ from mqvq.bench import HEADLINE
 from mqvq.cli import app
 
 runner = CliRunner()
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
 
 
-def test_bench_all_tiny_on_cpu_writes_json_and_logs_to_mlflow(tmp_path, home, tracker):
-    out = tmp_path / "bench" / "cpu.json"
-    r = runner.invoke(app, ["bench", "all", "--profile", "smoke", "--preset", "tiny", "--fid-num", "16", "--sample-batch-size", "4",
-                            "--device", "cpu", "--out", str(out), "--log", "--home", str(home)])
+def cuda(test):
+    """Selected by `pytest -m cuda` (tools/gpu-check.sh); skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")(test))
+
+
+def test_gpu_check_dry_run_writes_every_headline_figure(tmp_path):
+    """tools/gpu-check.sh --dry-run: the GPU check's steps on CPU at the smallest sizes (`bench all
+    --quick`, eager and compiled, then the merge), with all six headline keys and the environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "MQVQ_HOME": str(tmp_path / "home")}
+    r = subprocess.run(["bash", str(root / "tools" / "gpu-check.sh"), str(tmp_path / "results"), "--dry-run"], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = tmp_path / "results"
+    # the compiled run may fail where no C++ compiler is installed: the merge then keeps the eager figures
+    assert {"bench.json", "bench-eager.json", "bench-compiled.log", "cuda-tests.log"} <= {p.name for p in results.iterdir()}
+    data = json.loads((results / "bench.json").read_text())
+    assert set(HEADLINE) <= set(data) and all(data[k] > 0 for k in HEADLINE) and data["complete"] is True
+    assert set(data["compiled"]) == {"train_stage1", "train_stage2", "sample", "fid"}
+    eager = json.loads((results / "bench-eager.json").read_text())
+    assert eager["quick"] is True and eager["environment"]["threads"] >= 1 and "load_average" in eager["environment"]
+    assert eager["train_stage1"]["rows"][0]["memory_format"] == "channels_last" and "cpu_ms_per_step" in eager["train_stage1"]["rows"][0]
+    assert "sample_speedup_50_vs_0_cpu" in eager["sample"]
+    assert r.stderr.count("bench all") == 2   # progress on screen: one line per step
+
+
+def test_bench_logs_to_mlflow(home, tracker):
+    r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--log", "--home", str(home)])
     assert r.exit_code == 0, r.output
-    data = json.loads(out.read_text())
-    assert set(HEADLINE) <= set(data) and all(data[k] > 0 for k in HEADLINE)
-    assert data["fid"]["fid50k_projected"] and data["environment"]["torch"] == torch.__version__ and data["complete"] is True
     run = tracker.find_runs("bench")[0]
-    assert run.data.tags["mqvq.bench"] == "all" and run.data.metrics["stage2_train_tokens_per_s"] > 0
+    assert run.data.tags["mqvq.bench"] == "train-stage2" and run.data.metrics["stage2_train_tokens_per_s"] > 0
+    assert run.data.tags["mqvq.env.threads"] == str(torch.get_num_threads())
 
 
 def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home, monkeypatch):
@@ -82,3 +108,13 @@ def test_compiled_cuda_graph_sampler_matches_eager_on_gpu():
     greedy = SamplingConfig(top_k=1, top_p=1.0, top_k_pos=1, top_p_pos=1.0)
     a, b = generate_compiled(model, 4, greedy), generate(model, 4, greedy)
     assert torch.equal(a.codes, b.codes) and torch.equal(a.positions, b.positions)
+
+
+def test_interleaved_timing_alternates_the_order_and_pairs_the_rounds():
+    from mqvq.timing import interleaved, paired_ratio
+
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), rounds=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]   # warm-up, then A B, B A, A B, B A
+    assert all(len(times[k]["wall"]) == len(times[k]["cpu"]) == 4 for k in "ab")
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0        # the median of 2, 4, 3

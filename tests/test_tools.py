@@ -53,3 +53,28 @@ def test_the_present_list_is_carried_in_the_repository():
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_merge_keeps_compiled_figures_only_where_faster():
+    merge = _module("bench-merge").merge
+    eager = {"benchmark": "all", "environment": {"gpu": "x"},
+             "train_stage1": {"stage1_train_images_per_s": 10.0, "stage1_masking_overhead": 1.1},
+             "train_stage2": {"stage2_train_tokens_per_s": 100.0},
+             "sample": {"sample_images_per_s": 50.0, "sample_speedup_50_vs_0": 1.8},
+             "fid": {"fid50k_seconds": 300.0}}
+    compiled = {"train_stage1": {"stage1_train_images_per_s": 14.0, "stage1_masking_overhead": 1.05},
+                "train_stage2": {"stage2_train_tokens_per_s": 90.0},          # slower compiled: eager kept
+                "sample": {"sample_images_per_s": 80.0, "sample_speedup_50_vs_0": 2.0},
+                "fid": {"fid50k_seconds": 310.0}}                               # lower is better: eager kept
+    out = merge(eager, compiled)
+    assert {s: v["kept"] for s, v in out["compiled"].items()} == {"train_stage1": True, "train_stage2": False, "sample": True, "fid": False}
+    assert (out["stage1_train_images_per_s"], out["stage1_masking_overhead"]) == (14.0, 1.05)   # a section's figures stay together
+    assert (out["stage2_train_tokens_per_s"], out["fid50k_seconds"], out["sample_speedup_50_vs_0"]) == (100.0, 300.0, 2.0)
+    assert merge(eager, None)["sample_images_per_s"] == 50.0 and out["complete"] and out["environment"] == {"gpu": "x"}

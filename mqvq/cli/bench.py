@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console, open_tracker
+from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console, err_console, open_tracker
 from mqvq.files import atomic_write
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
@@ -135,23 +135,24 @@ def fid(preset: Preset = "small", profile: BenchProfile = "paper", num: Annotate
 def all_(profile: BenchProfile = "paper", preset: Preset = "small", compile: Annotated[bool, typer.Option("--compile")] = False,
          fid_num: Annotated[int, typer.Option(help="images timed for the FID-50k projection")] = 2048,
          sample_batch_size: Annotated[int, typer.Option(help="sampling batch size")] = 64,
+         quick: Annotated[bool, typer.Option("--quick", help="the smallest sizes that give every headline figure "
+                                                            "(minutes on a CPU; overrides the sizes above)")] = False,
          device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
          tracking_uri: TrackingUri = None) -> None:
     """Every benchmark at the anchor configuration; the headline figures at the top level."""
-    from mqvq.bench import HEADLINE, bench_fid, bench_sample, bench_train_stage1, bench_train_stage2
+    import time
 
-    steps = {"train_stage1": lambda: bench_train_stage1(profile, device=device, compile=compile or None),
-             "train_stage2": lambda: bench_train_stage2(preset, device=device, compile=compile),
-             "sample": lambda: bench_sample(preset, batch_size=sample_batch_size, device=device, compile=compile),
-             "fid": lambda: bench_fid(preset, num=fid_num, batch_size=min(256, fid_num), device=device, profile=profile, compile=compile)}
-    parts: dict = {}
-    for name, run in steps.items():
-        parts[name] = run()
-        if out and len(parts) < len(steps):  # an interrupted benchmark keeps every section it finished
-            _write_json(out, {"benchmark": "all", "profile": profile, "preset": preset, "complete": False, **parts})
-    result = {"benchmark": "all", "profile": profile, "preset": preset, "complete": True}
-    for part in parts.values():
-        result |= {k: part[k] for k in HEADLINE if k in part}
-    result |= parts
-    result["environment"] = parts["sample"]["environment"]
+    from mqvq.bench import bench_all
+
+    start = time.perf_counter()
+
+    def on_section(name: str, partial: dict) -> None:
+        done = [k for k in ("train_stage1", "train_stage2", "sample", "fid") if k in partial]
+        if done and out:  # an interrupted benchmark keeps every section it finished
+            _write_json(out, partial)
+        if name:
+            err_console.print(f"[{len(done) + 1}/4] {name} ({time.perf_counter() - start:.0f} s so far)", highlight=False)
+
+    result = bench_all(profile, preset, compile=compile, fid_num=fid_num, sample_batch_size=sample_batch_size, device=device,
+                       quick=quick, on_section=on_section)
     _emit(result, out, as_json, log, home, tracking_uri)

@@ -7,7 +7,9 @@
     L_D  = [step >= disc_start] hinge(D(x), D(sg x~))
 
 Before `disc_start` the GAN terms are skipped entirely (not multiplied by zero), which saves the
-discriminator forward and both adaptive-weight gradients.
+discriminator forward and both adaptive-weight gradients. After it, LPIPS and D are each walked back
+once: their gradients at the reconstruction give both lam's last-layer gradients (through the last
+layer alone) and the generator's backward (a surrogate loss), instead of three walks through each.
 """
 from __future__ import annotations
 
@@ -48,17 +50,32 @@ class Stage1Loss(nn.Module):
             params = {k: v.detach() for k, v in self.disc.named_parameters()}
             buffers = dict(self.disc.named_buffers())
             g = -functional_call(self.disc, {**params, **buffers}, (recon,)).mean()
-            if c.adaptive_weight:
-                g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
-                g_g = torch.autograd.grad(g, last_layer, retain_graph=True)[0]
-                lam = (g_nll.norm() / (g_g.norm() + 1e-4)).clamp(0.0, 1e4).detach() * c.disc_weight
-                lam = lam.clamp_max(c.disc_weight_max)
-            else:
-                lam = torch.tensor(c.disc_weight, device=images.device)
+            if c.adaptive_weight and recon.requires_grad:
+                # nll and g reach the generator only through `recon`: their gradients at `recon` are
+                # taken once (LPIPS and D are each walked back once), the adaptive weight's gradients
+                # at the last layer come from those through the last layer alone, and the returned
+                # loss is a surrogate whose backward gives the generator exactly
+                # d(nll + lam g + w_cb L_vq)/d(theta); its value is not the loss (logs["loss"] is)
+                (g_nll_r,) = torch.autograd.grad(nll, recon)   # frees LPIPS's graph: it is not walked again
+                (g_g_r,) = torch.autograd.grad(g, recon)       # and D's
+                g_nll = torch.autograd.grad(recon, last_layer, g_nll_r, retain_graph=True)[0]
+                g_g = torch.autograd.grad(recon, last_layer, g_g_r, retain_graph=True)[0]
+                lam = self._adaptive_weight(g_nll, g_g)
+                value = loss.detach() + lam * g.detach()
+                loss = (recon * (g_nll_r + lam * g_g_r)).sum() + c.codebook_weight * vq_loss
+                logs.update(g=g.detach(), lam=lam.detach(), loss=value)
+                return loss, logs
+            lam = torch.tensor(c.disc_weight, device=images.device)
             loss = loss + lam * g
             logs.update(g=g.detach(), lam=lam.detach())
         logs["loss"] = loss.detach()
         return loss, logs
+
+    def _adaptive_weight(self, g_nll: torch.Tensor, g_g: torch.Tensor) -> torch.Tensor:
+        """VQGAN's lam = clamp(|dnll/dW| / (|dg/dW| + 1e-4), 0, 1e4) * disc_weight, at most disc_weight_max."""
+        c = self.cfg
+        lam = (g_nll.norm() / (g_g.norm() + 1e-4)).clamp(0.0, 1e4).detach() * c.disc_weight
+        return lam.clamp_max(c.disc_weight_max)
 
     def discriminator_loss(self, images: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Hinge loss on real and detached reconstructed images, reusing the generator step's

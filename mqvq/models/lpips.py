@@ -93,15 +93,28 @@ class LPIPS(nn.Module):
     def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # always eval: the linear layers' dropout must stay off
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's five feature maps, each unit-normalised over channels."""
+        return [f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in self.net((x - self.shift) / self.scale)]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        feats = self.net((torch.cat([x, y]) - self.shift) / self.scale)  # one trunk pass for both
+        if x.requires_grad or y.requires_grad:
+            # the side without gradients (the real images in training) runs under no_grad, so the
+            # backward never computes input gradients for it; one batched pass otherwise
+            fx, fy = (self.features(t) if t.requires_grad else _no_grad(self.features, t) for t in (x, y))
+        else:
+            n = x.shape[0]
+            both = self.features(torch.cat([x, y]))
+            fx, fy = [f[:n] for f in both], [f[n:] for f in both]
         total = 0.0
-        for i, f in enumerate(feats):
-            f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            d = (f[:n] - f[n:]).pow(2)
-            total = total + getattr(self, f"lin{i}").model(d).mean(dim=(2, 3))
+        for i, (a, b) in enumerate(zip(fx, fy)):
+            total = total + getattr(self, f"lin{i}").model((a - b).pow(2)).mean(dim=(2, 3))
         return total.flatten()
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
 
 
 # --------------------------------------------------------------------------- weights

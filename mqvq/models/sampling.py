@@ -5,8 +5,8 @@ temperature, top-k, top-p -> sample M_{t+1}; the Position-Transformer reads the 
 state plus e_c(M_{t+1}) -> positions already used (and <sos>) are masked -> temperature, top-k,
 top-p -> sample P_{t+1}. Exactly N steps, so every sample has N unique positions. Sampling is
 the exponential race argmax(p / E), E ~ Exp(1), which equals multinomial sampling and needs
-no host sync. With `use_cache=False` every step re-runs the whole prefix (the released
-sampler's cost model, kept for benchmarks and equivalence tests).
+no host sync. With `use_cache=False` every step re-runs Code-T and then Position-T once each over
+the whole prefix (the released sampler's cost, kept for benchmarks and equivalence tests).
 """
 from __future__ import annotations
 
@@ -18,27 +18,46 @@ from mqvq.config import SamplingConfig
 from mqvq.models.stackformer import Stackformer
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, temperature: float) -> torch.Tensor:
-    """Temperature, then keep the top-k, then the smallest set with probability mass >= top_p."""
-    logits = logits.float() / temperature
-    vocab = logits.shape[-1]
-    if top_k is not None and top_k < vocab:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+def candidates(logits: torch.Tensor, top_k: int | None, top_p: float | None,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature, then the top-k, then the smallest set with probability mass >= top_p, with one
+    softmax over the k candidates only: (unnormalised probabilities (B, k), their vocabulary indices
+    (B, k); None when every index is a candidate). Top-k sorts k values, never the vocabulary."""
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    index = None
+    if top_k is not None and top_k < logits.shape[-1]:
+        logits, index = torch.topk(logits, top_k, dim=-1)          # sorted, largest first
+    elif top_p is not None and top_p < 1.0:
+        logits, index = torch.sort(logits, dim=-1, descending=True)
+    probs = logits.softmax(-1)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # keep the token that crosses top_p
+    return probs, index
+
+
+def sample_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, temperature: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One vocabulary index per row, drawn from the filtered distribution: argmax(p / E), E ~ Exp(1),
+    over the candidates only (no host sync; p need not be normalised)."""
+    probs, index = candidates(logits, top_k, top_p, temperature)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    choice = (probs / race).argmax(-1, keepdim=True)
+    return (choice if index is None else index.gather(-1, choice)).squeeze(-1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, temperature: float) -> torch.Tensor:
+    """The filtered distribution as full-vocabulary logits: logits / temperature, -inf where filtered out."""
+    scaled = logits.float() / temperature
+    probs, index = candidates(logits, top_k, top_p, temperature)
+    if index is None:
+        return scaled
+    kept = torch.zeros_like(scaled, dtype=torch.bool).scatter(-1, index, probs > 0)
+    return scaled.masked_fill(~kept, float("-inf"))
 
 
 def sample_from(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row from softmax(logits), via argmax(p / Exp(1)) (no host sync)."""
-    probs = logits.softmax(-1)
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(-1)
+    return sample_logits(logits, None, None, 1.0, generator)
 
 
 @dataclass
@@ -50,11 +69,11 @@ class Samples:
 def decode_step(model: Stackformer, token, position, used, t, params: SamplingConfig, generator=None):
     """One cached step of Algorithm 1 with static shapes (tensor t): CUDA-graph friendly."""
     h_c, code_logits = model.code_step(token, position, t)
-    code = sample_from(filter_logits(code_logits, params.top_k, params.top_p, params.temperature), generator)
+    code = sample_logits(code_logits, params.top_k, params.top_p, params.temperature, generator)
     if model.raster:
         return code, t.expand_as(code), used
     pos_logits = model.position_step(h_c, code, t).float().masked_fill(used, float("-inf"))
-    pos = sample_from(filter_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos), generator)
+    pos = sample_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator)
     return code, pos, used.scatter(1, pos[:, None], True)
 
 
@@ -89,12 +108,14 @@ def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, la
 
 
 _COMPILED: dict = {}
+_MAX_COMPILED = 4  # compiled steps pin CUDA-graph memory; a benchmark interleaves three models
 
 
 def _compiled_step(model, params):
     key = (id(model), params)
     if key not in _COMPILED:
-        _COMPILED.clear()  # one compiled step at a time: they pin memory
+        while len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.pop(next(iter(_COMPILED)))  # the oldest
         _COMPILED[key] = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
     return _COMPILED[key]
 
@@ -124,9 +145,9 @@ def generate(model: Stackformer, batch: int, params: SamplingConfig, labels: tor
             for t in range(n):
                 if use_cache:
                     h_c, code_logits = model.code_step(token, position, t)
-                else:
+                else:  # the released cost: Code-T and Position-T each once over the whole prefix per token
                     h_c, code_logits = _uncached_code(model, codes[:, :t], positions[:, :t], labels, batch, device)
-                code = sample_from(filter_logits(code_logits, params.top_k, params.top_p, params.temperature), generator)
+                code = sample_logits(code_logits, params.top_k, params.top_p, params.temperature, generator)
                 codes[:, t] = code
                 if model.raster:
                     pos = torch.full_like(code, t)
@@ -134,15 +155,15 @@ def generate(model: Stackformer, batch: int, params: SamplingConfig, labels: tor
                     if use_cache:
                         pos_logits = model.position_step(h_c, code, t)
                     else:
-                        pos_logits = _uncached_position(model, codes[:, : t + 1], positions[:, :t], labels)
+                        pos_logits = model.position_logits(h_c, codes[:, : t + 1])[:, -1]
                     forbid = used
                     if params.enforce_raster:  # after the last position, leaving room for the remaining steps
                         forbid = used | (idx > grid_len - (n - t))
                         if t > 0:
                             forbid = forbid | (idx <= position[:, None])
-                    pos_logits = pos_logits.float().masked_fill(forbid, float("-inf"))
-                    pos = sample_from(filter_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos), generator)
-                    used = used.scatter(1, pos[:, None], True)
+                    pos_logits = pos_logits.float().masked_fill_(forbid, float("-inf"))  # a fresh tensor: in place
+                    pos = sample_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator)
+                    used.scatter_(1, pos[:, None], True)
                 positions[:, t] = pos
                 token, position = code, pos
     finally:
@@ -158,20 +179,11 @@ def _null():
 
 
 def _uncached_code(model, codes, positions, labels, batch, device):
-    """Full forward over the prefix plus a dummy last slot: logits at index t predict M_{t+1}."""
+    """Code-T over the prefix plus a dummy last slot (never read): hidden states (B, t+1, d) for the
+    position step, and the last logits, which predict M_{t+1}."""
     pad = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    code_logits, _ = _prefix_forward(model, torch.cat([codes, pad], 1), torch.cat([positions, pad], 1), labels)
-    return None, code_logits[:, -1]
-
-
-def _uncached_position(model, codes, positions, labels):
-    pad = torch.zeros(positions.shape[0], 1, dtype=torch.long, device=positions.device)
-    _, pos_logits = _prefix_forward(model, codes, torch.cat([positions, pad], 1), labels)
-    return pos_logits[:, -1]
-
-
-def _prefix_forward(model, codes, positions, labels):
-    return model(codes, None if model.raster else positions, labels)
+    h_c = model.code_hidden(torch.cat([codes, pad], 1), None if model.raster else torch.cat([positions, pad], 1), labels)
+    return h_c, model.code_head(h_c[:, -1])
 
 
 def sort_raster(codes: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,18 +75,24 @@ class Stackformer(nn.Module):
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         """codes, positions (B, N) raster order -> code logits (B, N, K), position logits (B, N, L) or None."""
+        h_c = self.code_hidden(codes, positions, labels)
+        code_logits = self.code_head(h_c)
+        if self.raster:
+            return code_logits, None
+        return code_logits, self.position_logits(h_c, codes)
+
+    def code_hidden(self, codes: torch.Tensor, positions: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
+        """Code-T over the shifted inputs (<sos>, M_1..M_{N-1}): (B, N, d); the last code is never read."""
         b, n = codes.shape
         if self.raster or positions is None:
             positions = self.raster_positions(b, n, codes.device)
         v_in = torch.cat([self.first_token(labels, b, codes.device)[:, None], codes[:, :-1]], 1)
         p_in = torch.cat([torch.full((b, 1), self.sos_pos, device=codes.device, dtype=torch.long), positions[:, :-1]], 1)
-        h = self.drop(self.tok_emb(v_in) + self.pos_emb(p_in) + self.abs_emb[:, :n])
-        h_c = self.code_stack(h)
-        code_logits = self.code_head(h_c)
-        if self.raster:
-            return code_logits, None
-        h_p = self.pos_stack(h_c + self.tok_emb(codes))
-        return code_logits, self.pos_head(h_p)
+        return self.code_stack(self.drop(self.tok_emb(v_in) + self.pos_emb(p_in) + self.abs_emb[:, :n]))
+
+    def position_logits(self, h_c: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Position-T over Code-T's hidden states plus each step's own code: (B, N, L)."""
+        return self.pos_head(self.pos_stack(h_c + self.tok_emb(codes)))
 
     def loss(self, codes: torch.Tensor, positions: torch.Tensor | None, labels: torch.Tensor | None = None):
         return sequence_loss(*self(codes, positions, labels), codes, positions)

@@ -24,7 +24,7 @@ from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
-from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
+from mqvq.runtime import autocast, autocast_dtype, conv_layout, gather_rng_states, progress_bar, seed_all, set_rng_state
 from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking.store import Tracker
@@ -71,8 +71,9 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     for ds in (train_ds, test_ds):  # a file that does not decode would fail the run mid-way
         check_images(ds, tracker.home / "data-checks")
     seed_all(cfg.seed)
-    model = MQVAE(s1.model).to(d.device)
-    loss_fn = Stage1Loss(s1.loss).to(d.device)
+    layout = conv_layout(d.device)
+    model = MQVAE(s1.model).to(d.device, memory_format=layout)
+    loss_fn = Stage1Loss(s1.loss).to(d.device, memory_format=layout)
     fused = d.device.type == "cuda"
     opt_g = torch.optim.Adam(generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
@@ -124,6 +125,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
 def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step, dtype, tracker, run_id, ckpt_file,
           progress, stop_after, summary) -> int:
     t = cfg.stage1.train
+    layout = conv_layout(d.device)
     step = start_step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     window = MetricWindow(t.batch_size * d.world)
@@ -149,7 +151,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
             validate()
         batches = iter(loader)
         while step < end:
-            x = next(batches)["image"].to(d.device, non_blocking=True)
+            x = next(batches)["image"].to(d.device, non_blocking=True, memory_format=layout)
             lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
             set_lr(opt_g, lr)
             set_lr(opt_d, lr)
