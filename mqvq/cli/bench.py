@@ -136,7 +136,7 @@ def all_(profile: BenchProfile = "paper", preset: Preset = "small", compile: Ann
          fid_num: Annotated[int, typer.Option(help="images timed for the FID-50k projection")] = 2048,
          sample_batch_size: Annotated[int, typer.Option(help="sampling batch size")] = 64,
          quick: Annotated[bool, typer.Option("--quick", help="the smallest sizes that give every headline figure "
-                                                            "(minutes on a CPU; overrides the sizes above)")] = False,
+                                                            "(about 15 s on a 2-core CPU; overrides the sizes above)")] = False,
          device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
          tracking_uri: TrackingUri = None) -> None:
     """Every benchmark at the anchor configuration; the headline figures at the top level."""
