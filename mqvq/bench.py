@@ -271,6 +271,7 @@ def bench_all(profile: str = "paper", preset: str = "small", *, compile: bool = 
     """Every benchmark at the anchor configuration (or QUICK's sizes), the headline figures at the top
     level; `on_section(name, partial_result)` runs before and after each section so a caller can show
     progress and write what is finished (an interrupted run keeps its sections)."""
+    device = check_device(device)  # before any section starts
     q = QUICK if quick else {}
     profile, preset = q.get("profile", profile), q.get("preset", preset)
     steps, grid = q.get("steps", 10), q.get("grid", 16)

@@ -42,6 +42,13 @@ def test_gpu_check_dry_run_writes_every_headline_figure(tmp_path):
     assert r.stderr.count("bench all") == 2   # progress on screen: one line per step
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_bench_all_refuses_a_missing_gpu_before_starting(tmp_path):
+    r = runner.invoke(app, ["bench", "all", "--quick", "--device", "cuda", "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 2 and "no CUDA GPU is available" in r.output and "[1/4]" not in r.output
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_bench_logs_to_mlflow(home, tracker):
     r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--log", "--home", str(home)])
     assert r.exit_code == 0, r.output

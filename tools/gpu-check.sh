@@ -9,7 +9,8 @@
 #   tools/gpu-check.sh "$OUT"              # on the GPU machine, inside a device call
 #   tools/gpu-check.sh DIR --dry-run       # here, on CPU: the same steps at the smallest sizes
 set -euo pipefail
-results=${1:?usage: tools/gpu-check.sh RESULTS_DIR [--dry-run]}
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then echo "usage: tools/gpu-check.sh RESULTS_DIR [--dry-run]" >&2; exit 2; fi
+results=$1
 mode=${2:-}
 case "$mode" in ""|--dry-run) ;; *) echo "gpu-check: unknown option $mode (allowed: --dry-run)" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
