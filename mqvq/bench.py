@@ -3,7 +3,6 @@ device and software versions. Random weights: speed does not depend on them."""
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 from typing import Callable
 
@@ -14,7 +13,7 @@ from mqvq.errors import UserError
 from mqvq.models.sampling import generate, generate_compiled
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.runtime import autocast, autocast_dtype, check_device, conv_layout, environment
-from mqvq.timing import interleaved, paired_ratio, sync
+from mqvq.timing import interleaved, medians, paired_ratio, sync
 from mqvq.tracking.store import git_commit
 
 
@@ -45,12 +44,9 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
         runs = {ratio: (functools.partial(generate_compiled, m, batch_size, params, device=dev) if compile and cache else
                         functools.partial(generate, m, batch_size, params, use_cache=cache, device=dev))
                 for ratio, m in models.items()}
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        times[cache] = interleaved(runs, dev, rounds=repeats)
-        peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+        times[cache], peak = interleaved(runs, dev, rounds=repeats)
         for ratio, model in models.items():
-            wall, cpu = statistics.median(times[cache][ratio]["wall"]), statistics.median(times[cache][ratio]["cpu"])
+            wall, cpu = medians(times[cache][ratio])
             n = model.shape.length
             rows.append({"model": model.cfg.kind, "mask_ratio": ratio, "tokens": n, "cache": cache, "compiled": compile and cache,
                          "batch_size": batch_size, "seconds_per_batch": wall, "images_per_s": batch_size / wall,
@@ -64,7 +60,7 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
         result["sample_speedup_50_vs_0"] = paired_ratio(times[first][0.0]["wall"], times[first][0.5]["wall"])
         result["sample_speedup_50_vs_0_cpu"] = paired_ratio(times[first][0.0]["cpu"], times[first][0.5]["cpu"])
     if 0.25 in models:
-        result["sample_images_per_s"] = batch_size / statistics.median(times[first][0.25]["wall"])  # 25 % mask, cached
+        result["sample_images_per_s"] = batch_size / medians(times[first][0.25])[0]  # 25 % mask, cached
     return result
 
 
@@ -90,17 +86,14 @@ def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, de
         model = MQVAE(cfg.model).to(dev).train()
         loss_fn = Stage1Loss(cfg.loss, LPIPS("vgg")).to(dev)  # random LPIPS weights: speed does not depend on them
         use_compile = cfg.train.compile if compile is None else compile
-        runs[name] = _stage1_step(model, loss_fn, cfg, dev, use_compile)
+        runs[name] = stage1_step(model, loss_fn, cfg, dev, use_compile)
         rows.append({"experiment": name, "batch_size": cfg.train.batch_size, "resolution": cfg.data.resolution,
                      "precision": str(autocast_dtype(cfg.train.precision, dev) or torch.float32), "compiled": use_compile,
                      "memory_format": str(conv_layout(dev)).removeprefix("torch."),
                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = interleaved(runs, dev, rounds=steps, warmup=warmup)
-    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    times, peak = interleaved(runs, dev, rounds=steps, warmup=warmup)
     for row in rows:
-        wall, cpu = statistics.median(times[row["experiment"]]["wall"]), statistics.median(times[row["experiment"]]["cpu"])
+        wall, cpu = medians(times[row["experiment"]])
         row |= {"images_per_s": row["batch_size"] / wall, "ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * cpu,
                 "peak_memory_gb": peak}
     mq, vq = times["mqvae-f16-adaptive-25"], times["vqgan-f16"]
@@ -110,9 +103,10 @@ def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, de
             "stage1_masking_overhead_cpu": paired_ratio(mq["cpu"], vq["cpu"]), "environment": environment(dev)}
 
 
-def _stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool):
-    """One G + D step on a fixed random batch, as the training loop runs it (same memory layout too)."""
-    layout = conv_layout(dev)
+def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layout: torch.memory_format | None = None):
+    """One G + D step on a fixed random batch, as the training loop runs it (in its memory layout
+    unless `layout` says otherwise)."""
+    layout = layout or conv_layout(dev)
     model.to(memory_format=layout)
     loss_fn.to(memory_format=layout)
     fused = dev.type == "cuda"
@@ -169,13 +163,10 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = interleaved({"step": step}, dev, rounds=steps, warmup=warmup)["step"]
-    sec = statistics.median(times["wall"])
-    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+    times, peak = interleaved({"step": step}, dev, rounds=steps, warmup=warmup)
+    sec, cpu = medians(times["step"])
     return {"benchmark": "train-stage2", "preset": preset, "params_m": model.num_params() / 1e6, "tokens": n,
-            "batch_size": batch_size, "ms_per_step": 1000 * sec, "cpu_ms_per_step": 1000 * statistics.median(times["cpu"]),
+            "batch_size": batch_size, "ms_per_step": 1000 * sec, "cpu_ms_per_step": 1000 * cpu,
             "peak_memory_gb": peak, "compiled": compile,
             "precision": str(dtype or torch.float32), "stage2_train_tokens_per_s": batch_size * n / sec,
             "environment": environment(dev)}

@@ -16,28 +16,19 @@ def sync(device: torch.device) -> None:
 
 def timed(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> tuple[float, float | None]:
     """Median seconds per call of `fn` after `warmup` calls, and the peak GPU memory (GB) while timing."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    return statistics.median(times), peak
+    times, peak = interleaved({"fn": fn}, device, rounds=repeats, warmup=warmup)
+    return statistics.median(times["fn"]["wall"]), peak
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int = 5,
-                warmup: int = 1) -> dict[str, dict[str, list[float]]]:
-    """Seconds per call of each fn, once per round in alternating order: {name: {"wall": [...], "cpu": [...]}}.
-    CPU time is this process's (all threads), beside wall time."""
+                warmup: int = 1) -> tuple[dict[str, dict[str, list[float]]], float | None]:
+    """Seconds per call of each fn, once per round in alternating order: {name: {"wall": [...], "cpu": [...]}},
+    and the peak GPU memory (GB) over the timed calls. CPU time is this process's (all threads)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     names = list(fns)
     times = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(rounds):
@@ -48,7 +39,13 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, roun
             sync(device)
             times[name]["wall"].append(time.perf_counter() - wall)
             times[name]["cpu"].append(time.process_time() - cpu)
-    return times
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return times, peak
+
+
+def medians(t: dict[str, list[float]]) -> tuple[float, float]:
+    """(wall, cpu) median seconds of one fn's interleaved timings."""
+    return statistics.median(t["wall"]), statistics.median(t["cpu"])
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:

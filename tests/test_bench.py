@@ -121,7 +121,7 @@ def test_interleaved_timing_alternates_the_order_and_pairs_the_rounds():
     from mqvq.timing import interleaved, paired_ratio
 
     calls = []
-    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), rounds=4, warmup=1)
+    times, _ = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), rounds=4, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]   # warm-up, then A B, B A, A B, B A
     assert all(len(times[k]["wall"]) == len(times[k]["cpu"]) == 4 for k in "ab")
     assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0        # the median of 2, 4, 3

@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from mqvq.timing import interleaved, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,25 +41,18 @@ def base_package(rev: str, into: Path) -> None:
         f.write_text(text)
 
 
-def cpu_seconds(fn, n: int = 1) -> float:
-    start = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - start) / n
+def cpu_times(a, b, rounds: int, n: int = 1) -> tuple[list[float], list[float]]:
+    """CPU seconds per call of a and b (each measurement `n` calls), interleaved by mqvq.timing."""
+    import torch
 
-
-def interleaved(a, b, rounds: int, n: int = 1) -> tuple[list[float], list[float]]:
-    a(), b()  # warm-up
-    ta, tb = [], []
-    for r in range(rounds):
-        for first in ((True, False) if r % 2 == 0 else (False, True)):
-            (ta if first else tb).append(cpu_seconds(a if first else b, n))
-    return ta, tb
+    times, _ = interleaved({"a": lambda: [a() for _ in range(n)], "b": lambda: [b() for _ in range(n)]},
+                           torch.device("cpu"), rounds=rounds)
+    return [t / n for t in times["a"]["cpu"]], [t / n for t in times["b"]["cpu"]]
 
 
 def summary(ta, tb, per: int) -> dict:
     return {"main_per_s": per / statistics.median(ta), "new_per_s": per / statistics.median(tb),
-            "speedup_median_paired": statistics.median(x / y for x, y in zip(ta, tb)),
+            "speedup_median_paired": paired_ratio(ta, tb),
             "paired": [round(x / y, 3) for x, y in zip(ta, tb)]}
 
 
@@ -70,42 +64,24 @@ def stage1(rounds: int) -> dict:
     import mqvq_base.models.losses as old_losses
     import mqvq_base.models.lpips as old_lpips
     from mqvq.experiments import load_experiment
+    from mqvq.bench import stage1_step
     from mqvq.models.mqvae import MQVAE
-    from mqvq.runtime import conv_layout
 
     sets = ["stage1.data.resolution=64", "stage1.model.channels=32", "stage1.model.quantizer.codebook_size=1024",
             "stage1.loss.disc_layers=3", "stage1.loss.disc_channels=64", "stage1.loss.disc_start=0", "stage1.train.batch_size=4"]
     cfg = load_experiment("mqvae-f16-adaptive-25", "smoke", sets).stage1
     torch.manual_seed(0)
     models = {"main": MQVAE(cfg.model).train()}
-    layout = conv_layout(torch.device("cpu"))  # this tree trains in it
-    models["new"] = copy.deepcopy(models["main"]).to(memory_format=layout)
+    models["new"] = copy.deepcopy(models["main"])
     lp_new, lp_old = new_lpips.LPIPS("vgg"), old_lpips.LPIPS("vgg")
     lp_old.load_state_dict(lp_new.state_dict())
     fns = {"new": new_losses.Stage1Loss(cfg.loss, lp_new), "main": old_losses.Stage1Loss(cfg.loss, lp_old)}
     fns["main"].disc.load_state_dict(fns["new"].disc.state_dict())
-    fns["new"].to(memory_format=layout)
-    x = torch.rand(4, 3, 64, 64) * 2 - 1
-    xs = {"main": x, "new": x.contiguous(memory_format=layout)}
-
-    def step_with(which):
-        model, fn, x = models[which], fns[which], xs[which]
-        opt_g = torch.optim.Adam(model.parameters(), lr=1e-5)
-        opt_d = torch.optim.Adam(fn.disc.parameters(), lr=1e-5)
-
-        def step():
-            out = model(x)
-            g, _ = fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), 0)
-            opt_g.zero_grad(set_to_none=True)
-            g.backward()
-            opt_g.step()
-            d, _ = fn.discriminator_loss(x, out.recon)
-            opt_d.zero_grad(set_to_none=True)
-            d.backward()
-            opt_d.step()
-        return step
-
-    ta, tb = interleaved(step_with("main"), step_with("new"), rounds, n=3)
+    cpu = torch.device("cpu")
+    # each tree in the layout its own training loop uses: 355b995 trained contiguous
+    main = stage1_step(models["main"], fns["main"], cfg, cpu, False, layout=torch.contiguous_format)
+    new = stage1_step(models["new"], fns["new"], cfg, cpu, False)
+    ta, tb = cpu_times(main, new, rounds, n=3)
     return {"figure": "stage-1 training step (G + D), img/s", "overrides": sets} | summary(ta, tb, 4)
 
 
@@ -129,19 +105,19 @@ def sampling(rounds: int) -> dict:
 
     out = {}
     m = model("stackformer", 16, 0.25)
-    out["cached_25_grid16"] = summary(*interleaved(lambda: old_s.generate(m, batch, params), lambda: new_s.generate(m, batch, params),
+    out["cached_25_grid16"] = summary(*cpu_times(lambda: old_s.generate(m, batch, params), lambda: new_s.generate(m, batch, params),
                                                    rounds), batch)
     m4 = model("stackformer", 4, 0.25)  # the issue's 64 px at f = 16: 12 tokens
-    out["cached_25_grid4"] = summary(*interleaved(lambda: old_s.generate(m4, batch, params), lambda: new_s.generate(m4, batch, params),
+    out["cached_25_grid4"] = summary(*cpu_times(lambda: old_s.generate(m4, batch, params), lambda: new_s.generate(m4, batch, params),
                                                   rounds), batch)
     m8 = model("stackformer", 8, 0.25)
-    out["uncached_25_grid8"] = summary(*interleaved(lambda: old_s.generate(m8, batch, params, use_cache=False),
+    out["uncached_25_grid8"] = summary(*cpu_times(lambda: old_s.generate(m8, batch, params, use_cache=False),
                                                     lambda: new_s.generate(m8, batch, params, use_cache=False), max(2, rounds // 2)), batch)
     for grid in (16, 4):
         m50, m0 = model("stackformer", grid, 0.5), model("raster", grid, 0.0)
         for name, gen in (("main", old_s.generate), ("new", new_s.generate)):
-            ta, tb = interleaved(lambda: gen(m0, batch, params), lambda: gen(m50, batch, params), rounds)
-            out[f"speedup_50_vs_0_grid{grid}_{name}"] = statistics.median(x / y for x, y in zip(ta, tb))
+            ta, tb = cpu_times(lambda: gen(m0, batch, params), lambda: gen(m50, batch, params), rounds)
+            out[f"speedup_50_vs_0_grid{grid}_{name}"] = paired_ratio(ta, tb)
     return {"figure": "sampling img/s (Algorithm 1)", "preset": "cpu", "batch_size": batch} | out
 
 

@@ -102,13 +102,12 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         home: Home = None, tracking_uri: TrackingUri = None,
         progress: Progress = True) -> None:
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
+    from mqvq.runtime import check_device
     from mqvq.studies.runner import exit_code, run_study
     from mqvq.studies.spec import load_study
 
     _check_backend(backend)
     study = load_study(name)
-    from mqvq.runtime import check_device
-
     check_device(device)  # before anything runs, even when every row is already finished
     tracker = open_tracker(tracking_uri, home)  # validates the store before any worker starts
     options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout}

@@ -29,9 +29,14 @@ from mqvq.files import file_in_the_way
 SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
+def home_path(home: str | os.PathLike | None = None) -> Path:
+    """Where the home folder is (--home, else $MQVQ_HOME, else ./.mqvq), without creating it."""
+    return Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
+
+
 def home_dir(home: str | os.PathLike | None = None) -> Path:
     """The writable folder holding the default store, artifacts and working checkpoints."""
-    path = Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
+    path = home_path(home)
     ensure_writable(path, "--home / MQVQ_HOME")
     return path
 
@@ -136,14 +141,14 @@ class Tracker:
         """`must_exist` (commands that only read): refuse a SQLite store that is not there instead of
         creating an empty one that would report every run as missing. `created` says whether this
         call made a new store."""
-        wanted = Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
-        self.uri = resolve_tracking_uri(uri, wanted)
+        self.uri = resolve_tracking_uri(uri, home_path(home))
         db = sqlite_path(self.uri)
         if must_exist and db is not None and not db.is_file():
             raise UserError(f"there is no tracking store at {db}: check --home, --tracking-uri or MLFLOW_TRACKING_URI "
                             f"(this command only reads, so it does not create one).")
         self.created = db is not None and not db.is_file()
         self.home = home_dir(home)  # the same folder, now created and checked writable
+        self._artifact_uris: dict[str, str] = {}
         check_reachable(self.uri)
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
@@ -247,9 +252,11 @@ class Tracker:
         """Where this run's artifacts live under *this* home when the store was copied or moved from
         another folder (the database still records the old absolute path); None when they are where
         the database says. Artifacts must follow the store being used, never write into the old one."""
-        if not self.uri.startswith("sqlite:///"):
+        if sqlite_path(self.uri) is None:
             return None
-        uri = self.client.get_run(run_id).info.artifact_uri
+        if run_id not in self._artifact_uris:  # fixed at the run's creation: one query per run, not per artifact
+            self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
+        uri = self._artifact_uris[run_id]
         if not uri.startswith("file://"):
             return None
         from urllib.parse import unquote, urlparse
