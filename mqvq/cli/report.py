@@ -1,4 +1,4 @@
-"""`mqvq report NAME [--format md|latex|csv|json] [--out FILE] [--profile P] [--check]`"""
+"""`mqvq report NAME [--format md|latex|csv|json] [--out FILE] [--profile P] [--columns ...] [--paper ...] [--wide] [--check]`"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +15,11 @@ def report(
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="md, latex, csv or json (default: from --out's suffix, else md)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write here (figures go to <stem>-figures/ beside it)")] = None,
     profile: Annotated[str, typer.Option("--profile", "-p", help="the study's profile")] = "smoke",
-    check: Annotated[bool, typer.Option("--check", help="state, claim by claim, whether the paper's findings are reproduced")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="with --check: exit 1 when a claim fails")] = False,
+    columns: Annotated[Optional[list[str]], typer.Option("--columns", "-c", help="metric columns to show, in order: a study metric (rfid, fid, usage, mask, ...) or a column key (fd_vgg16, usage_effective, ...); comma-separated or repeated (default: all; in LaTeX, those that fit one column)")] = None,
+    paper: Annotated[Optional[str], typer.Option("--paper", help="the paper's numbers: columns (beside ours), line (small, under each row) or none (default: line in LaTeX, columns in Markdown)")] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="LaTeX: a table* across both columns of a two-column paper, with every column")] = False,
+    check: Annotated[bool, typer.Option("--check", help="judge, claim by claim, whether the paper's findings are reproduced; exit 1 when a claim fails")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="with --check: exit 1 unless every claim holds (not significant and not assessable count as failures)")] = False,
     figures: Annotated[bool, typer.Option(help="with --out: also write Figs. 4, 5, 6a, 6b")] = True,
     home: Home = None,
     tracking_uri: TrackingUri = None,
@@ -27,14 +30,20 @@ def report(
     if strict and not check:
         raise typer.BadParameter("--strict judges the claims: use it with --check", param_hint="--strict")
 
-    result = make_report(open_tracker(tracking_uri, home, read_only=True), name, profile, format, out, check, figures)
+    names = [n.strip() for c in columns or [] for n in c.split(",") if n.strip()] or None
+    result = make_report(open_tracker(tracking_uri, home, read_only=True), name, profile, format, out, check, figures,
+                         columns=names, paper=paper, wide=wide)
     if out is None:
         print(result["text"], end="")
     else:
-        console.print(f"wrote {out}" + (f" and {len(result['figures'])} figures" if result["figures"] else ""))
+        console.print(f"wrote {out}" + (f" and {len(result['figures'])} figures" if result["figures"] else ""), highlight=False)
         if check:
-            console.print(render_verdicts(result["verdicts"]), markup=False, highlight=False)
-    failed = [v.claim for v in result["verdicts"] if v.status == "fails"]
-    if strict and failed:
-        err_console.print(f"--strict: {len(failed)} claim{'s' * (len(failed) > 1)} failed: {'; '.join(failed)}.", markup=False)
+            console.print(render_verdicts(result["verdicts"], markdown=False), markup=False, highlight=False, soft_wrap=True)
+    if result["note"]:
+        err_console.print(f"note: {result['note']}", markup=False, highlight=False, soft_wrap=True)
+    failed = [v for v in result["verdicts"] if v.status == "fails" or (strict and v.status != "holds")]
+    if failed:
+        err_console.print(f"{len(failed)} claim{'s' * (len(failed) > 1)} "
+                          + ("did not hold (--strict)" if strict else "failed") + ": " + "; ".join(v.claim for v in failed) + ".",
+                          markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)

@@ -57,34 +57,37 @@ def _fmt(row: Row, key: str) -> str:
 
 
 def judge(claim: str, comparisons: list[Comparison]) -> Verdict:
-    """One verdict from the comparisons (see the module docstring)."""
+    """One verdict from the comparisons (see the module docstring); `significance` says why, in a phrase."""
     if not comparisons:
-        return Verdict(claim, "not assessable", ["no pair of finished rows with this metric"])
+        return Verdict(claim, "not assessable", ["no pair of finished rows with this metric"], "no pair of finished rows")
     v = Verdict(claim, "holds")
-    results = []  # (goes the paper's way, p or None)
+    results = []  # (comparison, goes the paper's way, p or None)
     for c in comparisons:
         mb, mw = c.better.values[c.key][0], c.worse.values[c.key][0]
         ok = mb < mw if c.lower else mb > mw
         p = welch_p(c.better, c.worse, c.key)
-        results.append((ok, p))
+        results.append((c, ok, p))
         v.evidence.append(f"{c.what}: {_fmt(c.better, c.key)} vs {_fmt(c.worse, c.key)}: "
                           f"{'as the paper' if ok else 'the other way'} ({'p n/a' if p is None else f'p = {p:.2g}'})")
-    pvals = [p for _, p in results if p is not None]
-    if any(not ok and p is not None and p < ALPHA for ok, p in results):
-        v.status = "fails"
-    elif len(pvals) < len(results):
-        v.status = "not assessable"
-    elif not all(ok and p < ALPHA for ok, p in results):
-        v.status = "not significant"
-    if len(pvals) < len(results):
-        v.significance = "fewer than two seeds in some row"
+    reversed_ = [(c, p) for c, ok, p in results if not ok and p is not None and p < ALPHA]
+    untested = [c for c, _, p in results if p is None]
+    weak = [(c, ok, p) for c, ok, p in results if p is not None and not (ok and p < ALPHA)]
+    if reversed_:
+        c, p = min(reversed_, key=lambda x: x[1])
+        v.status, v.significance = "fails", f"{c.what} goes the other way (p = {p:.2g})"
+    elif untested:
+        v.status, v.significance = "not assessable", "fewer than two seeds in some row (rerun the study with --seeds 0 1 2)"
+    elif weak:
+        c, ok, p = max(weak, key=lambda x: x[2])
+        v.status, v.significance = "not significant", f"{c.what}: {'as the paper' if ok else 'the other way'} but p = {p:.2g}"
     else:
-        v.significance = f"Welch p <= {max(pvals):.3g} over {len(results)} comparison{'s' * (len(results) > 1)}"
+        pvals = [p for _, _, p in results]
+        v.significance = f"p <= {max(pvals):.2g} in {len(results)} comparison{'s' * (len(results) > 1)}"
     return v
 
 
 def _missing(claim: str, why: str) -> Verdict:
-    return Verdict(claim, "not assessable", [why])
+    return Verdict(claim, "not assessable", [why], why)
 
 
 def _metric_columns(table: Table, family: str):

@@ -10,7 +10,8 @@ from mqvq.errors import UserError
 from mqvq.files import atomic_write
 from mqvq.paper import paper_values
 from mqvq.reports.checks import check_claims
-from mqvq.reports.tables import RENDERERS, Table, build_table, describe
+from mqvq.reports.tables import (COLUMN_PT, PAPER_LAYOUTS, RENDERERS, Table, build_table, describe, fit_one_column,
+                                 select_columns, table_width, to_latex, to_markdown)
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.plan import study_experiment
 from mqvq.studies.spec import StudyConfig, load_study, row_config
@@ -66,8 +67,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, out: Path | None = None,
-           check: bool = False, figures: bool = True) -> dict:
-    """Render the study's table (and with `check` the claim verdicts); write `out` and its figures."""
+           check: bool = False, figures: bool = True, columns: list[str] | None = None, paper: str | None = None,
+           wide: bool = False) -> dict:
+    """Render the study's table (and with `check` the claim verdicts); write `out` and its figures.
+    `columns`: the metric columns to show (default: all; in LaTeX, those that fit one column of a
+    two-column paper unless `wide`); `paper`: where the paper's numbers go (columns, line or none;
+    default line in LaTeX, columns in Markdown)."""
     if out is not None and fmt is None:
         fmt = FORMATS.get(out.suffix.lower())
         if fmt is None:
@@ -75,18 +80,35 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
     fmt = fmt or "md"
     if fmt not in RENDERERS:
         raise UserError(f"--format {fmt!r} is invalid: use md, latex, csv or json.")
+    if paper is not None and paper not in PAPER_LAYOUTS:
+        raise UserError(f"--paper {paper!r} is invalid: use {', '.join(PAPER_LAYOUTS)}.")
+    if wide and fmt != "latex":
+        raise UserError("--wide sets a LaTeX table across both columns: use it with --format latex or a .tex --out.")
     if out is not None:  # check the destination before reading anything
         ensure_writable(out.parent.resolve(), "--out")
     table, study, meta = make_table(tracker, name, profile)
-    text = RENDERERS[fmt](table)
+    shown, left_out, note = select_columns(table, columns), [], None
+    if fmt == "latex":
+        paper = paper or "line"
+        if not columns and not wide:
+            shown, left_out = fit_one_column(shown, paper)
+        elif not wide and (w := table_width(shown, paper)) > COLUMN_PT:
+            note = f"the table is about {w:.0f} pt wide, wider than one column ({COLUMN_PT:.0f} pt): pass --wide for a table*."
+        text = to_latex(shown, paper, wide, left_out)
+    elif fmt == "md":
+        text = to_markdown(shown, paper or "columns")
+    else:
+        text = RENDERERS[fmt](shown)
+    if left_out:
+        note = f"left out {', '.join(left_out)} to fit one column: --wide or --columns to include them."
     verdicts = check_claims(table, meta) if check else []
     if verdicts and fmt == "md":
         text += "\n" + render_verdicts(verdicts)
     elif verdicts and fmt == "json":
         text = json.dumps(json.loads(text) | {"check": verdicts_json(verdicts)}, indent=2) + "\n"
     elif verdicts and fmt == "latex":
-        text += "".join(f"% check: {line}\n" for line in render_verdicts(verdicts).splitlines() if line.strip())
-    result = {"table": table, "text": text, "verdicts": verdicts, "figures": []}
+        text += "".join(f"% check: {line}\n" for line in render_verdicts(verdicts, markdown=False).splitlines() if line.strip())
+    result = {"table": table, "text": text, "verdicts": verdicts, "figures": [], "note": note}
     if out is not None:
         write_atomic(out, text)
         if figures:
@@ -94,11 +116,21 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
     return result
 
 
-def render_verdicts(verdicts) -> str:
-    lines = ["**Reproduction check**", ""]
+MARKS = {"holds": "✓", "fails": "✗", "not significant": "≈", "not assessable": "?"}
+CHECK_METHOD = "Welch's t-test over seeds, two-sided, p < 0.05"
+
+
+def render_verdicts(verdicts, markdown: bool = True) -> str:
+    """Markdown: one line per claim (mark, verdict, claim, why) with its comparisons under it; else
+    the short form a terminal shows: a count, then one line per claim."""
+    if not markdown:
+        counts = ", ".join(f"{sum(v.status == s for v in verdicts)} {s}" for s in MARKS if any(v.status == s for v in verdicts))
+        width = max((len(v.status) for v in verdicts), default=0)
+        return "\n".join([f"reproduction check ({CHECK_METHOD}): {counts or 'no claims for this study'}"]
+                         + [f"  {MARKS[v.status]} {v.status:<{width}}  {v.claim}: {v.significance}" for v in verdicts]) + "\n"
+    lines = [f"**Reproduction check** ({CHECK_METHOD})", ""]
     for v in verdicts:
-        mark = {"holds": "✓", "fails": "✗", "not significant": "≈", "not assessable": "?"}[v.status]
-        lines.append(f"- {mark} **{v.claim}**: {v.status}" + (f" ({v.significance})" if v.significance else ""))
+        lines.append(f"- {MARKS[v.status]} **{v.status}**: {v.claim}: {v.significance}")
         lines += [f"  - {e}" for e in v.evidence]
     return "\n".join(lines) + "\n"
 

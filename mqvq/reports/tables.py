@@ -4,18 +4,22 @@ Rows are the study's rows in declaration order; missing or failed rows are shown
 dropped. Each metric cell is the mean over seeds (± std when there are several; the seed count
 has its own column). Every Fréchet column is named after its feature backend (FID only for
 Inception, FD-VGG16 otherwise), so backends are never mixed in one column; the paper's number sits
-in the adjacent column. The best value per column is bold, and † marks a row whose rank in that
-column differs from its rank in the paper's column. Provenance (study, profile, run ids, git
-commit, data, device, date of the newest result) goes into a Markdown footnote / LaTeX comment.
+in the adjacent column (or, with `paper="line"`, on a small line under each row: the LaTeX default,
+so that the table fits one column of a two-column paper). The best value per column is bold, and †
+marks a row whose rank in that column differs from its rank in the paper's column. Provenance
+(study, profile, run ids, git commit, data, device, date of the newest result) goes into a Markdown
+footnote / LaTeX comment. `select_columns` chooses the columns for every format.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from mqvq.errors import UserError
 
 # metric in a study -> (metric names per backend in the runs, label per backend, lower is better, decimals, paper key)
 METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]] = {
@@ -37,6 +41,14 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
     "speedup": ({"": "speedup"}, {"": "speed-up vs 0 %"}, False, 2, "speedup"),
 }
 DESCRIPTOR_LABELS = {"label": "model setting", "mask_ratio": "mask ratio", "f": "f", "mask_type": "mask type", "demask": "de-mask"}
+# LaTeX headers, short enough for one column of a two-column paper (the caption spells them out)
+SHORT_LABELS = {"rfid": {"inception": "rFID", "vgg16": "rFD"}, "fid": {"inception": "FID", "vgg16": "FD"},
+                "fid_best": {"inception": "FID*", "vgg16": "FD*"}, "usage": "Use (\\%)", "usage_effective": "Eff. (\\%)",
+                "mask": "FG", "detail": "Detail", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
+                "score_brightness": "$r$", "psnr": "PSNR", "lpips": "LPIPS", "is": "IS", "speed": "img/s", "speedup": "Speed-up"}
+SHORT_DESCRIPTORS = {"label": "Setting", "mask_ratio": "Ratio", "f": "$f$", "mask_type": "Mask", "demask": "De-mask"}
+PAPER_LAYOUTS = ("columns", "line", "none")
+AUTO_FAMILIES = ("usage_effective", "detail")  # added beside a declared metric, not declared themselves
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Column:
     decimals: int
     backend: str = ""
     family: str = ""      # the study metric it shows (rfid, fid, usage, ...): a paper column compares with its family
+    extra: bool = False   # a diagnostic the study did not declare (effective usage, detail): not in the one-column LaTeX default
 
     def header(self, arrow: str) -> str:
         """`usage (%)` -> `usage↑ (%)`: the arrow follows the metric's name, before any unit."""
@@ -125,7 +138,7 @@ def build_table(study, profile: str, records: list[dict], descriptors: dict[str,
         if not backends:  # nothing measured yet: still show the column, under the profile's default backend
             backends = [b for b in names if b in ("", _default_backend(records, profile))][:1] or [next(iter(names))]
         for b in backends:
-            columns.append(Column(names[b], labels[b], lower, decimals, b, family=m))
+            columns.append(Column(names[b], labels[b], lower, decimals, b, family=m, extra=m in AUTO_FAMILIES))
         if paper_key and any(paper_key in r.paper for r in rows):
             columns.append(Column(f"paper:{paper_key}", f"paper {labels.get('inception', labels.get('', ''))}".strip(), lower,
                                   decimals, "inception" if m in ("rfid", "fid", "fid_best") else "", family=m))
@@ -200,7 +213,16 @@ def _rank_disagrees(table: Table, row: Row, col: Column) -> bool:
     return ours.index(row) != theirs.index(row)
 
 
-def _cell(table: Table, row: Row, col: Column, bold, dagger, escape) -> str:
+def _decimals(table: Table, col: Column, compact: bool) -> int:
+    """The column's decimals; `compact`: one count per column, at most four significant digits for its
+    largest value (255.3, 12.34, 0.523), so that the decimal points line up."""
+    vals = [abs(v) for r in table.rows if (v := _value(r, col)) is not None and math.isfinite(v)]
+    if not compact or not vals:
+        return col.decimals
+    return min(col.decimals, max(0, 4 - len(str(int(max(vals))))))
+
+
+def _cell(table: Table, row: Row, col: Column, bold, dagger, escape, spread=None, compact: bool = False) -> str:
     if col.key.startswith("paper:"):
         v = row.paper.get(col.key[6:])
         if v is None:
@@ -213,46 +235,92 @@ def _cell(table: Table, row: Row, col: Column, bold, dagger, escape) -> str:
     if v is None:
         return "n/a"
     mean, std, n = v
-    text = escape(f"{mean:.{col.decimals}f}" + (f" ± {std:.{col.decimals}f}" if n > 1 else ""))
+    spread = spread or (lambda m, s: escape(f"{m} ± {s}"))
+    d = _decimals(table, col, compact)
+    text = spread(f"{mean:.{d}f}", f"{std:.{d}f}") if n > 1 else escape(f"{mean:.{d}f}")
     if mean == _best(table, col):
         text = bold(text)
     return text + (dagger if _rank_disagrees(table, row, col) else "")
 
 
-def _frame(table: Table, bold, dagger, header, escape):
-    import pandas as pd
+def _paper_of(table: Table, col: Column) -> Column | None:
+    """The paper column under a metric column in the "line" layout: the first of its family, Inception first."""
+    if col.key.startswith("paper:"):
+        return None
+    mine = [c for c in table.columns if c.family == col.family and not c.key.startswith("paper:")]
+    if sorted(mine, key=lambda c: c.backend != "inception")[0] is not col:
+        return None
+    return next((c for c in table.columns if c.key.startswith("paper:") and c.family == col.family), None)
 
-    data = []
+
+def _frame(table: Table, bold, dagger, header, escape, paper: str = "columns", spread=None, paper_cell=None,
+           paper_label: str = "", compact: bool = False):
+    """Header and rows of strings. `paper`: "columns" (the paper's numbers in their own columns),
+    "line" (on a line under each row, in the metric's own column, as `paper_cell` renders them) or "none"."""
+    cols = [c for c in table.columns if paper == "columns" or not c.key.startswith("paper:")]
+    head = [header(DESCRIPTOR_LABELS[k], None) for k in table.descriptor_keys] + [header(c.label, c) for c in cols] \
+        + [header("seeds", None)]
+    rows = []
     for row in table.rows:
-        rec = {header(DESCRIPTOR_LABELS[k], None): escape(row.descriptors.get(k, "")) for k in table.descriptor_keys}
-        for col in table.columns:
-            rec[header(col.label, col)] = _cell(table, row, col, bold, dagger, escape)
-        rec[header("seeds", None)] = str(row.seeds) if row.status == "finished" else "0"
-        data.append(rec)
-    return pd.DataFrame(data)
+        rows.append([escape(row.descriptors.get(k, "")) for k in table.descriptor_keys]
+                    + [_cell(table, row, c, bold, dagger, escape, spread, compact) for c in cols]
+                    + [str(row.seeds) if row.status == "finished" else "0"])
+        if paper == "line":
+            line = [_cell(table, row, pc, bold, dagger, escape) if (pc := _paper_of(table, c)) else "" for c in cols]
+            line = [paper_cell(x) if x and x != "-" else "" for x in line]
+            if any(line):
+                rows.append([paper_label] + [""] * (len(table.descriptor_keys) - 1) + line + [""])
+    return head, rows
 
 
-def _caption(table: Table) -> str:
+def _caption(table: Table, paper: str = "paper columns report", latex: bool = False) -> str:
     metrics = [c for c in table.columns if not c.key.startswith("paper:") and c.backend]
     kinds = sorted({"FID (Inception-v3 features)" if c.backend == "inception" else "FD-VGG16 (VGG16 features, not FID)" for c in metrics})
-    what = f"{table.title}: " if table.title else ""
+    what = f"{table.title}: " if table.title and not latex else ""
     profile = {"smoke": "smoke profile: tiny models on procedural 32x32 images (synthetic)",
                "cpu": "cpu profile: Fashion-MNIST 32x32 on a 2-core CPU",
                "mini": "mini profile: Fashion-MNIST 64x64", "paper": "paper profile: FFHQ 256x256"}.get(table.profile, table.profile)
-    return f"{what}{table.study}, {profile}. Fréchet columns: {', '.join(kinds) or 'none measured'}; paper columns report FID on FFHQ."
+    theirs = f"; {paper} FID on FFHQ" if any(c.key.startswith("paper:") for c in table.columns) else ""
+    study = f"{table.study} (the paper's {table.title})" if latex and table.title.startswith(("Table", "Fig")) else table.study
+    return f"{what}{study}, {profile}. Fréchet columns: {', '.join(kinds) or 'none measured'}{theirs}."
 
 
 # --------------------------------------------------------------------------- renderers
-def to_markdown(table: Table) -> str:
+def select_columns(table: Table, names: list[str] | None = None) -> Table:
+    """The table with the chosen metric columns, in the order given. A name is a metric of the study
+    (rfid, fid, usage, ...: every backend's column of it) or a column key (fd_vgg16, usage_effective,
+    ...); a paper column follows its metric."""
+    ours = [c for c in table.columns if not c.key.startswith("paper:")]
+    if not names:
+        keep = ours
+    else:
+        allowed = list(dict.fromkeys([c.family for c in ours] + [c.key for c in ours]))
+        keep = []
+        for name in names:
+            chosen = [c for c in ours if name in (c.family, c.key)]
+            if not chosen:
+                raise UserError(f"--columns {name!r} is not a column of the {table.study} table: choose from {', '.join(allowed)}.")
+            keep += [c for c in chosen if c not in keep]
+    columns = []
+    for c in keep:
+        columns.append(c)
+        paper = next((p for p in table.columns if p.key.startswith("paper:") and p.family == c.family), None)
+        if paper is not None and paper not in columns and c is next(k for k in keep if k.family == c.family):
+            columns.append(paper)
+    return replace(table, columns=columns)
+
+
+def to_markdown(table: Table, paper: str = "columns") -> str:
     def header(label, col):
         if col is None or col.key.startswith("paper:"):
             return label
         return col.header("" if col.lower is None else "↓" if col.lower else "↑")
 
-    df = _frame(table, lambda t: f"**{t}**", "†", header, lambda s: s)
+    head, rows = _frame(table, lambda t: f"**{t}**", "†", header, lambda s: s, paper, paper_cell=lambda x: f"({x})",
+                        paper_label="*paper*")
     out = io.StringIO()
     out.write(f"**{_caption(table)}**\n\n")
-    out.write(df.to_markdown(index=False, tablefmt="github", disable_numparse=True))
+    out.write(_markdown_grid(head, rows))
     out.write("\n\n")
     p = table.provenance
     notes = ["Mean over seeds (± sample std when there are several; `seeds` = finished seeds). Bold: best per column. "
@@ -277,27 +345,124 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPE.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("†", r"$^\dagger$")
 
 
-def to_latex(table: Table) -> str:
-    def header(label, col):
-        if col is None or col.key.startswith("paper:"):
-            return latex_escape(label)
-        arrow = "" if col.lower is None else r"$\downarrow$" if col.lower else r"$\uparrow$"
-        return latex_escape(col.header("ARROW")).replace("ARROW", arrow)
+COLUMN_PT = 229.0  # \columnwidth of a two-column article (229.5 pt); CVPR, ICML, ACM and IEEE columns are wider
+LABEL_PT = 80.0    # a row label wider than this wraps in a one-column table
 
-    df = _frame(table, lambda t: r"\textbf{" + t + "}", r"$^\dagger$", header, latex_escape)
-    styler = df.style.hide(axis="index")
+
+def _short(col: Column) -> str:
+    s = SHORT_LABELS.get(col.family, latex_escape(col.label))
+    return s.get(col.backend, latex_escape(col.label)) if isinstance(s, dict) else s
+
+
+def _latex_grid(table: Table, paper: str, plain: bool = False):
+    """The LaTeX header and rows; `plain`: the same cells as plain text for measuring them, paper
+    lines marked with a leading \\x01 (they are set small)."""
+    short_desc = {v: SHORT_DESCRIPTORS[k] for k, v in DESCRIPTOR_LABELS.items()} | {"seeds": "$n$"}
+    esc = (lambda s: s) if plain else latex_escape
+
+    def header(label, col):
+        if col is None:
+            return short_desc.get(label, esc(label))
+        name, _, unit = _short(col).partition(" (")
+        if col.key.startswith("paper:"):
+            return f"{name} (paper" + (f", {unit}" if unit else ")")
+        arrow = "" if col.lower is None else ("v" if plain else r"$\downarrow$") if col.lower else ("^" if plain else r"$\uparrow$")
+        return name + arrow + (f" ({unit}" if unit else "")
+
+    if plain:
+        head, rows = _frame(table, str, "", header, esc, paper, spread=lambda m, s: f"{m}±{s}",
+                            paper_cell=lambda x: "\x01" + x, compact=True)
+    else:
+        head, rows = _frame(table, lambda t: r"\textbf{" + t + "}", r"\rlap{$^\dagger$}", header, esc, paper,
+                            spread=lambda m, s: m + r"{\scriptsize$\pm$" + s + "}",
+                            paper_cell=lambda x: r"{\scriptsize(" + x + ")}", compact=True)
+    if len({r.seeds for r in table.rows if r.status == "finished"}) == 1:  # said once in the caption, not in a column
+        head, rows = head[:-1], [r[:-1] for r in rows]
+    return head, rows
+
+
+def latex_widths(table: Table, paper: str = "line") -> list[float]:
+    """Estimated width in pt of each column of the LaTeX tabular (\\footnotesize, cmr8 / cmr7 glyphs,
+    3 pt column separation): how `fit_one_column` decides what fits."""
+    head, rows = _latex_grid(table, paper, plain=True)
+
+    def pt(text: str) -> float:
+        small = text.startswith("\x01")
+        text = text.lstrip("\x01").replace("$", "").replace("\\", "")
+        main, pm, spread = text.partition("±")
+        return len(main) * (4.0 if small else 4.4) + (8.0 + len(spread) * 4.0 if pm else 0.0) + (4.0 if small else 0.0)
+
+    return [max(pt(r[i]) for r in [head, *rows]) + 6.0 for i in range(len(head))]
+
+
+def table_width(table: Table, paper: str = "line") -> float:
+    """Estimated width of the tabular in pt; a row label counts at most LABEL_PT (it wraps, see to_latex)."""
+    w = latex_widths(table, paper)
+    return sum(w) - 6.0 - (max(0.0, w[0] - LABEL_PT - 3.0) if table.descriptor_keys[:1] == ["label"] else 0.0)
+
+
+def fit_one_column(table: Table, paper: str = "line") -> tuple[Table, list[str]]:
+    """Leave out columns until the table fits one column: first the undeclared diagnostics, then,
+    from the right, the metrics the paper does not report; at least one metric stays. Returns the
+    table and the left-out column keys."""
+    dropped = []
+    while table_width(table, paper) > COLUMN_PT:
+        ours = [c for c in table.columns if not c.key.startswith("paper:")]
+        with_paper = {c.family for c in table.columns if c.key.startswith("paper:")}
+        order = [c for c in reversed(ours) if c.extra] + [c for c in reversed(ours) if not c.extra and c.family not in with_paper]
+        if len(ours) <= 1 or not order:
+            break
+        dropped.append(order[0].key)
+        table = replace(table, columns=[c for c in table.columns if c is not order[0]
+                                        and not (c.key.startswith("paper:") and c.family == order[0].family
+                                                 and sum(o.family == c.family for o in ours) == 1)])
+    return table, dropped
+
+
+def to_latex(table: Table, paper: str = "line", wide: bool = False, left_out: list[str] | None = None) -> str:
+    """booktabs, compact: short headers (spelled out in the caption), the paper's numbers small under
+    each row, \\footnotesize. `fit_one_column` chooses columns that fit one column of a two-column
+    paper; a long row label wraps. `wide`: a table* across both columns."""
+    head, rows = _latex_grid(table, paper)
     n_desc = len(table.descriptor_keys)
-    body = styler.to_latex(column_format="l" * n_desc + "r" * (len(df.columns) - n_desc), hrules=True,
-                           caption=latex_escape(_caption(table)), label=f"tab:{table.study}", position="t",
-                           position_float="centering")
+    spec = ["l"] * n_desc + ["r"] * (len(head) - n_desc)
+    widths = latex_widths(table, paper)
+    budget = (2 * COLUMN_PT + 10) if wide else COLUMN_PT
+    if table.descriptor_keys[:1] == ["label"] and sum(widths) - 6.0 > budget:  # wrap the labels, not the numbers
+        room = max(LABEL_PT, budget - sum(widths[1:]))  # its right separation and the others' make up the rest
+        spec[0] = f"p{{{room:.0f}pt}}"
+        rows = [[r"\raggedright " + r[0], *r[1:]] if r[0] else r for r in rows]
+    seeds = {r.seeds for r in table.rows if r.status == "finished"}
+    legend = [f"{_short(c).partition(' (')[0]}: {latex_escape(c.label)}"
+              for c in table.columns if not c.key.startswith("paper:") and _short(c) != latex_escape(c.label)]
+    caption = latex_escape(_caption(table, "the paper's numbers are", latex=True)) + (" " + "; ".join(legend) + "." if legend else "") \
+        + (" Small numbers under each row: the paper's." if paper == "line" and any(r.paper for r in table.rows)
+           and any(c.key.startswith("paper:") for c in table.columns) else "") \
+        + (" One seed." if seeds == {1} else f" Mean $\\pm$ std over {min(seeds)} seeds." if len(seeds) == 1
+           else " $n$: seeds (mean $\\pm$ std when $n > 1$).") \
+        + r" Bold: best per column; $^\dagger$: ranks differently from the paper."
+    env = "table*" if wide else "table"
     p = table.provenance
-    lines = [f"% generated by mqvq report {p['study']} --profile {p['profile']}; results as of {p['date']}",
-             f"% data {', '.join(p['data']) or 'unknown'}; git {', '.join(p['git_commit']) or 'unknown'}; "
-             f"device {', '.join(p['device']) or 'unknown'}; torch {', '.join(p['torch']) or '?'}"
-             + (f"; torch threads {'/'.join(p['threads'])}" if p.get("threads") else ""),
-             "% runs: " + ", ".join(f"{k}={v}" for k, v in p["runs"].items()),
-             "% needs \\usepackage{booktabs}; bold = best per column; $^\\dagger$ = rank differs from the paper's"]
-    return "\n".join(lines) + "\n" + body
+    out = [f"% generated by mqvq report {p['study']} --profile {p['profile']}; results as of {p['date']}",
+           f"% data {', '.join(p['data']) or 'unknown'}; git {', '.join(p['git_commit']) or 'unknown'}; "
+           f"device {', '.join(p['device']) or 'unknown'}; torch {', '.join(p['torch']) or '?'}"
+           + (f"; torch threads {'/'.join(p['threads'])}" if p.get("threads") else ""),
+           "% runs: " + ", ".join(f"{k}={v}" for k, v in p["runs"].items()),
+           "% needs \\usepackage{booktabs}"]
+    if left_out:
+        out.append(f"% left out to fit one column: {', '.join(left_out)} (--wide or --columns to include them)")
+    out += [f"\\begin{{{env}}}[t]", r"\centering", f"\\caption{{{caption}}}", f"\\label{{tab:{table.study}}}",
+            r"\footnotesize", r"\setlength{\tabcolsep}{3pt}",
+            f"\\begin{{tabular}}{{@{{}}{''.join(spec)}@{{}}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    out += [" & ".join(r) + r" \\" for r in rows]
+    out += [r"\bottomrule", r"\end{tabular}", f"\\end{{{env}}}"]
+    return "\n".join(out) + "\n"
+
+
+def _markdown_grid(head: list[str], rows: list[list[str]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=head).to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
 def to_records(table: Table) -> list[dict]:
@@ -311,7 +476,7 @@ def to_records(table: Table) -> list[dict]:
             else:
                 v = row.values.get(col.key)
                 rec[col.key] = v[0] if v else None
-                rec[f"{col.key}_std"] = v[1] if v else None
+                rec[f"{col.key}_std"] = v[1] if v and v[2] > 1 else None  # one seed has no spread, not a spread of 0
                 if v and len(row.per_seed.get(col.key, {})) > 1:  # JSON keys are strings: the seed
                     rec[f"{col.key}_per_seed"] = {str(k): x for k, x in sorted(row.per_seed[col.key].items())}
         out.append(rec)
