@@ -8,6 +8,7 @@ the official code's `topk_ratio` is the kept fraction, i.e. ratio = 1 - topk_rat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -271,11 +272,17 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {name}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types; resolving them is most of the cost of reading a config."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a (possibly partial) nested dict, checking names and types."""
     if not isinstance(data, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}.")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -352,7 +359,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def field_help(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted name, default, meaning) for every leaf field."""
     rows = []
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):

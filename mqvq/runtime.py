@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+from rich.table import Column
+from rich.text import Text
 
 from mqvq.errors import UserError
 
@@ -68,10 +70,31 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def duration(seconds: float | None) -> str:
+    """'8 s', '3 min 05 s', '1 h 02 min': how long, as a person reads it."""
+    if seconds is None or seconds != seconds:
+        return "?"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Times(ProgressColumn):
+    """'12 s, 40 s left': elapsed and remaining as `duration` writes them, not 0:00:12."""
+
+    def render(self, task) -> Text:
+        left = "" if task.time_remaining is None or task.finished else f", {duration(task.time_remaining)} left"
+        return Text(duration(task.finished_time if task.finished else task.elapsed) + left, style="progress.elapsed")
+
+
 def progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
-                    transient=False)
+    """A bar that fits the terminal: the bar itself shrinks, the step info is cut before it wraps."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
+                    MofNCompleteColumn(), TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2)),
+                    _Times(), console=Console(stderr=True), disable=not enabled, transient=False, expand=True)
 
 
 # --------------------------------------------------------------------------- device and DDP

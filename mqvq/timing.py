@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from mqvq.machine import cpu_name
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -58,12 +60,4 @@ def device_name(device: torch.device) -> str:
     compare step times only between runs on the same device name (and, on CPUs, thread count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    import platform
-
-    return f"CPU {model or platform.processor() or platform.machine()}"
+    return cpu_name()

@@ -9,7 +9,7 @@ import mqvq
 PACKAGE = Path(mqvq.__file__).parent
 
 # layer 1, foundations: any layer may use them
-FOUNDATIONS = {"config", "errors", "files", "timing", "signals", "runtime", "images"}
+FOUNDATIONS = {"config", "errors", "files", "machine", "timing", "signals", "runtime", "images"}
 # layer 2, parts: siblings that know nothing of each other except these edges
 PARTS = {"models": set(), "data": set(), "tracking": set(), "experiments": set(), "paper": set(),
          "metrics": {"models"},      # the FD-VGG16 features are LPIPS's VGG

@@ -5,23 +5,22 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
-
-from mqvq.cli.common import Profile, Sets, cli_errors, console
+from mqvq.cli.common import AsJson, Profile, Sets, cli_errors, console, print_json, table
 
 app = typer.Typer(no_args_is_help=True, help="Declared experiments and their resolved configs.")
 
 
 @app.command("list")
 @cli_errors
-def list_() -> None:
+def list_(as_json: AsJson = False) -> None:
     """Every experiment in experiments/ with its description."""
     from mqvq.experiments import PROFILES, list_experiments
 
-    table = Table("experiment", "description")
-    for name, desc in list_experiments().items():
-        table.add_row(name, desc)
-    console.print(table)
+    if as_json:
+        print_json({"experiments": [{"name": k, "description": v} for k, v in list_experiments().items()],
+                    "profiles": {k: p.description for k, p in PROFILES.items()}})
+        return
+    console.print(table(["experiment", "description"], [[k, v] for k, v in list_experiments().items()]))
     console.print("profiles: " + "; ".join(f"[bold]{k}[/] {p.description}" for k, p in PROFILES.items()))
 
 
@@ -37,11 +36,12 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
 
 
 @app.command("fields")
-def fields_() -> None:
+@cli_errors
+def fields_(as_json: AsJson = False) -> None:
     """Every config field with its default and meaning."""
     from mqvq.config import field_help
 
-    table = Table("field", "default", "meaning")
-    for name, default, help_ in field_help():
-        table.add_row(name, default, help_)
-    console.print(table)
+    if as_json:
+        print_json({"fields": [{"field": n, "default": d, "meaning": h} for n, d, h in field_help()]})
+        return
+    console.print(table(["field", "default", "meaning"], [list(f) for f in field_help()]))

@@ -5,9 +5,8 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from mqvq.cli.common import Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console, open_tracker
+from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console, open_tracker,
+                             print_json, read_only, table)
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -15,7 +14,6 @@ Name = Annotated[str, typer.Argument(help="study name from studies/ (see `mqvq s
 Seeds = Annotated[Optional[list[int]], typer.Option("--seeds", help="seeds to use instead of the study's (repeatable)")]
 Only = Annotated[Optional[list[str]], typer.Option("--only", help="run only these rows (repeatable)")]
 Backend = Annotated[Optional[str], typer.Option(help="Fréchet backend for the rows' metrics: inception or vgg16 (default: the profile's)")]
-AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object with a `rows` list")]
 
 
 def _check_backend(backend):
@@ -25,14 +23,14 @@ def _check_backend(backend):
 
 @app.command("list")
 @cli_errors
-def list_() -> None:
+def list_(as_json: AsJson = False) -> None:
     """Every declared study."""
     from mqvq.studies.spec import list_studies
 
-    table = Table("study", "description")
-    for name, desc in list_studies().items():
-        table.add_row(name, desc)
-    console.print(table)
+    if as_json:
+        print_json({"studies": [{"name": k, "description": v} for k, v in list_studies().items()]})
+        return
+    console.print(table(["study", "description"], [[k, v] for k, v in list_studies().items()]))
 
 
 @app.command("show")
@@ -45,18 +43,16 @@ def show(name: Name, as_json: AsJson = False) -> None:
     rows = [{"row": r.name, "experiment": r.experiment, "label": r.label or r.name, "overrides": list(r.overrides),
              "seeds": list(r.seeds or s.seeds), "stage2": r.stage2, "paper": row_paper(s, r)} for r in s.rows]
     if as_json:
-        print(json.dumps({"study": s.name, "description": s.description, "table": s.table, "metrics": list(s.metrics),
-                          "rows": rows}, indent=2))
+        print_json({"study": s.name, "description": s.description, "table": s.table, "metrics": list(s.metrics), "rows": rows})
         return
     console.print(f"[bold]{s.name}[/]: {s.description} (paper {s.table}; metrics {', '.join(s.metrics)})")
-    table = Table("row", "experiment", "label", "seeds", "paper")
-    for r in rows:
-        table.add_row(r["row"], r["experiment"] + (" " + " ".join(r["overrides"]) if r["overrides"] else ""), r["label"],
-                      ",".join(map(str, r["seeds"])), ", ".join(f"{k} {v:g}" for k, v in r["paper"].items()))
-    console.print(table)
+    console.print(table(["row", "experiment", "label", "seeds", "paper"],
+                        [[r["row"], r["experiment"] + (" " + " ".join(r["overrides"]) if r["overrides"] else ""), r["label"],
+                          ",".join(map(str, r["seeds"])), ", ".join(f"{k} {v:g}" for k, v in r["paper"].items())] for r in rows]))
 
 
 @app.command("plan")
+@read_only
 @cli_errors
 def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
          device: Device = None,
@@ -68,6 +64,10 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
 
     _check_backend(backend)
     study = load_study(name)
+    if device not in (None, "cpu"):  # a GPU named: refused now, in one sentence, if there is none (this imports torch)
+        from mqvq.runtime import check_device
+
+        check_device(device)
     tracker = open_tracker(tracking_uri, home, read_only=True)
     costs = measured_costs(tracker, profile, device, workers)
     plans = plan_study(tracker, study, profile, seeds, only, backend, device=device, workers=workers, costs=costs)
@@ -77,14 +77,14 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
     basis = {"device": costs.device, "measured_runs": costs.runs, "workers": workers,
              "total_s": sum(known) / workers if known else None}
     if as_json:
-        print(json.dumps({"study": study.name, "profile": profile, "estimate": basis, "rows": rows}, indent=2))
+        print_json({"study": study.name, "profile": profile, "estimate": basis, "rows": rows})
         return
-    table = Table("row", "seed", "stage 1", "stage 2", "eval", "estimate")
+    cells = []
     for p in plans:
-        cells = [p.stages[s].state + (f" ({p.stages[s].run_id[:8]})" if p.stages[s].run_id else "") for s in ("stage1", "stage2", "eval")]
+        stages = [p.stages[s].state + (f" ({p.stages[s].run_id[:8]})" if p.stages[s].run_id else "") for s in ("stage1", "stage2", "eval")]
         est = "-" if not p.todo else (f"{p.estimate_s:.0f} s" if p.estimate_s is not None else "unknown")
-        table.add_row(p.row.name, str(p.seed), *cells, est)
-    console.print(table)
+        cells.append([p.row.name, str(p.seed), *stages, est])
+    console.print(table(["row", "seed", "stage 1", "stage 2", "eval", "estimate"], cells, numeric=("seed", "estimate")))
     todo = sum(p.todo for p in plans)
     total = f", about {basis['total_s'] / 60:.0f} min" + (f" with {workers} workers" if workers > 1 else "") if known else ""
     console.print(f"{todo} of {len(plans)} rows to run{total}")
@@ -129,7 +129,21 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
     raise typer.Exit(max(exit_code(results), 1 if errors else 0))
 
 
+def headline_metrics(study, measured: set[str]) -> dict[str, str]:
+    """{metric key: header} for the study's declared metrics as measured (the diagnostics beside them
+    stay in --json and the report), so that the status table fits a terminal."""
+    from mqvq.reports.tables import METRICS
+
+    families = [("mask" if m == "mask_detail" else m) for m in study.metrics] + (["fid_best"] if study.search.trials else [])
+    out = {}
+    for family in families:
+        names, labels = METRICS[family][0], METRICS[family][1]
+        out |= {key: labels[b] for b, key in names.items() if key in measured}
+    return out
+
+
 @app.command("status")
+@read_only
 @cli_errors
 def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_uri: TrackingUri = None,
            as_json: AsJson = False) -> None:
@@ -138,7 +152,7 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
     from mqvq.studies.spec import load_study, row_paper
 
     study = load_study(name)
-    plans = plan_study(open_tracker(tracking_uri, home, read_only=True), study, profile)
+    plans = plan_study(open_tracker(tracking_uri, home, read_only=True), study, profile, estimate=False)
     rows = []
     for p in plans:
         tags = p.parent.data.tags if p.parent is not None else {}
@@ -147,15 +161,16 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
                      "stage1_run": tags.get("mqvq.stage1_run"), "stage2_run": tags.get("mqvq.stage2_run"),
                      "failure": tags.get("mqvq.failure") or None, "metrics": p.metrics, "paper": row_paper(study, p.row)})
     if as_json:
-        print(json.dumps({"study": study.name, "profile": profile, "rows": rows}, indent=2))
+        print_json({"study": study.name, "profile": profile, "rows": rows})
         return
-    names = sorted({k for r in rows for k in r["metrics"]})
-    table = Table("row", "seed", "status", *names)
+    columns = headline_metrics(study, {k for r in rows for k in r["metrics"]})
     colour = {"finished": "green", "running": "yellow", "failed": "red", "missing": "dim"}
-    for r in rows:
-        table.add_row(r["row"], str(r["seed"]), f"[{colour[r['status']]}]{r['status']}[/]",
-                      *[f"{r['metrics'][n]:.4g}" if n in r["metrics"] else "-" for n in names])
-    console.print(table)
+    cells = [[r["row"], str(r["seed"]), f"[{colour[r['status']]}]{r['status']}[/]",
+              *[f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "-" for k in columns]] for r in rows]
+    console.print(table(["row", "seed", "status", *columns.values()], cells, numeric=("seed", *columns.values())))
+    others = sorted({k for r in rows for k in r["metrics"]} - set(columns))
+    if others:
+        console.print(f"[dim]also measured: {', '.join(others)} (--json, or `mqvq report {study.name} --profile {profile}`)[/]")
     for r in rows:
         if r["failure"] and r["status"] == "failed":
             console.print(f"[red]{r['row']}[/]: {r['failure']}")

@@ -18,17 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from mqvq.errors import UserError
+from mqvq.metrics import metric_names  # noqa: F401  (here since the metric names follow the backends)
 from mqvq.models.lpips import load_lpips, weights_dir
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 BACKENDS = ("inception", "vgg16")
-
-
-def metric_names(backend: str) -> dict[str, str]:
-    """What each Fréchet metric is called under `backend` (a table never mixes the two)."""
-    if backend == "inception":
-        return {"fid": "fid", "rfid": "rfid"}
-    return {"fid": "fd_vgg16", "rfid": "rfd_vgg16"}
 
 
 def resolve_inception_weights(path: str | None = None) -> Path:

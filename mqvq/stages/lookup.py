@@ -6,7 +6,6 @@ from pathlib import Path
 
 from mqvq.config import ExperimentConfig, config_hash, get_dotted, to_dict
 from mqvq.errors import UserError
-from mqvq.models.checkpoint import read_checkpoint
 from mqvq.tracking.store import Tracker
 
 # stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake
@@ -18,6 +17,16 @@ class ModelRef:
     checkpoint: Path
     run_id: str | None
     config: dict          # the experiment config the checkpoint was trained with
+
+
+def checkpoint_path(home: Path, run_id: str) -> Path:
+    """A run's resumable checkpoint (written while it trains)."""
+    return home / "checkpoints" / run_id / "last.pt"
+
+
+def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
+    """Identity of a stage-2 run: its own config plus the exact stage-1 checkpoint it reads."""
+    return config_hash({"stage2": to_dict(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": to_dict(cfg.stage1.data)})
 
 
 def model_file(tracker: Tracker, run_id: str) -> Path:
@@ -33,6 +42,8 @@ def model_file(tracker: Tracker, run_id: str) -> Path:
 
 def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
     """A checkpoint path or an MLflow run id of a finished `stage` run."""
+    from mqvq.models.checkpoint import read_checkpoint  # torch: not for the commands that only plan
+
     path = Path(spec)
     if path.suffix == ".pt" or path.is_file():
         if not path.is_file():

@@ -11,12 +11,9 @@ import torch
 from mqvq import runtime
 from mqvq.errors import UserError
 from mqvq.runtime import Dist
+from mqvq.stages.lookup import checkpoint_path
 from mqvq.timing import device_name
 from mqvq.tracking.store import Tracker
-
-
-def checkpoint_path(home: Path, run_id: str) -> Path:
-    return home / "checkpoints" / run_id / "last.pt"
 
 
 def find_resumable(tracker: Tracker, experiment: str, stage: str, config_hash: str, seed: int) -> str | None:

@@ -25,7 +25,8 @@ from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.runtime import autocast, autocast_dtype, conv_layout, gather_rng_states, progress_bar, seed_all, set_rng_state
-from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.stages.lookup import checkpoint_path
+from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking.store import Tracker
 

@@ -26,19 +26,15 @@ from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
-from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve
-from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, checkpoint_path, closing_run, open_run, publish
+from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve, stage2_hash
+from mqvq.stages.lookup import checkpoint_path
+from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.stages.tokenize import TokenSet, cached_tokens
 from mqvq.tracking.store import Tracker
 
 STAGE = "stage2"
 VAL_TOKENS = 2048  # test images whose tokens give the validation loss (Fig. 6a): only these are encoded
-
-
-def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
-    """Identity of a stage-2 run: its own config plus the exact stage-1 checkpoint it reads."""
-    return config_hash({"stage2": to_dict(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": to_dict(cfg.stage1.data)})
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:

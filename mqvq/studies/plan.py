@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from mqvq.config import ExperimentConfig, config_hash, to_dict
 from mqvq.errors import UserError
 from mqvq.files import file_digest
-from mqvq.metrics.features import metric_names
-from mqvq.stages.lookup import model_file
-from mqvq.stages.runs import checkpoint_path
-from mqvq.stages.train_stage2 import stage2_hash
+from mqvq.machine import cpu_name, may_have_gpu, torch_threads
+from mqvq.metrics import metric_names
+from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
 from mqvq.tracking.store import Tracker
@@ -63,28 +62,47 @@ def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed:
                              order_by=["attributes.start_time ASC"])
 
 
-def _stage_runs(tracker: Tracker, stage: str, h: str, seed: int, finished: bool) -> list:
-    status = "= 'FINISHED'" if finished else "!= 'FINISHED'"
-    return tracker.find_runs_everywhere(f"tags.\"mqvq.stage\" = '{stage}' and tags.\"mqvq.config_hash\" = '{h}' and "
-                                        f"tags.\"mqvq.seed\" = '{seed}' and attributes.status {status}")
+class StoreView:
+    """What planning a study reads from the store, fetched in three searches for the whole study
+    (its row runs, every stage run, the experiments) instead of several per row and stage."""
+
+    def __init__(self, tracker: Tracker, experiment: str, study: str):
+        self.tracker = tracker
+        self.names = {e.experiment_id: e.name for e in tracker.client.search_experiments()}
+        self.experiment_id = next((i for i, n in self.names.items() if n == experiment), None)
+        self.rows: dict[tuple[str, str], list] = {}
+        if self.experiment_id is not None:
+            for r in tracker.search_all([self.experiment_id], f"tags.\"mqvq.kind\" = 'row' and tags.\"mqvq.study\" = {q(study)}",
+                                        ["attributes.start_time ASC"]):
+                self.rows.setdefault((r.data.tags.get("mqvq.row"), r.data.tags.get("mqvq.seed")), []).append(r)
+        self.stages: dict[tuple, list] = {}      # (stage, config hash, seed) -> runs, newest first
+        self.readers: dict[str, list] = {}       # stage-1 run id -> the runs that name it
+        for r in tracker.search_all(list(self.names), "tags.\"mqvq.stage\" LIKE 'stage%'"):
+            t = r.data.tags
+            self.stages.setdefault((t.get("mqvq.stage"), t.get("mqvq.config_hash"), t.get("mqvq.seed")), []).append(r)
+            if t.get("mqvq.stage1_run"):
+                self.readers.setdefault(t["mqvq.stage1_run"], []).append(r)
+
+    def row_runs(self, row: str, seed: int) -> list:
+        return self.rows.get((row, str(seed)), [])
+
+    def stage_runs(self, stage: str, h: str, seed: int, finished: bool) -> list:
+        return [r for r in self.stages.get((stage, h, str(seed)), []) if (r.info.status == "FINISHED") == finished]
 
 
-def stage_state(tracker: Tracker, stage: str, h: str, seed: int, parent_id: str | None, experiment: str,
-                linked: str | None = None) -> StageState:
+def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str | None, linked: str | None = None) -> StageState:
     """`linked`: the stage run this row already uses (its `mqvq.<stage>_run` tag), so a run reused from
     another study's row counts as done here instead of being reused again on every `study run`."""
-    done = _stage_runs(tracker, stage, h, seed, finished=True)
+    done = view.stage_runs(stage, h, seed, finished=True)
     if done:
         mine = [r for r in done if (parent_id and r.data.tags.get("mlflow.parentRunId") == parent_id)
                 or (linked and r.info.run_id == linked)]
         run = (mine or done)[0]
         return StageState("done" if mine else "reusable", run.info.run_id,
-                          "" if mine else f"finished run in {tracker.client.get_experiment(run.info.experiment_id).name}")
-    exp = tracker.client.get_experiment_by_name(experiment)
-    for run in _stage_runs(tracker, stage, h, seed, finished=False):
-        if exp is not None and run.info.experiment_id == exp.experiment_id:
-            ckpt = checkpoint_path(tracker.home, run.info.run_id)
-            if ckpt.is_file():
+                          "" if mine else f"finished run in {view.names.get(run.info.experiment_id, '?')}")
+    for run in view.stage_runs(stage, h, seed, finished=False):
+        if view.experiment_id is not None and run.info.experiment_id == view.experiment_id:
+            if checkpoint_path(view.tracker.home, run.info.run_id).is_file():
                 return StageState("resumable", run.info.run_id, "from its last checkpoint")
     return StageState("run")
 
@@ -113,27 +131,30 @@ def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | N
 
 def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,
                only: list[str] | None = None, backend: str | None = None, lease_timeout: float = 120.0,
-               device: str | None = None, workers: int = 1, costs: Costs | None = None) -> list[RowPlan]:
+               device: str | None = None, workers: int = 1, costs: Costs | None = None, estimate: bool = True) -> list[RowPlan]:
+    """Per row and seed, each stage's state, from one view of the store. `estimate`: time the rows to
+    run from the measured costs (`study status` has no use for them)."""
     experiment = study_experiment(study.name, profile)
-    costs = costs or measured_costs(tracker, profile, device, workers)
+    if estimate:
+        costs = costs or measured_costs(tracker, profile, device, workers)
+    view = StoreView(tracker, experiment, study.name)
     plans = []
     for row in select_rows(study, only):
         for seed in row_seeds(study, row, seeds):
             cfg = row_config(row, profile, seed)
-            parents = find_row_runs(tracker, experiment, study.name, row.name, seed)
+            parents = view.row_runs(row.name, seed)
             parent = parents[0] if parents else None
             p = RowPlan(row, seed, cfg, parent, _row_status(parent, lease_timeout))
             if parent is not None:
                 p.metrics = dict(parent.data.metrics)
             pid = parent.info.run_id if parent else None
             links = parent.data.tags if parent else {}
-            s1 = stage_state(tracker, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, experiment, links.get("mqvq.stage1_run"))
+            s1 = stage_state(view, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, links.get("mqvq.stage1_run"))
             p.stages["stage1"] = s1
             if not row.stage2:
                 p.stages["stage2"] = StageState("skip")
-            elif s1.state in ("done", "reusable") and (digest := stage1_digest(tracker, s1.run_id)):
-                p.stages["stage2"] = stage_state(tracker, "stage2", stage2_hash(cfg, digest), seed, pid, experiment,
-                                                 links.get("mqvq.stage2_run"))
+            elif s1.state in ("done", "reusable") and (digest := stage1_digest(view, s1.run_id)):
+                p.stages["stage2"] = stage_state(view, "stage2", stage2_hash(cfg, digest), seed, pid, links.get("mqvq.stage2_run"))
             elif s1.state in ("done", "reusable"):
                 p.stages["stage2"] = StageState("run", None, "the stage-1 checkpoint is missing")
             else:
@@ -148,19 +169,19 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
                                           ", ".join(missing) if missing and parent is not None else "")
             if p.stages["eval"].state == "done" and p.status != "finished":
                 p.stages["eval"] = StageState("run")
-            p.estimate_s = _estimate(p, costs, profile)
+            p.estimate_s = _estimate(p, costs, profile) if estimate else None
             plans.append(p)
     return plans
 
 
-def stage1_digest(tracker: Tracker, run_id: str) -> str | None:
+def stage1_digest(view: StoreView, run_id: str) -> str | None:
     """The stage-1 model's digest (stage 2's identity depends on it): from its file, or, in a store
     fetched without checkpoints, as recorded by the stage-2 runs trained on it."""
     try:
-        return file_digest(model_file(tracker, run_id))
+        return file_digest(model_file(view.tracker, run_id))
     except UserError:
-        runs = tracker.find_runs_everywhere(f"tags.\"mqvq.stage1_run\" = {q(run_id)}")
-        return next((r.data.tags["mqvq.stage1_checkpoint"] for r in runs if r.data.tags.get("mqvq.stage1_checkpoint")), None)
+        return next((r.data.tags["mqvq.stage1_checkpoint"] for r in view.readers.get(run_id, [])
+                     if r.data.tags.get("mqvq.stage1_checkpoint")), None)
 
 
 def _row_status(parent, lease_timeout: float) -> str:
@@ -197,13 +218,16 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
     torch thread count as each of `workers` workers gets): one query for all stage runs, none per row."""
     import os
 
-    import torch
+    if device in (None, "cpu") and (device == "cpu" or not may_have_gpu()):  # no torch import: start in a second
+        name, on_cpu = cpu_name(), True
+    else:
+        import torch
 
-    from mqvq.timing import device_name
+        from mqvq.timing import device_name
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    name = device_name(dev)
-    threads = str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()) if dev.type == "cpu" else None
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        name, on_cpu = device_name(dev), dev.type == "cpu"
+    threads = str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch_threads(tracker.home)) if on_cpu else None
     costs = Costs(name + (f", {threads} torch thread{'s' * (threads != '1')} per worker" if threads else ""))
     runs = tracker.find_runs_everywhere(f"tags.\"mqvq.profile\" = {q(profile)} and tags.\"mqvq.device_name\" = {q(name)} "
                                         f"and attributes.status = 'FINISHED'")

@@ -8,14 +8,17 @@ lease (see `lease.py`), so it runs exactly once and a killed worker's row is tak
 """
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
 from mqvq.config import config_hash, to_dict
 from mqvq.errors import UserError
+from mqvq.runtime import duration
 from mqvq.studies import lease
-from mqvq.studies.plan import RowPlan, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state, study_experiment
+from mqvq.studies.plan import (RowPlan, StoreView, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state,
+                               study_experiment)
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking.store import Tracker, git_commit
 
@@ -59,18 +62,24 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
     for rid in lease.reap_stale_runs(tracker, study_experiment(study.name, profile), lease_timeout):
         log(f"[yellow]run {rid} had stopped without finishing (no heartbeat): marked KILLED, resumable from its checkpoint[/]")
-    plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout)
+    plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout, device=device)
     results = []
-    for p in plans:
-        label = f"{p.row.name} (seed {p.seed})"
+    eta = Eta([p.estimate_s for p in plans])
+    if any(p.todo or p.status != "finished" for p in plans):
+        log(f"{study.name} ({profile}): {eta.describe(0)}")
+    for i, p in enumerate(plans):
+        label = f"[{i + 1}/{len(plans)}] {p.row.name} (seed {p.seed})"
         if not p.todo and p.status == "finished":
             results.append(RowResult(p.row.name, p.seed, "skipped", "already finished", p.metrics))
             log(f"[dim]{label}: done[/]")
+            eta.finished(i, None)
             continue
+        started = time.monotonic()
         parent = ensure_row_run(tracker, study, p, profile)
         if not lease.claim(tracker, parent, worker, lease_timeout, settle):
             results.append(RowResult(p.row.name, p.seed, "busy", "claimed by another worker"))
             log(f"[yellow]{label}: running in another worker, skipped[/]")
+            eta.finished(i, None)
             continue
         try:
             # re-plan under the lease: another worker may have finished it in the meantime
@@ -79,7 +88,10 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
             with lease.Heartbeat(tracker, parent, heartbeat):
-                results.append(_run_row(tracker, study, fresh, parent, profile, backend, device, progress, log))
+                results.append(_run_row(tracker, study, fresh, parent, profile, backend, device, progress, log, label))
+            eta.finished(i, time.monotonic() - started)
+            if any(e != 0 for e in eta.estimates[i + 1:]):
+                log(f"[dim]{eta.describe(i + 1)}[/]")
         except KeyboardInterrupt:
             tracker.set_tags(parent, {"mqvq.status": "missing", "mqvq.failure": "interrupted"})
             raise
@@ -88,13 +100,49 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
     return results
 
 
-def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, progress, log) -> RowResult:
+class Eta:
+    """Time left in a study: the plan's per-row estimates (from measured step times), scaled by how
+    long the rows run so far actually took against their estimates."""
+
+    def __init__(self, estimates: list[float | None]):
+        self.estimates = estimates
+        self.took: dict[int, float] = {}
+
+    def finished(self, i: int, seconds: float | None) -> None:
+        if seconds is not None:
+            self.took[i] = seconds
+        else:
+            self.estimates[i] = 0.0
+
+    def remaining(self, start: int) -> float | None:
+        rest = self.estimates[start:]
+        if any(e is None for e in rest):
+            return None
+        measured = [(self.took[i], self.estimates[i]) for i in self.took if self.estimates[i]]
+        scale = sum(t for t, _ in measured) / sum(e for _, e in measured) if measured else 1.0
+        return scale * sum(rest)
+
+    def describe(self, start: int) -> str:
+        n = sum(e != 0 for e in self.estimates[start:])
+        left = self.remaining(start)
+        if left is None:
+            return f"{n} row{'s' * (n != 1)} to go (no time estimate: nothing measured yet on this device)"
+        at = time.strftime("%H:%M", time.localtime(time.time() + left))
+        return f"{n} row{'s' * (n != 1)} to go, about {duration(left)} (until about {at})"
+
+
+def metrics_line(metrics: dict[str, float]) -> str:
+    """`name=value` pairs: a terminal wraps between pairs, never inside one."""
+    return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, progress, log, label: str) -> RowResult:
     from mqvq.stages.evaluate import evaluate_run
     from mqvq.stages.train_stage1 import train_stage1
     from mqvq.stages.train_stage2 import train_stage2
 
     experiment = study_experiment(study.name, profile)
-    label = f"{p.row.name} (seed {p.seed})"
+    started = time.monotonic()
     tracker.client.update_run(parent, status="RUNNING")
     tracker.set_tags(parent, {"mqvq.status": "running", "mqvq.failure": "", "mqvq.git_commit": git_commit()})
     tags = {"mqvq.study": study.name, "mqvq.row": p.row.name}
@@ -116,10 +164,10 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
         if p.row.stage2:
             s2 = p.stages["stage2"]
             if s2.state == "after stage 1":  # stage 1 was trained just now: stage 2's identity needs its checkpoint
-                from mqvq.stages.train_stage2 import stage2_hash
+                from mqvq.stages.lookup import stage2_hash
 
-                h2 = stage2_hash(p.cfg, stage1_digest(tracker, stage1_run))
-                s2 = stage_state(tracker, "stage2", h2, p.seed, parent, experiment)
+                view = StoreView(tracker, experiment, study.name)
+                s2 = stage_state(view, "stage2", stage2_hash(p.cfg, stage1_digest(view, stage1_run)), p.seed, parent)
             if s2.state in ("done", "reusable"):
                 stage2_run = s2.run_id
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")
@@ -134,7 +182,7 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
             metrics |= _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log)
         tracker.set_tags(parent, {"mqvq.status": "finished"})
         tracker.client.set_terminated(parent, "FINISHED")
-        log(f"[green]{label}: finished[/] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        log(f"[green]{label}: finished[/] in {duration(time.monotonic() - started)}: {metrics_line(metrics)}")
         return RowResult(p.row.name, p.seed, "finished", "", metrics)
     except KeyboardInterrupt:
         raise

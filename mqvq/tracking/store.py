@@ -216,6 +216,18 @@ class Tracker:
             return []
         return self.client.search_runs(ids, filter_string, order_by=order_by or ["attributes.start_time DESC"], max_results=1000)
 
+    def search_all(self, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+        """Every matching run, page by page (search_runs returns at most 1000 at a time)."""
+        out, token = [], None
+        while experiment_ids:
+            page = self.client.search_runs(experiment_ids, filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                                           max_results=1000, page_token=token)
+            out += list(page)
+            token = page.token
+            if not token:
+                break
+        return out
+
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
 
