@@ -114,21 +114,45 @@ def codebook_pca_figure(embed: torch.Tensor, counts: torch.Tensor | None = None,
     return fig
 
 
-def loss_curves_figure(curves: dict[str, tuple[list[int], list[float]]], title: str = "Stage-2 loss"):
-    """Fig. 6a: training and validation loss against steps."""
+STAGE2_LOSS = {"raster": "raster transformer: code loss", "stackformer": "Stackformer: code + position loss"}
+
+
+def loss_curves_figure(rows: dict[str, dict[str, tuple[list[int], list[float]]]], kinds: dict[str, str] | None = None,
+                       title: str = "Stage-2 loss"):
+    """Fig. 6a: per model (row), validation loss solid and training loss dashed in one colour. Models
+    whose losses measure different things (a raster transformer's code loss, Stackformer's code +
+    position loss) get their own panel; the legend sits beside the panels, never on the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for name, (steps, values) in curves.items():
-        ax.plot(steps, values, label=name, marker="o" if len(steps) < 20 else None, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (code + position)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    kinds = kinds or {}
+    panels = list(dict.fromkeys(kinds.get(r, "") for r in rows))
+    colours = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"].colors
+    colour = {r: colours[i % len(colours)] for i, r in enumerate(rows)}
+    width = 4.2 * len(panels) + 2.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.6), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for r, curves in rows.items():
+            if kinds.get(r, "") != panel:
+                continue
+            for key, style in (("validation", "-"), ("train", "--")):
+                if key in curves:
+                    steps, values = curves[key]
+                    ax.plot(steps, values, style, color=colour[r], linewidth=1.6 if style == "-" else 0.9,
+                            marker="o" if key == "validation" and len(steps) < 20 else None, markersize=3)
+        ax.set_title(STAGE2_LOSS.get(panel, panel or "loss"), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colour[r], linewidth=2) for r in rows]
+    handles += [Line2D([], [], color="black", linestyle="-"), Line2D([], [], color="black", linestyle="--", linewidth=0.9)]
+    right = 1 - 2.5 / width  # the legend's column, kept out of the panels
+    fig.legend(handles, [*rows, "validation", "train"], loc="center left", bbox_to_anchor=(right, 0.5), fontsize=7.5, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
 

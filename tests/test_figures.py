@@ -19,7 +19,7 @@ def test_speed_fid_and_pca_and_curves():
     assert img.shape[0] > 100 and img.std() > 1
     img = _png(figures.codebook_pca_figure(torch.randn(32, 8), torch.tensor([1] * 20 + [0] * 12)))
     assert img.std() > 1
-    img = _png(figures.loss_curves_figure({"train": ([1, 2, 3], [3.0, 2.0, 1.5]), "validation": ([3], [1.7])}))
+    img = _png(figures.loss_curves_figure({"vqgan": {"train": ([1, 2, 3], [3.0, 2.0, 1.5]), "validation": ([3], [1.7])}}))
     assert img.std() > 1
 
 

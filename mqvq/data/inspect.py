@@ -59,11 +59,11 @@ def _labels(ds) -> torch.Tensor | None:
 def preview(cfg: DataConfig, split: str = "train", n: int = 8, dataset=None) -> np.ndarray:
     """A uint8 picture of the split's first n images as training sees them (augmentation on for
     train), with a second row darkening the background where the dataset has foreground masks."""
-    from mqvq.images import image_grid, mask_overlay, to_pixels
+    from mqvq.images import labelled_grid, mask_overlay, to_pixels
 
     ds = dataset if dataset is not None else build_dataset(cfg, split)
     batch = next(iter(eval_batches(ds, min(n, len(ds)))))
-    rows = [to_pixels(batch["image"])]
+    rows = [(f"{split} images", to_pixels(batch["image"]))]
     if "fg" in batch:  # the kept-token overlay of Fig. 4, at pixel resolution
-        rows.append(to_pixels(mask_overlay(batch["image"], batch["fg"], tuple(batch["fg"].shape[-2:]))))
-    return image_grid(rows)
+        rows.append(("foreground\n(background\ndarkened)", to_pixels(mask_overlay(batch["image"], batch["fg"], tuple(batch["fg"].shape[-2:])))))
+    return labelled_grid(rows, [f"#{i + 1}" for i in range(rows[0][1].shape[0])], f"{cfg.name} {cfg.resolution} px")

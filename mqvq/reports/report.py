@@ -160,23 +160,27 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     fig = _mask_curves(tracker, table, meta, study)
     if fig is not None:
         written.append(_save(fig, folder / "mask-foreground-curves.png"))
-    # Fig. 5: codebooks of the first VQGAN row and the first adaptive row
-    pair = [next((r for r in stage_runs if meta[r]["mask_type"] == kind and stage_runs[r].get("stage1")), None) for kind in ("none", "adaptive")]
-    if all(pair):
-        fig = _pca_pair(tracker, [(p, stage_runs[p]["stage1"]) for p in pair], table)
+    # Fig. 5: like with like, VQGAN and MQ-VAE at the same f (the first adaptive row that has such a VQGAN)
+    trained = [r for r in stage_runs if stage_runs[r].get("stage1")]
+    pair = next(([base, r] for r in trained if meta[r]["mask_type"] == "adaptive"
+                 for base in trained if meta[base]["mask_type"] == "none" and meta[base]["f"] == meta[r]["f"]), None)
+    if pair:
+        fig = _pca_pair(tracker, [(p, stage_runs[p]["stage1"]) for p in pair], table, meta)
         if fig is not None:
             written.append(_save(fig, folder / "fig5-codebook-pca.png"))
     # Fig. 6a: stage-2 validation curves
-    curves = {}
+    curves, kinds = {}, {}
     for row, runs in stage_runs.items():
         if runs.get("stage2"):
-            for key, kind in (("val/loss", "val"), ("train/loss", "train")):
+            label = next(r.descriptors["label"] for r in table.rows if r.name == row)
+            for key, kind in (("val/loss", "validation"), ("train/loss", "train")):
                 hist = tracker.client.get_metric_history(runs["stage2"], key)
                 if hist:
-                    label = next(r.descriptors["label"] for r in table.rows if r.name == row)
-                    curves[f"{label} ({kind})"] = ([m.step for m in hist], [m.value for m in hist])
+                    curves.setdefault(label, {})[kind] = ([m.step for m in hist], [m.value for m in hist])
+            kinds[label] = tracker.get_run(runs["stage2"]).data.params.get("stage2.model.kind", "")
     if curves:
-        written.append(_save(F.loss_curves_figure(curves, f"{study.name}: stage-2 loss"), folder / "fig6a-loss-curves.png"))
+        fig = F.loss_curves_figure(curves, kinds, f"Fig. 6a: {study.name} ({table.profile}), stage-2 loss")
+        written.append(_save(fig, folder / "fig6a-loss-curves.png"))
     # Fig. 6b: speed against the Fréchet distance
     fd_key = next((c.key for c in table.columns if c.key in ("fid", "fd_vgg16")), None)
     points = [(r.descriptors["label"], r.values["speed_images_per_s"][0], r.values[fd_key][0]) for r in table.rows
@@ -227,7 +231,7 @@ def _artifact(tracker: Tracker, run_id: str, path: str) -> str | None:
         return None
 
 
-def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
+def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table, meta: dict):
     """Fig. 5 side by side; None when a row has neither its projected codebook nor its checkpoint."""
     import matplotlib
 
@@ -258,10 +262,11 @@ def _pca_pair(tracker: Tracker, rows: list[tuple[str, str]], table: Table):
     for ax, (row, xy, used) in zip(axes, panels):
         scatter_codebook(ax, xy, used, size=5, legend=False)
         label = next(r.descriptors["label"] for r in table.rows if r.name == row)
-        ax.set_title(f"{label}" + (f": {used.sum()} / {len(used)} codes used" if used is not None else ""), fontsize=8)
+        label += "" if "f =" in label else f", f = {meta[row]['f']}"
+        ax.set_title(f"{label}" + (f"\n{used.sum()} of {len(used)} codes used on the test split" if used is not None else ""), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Fig. 5: codebook PCA", fontsize=9)
+    fig.suptitle(f"Fig. 5: codebook embeddings on their first two principal components ({table.study}, {table.profile})", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -151,7 +151,8 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
             tracker.log_figure(run_id, figures.keep_frequency_figure(
                 res.keep_frequency, res.fg_frequency, f"{cfg.name}: where the mask keeps tokens ({n} test images)"),
                 "figures/keep_frequency.png")
-        tracker.log_image(run_id, images.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"]), "figures/reconstructions_test.png")
+        tracker.log_image(run_id, images.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"],
+                                                                   title=f"{cfg.name}: test-split reconstructions"), "figures/reconstructions_test.png")
         fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
         tracker.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
         # the projected codebook itself (K x 2), so reports can draw Fig. 5 from a store without checkpoints
@@ -196,15 +197,16 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
     if "figures" in wanted:
         if first is None:
             first = next(iter(_few_samples(gen, params, cfg.seed)))
-        rows = [first[i: i + 8] for i in range(0, min(len(first), 32), 8)]
-        tracker.log_image(run_id, images.image_grid([r for r in rows if len(r) == len(rows[0])]), "figures/samples_eval.png")
+        tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
+                          "figures/samples_eval.png")
         curves = {}
         for key_, label in (("train/loss", "train"), ("val/loss", "validation")):
             hist = tracker.client.get_metric_history(run_id, key_)
             if hist:
                 curves[label] = ([m.step for m in hist], [m.value for m in hist])
         if curves:
-            tracker.log_figure(run_id, figures.loss_curves_figure(curves, f"{cfg.name}: stage-2 loss"),
+            tracker.log_figure(run_id, figures.loss_curves_figure({cfg.name: curves}, {cfg.name: cfg.stage2.model.kind},
+                                                                  f"{cfg.name}: stage-2 loss"),
                                       "figures/fig6a_loss_curves.png")
     return values, tags
 

@@ -225,7 +225,7 @@ def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit
                 tally = tally or MaskTally(enc.grid, device)
                 tally.add(enc.keep, batch["fg"].to(device) if "fg" in batch else None, enc.scores, x)
             if grid and picture is None:
-                picture = reconstruction_grid(x, recon, enc.keep, enc.grid)
+                picture = reconstruction_grid(x, recon, enc.keep, enc.grid, title="validation reconstructions")
             n += x.shape[0]
     model.train(was_training)
     metrics = {"l1": l1 / n, "psnr": psnr / n, "codebook_usage": used.float().mean().item() * 100.0}

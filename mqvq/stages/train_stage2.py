@@ -20,7 +20,7 @@ from mqvq.config import ExperimentConfig, StackformerConfig, config_hash, flatte
 from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
 from mqvq.files import file_digest
-from mqvq.images import image_grid, to_pixels
+from mqvq.images import sample_grid, to_pixels
 from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
@@ -224,5 +224,6 @@ def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_
     g = torch.Generator(device=d.device).manual_seed(cfg.seed)
     s = generate(model, n, cfg.stage2.sampling, labels, g, dtype=dtype, device=d.device)
     images = vae.decode(s.codes, s.positions, model.shape.grid)
-    tracker.log_image(run_id, image_grid([to_pixels(images[i: i + 8]) for i in range(0, n, 8)]), "figures/samples.png")
+    title = f"{cfg.name}: samples at step {step}"
+    tracker.log_image(run_id, sample_grid(to_pixels(images), title), "figures/samples.png")
     return {"model": str(model_file)}

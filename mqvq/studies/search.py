@@ -368,7 +368,7 @@ def _reference(tracker, cfg: dict, metric: str, device):
 @torch.no_grad()
 def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec: SearchSpec, progress):
     """FD at each rung (statistics accumulate), then at N; pruned when the pruner says so."""
-    from mqvq.images import image_grid
+    from mqvq.images import sample_grid
     from mqvq.metrics.frechet import RunningStats, frechet_distance
 
     stats = RunningStats(backend.dim)
@@ -377,8 +377,7 @@ def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spe
     for images, *_ in sample_images(gen, spec.num_samples, params, seed=spec.seed, progress=progress):
         if first is None:
             first = images
-            tracker.log_image(run_id, image_grid([images[i: i + 8] for i in range(0, min(len(images), 16), 8)
-                                                  if len(images[i: i + 8]) == min(8, len(images))]), "figures/samples.png")
+            tracker.log_image(run_id, sample_grid(images[:16], "samples of this trial's sampling settings"), "figures/samples.png")
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         offset = 0  # feed in pieces so every rung is hit exactly
         while offset < len(x):
