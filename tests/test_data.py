@@ -138,7 +138,7 @@ def test_describe_and_preview_report_what_training_will_see(tmp_path):
     assert sum(train["per_class"]) == 40 and 0 < train["foreground_fraction"] < 0.5  # objects on larger backgrounds
     assert train["digest"] != test["digest"]
     pic = preview(cfg, n=5)  # images, then the foreground row
-    assert pic.shape == (2 * (16 + 2) + 2, 5 * (16 + 2) + 2, 3) and pic.dtype == np.uint8 and pic.std() > 0
+    assert pic.shape[0] > 2 * 96 and pic.shape[1] > 5 * 96 and pic.dtype == np.uint8 and pic.std() > 0  # two labelled rows of five, upscaled
 
     for split in ("train", "val"):
         for c, n in (("cat", 3), ("dog", 1)):
