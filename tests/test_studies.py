@@ -54,7 +54,8 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
     assert r.exit_code == 0, r.output
     assert "2 finished" in r.stdout
     runs = _runs(tracker)
-    assert len(runs) == 6  # per row: a parent, a stage-1 child, a stage-2 child
+    assert len(runs) == 7  # per row: a parent, a stage-1 child, a stage-2 child; and the study's summary
+    assert [x.data.tags.get("mqvq.kind") for x in runs].count("summary") == 1
     rows = [x for x in runs if x.data.tags.get("mqvq.kind") == "row"]
     for row in rows:
         assert row.info.status == "FINISHED" and row.data.tags["mqvq.status"] == "finished"
@@ -64,7 +65,7 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
         assert sorted(c.data.tags["mqvq.stage"] for c in children) == ["stage1", "stage2"]
     r = _cli("study", "run", "two", "--no-progress", home=home)
     assert r.exit_code == 0 and "2 skipped" in r.stdout
-    assert len(_runs(tracker)) == 6  # nothing new
+    assert len(_runs(tracker)) == 7  # nothing new (the summary is refreshed only when a row finished)
     r = _cli("study", "status", "two", "--json", home=home)
     data = json.loads(r.stdout)
     assert [x["status"] for x in data["rows"]] == ["finished", "finished"] and data["rows"][0]["paper"]["fid"] == 7.5
@@ -240,11 +241,17 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
         req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode())
         runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
-        assert len(runs) == 3  # the row and its two stage runs
+        assert len(runs) == 4  # the row, its two stage runs and the study's summary
+        tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
+        note = tags["summary: one (smoke)"]["mlflow.note.content"]
+        assert "| row " in note and "| usage (%)" in note and tags["summary: one (smoke)"]["mqvq.kind"] == "summary"
+        exp_tags = {t["key"]: t["value"] for t in exp["tags"]}
+        assert exp_tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the model-training view
+        assert json.loads(exp_tags["mlflow.sharedViewState.mqvq"])["selectedColumns"] == ["metrics.`usage`"]
     finally:
         p.send_signal(signal.SIGTERM)  # only the mqvq process: it must take the server down with it
         out = p.communicate(timeout=60)[0]
-    assert f"http://127.0.0.1:{port}/#/experiments/" in out
+    assert f"http://127.0.0.1:{port}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning&viewStateShareKey=mqvq" in out
     assert p.returncode in (0, 130, -15), out[-2000:]
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(base + "/health", timeout=2)

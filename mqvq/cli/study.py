@@ -123,6 +123,14 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
                             log=lambda m: err_console.print(m, highlight=False), **options)
     counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed")}
     console.print(f"{study.name} ({profile}): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    if counts["finished"]:  # something new: refresh the study's summary run (the table and figures in the MLflow UI)
+        from mqvq.reports.summary import publish_summary
+
+        try:
+            publish_summary(tracker, study.name, profile)
+            console.print(f"summary in MLflow: `mqvq ui {study.name} --profile {profile}`", highlight=False)
+        except Exception as e:  # noqa: BLE001  (the rows are done and recorded; the summary is a view of them)
+            err_console.print(f"[yellow]the study's summary run was not updated: {e}[/]", highlight=False)
     for r in results:
         if r.status == "failed":
             console.print(f"[red]failed[/] {r.row} (seed {r.seed}): {r.detail}")

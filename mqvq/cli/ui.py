@@ -25,16 +25,22 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
     """Start the MLflow UI on the store and print the URL (Ctrl-C stops it)."""
     from mqvq.errors import UserError
     from mqvq.studies.plan import study_experiment
+    from mqvq.tracking.store import SHARED_VIEW_TAG
 
     tracker = open_tracker(tracking_uri, home, read_only=True)
     if not tracker.uri.startswith("sqlite:"):
         raise UserError(f"{tracker.uri} is served by its own MLflow server already: open it in a browser.")
     url = f"http://{host}:{port}"
+    tracker.mark_model_training()  # MLflow 3 opens an experiment without a kind in its GenAI view
     if study:
+        from mqvq.reports.summary import VIEW_KEY
+
         exp = tracker.client.get_experiment_by_name(study_experiment(study, profile))
         if exp is None:
             raise UserError(f"study {study} has no runs at profile {profile} yet: run `mqvq study run {study} --profile {profile}`.")
-        url += f"/#/experiments/{exp.experiment_id}"
+        url += f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"  # not the GenAI side bar
+        if SHARED_VIEW_TAG + VIEW_KEY in tracker.client.get_experiment(exp.experiment_id).tags:
+            url += f"&viewStateShareKey={VIEW_KEY}"  # the study's metric columns, saved by its summary
     _check_port_free(host, port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", host, "--port", str(port)]
     console.print(f"starting the MLflow UI on {host}:{port} (store {tracker.uri}) ...", highlight=False)
@@ -44,7 +50,7 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         _wait_until_it_answers(proc, "127.0.0.1" if host in ("0.0.0.0", "::") else host, port, start_timeout)
-        console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False)  # only once it answers
+        console.print(f"MLflow UI: {url}  (Ctrl-C stops it)", highlight=False, soft_wrap=True)  # only once it answers
         code = proc.wait()
         if code not in (0, -signal.SIGINT, -signal.SIGTERM):
             raise UserError(f"the MLflow UI server stopped with exit status {code}: see its messages above.")

@@ -141,7 +141,8 @@ def verdicts_json(verdicts) -> list[dict]:
 
 # --------------------------------------------------------------------------- figures
 def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict, folder: Path) -> list[str]:
-    """Fig. 4 mask grids, Fig. 5 codebook PCA (VQGAN vs MQ-VAE), Fig. 6a loss curves, Fig. 6b speed vs FID."""
+    """Fig. 4 mask grids, each row's reconstructions and samples, Fig. 5 codebook PCA (VQGAN vs MQ-VAE
+    at the same f), Fig. 6a loss curves, Fig. 6b speed vs FID."""
     from mqvq import figures as F
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,14 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
             continue
         for artifact, name in (("figures/fig4_mask.png", f"fig4-mask-{row}.png"), ("figures/keep_frequency.png", f"keep-frequency-{row}.png")):
             src = _artifact(tracker, runs["stage1"], artifact)
+            if src:
+                shutil.copy(src, folder / name)
+                written.append(str(folder / name))
+    # each row's test-split reconstructions and samples, as its evaluation drew them
+    for row, runs in stage_runs.items():
+        for stage, artifact, name in (("stage1", "figures/reconstructions_test.png", f"reconstructions-{row}.png"),
+                                      ("stage2", "figures/samples_eval.png", f"samples-{row}.png")):
+            src = _artifact(tracker, runs[stage], artifact) if runs.get(stage) else None
             if src:
                 shutil.copy(src, folder / name)
                 written.append(str(folder / name))

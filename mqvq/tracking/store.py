@@ -100,6 +100,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ensure_writable(db.parent, "the SQLite tracking store's folder")
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a runs view the UI loads from ?viewStateShareKey=<key>
+
+
 def git_commit() -> str:
     """HEAD of the checkout mqvq runs from (`-dirty` with uncommitted changes); a copy of the tree
     outside git (a snapshot for a long background run, a machine the tree was carried to) names
@@ -173,7 +177,23 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:///"):
                 location = (self.home / "artifacts" / name.replace("/", "_")).as_uri()
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+    def mark_model_training(self) -> None:
+        """Tag every experiment without a kind for MLflow 3's model-training view (runs, metrics,
+        charts); without the tag its UI opens the GenAI (traces) overview."""
+        for exp in self.client.search_experiments():
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+    def save_runs_view(self, experiment_id: str, key: str, columns: list[str]) -> None:
+        """A runs-table view the MLflow UI opens with `?viewStateShareKey=<key>`: these columns shown
+        (e.g. metrics.`fd_vgg16`), the oldest run first, stage runs folded under their row."""
+        import json
+
+        state = {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": True,
+                 "searchFilter": "", "runsExpanded": {}}
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
                   parent_run_id: str | None = None) -> str:
