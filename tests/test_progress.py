@@ -27,10 +27,13 @@ def test_durations_read_as_people_say_them():
 def test_eta_scales_the_plans_estimates_by_what_the_rows_took():
     eta = Eta([0.0, 10.0, 10.0, 10.0])  # the first row was already finished
     assert eta.describe(0).startswith("3 rows to go, about 30 s (until about ")
-    eta.finished(1, 20.0)  # twice as slow as estimated
+    eta.finished(1, 30.0)  # three times as slow as estimated: the scale moves halfway there, from one typical row
     assert eta.remaining(2) == 40.0 and eta.describe(2).startswith("2 rows to go, about 40 s")
-    eta.finished(2, None)  # another worker had it
-    assert eta.describe(3).startswith("1 row to go, about 20 s")
+    eta.finished(2, 50.0)  # the evidence grows: (30 + 50 + 10) / (10 + 10 + 10)
+    assert eta.remaining(3) == 30.0 and eta.describe(3).startswith("1 row to go, about 30 s")
+    eta = Eta([10.0, 10.0, 10.0])
+    eta.finished(0, None)  # another worker had it: nothing learnt
+    assert eta.describe(1).startswith("2 rows to go, about 20 s")
     assert Eta([5.0, None]).describe(0) == "2 rows to go (no time estimate: nothing measured yet on this device)"
 
 

@@ -102,7 +102,9 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
 
 class Eta:
     """Time left in a study: the plan's per-row estimates (from measured step times), scaled by how
-    long the rows run so far actually took against their estimates."""
+    long the rows run so far actually took against their estimates. The scale starts from one
+    typical row at its estimate, so one odd row (a reused model, an unmeasured bigger one) does not
+    swing it."""
 
     def __init__(self, estimates: list[float | None]):
         self.estimates = estimates
@@ -119,7 +121,9 @@ class Eta:
         if any(e is None for e in rest):
             return None
         measured = [(self.took[i], self.estimates[i]) for i in self.took if self.estimates[i]]
-        scale = sum(t for t, _ in measured) / sum(e for _, e in measured) if measured else 1.0
+        known = [e for e in self.estimates if e]
+        prior = sum(known) / len(known) if known else 0.0
+        scale = (sum(t for t, _ in measured) + prior) / (sum(e for _, e in measured) + prior) if measured else 1.0
         return scale * sum(rest)
 
     def describe(self, start: int) -> str:
