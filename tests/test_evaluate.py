@@ -89,3 +89,7 @@ def test_eval_cli(runs, tracker):
     res = runner.invoke(app, ["eval", s1, "--metrics", "usage,psnr", "--home", str(tracker.home), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "usage" in res.stdout and f"logged to stage1 run {s1}" in res.stdout
+    res = runner.invoke(app, ["eval", s1, "--metrics", "usage", "--json", "--home", str(tracker.home), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = __import__("json").loads(res.stdout)
+    assert out["run_id"] == s1 and out["stage"] == "stage1" and "usage" in out["metrics"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker
+from mqvq.cli.common import AsJson, Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker, print_json, table
 
 
 @cli_errors
@@ -22,6 +20,7 @@ def evaluate(
     home: Home = None,
     tracking_uri: TrackingUri = None,
     progress: Progress = True,
+    as_json: AsJson = False,
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
     from mqvq.stages.evaluate import evaluate_run, parse_metrics
@@ -31,10 +30,12 @@ def evaluate(
     result = evaluate_run(open_tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
                           test_images=test_images, batch_size=batch_size, device=device, progress=progress,
                           sampling_choice=sampling)
-    table = Table("metric", "value", "backend / count")
     tags = result["tags"]
-    for k, v in result["metrics"].items():
-        extra = " / ".join(str(tags[t]) for t in (f"mqvq.eval.{k}.backend", f"mqvq.eval.{k}.num") if t in tags)
-        table.add_row(k, f"{v:.4g}", extra)
-    console.print(table)
+    if as_json:
+        print_json({"run_id": result["run_id"], "stage": result["stage"], "metrics": result["metrics"],
+                    "tags": {k: v for k, v in tags.items() if k.startswith("mqvq.eval.")}})
+        return
+    rows = [[k, f"{v:.4g}", " / ".join(str(tags[t]) for t in (f"mqvq.eval.{k}.backend", f"mqvq.eval.{k}.num") if t in tags)]
+            for k, v in result["metrics"].items()]
+    console.print(table(["metric", "value", "backend / count"], rows, numeric=("value",)))
     console.print(f"logged to {result['stage']} run {result['run_id']}")
