@@ -223,9 +223,6 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
                 values[name] = run.metrics[name]
                 tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")
                          or k in ("mqvq.eval.device", "mqvq.eval.torch", "mqvq.eval.threads", "mqvq.torch_threads", "mqvq.device_name")}
-    # the row's copy is rounded to 6 significant digits, which the MLflow runs table shows whole
-    # (its stage runs keep every digit; every report prints fewer)
-    values = {k: float(f"{v:.6g}") for k, v in values.items()}
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)
@@ -247,7 +244,7 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
                          device=device, progress=progress, log=lambda m: None)
     if "best_value" not in summary:
         return {}
-    values = {f"{metric}_best": float(f"{summary['best_value']:.6g}")}
+    values = {f"{metric}_best": summary["best_value"]}
     tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, {f"mqvq.eval.{metric}_best.num": n, f"mqvq.eval.{metric}_best.backend": "inception" if metric == "fid" else "vgg16",
                               f"mqvq.eval.{metric}_best.trials": summary["trials"]})
