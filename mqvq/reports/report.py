@@ -92,14 +92,14 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
         paper = paper or "line"
         if not columns and not wide:
             shown, left_out = fit_one_column(shown, paper)
-        elif not wide and (w := table_width(shown, paper)) > COLUMN_PT:
+        if not wide and (w := table_width(shown, paper)) > COLUMN_PT:  # chosen columns, or the paper's alone are too many
             note = f"the table is about {w:.0f} pt wide, wider than one column ({COLUMN_PT:.0f} pt): pass --wide for a table*."
         text = to_latex(shown, paper, wide, left_out)
     elif fmt == "md":
         text = to_markdown(shown, paper or "columns")
     else:
         text = RENDERERS[fmt](shown)
-    if left_out:
+    if left_out and note is None:
         note = f"left out {', '.join(left_out)} to fit one column: --wide or --columns to include them."
     verdicts = check_claims(table, meta) if check else []
     if verdicts and fmt == "md":
