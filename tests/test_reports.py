@@ -125,6 +125,7 @@ def test_foreground_claim_holds_fails_or_is_not_significant_over_seeds():
     v = _fg([0.46, 0.70, 0.30], [0.40, 0.39, 0.41])  # higher on average, but the seeds spread too much
     assert v.status == "not significant" and "as the paper" in v.evidence[0]
     assert _fg([0.62], [0.40]).status == "not assessable"  # one seed: never a verdict on means alone
+    assert _fg([0.62], [0.40]).significance.endswith("(run the study with --seeds 0 --seeds 1 --seeds 2)")  # as the CLI takes them
     assert _fg([0.62, 0.60], [0.40, 0.41], ratio="25").status == "holds"
 
 

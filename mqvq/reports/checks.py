@@ -76,7 +76,7 @@ def judge(claim: str, comparisons: list[Comparison]) -> Verdict:
         c, p = min(reversed_, key=lambda x: x[1])
         v.status, v.significance = "fails", f"{c.what} goes the other way (p = {p:.2g})"
     elif untested:
-        v.status, v.significance = "not assessable", "fewer than two seeds in some row (rerun the study with --seeds 0 1 2)"
+        v.status, v.significance = "not assessable", "fewer than two seeds in some row (run the study with --seeds 0 --seeds 1 --seeds 2)"
     elif weak:
         c, ok, p = max(weak, key=lambda x: x[2])
         v.status, v.significance = "not significant", f"{c.what}: {'as the paper' if ok else 'the other way'} but p = {p:.2g}"
