@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from mqvq.cli.common import Device, Home, TrackingUri, cli_errors, console, err_console, open_tracker
+from mqvq.cli.common import AsJson, Device, Home, TrackingUri, cli_errors, console, err_console, open_tracker, table
 from mqvq.files import atomic_write
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
                                              "results to --out JSON and an MLflow run in the `bench` experiment.")
 
 Out = Annotated[Optional[Path], typer.Option(help="write the result JSON here (e.g. reports/bench/h100.json)")]
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 Log = Annotated[bool, typer.Option("--log/--no-log", help="log the result as an MLflow run (experiment `bench`)")]
 Preset = Annotated[str, typer.Option(help="Stackformer size: tiny, mini, small (paper, 307M), base")]
 BenchProfile = Annotated[str, typer.Option("--profile", "-p", help="stage-1 sizes: paper (256², f = 16), mini or smoke")]
@@ -43,11 +41,9 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table("figure", "value")
-    for k, v in _flat(result).items():
-        if k in HEADLINE or k.endswith(("images_per_s", "tokens_per_s", "peak_memory_gb", "ms_per_step", "seconds")):
-            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    console.print(table)
+    rows = [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in _flat(result).items()
+            if k in HEADLINE or k.endswith(("images_per_s", "tokens_per_s", "peak_memory_gb", "ms_per_step", "seconds"))]
+    console.print(table(["figure", "value"], rows, numeric=("value",)))
     env = result.get("environment", {})
     console.print(f"{env.get('gpu', env.get('cpu', env.get('device')))}, torch {env.get('torch')}", highlight=False)
 
@@ -80,11 +76,10 @@ def sample(preset: Preset = "small", grid: Annotated[int, typer.Option(help="lat
         raise typer.BadParameter("use on, off or both", param_hint="--cache")
     result = bench_sample(preset, grid, batch_size, cache_modes=modes[cache], device=device, repeats=repeats, compile=compile)
     if not as_json and not out:
-        table = Table("model", "mask", "tokens", "cache", "img/s", "ms/step", "peak GB")
-        for r in result["rows"]:
-            table.add_row(r["model"], f"{r['mask_ratio']:.0%}", str(r["tokens"]), "on" if r["cache"] else "off",
-                          f"{r['images_per_s']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] else "-")
-        console.print(table)
+        rows = [[r["model"], f"{r['mask_ratio']:.0%}", str(r["tokens"]), "on" if r["cache"] else "off", f"{r['images_per_s']:.2f}",
+                 f"{r['ms_per_step']:.2f}", f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] else "-"] for r in result["rows"]]
+        console.print(table(["model", "mask", "tokens", "cache", "img/s", "ms/step", "peak GB"], rows,
+                            numeric=("tokens", "img/s", "ms/step", "peak GB")))
     _emit(result, out, as_json, log, home, tracking_uri)
 
 

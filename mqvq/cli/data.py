@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from mqvq.cli.common import Profile, Sets, cli_errors, console
+from mqvq.cli.common import Profile, Sets, cli_errors, console, table
 from mqvq.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Datasets: check what an experiment will train and evaluate on.")
@@ -38,12 +37,12 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
     head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
     console.print(head + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  28 -> 32 px by {info['fit']}" if info["fit"] else "")
                   + f"  augment {info['augment']}", highlight=False)
-    table = Table("split", "images", "classes", "foreground", "digest")
+    rows = []
     for split, s in info["splits"].items():
         classes = f"{len(s['classes'])}" + (f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else "")
         fg = f"{s['foreground_fraction']:.1%}" if "foreground_fraction" in s else "—"
-        table.add_row(split, str(s["images"]), classes if s["classes"] else "—", fg, s["digest"])
-    console.print(table)
+        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, s["digest"]])
+    console.print(table(["split", "images", "classes", "foreground", "digest"], rows, numeric=("images",)))
     if "preview" in info:
         console.print(f"preview: {info['preview']}", highlight=False)
 

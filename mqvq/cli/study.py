@@ -1,7 +1,6 @@
 """`mqvq study list|show|plan|run|status`"""
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer

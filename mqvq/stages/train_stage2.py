@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mqvq import runtime
-from mqvq.config import ExperimentConfig, StackformerConfig, config_hash, flatten, from_dict, to_dict
+from mqvq.config import ExperimentConfig, StackformerConfig, flatten, from_dict, to_dict
 from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
 from mqvq.files import file_digest
