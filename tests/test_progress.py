@@ -35,6 +35,7 @@ def test_eta_scales_the_plans_estimates_by_what_the_rows_took():
     eta.finished(0, None)  # another worker had it: nothing learnt
     assert eta.describe(1).startswith("2 rows to go, about 20 s")
     assert Eta([5.0, None]).describe(0) == "2 rows to go (no time estimate: nothing measured yet on this device)"
+    assert Eta([10.0] * 4, workers=2).describe(0).startswith("4 rows to go between 2 workers, about 20 s")
 
 
 def test_result_lines_wrap_between_values_never_inside_one():

@@ -56,7 +56,8 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
 def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
               only: list[str] | None = None, backend: str | None = None, device: str | None = None,
               progress: bool = True, lease_timeout: float = 120.0, heartbeat: float = 15.0, settle: float | None = None,
-              log: Callable[[str], None] = print) -> list[RowResult]:
+              log: Callable[[str], None] = print, workers: int = 1) -> list[RowResult]:
+    """`workers`: how many processes share the rows (the ETA divides what is left between them)."""
     worker = lease.worker_id()
     if settle is None:  # claims are only racy across machines, i.e. with a server store
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
@@ -64,7 +65,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
         log(f"[yellow]run {rid} had stopped without finishing (no heartbeat): marked KILLED, resumable from its checkpoint[/]")
     plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout, device=device)
     results = []
-    eta = Eta([p.estimate_s for p in plans])
+    eta = Eta([p.estimate_s for p in plans], workers)
     if any(p.todo or p.status != "finished" for p in plans):
         log(f"{study.name} ({profile}): {eta.describe(0)}")
     for i, p in enumerate(plans):
@@ -106,8 +107,9 @@ class Eta:
     typical row at its estimate, so one odd row (a reused model, an unmeasured bigger one) does not
     swing it."""
 
-    def __init__(self, estimates: list[float | None]):
+    def __init__(self, estimates: list[float | None], workers: int = 1):
         self.estimates = estimates
+        self.workers = workers  # processes sharing the rows, each as fast as the estimates say
         self.took: dict[int, float] = {}
 
     def finished(self, i: int, seconds: float | None) -> None:
@@ -124,7 +126,7 @@ class Eta:
         known = [e for e in self.estimates if e]
         prior = sum(known) / len(known) if known else 0.0
         scale = (sum(t for t, _ in measured) + prior) / (sum(e for _, e in measured) + prior) if measured else 1.0
-        return scale * sum(rest)
+        return scale * sum(rest) / self.workers
 
     def describe(self, start: int) -> str:
         n = sum(e != 0 for e in self.estimates[start:])
@@ -132,7 +134,8 @@ class Eta:
         if left is None:
             return f"{n} row{'s' * (n != 1)} to go (no time estimate: nothing measured yet on this device)"
         at = time.strftime("%H:%M", time.localtime(time.time() + left))
-        return f"{n} row{'s' * (n != 1)} to go, about {duration(left)} (until about {at})"
+        shared = f" between {self.workers} workers" if self.workers > 1 else ""
+        return f"{n} row{'s' * (n != 1)} to go{shared}, about {duration(left)} (until about {at})"
 
 
 def metrics_line(metrics: dict[str, float]) -> str:

@@ -65,7 +65,8 @@ def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = Non
     devices = worker_devices(workers, device)
     cpu_threads = max(1, (os.cpu_count() or 1) // workers)
     procs = [ctx.Process(target=_worker, args=(i, results, study_name, tracking_uri, home,
-                                                {**kwargs, "device": dev, "threads": cpu_threads if not (dev or "").startswith("cuda") else None}))
+                                                {**kwargs, "device": dev, "workers": workers,
+                                                 "threads": cpu_threads if not (dev or "").startswith("cuda") else None}))
              for i, dev in enumerate(devices)]
     for p in procs:
         p.start()
