@@ -223,6 +223,11 @@ def _free_port() -> int:
 def test_ui_serves_the_studys_runs(studies, home, tracker):
     write_study(studies, "one", [("a", "vqgan-f16")], metrics='["usage"]')
     assert _cli("study", "run", "one", "--no-progress", home=home).exit_code == 0
+    from mqvq.reports.summary import publish_summary
+
+    first = [r.info.run_id for r in _runs(tracker, "one/smoke") if r.data.tags.get("mqvq.kind") == "summary"]
+    again = publish_summary(tracker, "one", "smoke", figures=False)  # drawn anew: one summary, the old one deleted
+    assert [r.info.run_id for r in _runs(tracker, "one/smoke") if r.data.tags.get("mqvq.kind") == "summary"] == [again] != first
     port = _free_port()
     env = {**os.environ, "MQVQ_HOME": str(home)}
     p = subprocess.Popen([sys.executable, "-m", "mqvq", "ui", "one", "--port", str(port)], env=env, cwd=ROOT,
@@ -247,7 +252,8 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
         assert "| row " in note and "| usage (%)" in note and tags["summary: one (smoke)"]["mqvq.kind"] == "summary"
         exp_tags = {t["key"]: t["value"] for t in exp["tags"]}
         assert exp_tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the model-training view
-        assert json.loads(exp_tags["mlflow.sharedViewState.mqvq"])["selectedColumns"] == ["metrics.`usage`"]
+        view = json.loads(exp_tags["mlflow.sharedViewState.mqvq"])
+        assert view["selectedColumns"] == ["metrics.`usage`"] and view["columnOrder"] == ["duration", "metrics.`usage`"]
     finally:
         p.send_signal(signal.SIGTERM)  # only the mqvq process: it must take the server down with it
         out = p.communicate(timeout=60)[0]

@@ -1,5 +1,5 @@
 """A study's summary in MLflow, so the ablation shows in the UI at a glance: one run per study and
-profile (tag mqvq.kind = summary) whose description is the report's Markdown table, with the table
+profile (tag mqvq.kind = summary, drawn anew each time, the previous one deleted) whose description is the report's Markdown table, with the table
 as an MLflow table artifact (rows x columns, as printed) and the report in Markdown, LaTeX and JSON
 plus its figures as artifacts. The study's experiment gets a saved runs view with its metric
 columns, which `mqvq ui STUDY` opens."""
@@ -21,15 +21,10 @@ def publish_summary(tracker: Tracker, name: str, profile: str, figures: bool = T
     """Create or refresh the study's summary run; returns its id."""
     table, study, meta = make_table(tracker, name, profile)
     experiment = study_experiment(name, profile)
-    found = tracker.find_runs(experiment, "tags.\"mqvq.kind\" = 'summary'", order_by=["attributes.start_time ASC"])
+    older = tracker.find_runs(experiment, "tags.\"mqvq.kind\" = 'summary'")
     tags = {"mqvq.kind": "summary", "mqvq.study": name, "mqvq.profile": profile, "mqvq.table": study.table,
             "mqvq.rows_finished": sum(r.status == "finished" for r in table.rows), "mqvq.rows": len(table.rows)}
-    if found:
-        run_id = found[0].info.run_id
-        tracker.client.update_run(run_id, status="RUNNING")
-        tracker.set_tags(run_id, tags)
-    else:
-        run_id = tracker.start_run(experiment, f"summary: {name} ({profile})", tags)
+    run_id = tracker.start_run(experiment, f"summary: {name} ({profile})", tags)
     markdown = to_markdown(table)
     head, rows = glance(table)
     note = (f"**{_caption(table, 'the paper’s numbers (in parentheses) are')}**\n\n{_markdown_grid(head, rows)}\n\n"
@@ -47,6 +42,8 @@ def publish_summary(tracker: Tracker, name: str, profile: str, figures: bool = T
             for fig in write_figures(tracker, table, study, meta, Path(tmp) / "figures"):
                 tracker.log_artifact(run_id, fig, "summary/figures")
     tracker.client.set_terminated(run_id, "FINISHED")
+    for run in older:  # one summary per study and profile: the new one replaces them (MLflow keeps them as deleted)
+        tracker.client.delete_run(run.info.run_id)
     columns = [f"metrics.`{c.key}`" for c in table.columns if not c.key.startswith("paper:") and not c.extra
                and any(c.key in r.values for r in table.rows)]
     tracker.save_runs_view(tracker.experiment_id(experiment), VIEW_KEY, columns)

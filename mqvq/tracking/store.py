@@ -188,11 +188,13 @@ class Tracker:
 
     def save_runs_view(self, experiment_id: str, key: str, columns: list[str]) -> None:
         """A runs-table view the MLflow UI opens with `?viewStateShareKey=<key>`: these columns shown
-        (e.g. metrics.`fd_vgg16`), the oldest run first, stage runs folded under their row."""
+        in this order (e.g. metrics.`fd_vgg16`), wide enough for their values, the oldest run first,
+        stage runs folded under their row."""
         import json
 
-        state = {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": True,
-                 "searchFilter": "", "runsExpanded": {}}
+        order = ["duration", *columns]  # (the Duration column's id in MLflow 3.17); columns not listed come after these
+        state = {"selectedColumns": columns, "columnOrder": order, "orderByKey": "attributes.start_time", "orderByAsc": True,
+                 "searchFilter": "", "runsExpanded": {}, "columnWidths": {c: 170 for c in columns}}
         self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
