@@ -1,4 +1,4 @@
-"""Images as arrays: [-1, 1] tensors to uint8, grids of rows, and the kept-token overlays every figure uses."""
+"""Images as arrays: [-1, 1] tensors to uint8, labelled grids, and the kept-token overlays every figure uses."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,17 +14,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def to_pixels(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 numpy: what a PNG holds."""
     return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-    """Stack rows of (B, H, W, 3) uint8 images into one (R*(H+pad), B*(W+pad), 3) picture."""
-    b, h, w, _ = rows[0].shape
-    out = np.full((len(rows) * (h + pad) + pad, b * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for i in range(row.shape[0]):
-            y, x = pad + r * (h + pad), pad + i * (w + pad)
-            out[y: y + h, x: x + w] = row[i]
-    return out
 
 
 def labelled_grid(rows: list[tuple[str, np.ndarray]], columns: list[str] | None = None, title: str = "",

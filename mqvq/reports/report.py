@@ -87,20 +87,7 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
     if out is not None:  # check the destination before reading anything
         ensure_writable(out.parent.resolve(), "--out")
     table, study, meta = make_table(tracker, name, profile)
-    shown, left_out, note = select_columns(table, columns), [], None
-    if fmt == "latex":
-        paper = paper or "line"
-        if not columns and not wide:
-            shown, left_out = fit_one_column(shown, paper)
-        if not wide and (w := table_width(shown, paper)) > COLUMN_PT:  # chosen columns, or the paper's alone are too many
-            note = f"the table is about {w:.0f} pt wide, wider than one column ({COLUMN_PT:.0f} pt): pass --wide for a table*."
-        text = to_latex(shown, paper, wide, left_out)
-    elif fmt == "md":
-        text = to_markdown(shown, paper or "columns")
-    else:
-        text = RENDERERS[fmt](shown)
-    if left_out and note is None:
-        note = f"left out {', '.join(left_out)} to fit one column: --wide or --columns to include them."
+    text, note = render(table, fmt, columns, paper, wide)
     verdicts = check_claims(table, meta) if check else []
     if verdicts and fmt == "md":
         text += "\n" + render_verdicts(verdicts)
@@ -114,6 +101,25 @@ def report(tracker: Tracker, name: str, profile: str, fmt: str | None = None, ou
         if figures:
             result["figures"] = write_figures(tracker, table, study, meta, out.parent / f"{out.stem}-figures")
     return result
+
+
+def render(table: Table, fmt: str, columns: list[str] | None = None, paper: str | None = None,
+           wide: bool = False) -> tuple[str, str | None]:
+    """The table as text in `fmt`, and a note for the terminal when LaTeX left columns out to fit one
+    column or is wider than one (see `report`)."""
+    shown, left_out, note = select_columns(table, columns), [], None
+    if fmt == "latex":
+        paper = paper or "line"
+        if not columns and not wide:
+            shown, left_out = fit_one_column(shown, paper)
+        if not wide and (w := table_width(shown, paper)) > COLUMN_PT:  # chosen columns, or the paper's alone are too many
+            note = f"the table is about {w:.0f} pt wide, wider than one column ({COLUMN_PT:.0f} pt): pass --wide for a table*."
+        elif left_out:
+            note = f"left out {', '.join(left_out)} to fit one column: --wide or --columns to include them."
+        return to_latex(shown, paper, wide, left_out), note
+    if fmt == "md":
+        return to_markdown(shown, paper or "columns"), note
+    return RENDERERS[fmt](shown), note
 
 
 MARKS = {"holds": "✓", "fails": "✗", "not significant": "≈", "not assessable": "?"}

@@ -459,6 +459,31 @@ def to_latex(table: Table, paper: str = "line", wide: bool = False, left_out: li
     return "\n".join(out) + "\n"
 
 
+def glance(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The table at a glance: a row's label, each declared metric with the paper's number in
+    parentheses, and the seed count."""
+    cols = [c for c in table.columns if not c.key.startswith("paper:") and not c.extra]
+    head = ["row", *[c.label for c in cols], "seeds"]
+    rows = []
+    for row in table.rows:
+        cells = [row.descriptors.get("label", row.name)]
+        for c in cols:
+            text = _cell(table, row, c, str, "†", str, compact=True)
+            pc = _paper_of(table, c)
+            if pc is not None and row.paper.get(pc.key[6:]) is not None:
+                text += f" ({row.paper[pc.key[6:]]:.{pc.decimals}f})"
+            cells.append(text)
+        rows.append([*cells, str(row.seeds)])
+    return head, rows
+
+
+def to_glance(table: Table) -> str:
+    """`glance` in Markdown, under its caption."""
+    head, rows = glance(table)
+    return (f"**{_caption(table, 'the paper’s numbers (in parentheses) are')}**\n\n{_markdown_grid(head, rows)}\n\n"
+            "†: the row ranks differently from the paper in that column.")
+
+
 def _markdown_grid(head: list[str], rows: list[list[str]]) -> str:
     import pandas as pd
 

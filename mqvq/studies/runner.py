@@ -16,6 +16,7 @@ from typing import Callable
 from mqvq.config import config_hash, to_dict
 from mqvq.errors import UserError
 from mqvq.runtime import duration
+from mqvq.stages.lookup import stage2_hash
 from mqvq.studies import lease
 from mqvq.studies.plan import (RowPlan, StoreView, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state,
                                study_experiment)
@@ -84,7 +85,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             continue
         try:
             # re-plan under the lease: another worker may have finished it in the meantime
-            fresh = plan_study(tracker, study, profile, [p.seed], [p.row.name], backend, lease_timeout)[0]
+            fresh = plan_study(tracker, study, profile, [p.seed], [p.row.name], backend, lease_timeout, estimate=False)[0]
             if not fresh.todo and fresh.status == "finished":
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
@@ -171,8 +172,6 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
         if p.row.stage2:
             s2 = p.stages["stage2"]
             if s2.state == "after stage 1":  # stage 1 was trained just now: stage 2's identity needs its checkpoint
-                from mqvq.stages.lookup import stage2_hash
-
                 view = StoreView(tracker, experiment, study.name)
                 s2 = stage_state(view, "stage2", stage2_hash(p.cfg, stage1_digest(view, stage1_run)), p.seed, parent)
             if s2.state in ("done", "reusable"):

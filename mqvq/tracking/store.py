@@ -226,17 +226,11 @@ class Tracker:
 
     def find_runs(self, experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
         exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return []
-        return self.client.search_runs([exp.experiment_id], filter_string, order_by=order_by or ["attributes.start_time DESC"],
-                                       max_results=1000)
+        return [] if exp is None else self.search_all([exp.experiment_id], filter_string, order_by)
 
     def find_runs_everywhere(self, filter_string: str, order_by: list[str] | None = None) -> list:
         """Runs matching `filter_string` in every experiment of the store (e.g. a reusable stage-1 model)."""
-        ids = [e.experiment_id for e in self.client.search_experiments()]
-        if not ids:
-            return []
-        return self.client.search_runs(ids, filter_string, order_by=order_by or ["attributes.start_time DESC"], max_results=1000)
+        return self.search_all([e.experiment_id for e in self.client.search_experiments()], filter_string, order_by)
 
     def search_all(self, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
         """Every matching run, page by page (search_runs returns at most 1000 at a time)."""
