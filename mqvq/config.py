@@ -20,9 +20,11 @@ from typing import Any, Literal
 from mqvq.errors import UserError
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line meaning."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, added: bool = False) -> Any:
+    """A dataclass field with a default and a one-line meaning. `added`: a field introduced after
+    runs were recorded; at its default it is left out of config hashes (`identity`), so those runs
+    keep their identity."""
+    return field(default=default, metadata={"help": help, "added": added})
 
 
 def sub(cls: type, help: str) -> Any:
@@ -155,7 +157,10 @@ class StackformerConfig:
     width: int = opt(1024, "model width d")
     heads: int = opt(16, "attention heads")
     dropout: float = opt(0.1, "dropout on embeddings, attention and residuals (released: 0.1)")
-    conditioning: Literal["none", "class", "text"] = opt("none", "unconditional, class-conditional (class token prefix), or text (declared, not supported yet)")
+    conditioning: Literal["none", "class", "text"] = opt("none", "unconditional, class-conditional (class token prefix), or text (caption tokens prefix the codes, §3.3)")
+    text_length: int = opt(32, "text: caption tokens in the prefix (longer captions are truncated, shorter ones padded)", added=True)
+    text_vocab: int = opt(8192, "text: most word-level tokens learned from the training captions (with <pad> and <unk>)", added=True)
+    text_encoder: Literal["word"] = opt("word", "text: how captions become prefix tokens: word (a vocabulary learned from the training captions, no pretrained encoder, as the paper)", added=True)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ class Stage2TrainConfig:
     log_every: int = opt(50, "steps between metric logs")
     val_every: int = opt(1000, "steps between validation losses on the test tokens (Fig. 6a curves)")
     ckpt_every: int = opt(5000, "steps between checkpoints (one is always written at the end)")
+    cond_dropout: float = opt(0.0, "probability of dropping a sequence's class or caption during training, so that the model also learns the unconditional distribution (needed for classifier-free guidance; 0.1 is common)", added=True)
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,7 @@ class SamplingConfig:
     temperature_pos: float = opt(1.0, "positions: softmax temperature")
     enforce_raster: bool = opt(False, "also forbid positions before the last one (released: only repeats are forbidden)")
     batch_size: int = opt(64, "images per sampling batch")
+    cfg_scale: float = opt(1.0, "classifier-free guidance scale for conditional models trained with cond_dropout > 0 (1 = no guidance)", added=True)
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,7 @@ class EvalConfig:
     lpips_net: Literal["alex", "vgg"] = opt("alex", "LPIPS network for the reconstruction metric (AlexNet is the LPIPS default)")
     is_splits: int = opt(10, "Inception Score splits")
     workers: int = opt(0, "DataLoader workers for folder datasets")
+    cfg_scale: float = opt(3.0, "guidance scale of the *_cfg metrics (a second FID / attribute accuracy) for models trained with condition dropout", added=True)
 
 
 @dataclass(frozen=True)
@@ -370,6 +378,18 @@ def field_help(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str
     return rows
 
 
+def identity(cfg: Any) -> dict:
+    """`to_dict` without the `added` fields that hold their default: what config hashes read."""
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = identity(v)
+        elif not (f.metadata.get("added") and v == f.default):
+            out[f.name] = json.loads(json.dumps(v))
+    return out
+
+
 def config_hash(cfg: dict) -> str:
     """Content hash of a resolved config section (canonical JSON); seed and names excluded."""
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
@@ -445,13 +465,31 @@ def validate_sampling(s: SamplingConfig, prefix: str = "stage2.sampling.") -> No
             raise UserError(f"{name_of(name)} = {getattr(s, name)} must be positive.")
     if s.batch_size < 1:
         raise UserError(f"{name_of('batch_size')} = {s.batch_size} must be at least 1.")
+    if not math.isfinite(s.cfg_scale) or s.cfg_scale < 0.0:
+        raise UserError(f"{name_of('cfg_scale')} = {s.cfg_scale} must be a number >= 0 (1 = no guidance, 0 = the unconditional model).")
 
 
 def validate_stage2(cfg: Stage2Config, stage1: Stage1Config, prefix: str = "stage2.") -> None:
     m, t = cfg.model, cfg.train
     if m.conditioning == "text":
-        raise UserError(f"{prefix}model.conditioning = 'text' is not supported yet: use 'none' or 'class' "
-                        f"(text conditioning needs a text encoder, which mqvq does not ship).")
+        for name in ("text_length", "text_vocab"):
+            if getattr(m, name) < (1 if name == "text_length" else 3):
+                raise UserError(f"{prefix}model.{name} = {getattr(m, name)} must be at least {1 if name == 'text_length' else 3}.")
+        if stage1.data.name == "procedural" and t.flip:
+            raise UserError(f"{prefix}train.flip = true with text conditioning on procedural data: its captions name left "
+                            f"and right, which a mirrored copy contradicts; set {prefix}train.flip=false.")
+        if stage1.data.name == "fashion-mnist" or (stage1.data.name == "folder" and stage1.data.layout != "coco"):
+            what = "fashion-mnist" if stage1.data.name == "fashion-mnist" else f"a folder with layout {stage1.data.layout!r}"
+            raise UserError(f"{prefix}model.conditioning = 'text' needs captions, which {what} has none of: "
+                            f"use stage1.data.name = 'procedural' (captions of what it draws) or a folder with layout 'coco'.")
+    if not 0.0 <= t.cond_dropout < 1.0:
+        raise UserError(f"{prefix}train.cond_dropout = {t.cond_dropout} must lie in [0, 1).")
+    if t.cond_dropout > 0 and m.conditioning == "none":
+        raise UserError(f"{prefix}train.cond_dropout = {t.cond_dropout} needs a condition to drop: set {prefix}model.conditioning "
+                        f"to 'class' or 'text', or cond_dropout to 0.")
+    if cfg.sampling.cfg_scale != 1.0 and t.cond_dropout == 0.0:
+        raise UserError(f"{prefix}sampling.cfg_scale = {cfg.sampling.cfg_scale} needs a model trained with condition dropout: "
+                        f"set {prefix}train.cond_dropout > 0 (e.g. 0.1) or cfg_scale to 1.")
     if m.kind == "raster" and stage1.model.mask.type != "none":
         raise UserError(f"{prefix}model.kind = 'raster' models all L codes and needs a stage 1 without a mask "
                         f"(stage1.model.mask.type = 'none'), not {stage1.model.mask.type!r}: use kind = 'stackformer'.")
@@ -481,3 +519,5 @@ def validate_eval(cfg: EvalConfig, prefix: str = "eval.") -> None:
         raise UserError(f"{prefix}num_samples = {cfg.num_samples} must be at least 2 (a covariance needs two samples).")
     if cfg.test_images < 0:
         raise UserError(f"{prefix}test_images = {cfg.test_images} must be 0 (all) or positive.")
+    if not math.isfinite(cfg.cfg_scale) or cfg.cfg_scale < 0.0:
+        raise UserError(f"{prefix}cfg_scale = {cfg.cfg_scale} must be a number >= 0.")

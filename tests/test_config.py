@@ -98,3 +98,19 @@ def test_config_hash_ignores_seed_but_not_content():
 def test_every_field_has_a_meaning():
     rows = field_help(ExperimentConfig)
     assert len(rows) > 40 and all(help_ for _, _, help_ in rows)
+
+
+def test_fields_added_later_leave_earlier_identities_alone():
+    """cond_dropout, cfg_scale and the text fields came after runs were recorded: at their defaults
+    they are not hashed (a store's finished runs stay found), set they are."""
+    from mqvq.config import identity
+    from mqvq.stages.lookup import stage2_hash
+
+    cfg = load_experiment("mqvae-f16-adaptive-25", "smoke")
+    assert "cond_dropout" not in identity(cfg.stage2)["train"] and "cfg_scale" not in identity(cfg.stage2)["sampling"]
+    assert "text_length" not in identity(cfg.stage2)["model"] and "conditioning" in identity(cfg.stage2)["model"]
+    assert stage2_hash(cfg, "abc") == "657989d33020fa2f"  # as computed before these fields existed
+    assert config_hash(identity(cfg.stage1)) == "91b0d44cc91e6d4b"
+    guided = load_experiment("mqvae-f16-adaptive-25", "smoke", ["stage2.model.conditioning='class'", "stage2.train.cond_dropout=0.1"])
+    plain = load_experiment("mqvae-f16-adaptive-25", "smoke", ["stage2.model.conditioning='class'"])
+    assert stage2_hash(guided, "d") != stage2_hash(plain, "d")

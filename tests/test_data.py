@@ -25,6 +25,28 @@ def test_procedural_same_seed_same_bytes(res):
     assert set(labels.tolist()) <= {0, 1, 2, 3}
 
 
+def test_procedural_captions_say_what_was_drawn():
+    """Captions and attributes come from the same draws as the image; adding them changed no pixel."""
+    import hashlib
+
+    from mqvq.data.procedural import ATTRIBUTES, caption, colour_name, place_of
+
+    a = render_many(0, 0, 64, 32)
+    assert hashlib.sha256(b"".join(x.tobytes() for x in a)).hexdigest()[:16] == "322f37b8fa6d5eda"  # the bytes before captions
+    ds = build_dataset(DataConfig(name="procedural", resolution=32, num_train=64, num_test=8, limit_train=50), "train")
+    assert len(ds.caption_list) == len(ds) == 50 and all(len(v) == 50 for v in ds.attributes.values())
+    assert torch.equal(ds.attributes["kind"], ds.labels)  # the caption names the largest object, whose kind is the label
+    for i in range(50):
+        attrs = {k: int(v[i]) for k, v in ds.attributes.items()}
+        text = ds.caption_list[i]
+        assert text == caption(attrs) and ATTRIBUTES["colour"][attrs["colour"]] in text.split()
+        assert f"on a {ATTRIBUTES['background'][attrs['background']]} background" in text
+    assert ATTRIBUTES["colour"][colour_name(np.array([1.0, 0.1, 0.1]))] == "red"
+    assert ATTRIBUTES["colour"][colour_name(np.array([0.9, 0.9, 0.85]))] == "white"
+    assert ATTRIBUTES["place"][place_of(-0.5, -0.5)] == "top left" and ATTRIBUTES["place"][place_of(0.0, 0.6)] == "bottom"
+    assert len(set(build_dataset(DataConfig(name="procedural", resolution=16, num_train=8, num_test=400), "test").caption_list)) > 200
+
+
 def test_procedural_foreground_is_the_object_not_the_background():
     imgs, fg, _ = render_many(0, 0, 32, 64)
     frac = fg.mean(axis=(1, 2))

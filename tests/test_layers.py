@@ -15,7 +15,7 @@ PARTS = {"models": set(), "data": set(), "tracking": set(), "experiments": set()
          "metrics": {"models"},      # the FD-VGG16 features are LPIPS's VGG
          "figures": {"metrics"}}     # Fig. 4 counts foreground tokens as the mask metrics do
 # layer 3, stages: each reads what an earlier one wrote; rank 0 holds what every stage shares
-STAGES = {"runs": 0, "schedule": 0, "lookup": 0, "reference": 0, "reconstruction": 0,
+STAGES = {"runs": 0, "schedule": 0, "lookup": 0, "reference": 0, "reconstruction": 0, "attributes": 0,
           "train_stage1": 1, "tokenize": 2, "train_stage2": 3, "generate": 4, "sample_metrics": 5, "evaluate": 6}
 # layer 4, orchestration
 ORCHESTRATION = {"studies": set(), "bench": set(), "reports": {"studies"}}

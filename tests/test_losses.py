@@ -60,11 +60,13 @@ def test_generator_loss_gradients_equal_the_plain_computation(tiny, seed):
     assert set(fast) == set(plain) and len(plain) > 10
     assert lam_fast.item() == pytest.approx(lam_plain.item(), rel=1e-5)
     assert 0 < lam_plain.item() < cfg.loss.disc_weight_max  # the adaptive weight is really in play
-    # fp32 rounding of sums taken in another order: relative to each tensor's scale, plus noise at 1e-6
+    # fp32 rounding of sums taken in another order, carried back through the encoder: relative to each
+    # tensor's scale (on an AMD EPYC the two paths differ by up to 1.3e-4 in the first encoder layers,
+    # 2e-5 on the Intel machine this was written on; a wrong loss differs by ~1e-1), plus noise at 1e-6
     # of the largest gradient (biases feeding a GroupNorm have a true gradient of zero, ~1e-8 computed)
     floor = 1e-6 * max(g.abs().max().item() for g in plain.values())
     for k in plain:
-        torch.testing.assert_close(fast[k], plain[k], rtol=0, atol=2e-5 * plain[k].abs().max().item() + floor, msg=k)
+        torch.testing.assert_close(fast[k], plain[k], rtol=0, atol=3e-4 * plain[k].abs().max().item() + floor, msg=k)
     # what is logged is the loss itself, not the surrogate the backward runs on
     torch.manual_seed(seed)
     model.load_state_dict(state)

@@ -336,3 +336,22 @@ def test_columns_paper_layout_and_spread_are_the_users_choice():
     import csv as _csv
     values = dict(zip(header, next(_csv.reader([csv_row]))))
     assert values["rfd_vgg16_std"] == "" and values["rfd_vgg16"] != ""
+
+
+def test_the_text_conditional_study_runs_at_smoke_and_reports_table_5(tmp_path, home):
+    """Table 5's two rows end to end: captions, tokenizer, guided and unguided samples, caption match, report."""
+    r = runner.invoke(app, ["study", "run", "text-conditional", "--profile", "smoke", "--no-progress", "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out" / "text.md"
+    r = runner.invoke(app, ["report", "text-conditional", "--out", str(out), "--check", "--home", str(home)])
+    assert r.exit_code in (0, 1), r.output  # 1: a claim fails at smoke size, which is a result, not an error
+    text = out.read_text()
+    for header in ("FD-VGG16↓", "paper FID", "FD-VGG16↓ (guided)", "caption match↑ (%)", "caption match guided↑ (%)",
+                   "real images (%)", "shuffled captions (%)"):
+        assert header in text, header
+    assert "| VQ-GAN† |" in text and "22.28" in text and "10.08" in text
+    assert "samples show their caption's attributes" in text and "classifier-free guidance raises the caption match" in text
+    figs = {p.name for p in (tmp_path / "out" / "text-figures").iterdir()}
+    assert any("samples" in f for f in figs), figs
+    r = runner.invoke(app, ["report", "text-conditional", "-f", "latex", "--home", str(home)])
+    assert r.exit_code == 0 and "Match" in r.stdout and "Chance" in r.stdout

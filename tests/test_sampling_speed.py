@@ -60,5 +60,5 @@ def test_greedy_samples_are_the_argmax_path(kind):
     assert torch.equal(cached.codes, uncached.codes) and torch.equal(cached.positions, uncached.positions)
     # the first step by hand: argmax of the code logits after <sos>
     slot = torch.zeros(3, 1, dtype=torch.long)  # a dummy last slot: step 1 reads only <sos>
-    first = model.code_head(model.code_hidden(slot, None if model.raster else slot, None)[:, -1]).argmax(-1)
+    first = model.code_head(model.code_hidden(slot, None if model.raster else slot, model.prefix(None, 3, slot.device))[:, -1]).argmax(-1)
     assert torch.equal(cached.codes[:, 0], first)

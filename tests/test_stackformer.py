@@ -35,7 +35,7 @@ def test_cached_steps_give_the_uncached_forward_logits_at_every_step(kind, class
     with torch.no_grad():
         code_ref, pos_ref = model(codes, positions, labels)
         model.setup_cache(b, torch.float32, torch.device("cpu"))
-        token, position = model.first_token(labels, b, codes.device), torch.full((b,), model.sos_pos)
+        token, position = model.prefix(labels, b, codes.device)[:, -1], torch.full((b,), model.sos_pos)
         for t in range(n):
             tt = torch.tensor(t) if static else t  # tensor t = the static-shape (CUDA-graph) path
             h, code_logits = model.code_step(token, position, tt)
@@ -77,7 +77,7 @@ def test_top_k_one_is_deterministic():
 
 def test_static_decode_step_matches_generate():
     model = _model(n=6)
-    token, position = model.first_token(None, 2, torch.device("cpu")), torch.full((2,), model.sos_pos)
+    token, position = model.prefix(None, 2, torch.device("cpu"))[:, -1], torch.full((2,), model.sos_pos)
     used = torch.zeros(2, 16, dtype=torch.bool)
     codes = []
     model.setup_cache(2, torch.float32, torch.device("cpu"))
@@ -132,7 +132,7 @@ def test_class_conditioning_changes_the_output_distribution():
     positions = torch.stack([torch.randperm(16, generator=g)[:6].sort().values for _ in range(32)])
     _fit(model, codes, positions, labels, steps=150)
     for c in (0, 1):
-        s = generate(model, 64, SamplingConfig(top_k=16, top_p=1.0), labels=torch.full((64,), c), generator=g)
+        s = generate(model, 64, SamplingConfig(top_k=16, top_p=1.0), cond=torch.full((64,), c), generator=g)
         inside = ((s.codes // 4) == c).float().mean()
         assert inside > 0.95, (c, inside)
     with pytest.raises(ValueError):

@@ -299,10 +299,12 @@ def test_workers_option_splits_the_rows_between_processes(studies, home, tracker
 
 
 def test_reevaluation_asks_only_for_the_missing_metric_families():
-    from mqvq.studies.runner import _family_of
+    from mqvq.metrics import metric_family, metric_stage
 
-    assert {_family_of(n) for n in ("rfd_vgg16", "usage_effective", "mask_detail_ratio", "fg_token_fraction",
-                                    "fd_vgg16", "speed_images_per_s")} == {"rfid", "usage", "mask", "fid", "speed"}
+    assert {metric_family(n) for n in ("rfd_vgg16", "usage_effective", "mask_detail_ratio", "fg_token_fraction",
+                                       "fd_vgg16", "speed_images_per_s")} == {"rfid", "usage", "mask", "fid", "speed"}
+    assert {metric_family(n) for n in ("fd_vgg16_cfg", "attr_acc", "attr_acc_cfg", "attr_colour")} == {"fid", "attr"}
+    assert [metric_stage(n) for n in ("attr_acc_real", "fid_cfg", "rfid", "usage")] == ["stage2", "stage2", "stage1", "stage1"]
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])

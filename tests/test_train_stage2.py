@@ -74,8 +74,15 @@ def test_stage2_input_errors(stage1_run, tracker, tiny):
         train_stage2(bigger, tracker, stage1=s1["model"], progress=False)
     with pytest.raises(UserError, match="no finished stage-1 run"):
         train_stage2(tiny("mqvae-f16-adaptive-75", *S2), tracker, progress=False)
-    with pytest.raises(UserError, match="not supported yet"):
-        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'")
+    with pytest.raises(UserError, match="captions name left and right"):
+        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'")  # procedural captions with flipped copies
+    with pytest.raises(UserError, match="needs captions, which fashion-mnist has none of"):
+        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'", "stage2.train.flip=false", "stage1.data.name='fashion-mnist'",
+             "stage1.data.resolution=32")
+    with pytest.raises(UserError, match="cfg_scale = 2.0 needs a model trained with condition dropout"):
+        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='class'", "stage2.sampling.cfg_scale=2.0")
+    with pytest.raises(UserError, match="cond_dropout = 0.1 needs a condition to drop"):
+        tiny("mqvae-f16-adaptive-50", "stage2.train.cond_dropout=0.1")
     with pytest.raises(UserError, match="needs a stage 1 without a mask"):
         tiny("mqvae-f16-adaptive-50", "stage2.model.kind='raster'")
 
@@ -139,4 +146,69 @@ def test_bench_sample_reports_both_models_and_cache_modes():
 
 
 def test_token_set_len():
-    assert len(TokenSet(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3), (2, 2), 4)) == 3
+    assert len(TokenSet(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3), (2, 2), 4, torch.arange(3))) == 3
+
+
+TEXT = ["stage2.model.conditioning='text'", "stage2.train.flip=false", "stage2.model.text_length=16"]
+
+
+def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
+    """Procedural captions -> a tokenizer in the checkpoint; `sample --prompt` writes each prompt beside its image."""
+    import time
+
+    from mqvq.stages.evaluate import evaluate_run
+    from mqvq.stages.train_stage2 import load_tokenizer
+
+    cfg, _ = stage1_run("mqvae-f16-adaptive-50", *TEXT, "stage2.train.cond_dropout=0.2", "eval.num_samples=8",
+                        "eval.backend='vgg16'")
+    r = train_stage2(cfg, tracker, progress=False)
+    model, ckpt = load_stackformer(r["model"])
+    tok = load_tokenizer(ckpt)
+    assert tok is not None and model.shape.text_vocab == tok.size and model.shape.text_length == 16
+    assert {"red", "circle", "background"} <= set(tok.vocab) and model.prefix_len == 16
+    home = ["--home", str(tracker.home), "--no-progress"]
+    out = tmp_path / "a"
+    t = time.perf_counter()
+    res = runner.invoke(app, ["sample", r["run_id"], "--num", "4", "--out", str(out), "--prompt", "a red circle", *home])
+    assert res.exit_code == 0, res.output
+    assert time.perf_counter() - t < 20  # seconds on a CPU
+    assert len(list(out.glob("*.png"))) == 4 and (out / "000003.txt").read_text() == "a red circle\n"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a blue face at the left on a plain background\n\na zebra triangle\n")
+    res = runner.invoke(app, ["sample", r["run_id"], "--num", "3", "--out", str(tmp_path / "b"), "--prompts", str(prompts),
+                              "--cfg-scale", "3", *home])
+    assert res.exit_code == 0, res.output
+    assert "read as <unk>: zebra" in res.output
+    assert [(tmp_path / "b" / f"00000{i}.txt").read_text().strip() for i in range(3)] == [
+        "a blue face at the left on a plain background", "a zebra triangle", "a blue face at the left on a plain background"]
+    for args, msg in [(["--prompt", "  "], "is empty"), (["--prompt", "?!"], "is empty"), ([], "this model is text-conditional"),
+                      (["--prompts", str(tmp_path / "nope.txt")], "no such file"),
+                      (["--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale = -1.0 must be a number >= 0")]:
+        res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "c"), *home, *args])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())  # nothing written on a refusal
+    # eval samples with the test split's captions; the guided twin of each metric comes with condition dropout
+    got = evaluate_run(tracker, r["run_id"], ["fid", "attr"], progress=False)["metrics"]
+    for key in ("fd_vgg16", "fd_vgg16_cfg", "attr_acc", "attr_acc_cfg", "attr_acc_real", "attr_acc_chance", "attr_colour"):
+        assert key in got, key
+    assert 0 <= got["attr_acc"] <= 100
+
+
+def test_prompts_and_guidance_are_refused_where_they_do_not_apply(stage1_run, tracker, tmp_path):
+    cfg, _ = stage1_run("mqvae-f16-adaptive-50", "stage2.model.conditioning='class'")
+    r = train_stage2(cfg, tracker, progress=False)
+    home = ["--home", str(tracker.home), "--no-progress"]
+    for args, msg in [(["--prompt", "a red circle"], "--prompt needs a text-conditional model; this one is class-conditional"),
+                      (["--cfg-scale", "2"], "needs a model trained with condition dropout")]:
+        res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "x"), *home, *args])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+    res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "attr", *home])
+    assert res.exit_code == 2 and "needs a text-conditional model trained on procedural data" in res.output
+    res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "speed", "--cfg-scale", "2", *home])
+    assert res.exit_code == 2 and "needs a model trained with condition dropout" in res.output
+    res = runner.invoke(app, ["search", "sampling", r["run_id"], "--trials", "1", "--cfg-scale", "1:3", *home])
+    assert res.exit_code == 2 and "trained without condition dropout" in res.output
+    cfg, _ = stage1_run("mqvae-f16-adaptive-25")
+    r = train_stage2(cfg, tracker, progress=False)
+    res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "y"), "--prompt", "a", *home])
+    assert res.exit_code == 2 and "this one is unconditional" in res.output

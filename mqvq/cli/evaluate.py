@@ -10,12 +10,13 @@ from mqvq.cli.common import AsJson, Device, Home, Progress, TrackingUri, cli_err
 @cli_errors
 def evaluate(
     run: Annotated[str, typer.Argument(help="a finished stage-1 or stage-2 MLflow run id (or its model checkpoint)")],
-    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: stage 1 rfid,usage,psnr,lpips,mask,figures; stage 2 fid,is,speed,figures (default: all but is)")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="comma-separated: stage 1 rfid,usage,psnr,lpips,mask,figures; stage 2 fid,is,speed,attr,figures (default: all but is; attr only for text models on procedural data)")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Fréchet features: inception (FID; needs the weights file) or vgg16 (FD-VGG16, offline); default: the run's eval.backend")] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="generated samples for FID / IS (paper: 50000)")] = None,
     test_images: Annotated[Optional[int], typer.Option(help="test images for stage-1 metrics (0 = the entire test split)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
     sampling: Annotated[str, typer.Option(help="stage 2: default (the run's settings) or best (from `mqvq search sampling`)")] = "default",
+    cfg_scale: Annotated[Optional[float], typer.Option(help="stage 2, models trained with condition dropout: the guidance scale of the second, guided fid / attr measurement (default: the run's eval.cfg_scale)")] = None,
     device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
@@ -29,7 +30,7 @@ def evaluate(
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
     result = evaluate_run(open_tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
                           test_images=test_images, batch_size=batch_size, device=device, progress=progress,
-                          sampling_choice=sampling)
+                          sampling_choice=sampling, cfg_scale=cfg_scale)
     tags = result["tags"]
     if as_json:
         print_json({"run_id": result["run_id"], "stage": result["stage"], "metrics": result["metrics"],

@@ -23,6 +23,9 @@ def sample(
     top_p_pos: Annotated[Optional[float], typer.Option(help="positions: top-p in (0, 1]")] = None,
     temperature_pos: Annotated[Optional[float], typer.Option(help="positions: temperature (> 0)")] = None,
     class_label: Annotated[Optional[int], typer.Option(help="class-conditional models: one class for every image (default: cycle through classes)")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="text-conditional models: a caption (repeatable; images cycle through the prompts)")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="text-conditional models: a file with one caption per line")] = None,
+    cfg_scale: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale (1 = none; needs a model trained with stage2.train.cond_dropout > 0)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="tokens to sample per image (default and maximum: the model's N)")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     sampling: Annotated[str, typer.Option(help="default (the run's stage2.sampling) or best (the best settings a `mqvq search sampling` found)")] = "default",
@@ -35,8 +38,9 @@ def sample(
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
     from mqvq.runtime import setup
-    from mqvq.stages.generate import check_top_k, load_generator, resolve_sampling, sampling_params, write_samples
+    from mqvq.stages.generate import check_top_k, load_generator, read_prompts, resolve_sampling, sampling_params, write_samples
 
+    texts = read_prompts(prompt, prompts)  # before any model is loaded: a missing file is the user's first answer
     d = setup(device)
     tracker = open_tracker(tracking_uri, home)
     gen = load_generator(tracker, run, d.device)
@@ -46,8 +50,12 @@ def sample(
         if value is not None:
             check_top_k(name, value, shape.codebook_size, shape.grid_len)
     params = sampling_params(base, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
-                             top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos)
-    result = write_samples(gen, out, num, params, class_label=class_label, seed=seed, steps=steps, npz=npz,
+                             top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos, cfg_scale=cfg_scale)
+    if gen.tokenizer is not None and texts:
+        unknown = sorted({w for t in texts for w in gen.tokenizer.unknown(t)})
+        if unknown:
+            console.print(f"[yellow]note[/]: not in the model's caption vocabulary, read as <unk>: {', '.join(unknown)}")
+    result = write_samples(gen, out, num, params, class_label=class_label, prompts=texts, seed=seed, steps=steps, npz=npz,
                            overwrite=overwrite, progress=progress)
     console.print(f"[green]wrote[/] {result['num']} images to {result['out']} ({result['images_per_s']:.1f} img/s)")
     (out / "sampling.json").write_text(json.dumps(result, indent=2))

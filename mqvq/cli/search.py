@@ -38,6 +38,7 @@ def sampling(
     top_k_pos: Annotated[Optional[str], typer.Option(help="positions top-k range (default 1:L)")] = None,
     top_p_pos: Annotated[Optional[str], typer.Option(help="positions top-p range (default 0.7:1.0)")] = None,
     temperature_pos: Annotated[Optional[str], typer.Option(help="positions temperature range (default 1.0, fixed)")] = None,
+    cfg_scale: Annotated[Optional[str], typer.Option(help="classifier-free guidance scale range (default 1.0:5.0 for models trained with condition dropout; others cannot be guided)")] = None,
     grid_points: Annotated[int, typer.Option(help="grid sampler: points per searched parameter")] = 3,
     study_name: Annotated[Optional[str], typer.Option(help="Optuna study name (default: sampling/RUN/METRIC/N)")] = None,
     seed: Annotated[int, typer.Option(help="sampler and sampling seed")] = 0,
@@ -64,11 +65,15 @@ def sampling(
     ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
     shape, cfg = ckpt["shape"], ckpt["config"]
     grid_len = shape["grid"][0] * shape["grid"][1]
-    space = default_space(shape["codebook_size"], grid_len, cfg["stage2"]["model"]["kind"] == "raster")
+    guided = float(cfg["stage2"]["train"].get("cond_dropout", 0.0)) > 0
+    space = default_space(shape["codebook_size"], grid_len, cfg["stage2"]["model"]["kind"] == "raster", guided)
     given = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "top_k_pos": top_k_pos, "top_p_pos": top_p_pos,
-             "temperature_pos": temperature_pos}
+             "temperature_pos": temperature_pos, "cfg_scale": cfg_scale}
     for name, value in given.items():
         if value is not None:
+            if name == "cfg_scale" and not guided:
+                raise UserError(f"--cfg-scale does not apply: run {run_id} was trained without condition dropout "
+                                f"(stage2.train.cond_dropout = 0), so it cannot be guided.")
             if name not in space:
                 raise UserError(f"--{name.replace('_', '-')} does not apply: the raster baseline samples no positions.")
             space[name] = _range(name, value)

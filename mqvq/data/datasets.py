@@ -1,8 +1,11 @@
 """Datasets: procedural (synthetic), Fashion-MNIST from the Debian package, image folders.
 
 Every dataset yields dicts with `image` (float, 3xHxW in [-1, 1]) and `label` (int, -1 if
-none); procedural and Fashion-MNIST also give `fg` (bool HxW foreground mask), COCO gives
-`caption`. Nothing is ever downloaded: a missing or unreadable path is a `UserError`.
+none); procedural and Fashion-MNIST also give `fg` (bool HxW foreground mask). Captioned
+datasets (procedural: what was drawn; COCO: the first caption of each image) list them in
+`caption_list`, in index order; procedural data also has `attributes` (the caption's facts as
+integers, for the caption-following check). Nothing is ever downloaded: a missing or unreadable
+path is a `UserError`.
 """
 from __future__ import annotations
 
@@ -34,9 +37,18 @@ class InMemoryImages(Dataset):
     """
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, fg: torch.Tensor | None,
-                 resolution: int, digest: str, num_classes: int, class_names: tuple[str, ...] = ()):
+                 resolution: int, digest: str, num_classes: int, class_names: tuple[str, ...] = (),
+                 caption_list: list[str] | None = None, attributes: dict[str, torch.Tensor] | None = None):
         self.name, self.images, self.labels, self.fg = name, images, labels, fg
         self.resolution, self._digest, self.num_classes, self.class_names = resolution, digest, num_classes, class_names
+        self.caption_list, self.attributes = caption_list, attributes
+
+    def head(self, n: int, digest: str) -> "InMemoryImages":
+        """The first n images (and their captions and attributes) under a new digest."""
+        return InMemoryImages(self.name, self.images[:n], self.labels[:n], None if self.fg is None else self.fg[:n],
+                              self.resolution, digest, self.num_classes, self.class_names,
+                              None if self.caption_list is None else self.caption_list[:n],
+                              None if self.attributes is None else {k: v[:n] for k, v in self.attributes.items()})
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -75,10 +87,11 @@ def collate(batch):
 def procedural_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     count = cfg.num_train if split == "train" else cfg.num_test
     start = 0 if split == "train" else cfg.num_train  # test images never overlap training images
-    imgs, fgs, labels = (a.copy() for a in procedural.render_many(cfg.seed, start, count, cfg.resolution))
+    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution)
     digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}".encode()).hexdigest()[:16]
-    return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs), torch.from_numpy(labels),
-                          torch.from_numpy(fgs), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS)
+    return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs.copy()), torch.from_numpy(labels.copy()),
+                          torch.from_numpy(fgs.copy()), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS,
+                          procedural.captions(attrs), {k: torch.from_numpy(v.copy()) for k, v in attrs.items()})
 
 
 # --------------------------------------------------------------------------- fashion-mnist
@@ -204,6 +217,10 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def caption_list(self) -> list[str] | None:
+        return [self.captions[p.name] for p in self.files] if self.captions else None
+
     def __getitem__(self, i: int) -> dict:
         from PIL import Image
 
@@ -274,9 +291,7 @@ def build_dataset(cfg: DataConfig, split: str):
         return FolderImages(cfg, split)
     if cfg.limit_train and split == "train" and cfg.limit_train < len(ds):
         n = cfg.limit_train
-        ds = InMemoryImages(ds.name, ds.images[:n], ds.labels[:n], None if ds.fg is None else ds.fg[:n],
-                            ds.resolution, hashlib.sha256(f"{ds.digest()}:{n}".encode()).hexdigest()[:16],
-                            ds.num_classes, ds.class_names)
+        ds = ds.head(n, hashlib.sha256(f"{ds.digest()}:{n}".encode()).hexdigest()[:16])
     return ds
 
 

@@ -3,20 +3,57 @@
 This is the case adaptive masking targets: most of each image (flat colour, gradient or a
 low-contrast tiled texture) can be restored from its neighbours, while the objects (ellipses,
 rotated rectangles, triangles and cartoon faces) cannot. Every image comes with a foreground
-mask so metrics can ask whether kept tokens land on objects, and a label (the kind of the
-largest object) for class-conditional tests. Same (seed, index, resolution) -> same bytes:
-each image draws from its own `numpy.random.default_rng([seed, index])`.
+mask so metrics can ask whether kept tokens land on objects, a label (the kind of the
+largest object) for class-conditional tests, and a caption naming what was drawn (the largest
+object's colour, kind and place, the object count and the background) with the same facts as
+integer attributes, so that text conditioning can be trained and checked offline. Same (seed,
+index, resolution) -> same bytes: each image draws from its own `numpy.random.default_rng([seed, index])`.
 
 The data is synthetic and is labelled as such wherever results are reported.
 """
 from __future__ import annotations
 
+import colorsys
 import functools
 
 import numpy as np
 
 KINDS = ("ellipse", "rectangle", "triangle", "face")
 SUPERSAMPLE = 2  # render at 2x and box-filter down for anti-aliased edges
+
+# what a caption says, as the attribute classes a caption-following check scores
+KIND_WORDS = ("circle", "rectangle", "triangle", "face")  # ellipses of aspect 0.5-1 are called circles, as a person would
+COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white")
+PLACES = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
+BACKGROUNDS = ("plain", "gradient", "striped", "checkered")
+COUNTS = ("one", "two", "three")
+ATTRIBUTES = {"kind": KIND_WORDS, "colour": COLOURS, "place": PLACES, "count": COUNTS, "background": BACKGROUNDS}
+_HUES = ((15, 0), (45, 1), (70, 2), (160, 3), (200, 4), (255, 5), (290, 6), (345, 7), (360, 0))  # upper bound in degrees -> colour
+
+
+def colour_name(rgb: np.ndarray) -> int:
+    """Index into COLOURS: pale colours are white, the rest are named by hue."""
+    h, s, _ = colorsys.rgb_to_hsv(*(float(c) for c in rgb))
+    if s < 0.25:
+        return COLOURS.index("white")
+    deg = h * 360.0
+    return next(c for bound, c in _HUES if deg < bound)
+
+
+def place_of(cx: float, cy: float) -> int:
+    """Index into PLACES from an object's centre in [-1, 1]^2 (y grows downwards)."""
+    col = 0 if cx < -0.25 else (2 if cx > 0.25 else 1)
+    row = 0 if cy < -0.25 else (2 if cy > 0.25 else 1)
+    return 3 * row + col
+
+
+def caption(attrs: dict[str, int]) -> str:
+    """'a red circle at the top left and two more shapes on a striped background'."""
+    place = PLACES[attrs["place"]]
+    where = "in the centre" if place == "centre" else f"at the {place}"
+    more = ("", " and one more shape", " and two more shapes")[attrs["count"]]
+    return (f"a {COLOURS[attrs['colour']]} {KIND_WORDS[attrs['kind']]} {where}{more} "
+            f"on a {BACKGROUNDS[attrs['background']]} background")
 
 
 def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -29,9 +66,10 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.nda
     return 1.0 - avoid
 
 
-def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(image, base colour, index into BACKGROUNDS)."""
     base = rng.uniform(0.1, 0.9, 3)
-    kind = rng.integers(3)
+    kind = int(rng.integers(3))
     if kind == 0:  # flat colour
         img = np.broadcast_to(base, x.shape + (3,)).copy()
     elif kind == 1:  # low-frequency linear gradient
@@ -47,8 +85,9 @@ def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple
             pattern = np.sign(np.sin(2 * np.pi * (np.cos(a) * x + np.sin(a) * y) / period))
         else:
             pattern = np.sign(np.sin(2 * np.pi * x / period) * np.sin(2 * np.pi * y / period))
+            kind = 3
         img = base + contrast * pattern[..., None]
-    return np.clip(img, 0, 1), base
+    return np.clip(img, 0, 1), base, kind
 
 
 def _shape(rng: np.random.Generator, kind: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float,
@@ -85,15 +124,17 @@ def _face_features(img: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy:
     img[(np.abs(d - 0.55) <= 0.08) & (v > 0.25)] = dark
 
 
-def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One image: (uint8 HxWx3, bool HxW foreground mask, label = kind of the largest object)."""
+def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+    """One image: (uint8 HxWx3, bool HxW foreground mask, label = kind of the largest object,
+    attributes: indices into ATTRIBUTES' vocabularies, which `caption` spells out)."""
     rng = np.random.default_rng([seed, index])
     n = resolution * SUPERSAMPLE
     coords = (np.arange(n) + 0.5) / n * 2.0 - 1.0  # pixel centres in [-1, 1]
     y, x = np.meshgrid(coords, coords, indexing="ij")
-    img, bg = _background(rng, x, y)
+    img, bg, bg_kind = _background(rng, x, y)
     fg = np.zeros(x.shape, dtype=bool)
     count = int(rng.integers(1, 4))
+    attrs = {"count": count - 1, "background": bg_kind}
     radii = np.sort(rng.uniform(0.18, 0.45, count))[::-1]  # largest first: it sets the label
     label = -1
     for r in radii:
@@ -104,6 +145,8 @@ def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarr
         cx, cy = rng.uniform(-0.9 + r, 0.9 - r, 2)
         angle = rng.uniform(0, 2 * np.pi)
         colour = _colour(rng, bg)
+        if len(attrs) == 2:  # the largest object: the one the caption names
+            attrs |= {"kind": kind_id, "colour": colour_name(colour), "place": place_of(cx, cy)}
         cover = _shape(rng, kind, x, y, cx, cy, r, angle)
         img[cover] = colour
         if kind == "face":
@@ -112,20 +155,35 @@ def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarr
     # box-filter down to the requested resolution
     img = img.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
     fg = fg.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
-    return np.round(img * 255.0).astype(np.uint8), fg, label
+    return np.round(img * 255.0).astype(np.uint8), fg, label, attrs
 
 
 @functools.lru_cache(maxsize=8)
-def render_many(seed: int, start: int, count: int, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels.
+def render_all(seed: int, start: int, count: int, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels and
+    {attribute: (N,) int64}.
 
     Cached per process (a study renders the same split for every row); callers must not modify the arrays."""
     imgs = np.empty((count, 3, resolution, resolution), dtype=np.uint8)
     fgs = np.empty((count, resolution, resolution), dtype=bool)
     labels = np.empty(count, dtype=np.int64)
+    attrs = {name: np.empty(count, dtype=np.int64) for name in ATTRIBUTES}
     for i in range(count):
-        im, fg, lab = render(seed, start + i, resolution)
+        im, fg, lab, att = render(seed, start + i, resolution)
         imgs[i] = im.transpose(2, 0, 1)
         fgs[i] = fg
         labels[i] = lab
-    return imgs, fgs, labels
+        for name, v in att.items():
+            attrs[name][i] = v
+    return imgs, fgs, labels, attrs
+
+
+def render_many(seed: int, start: int, count: int, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`render_all` without the attributes."""
+    return render_all(seed, start, count, resolution)[:3]
+
+
+def captions(attrs: dict[str, np.ndarray]) -> list[str]:
+    """One caption per image from `render_all`'s attributes."""
+    n = len(next(iter(attrs.values())))
+    return [caption({name: int(a[i]) for name, a in attrs.items()}) for i in range(n)]

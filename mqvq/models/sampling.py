@@ -5,7 +5,9 @@ temperature, top-k, top-p -> sample M_{t+1}; the Position-Transformer reads the 
 state plus e_c(M_{t+1}) -> positions already used (and <sos>) are masked -> temperature, top-k,
 top-p -> sample P_{t+1}. Exactly N steps, so every sample has N unique positions. Sampling is
 the exponential race argmax(p / E), E ~ Exp(1), which equals multinomial sampling and needs
-no host sync. With `use_cache=False` every step re-runs Code-T and then Position-T once each over
+no host sync. A condition (class token or caption) is a prefix written into the cache first.
+Classifier-free guidance (`cfg_scale` != 1) runs the conditional and unconditional prefixes as
+one batch of 2B, mixes their logits (code and position) and feeds both halves the same sample. With `use_cache=False` every step re-runs Code-T and then Position-T once each over
 the whole prefix (the released sampler's cost, kept for benchmarks and equivalence tests).
 """
 from __future__ import annotations
@@ -66,19 +68,46 @@ class Samples:
     positions: torch.Tensor  # (B, N) unique grid positions
 
 
+def guide(logits: torch.Tensor, scale: float, batch: int) -> torch.Tensor:
+    """Classifier-free guidance over the stacked conditional and unconditional halves (2B, V) ->
+    (B, V): c + (s - 1)(c - u), which is c exactly at s = 1."""
+    cond, uncond = logits[:batch].float(), logits[batch:].float()
+    return cond + (scale - 1.0) * (cond - uncond)
+
+
+def start_prefix(model: Stackformer, cond: torch.Tensor | None, batch: int, guided: bool, device) -> torch.Tensor:
+    """The condition's prefix (B, S); with guidance the unconditional prefix is stacked below it (2B, S)."""
+    if guided and not model.conditional:
+        raise ValueError("classifier-free guidance needs a class- or text-conditional model")
+    prefix = model.prefix(cond, batch, device)
+    return torch.cat([prefix, model.null_prefix(batch, device)]) if guided else prefix
+
+
+def _twice(x: torch.Tensor, guided: bool) -> torch.Tensor:
+    """Both halves of a guided batch read the same sampled tokens."""
+    return torch.cat([x, x]) if guided else x
+
+
 def decode_step(model: Stackformer, token, position, used, t, params: SamplingConfig, generator=None):
-    """One cached step of Algorithm 1 with static shapes (tensor t): CUDA-graph friendly."""
-    h_c, code_logits = model.code_step(token, position, t)
+    """One cached step of Algorithm 1 with static shapes (tensor image step t): CUDA-graph friendly.
+    `token`/`position` hold both halves under guidance; the sampled code/position hold one."""
+    batch, guided = used.shape[0], params.cfg_scale != 1.0
+    h_c, code_logits = model.code_step(token, position, t + (model.prefix_len - 1))
+    if guided:
+        code_logits = guide(code_logits, params.cfg_scale, batch)
     code = sample_logits(code_logits, params.top_k, params.top_p, params.temperature, generator)
     if model.raster:
         return code, t.expand_as(code), used
-    pos_logits = model.position_step(h_c, code, t).float().masked_fill(used, float("-inf"))
-    pos = sample_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator)
+    pos_logits = model.position_step(h_c, _twice(code, guided), t).float()
+    if guided:
+        pos_logits = guide(pos_logits, params.cfg_scale, batch)
+    pos = sample_logits(pos_logits.masked_fill(used, float("-inf")), params.top_k_pos, params.top_p_pos,
+                        params.temperature_pos, generator)
     return code, pos, used.scatter(1, pos[:, None], True)
 
 
 @torch.no_grad()
-def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, labels: torch.Tensor | None = None,
+def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, cond: torch.Tensor | None = None,
                       steps: int | None = None, dtype: torch.dtype | None = None, device: torch.device | None = None) -> Samples:
     """`generate` with the decode step compiled as one CUDA graph (torch.compile reduce-overhead).
 
@@ -87,21 +116,26 @@ def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, la
     if params.enforce_raster:
         raise ValueError("enforce_raster is not supported by the compiled sampler")
     n = steps or model.shape.length
+    guided = params.cfg_scale != 1.0
     step = _compiled_step(model, params)
     model.eval()
-    token = model.first_token(labels, batch, device)
-    position = torch.full((batch,), model.sos_pos, dtype=torch.long, device=device)
+    prefix = start_prefix(model, cond, batch, guided, device)
+    token = prefix[:, -1]
+    position = torch.full_like(token, model.sos_pos)
     used = torch.zeros(batch, model.shape.grid_len, dtype=torch.bool, device=device)
     codes, positions = [], []
-    model.setup_cache(batch, dtype or next(model.parameters()).dtype, device)
+    model.setup_cache(prefix.shape[0], dtype or next(model.parameters()).dtype, device)
     try:
         with (torch.autocast(device.type, dtype=dtype) if dtype is not None else _null()):
+            if model.prefix_len > 1:
+                model.prefill(prefix[:, :-1])
             for t in range(n):
                 torch.compiler.cudagraph_mark_step_begin()
-                token, position, used = step(model, token, position, used, torch.tensor(t, device=device), params)
-                token, position, used = token.clone(), position.clone(), used.clone()  # outputs live in graph memory
-                codes.append(token)
-                positions.append(position)
+                code, pos, used = step(model, token, position, used, torch.tensor(t, device=device), params)
+                code, pos, used = code.clone(), pos.clone(), used.clone()  # outputs live in graph memory
+                codes.append(code)
+                positions.append(pos)
+                token, position = _twice(code, guided), _twice(pos, guided)
     finally:
         model.clear_cache()
     return Samples(torch.stack(codes, 1), torch.stack(positions, 1))
@@ -121,51 +155,60 @@ def _compiled_step(model, params):
 
 
 @torch.inference_mode()  # not just no_grad: no view or version tracking, 5-7 % faster on CPU
-def generate(model: Stackformer, batch: int, params: SamplingConfig, labels: torch.Tensor | None = None,
+def generate(model: Stackformer, batch: int, params: SamplingConfig, cond: torch.Tensor | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True, steps: int | None = None,
              dtype: torch.dtype | None = None, device: torch.device | None = None) -> Samples:
-    """Sample `batch` sequences of `steps` (default N) code/position pairs."""
+    """Sample `batch` sequences of `steps` (default N) code/position pairs given the condition
+    (class labels (B,) or caption ids (B, T); None for an unconditional model). With
+    `params.cfg_scale` != 1 the conditional and unconditional halves run as one batch of 2B."""
     device = device or next(model.parameters()).device
     n = steps or model.shape.length
     if n > model.shape.length:
         raise ValueError(f"steps = {n} exceeds the model's sequence length {model.shape.length}")
-    grid_len = model.shape.grid_len
+    grid_len, guided, scale = model.shape.grid_len, params.cfg_scale != 1.0, params.cfg_scale
     model.eval()
-    token = model.first_token(labels, batch, device)
-    position = torch.full((batch,), model.sos_pos, dtype=torch.long, device=device)
+    prefix = start_prefix(model, cond, batch, guided, device)
+    rows, s = prefix.shape
+    token = prefix[:, -1]
+    position = torch.full((rows,), model.sos_pos, dtype=torch.long, device=device)
     codes = torch.empty(batch, n, dtype=torch.long, device=device)
     positions = torch.empty(batch, n, dtype=torch.long, device=device)
     used = torch.zeros(batch, grid_len, dtype=torch.bool, device=device)
     idx = torch.arange(grid_len, device=device)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else _null()
     if use_cache:
-        model.setup_cache(batch, dtype or next(model.parameters()).dtype, device)
+        model.setup_cache(rows, dtype or next(model.parameters()).dtype, device)
     try:
         with ctx:
+            if use_cache and s > 1:
+                model.prefill(prefix[:, :-1])
             for t in range(n):
                 if use_cache:
-                    h_c, code_logits = model.code_step(token, position, t)
+                    h_c, code_logits = model.code_step(token, position, s - 1 + t)
                 else:  # the released cost: Code-T and Position-T each once over the whole prefix per token
-                    h_c, code_logits = _uncached_code(model, codes[:, :t], positions[:, :t], labels, batch, device)
+                    h_c, code_logits = _uncached_code(model, _twice(codes[:, :t], guided), _twice(positions[:, :t], guided), prefix)
+                if guided:
+                    code_logits = guide(code_logits, scale, batch)
                 code = sample_logits(code_logits, params.top_k, params.top_p, params.temperature, generator)
                 codes[:, t] = code
                 if model.raster:
                     pos = torch.full_like(code, t)
                 else:
                     if use_cache:
-                        pos_logits = model.position_step(h_c, code, t)
+                        pos_logits = model.position_step(h_c, _twice(code, guided), t)
                     else:
-                        pos_logits = model.position_logits(h_c, codes[:, : t + 1])[:, -1]
+                        pos_logits = model.position_logits(h_c, _twice(codes[:, : t + 1], guided))[:, -1]
+                    pos_logits = guide(pos_logits, scale, batch) if guided else pos_logits.float()  # a fresh tensor: in place
                     forbid = used
                     if params.enforce_raster:  # after the last position, leaving room for the remaining steps
                         forbid = used | (idx > grid_len - (n - t))
                         if t > 0:
-                            forbid = forbid | (idx <= position[:, None])
-                    pos_logits = pos_logits.float().masked_fill_(forbid, float("-inf"))  # a fresh tensor: in place
+                            forbid = forbid | (idx <= positions[:, t - 1, None])
+                    pos_logits = pos_logits.masked_fill_(forbid, float("-inf"))
                     pos = sample_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator)
                     used.scatter_(1, pos[:, None], True)
                 positions[:, t] = pos
-                token, position = code, pos
+                token, position = _twice(code, guided), _twice(pos, guided)
     finally:
         if use_cache:
             model.clear_cache()
@@ -178,11 +221,11 @@ def _null():
     return contextlib.nullcontext()
 
 
-def _uncached_code(model, codes, positions, labels, batch, device):
+def _uncached_code(model, codes, positions, prefix):
     """Code-T over the prefix plus a dummy last slot (never read): hidden states (B, t+1, d) for the
     position step, and the last logits, which predict M_{t+1}."""
-    pad = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    h_c = model.code_hidden(torch.cat([codes, pad], 1), None if model.raster else torch.cat([positions, pad], 1), labels)
+    pad = torch.zeros(codes.shape[0], 1, dtype=torch.long, device=codes.device)
+    h_c = model.code_hidden(torch.cat([codes, pad], 1), None if model.raster else torch.cat([positions, pad], 1), prefix)
     return h_c, model.code_head(h_c[:, -1])
 
 

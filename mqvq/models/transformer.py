@@ -1,7 +1,8 @@
 """GPT blocks (minGPT / nanoGPT layout: pre-LN, causal SDPA, 4x GELU MLP) with a static KV cache.
 
 Shared by the Stackformer's two stacks and the raster baseline. A `Stack` runs either a whole
-sequence (training, teacher forcing) or one new token per sequence against its cache
+sequence (training, teacher forcing), a prefix written into an empty cache (`forward(x, 0)`
+with several tokens: a condition's prefill), or one new token per sequence against its cache
 (sampling). The cache is preallocated for the full length; a step writes position t and
 attends to positions 0..t. With an int t that is a slice (cheapest in eager mode); with a
 tensor t the shapes stay static (masked attention over the whole cache), which is what CUDA
@@ -23,11 +24,15 @@ class KVCache(nn.Module):
         self.register_buffer("causal", torch.ones(length, length, dtype=torch.bool, device=device).tril(), persistent=False)
 
     def update(self, t, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Write k, v (B, H, 1, D) at position t; return the keys, values and mask to attend to."""
+        """Write k, v (B, H, n, D) at positions t..t+n-1 (n > 1 only from t = 0); return the keys,
+        values and mask to attend to."""
         if isinstance(t, int):
-            self.k[:, :, t] = k[:, :, 0]
-            self.v[:, :, t] = v[:, :, 0]
-            return self.k[:, :, : t + 1], self.v[:, :, : t + 1], None
+            n = k.shape[2]
+            if n > 1 and t != 0:
+                raise ValueError("several tokens are written to the cache only as a prefill from position 0")
+            self.k[:, :, t: t + n] = k
+            self.v[:, :, t: t + n] = v
+            return self.k[:, :, : t + n], self.v[:, :, : t + n], None
         self.k.index_copy_(2, t.reshape(1), k)
         self.v.index_copy_(2, t.reshape(1), v)
         return self.k, self.v, self.causal[t].reshape(1, 1, 1, -1)
@@ -49,7 +54,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:  # one new token against the cache
             k, v, mask = self.cache.update(t, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n > 1)  # n > 1: a prefill from 0
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, n, c)))
 
 

@@ -105,7 +105,8 @@ def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
     rows = [r for r in table.rows if r.status == "finished"]
     out = [_adaptive_beats_random(table, rows, meta), _mask_keeps_foreground(table, rows, meta), _mask_keeps_detail(table, rows, meta),
            _usage_rises(table, rows, meta), _small_mask_improves_fid(table, rows, meta),
-           _demask_components(table, rows, meta), _full_model_beats_vqgan(table, rows, meta), _speed_rises(table, rows, meta)]
+           _demask_components(table, rows, meta), _full_model_beats_vqgan(table, rows, meta), _speed_rises(table, rows, meta),
+           _samples_follow_captions(table, rows), _guidance_helps(table, rows)]
     return [v for v in out if v is not None]
 
 
@@ -236,3 +237,32 @@ def _speed_rises(table, rows, meta) -> Verdict | None:
     if len(seq) < 2:
         return _missing(claim, "needs speed for at least two mask ratios")
     return judge(claim, _chain(seq, "speed_images_per_s", False, "img/s"))
+
+
+def _as(row: Row, key: str, label: str) -> Row:
+    """`row`'s `key` under the common key "value", so two metrics of one row can be compared."""
+    return Row(row.name, {"label": f"{row.descriptors.get('label', row.name)} {label}"}, row.status, row.seeds,
+               {"value": row.values[key]})
+
+
+def _within(table, rows, better: str, worse: str, claim: str, labels: tuple[str, str]) -> Verdict | None:
+    """In every row, metric `better` exceeds metric `worse` (both higher-is-better percentages)."""
+    if not any(c.key == better for c in table.columns):
+        return None
+    comps = [Comparison(r.descriptors.get("label", r.name), _as(r, better, labels[0]), _as(r, worse, labels[1]), "value", False)
+             for r in rows if better in r.values and worse in r.values]
+    return judge(claim, comps) if comps else _missing(claim, f"needs finished rows with {better} and {worse}")
+
+
+def _samples_follow_captions(table, rows) -> Verdict | None:
+    """Table 5 reports FID only; a text-conditional model should also show what its caption asks for."""
+    return _within(table, rows, "attr_acc", "attr_acc_chance",
+                   "samples show their caption's attributes more often than the shuffled captions' (caption match, %)",
+                   ("own captions", "shuffled captions"))
+
+
+def _guidance_helps(table, rows) -> Verdict | None:
+    """Beyond the paper: classifier-free guidance makes samples follow their caption more often."""
+    return _within(table, rows, "attr_acc_cfg", "attr_acc",
+                   "classifier-free guidance raises the caption match (beyond the paper; caption match, %)",
+                   ("guided", "unguided"))

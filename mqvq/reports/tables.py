@@ -26,6 +26,11 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
     "rfid": ({"inception": "rfid", "vgg16": "rfd_vgg16"}, {"inception": "rFID", "vgg16": "rFD-VGG16"}, True, 2, "rfid"),
     "fid": ({"inception": "fid", "vgg16": "fd_vgg16"}, {"inception": "FID", "vgg16": "FD-VGG16"}, True, 2, "fid"),
     "fid_best": ({"inception": "fid_best", "vgg16": "fd_vgg16_best"}, {"inception": "FID (best sampling)", "vgg16": "FD-VGG16 (best sampling)"}, True, 2, "fid"),
+    "fid_cfg": ({"inception": "fid_cfg", "vgg16": "fd_vgg16_cfg"}, {"inception": "FID (guided)", "vgg16": "FD-VGG16 (guided)"}, True, 2, None),
+    "attr": ({"": "attr_acc"}, {"": "caption match (%)"}, False, 1, None),
+    "attr_cfg": ({"": "attr_acc_cfg"}, {"": "caption match guided (%)"}, False, 1, None),
+    "attr_real": ({"": "attr_acc_real"}, {"": "real images (%)"}, None, 1, None),
+    "attr_chance": ({"": "attr_acc_chance"}, {"": "shuffled captions (%)"}, None, 1, None),
     "usage": ({"": "usage"}, {"": "usage (%)"}, False, 2, "usage"),
     "usage_effective": ({"": "usage_effective"}, {"": "effective usage (%)"}, False, 2, None),
     "mask": ({"": "mask_fg_precision"}, {"": "kept on foreground"}, False, 3, None),
@@ -43,12 +48,14 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
 DESCRIPTOR_LABELS = {"label": "model setting", "mask_ratio": "mask ratio", "f": "f", "mask_type": "mask type", "demask": "de-mask"}
 # LaTeX headers, short enough for one column of a two-column paper (the caption spells them out)
 SHORT_LABELS = {"rfid": {"inception": "rFID", "vgg16": "rFD"}, "fid": {"inception": "FID", "vgg16": "FD"},
-                "fid_best": {"inception": "FID*", "vgg16": "FD*"}, "usage": "Use (\\%)", "usage_effective": "Eff. (\\%)",
+                "fid_best": {"inception": "FID*", "vgg16": "FD*"}, "fid_cfg": {"inception": "FID$_g$", "vgg16": "FD$_g$"},
+                "attr": "Match", "attr_cfg": "Match$_g$", "attr_real": "Real", "attr_chance": "Chance", "usage": "Use (\\%)", "usage_effective": "Eff. (\\%)",
                 "mask": "FG", "detail": "Detail", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
                 "score_brightness": "$r$", "psnr": "PSNR", "lpips": "LPIPS", "is": "IS", "speed": "img/s", "speedup": "Speed-up"}
 SHORT_DESCRIPTORS = {"label": "Setting", "mask_ratio": "Ratio", "f": "$f$", "mask_type": "Mask", "demask": "De-mask"}
 PAPER_LAYOUTS = ("columns", "line", "none")
 AUTO_FAMILIES = ("usage_effective", "detail")  # added beside a declared metric, not declared themselves
+GUIDED = {"fid": "fid_cfg", "attr": "attr_cfg"}  # shown after their family when the runs have them
 
 
 @dataclass
@@ -115,6 +122,12 @@ def build_table(study, profile: str, records: list[dict], descriptors: dict[str,
         metric_keys[i: i + 1] = detail if "mask" in metric_keys else ["mask", *detail]
     if "mask" in metric_keys and "mask_detail_ratio" in present:  # older runs lack it: no empty column
         metric_keys.insert(metric_keys.index("mask") + 1, "detail")
+    for family, twin in GUIDED.items():  # classifier-free guidance: measured only for models trained with condition dropout
+        if family in metric_keys and any(n in present for n in METRICS[twin][0].values()):
+            metric_keys.insert(metric_keys.index(family) + 1, twin)
+    if "attr" in metric_keys:  # what the caption match reads against: the real images' ceiling, the chance floor
+        at = metric_keys.index("attr_cfg" if "attr_cfg" in metric_keys else "attr") + 1
+        metric_keys[at:at] = ["attr_real", "attr_chance"]
     if "usage" in metric_keys and "usage_effective" in present:  # used-at-least-once saturates under dead-code restart; 100 exp(H) / K does not
         metric_keys.insert(metric_keys.index("usage") + 1, "usage_effective")
     rows = []
@@ -273,14 +286,30 @@ def _frame(table: Table, bold, dagger, header, escape, paper: str = "columns", s
     return head, rows
 
 
+def _data_phrase(table: Table) -> str | None:
+    """'procedural 32x32 images (synthetic)' from the runs' data tags ('procedural 32px (digest)'), when they agree."""
+    import re
+
+    found = {(m.group(1), m.group(2)) for d in table.provenance.get("data", []) if (m := re.match(r"(\S+) (\d+)px", d))}
+    if len(found) != 1:
+        return None
+    name, r = found.pop()
+    pretty = {"procedural": "procedural {r}x{r} images (synthetic)", "fashion-mnist": "Fashion-MNIST {r}x{r}"}
+    return pretty.get(name, name + " {r}x{r}").format(r=r)
+
+
 def _caption(table: Table, paper: str = "paper columns report", latex: bool = False) -> str:
+    from mqvq.paper import paper_dataset
+
     metrics = [c for c in table.columns if not c.key.startswith("paper:") and c.backend]
     kinds = sorted({"FID (Inception-v3 features)" if c.backend == "inception" else "FD-VGG16 (VGG16 features, not FID)" for c in metrics})
     what = f"{table.title}: " if table.title and not latex else ""
-    profile = {"smoke": "smoke profile: tiny models on procedural 32x32 images (synthetic)",
-               "cpu": "cpu profile: Fashion-MNIST 32x32 on a 2-core CPU",
-               "mini": "mini profile: Fashion-MNIST 64x64", "paper": "paper profile: FFHQ 256x256"}.get(table.profile, table.profile)
-    theirs = f"; {paper} FID on FFHQ" if any(c.key.startswith("paper:") for c in table.columns) else ""
+    data = _data_phrase(table)
+    profile = {"smoke": f"smoke profile: tiny models on {data or 'procedural 32x32 images (synthetic)'}",
+               "cpu": f"cpu profile: {data or 'Fashion-MNIST 32x32'} on a 2-core CPU",
+               "mini": f"mini profile: {data or 'Fashion-MNIST 64x64'}",
+               "paper": f"paper profile: {data or 'FFHQ 256x256'}"}.get(table.profile, table.profile)
+    theirs = f"; {paper} FID on {paper_dataset(table.title)}" if any(c.key.startswith("paper:") for c in table.columns) else ""
     study = f"{table.study} (the paper's {table.title})" if latex and table.title.startswith(("Table", "Fig")) else table.study
     return f"{what}{study}, {profile}. Fréchet columns: {', '.join(kinds) or 'none measured'}{theirs}."
 

@@ -2,7 +2,13 @@
 
 Stage-1 runs: rfid (or rfd_vgg16), usage (+ perplexity, per-code counts), psnr, lpips, mask
 quality, Fig. 4 / Fig. 5 / reconstruction grid. Stage-2 runs: fid (or fd_vgg16), is, sampling
-speed, sample grid, Fig. 6a. Every Fréchet metric carries tags naming its backend, sample count
+speed, sample grid, Fig. 6a, and for text-conditional models on procedural data `attr`: how often
+samples show their caption's attributes (attr_acc), beside the same classifier on real test images
+(attr_acc_real) and against shuffled captions (attr_acc_chance). A text model samples with the test
+split's captions. A model trained with condition dropout also gets each of fid and attr with
+classifier-free guidance at eval.cfg_scale (fid_cfg / fd_vgg16_cfg, attr_acc_cfg).
+
+Every Fréchet metric carries tags naming its backend, sample count
 and reference statistics, so a table can never mix backends silently:
 
     mqvq.eval.<metric>.backend, mqvq.eval.<metric>.num, mqvq.eval.<metric>.reference
@@ -12,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+
+import torch
 
 from mqvq import figures, images
 from mqvq.config import ExperimentConfig, SamplingConfig, from_dict, validate_eval
@@ -29,7 +37,7 @@ from mqvq.timing import device_name
 from mqvq.tracking.store import Tracker
 
 STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
-                 "stage2": ("fid", "is", "speed", "figures")}
+                 "stage2": ("fid", "is", "speed", "attr", "figures")}
 ALL_METRICS = tuple(sorted({m for ms in STAGE_METRICS.values() for m in ms}))
 
 
@@ -70,15 +78,16 @@ def _run_and_config(tracker: Tracker, spec: str):
 def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
                  num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
                  device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
-                 sampling_choice: str = "default") -> dict:
+                 sampling_choice: str = "default", cfg_scale: float | None = None) -> dict:
     """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
     run, stage, cfg, path = _run_and_config(tracker, spec)
     ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
-                                                            "test_images": test_images, "batch_size": batch_size}.items()
+                                                            "test_images": test_images, "batch_size": batch_size,
+                                                            "cfg_scale": cfg_scale}.items()
                                           if v is not None})
-    validate_eval(ev, "--" if any(v is not None for v in (num_samples, batch_size)) else "eval.")
+    validate_eval(ev, "--" if any(v is not None for v in (num_samples, batch_size, cfg_scale)) else "eval.")
     allowed = STAGE_METRICS[stage]
-    wanted = metrics or [m for m in allowed if m != "is"]
+    wanted = metrics or [m for m in allowed if m != "is" and not (m == "attr" and not _captioned(cfg))]
     wrong = [m for m in wanted if m not in allowed]
     if wrong:
         other = "stage-1" if stage == "stage2" else "stage-2"
@@ -89,7 +98,8 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     if stage == "stage1":
         values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
     else:
-        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice)
+        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice,
+                                    cfg_scale)
     env = environment(d.device)
     tags |= {"mqvq.eval.device": device_name(d.device), "mqvq.eval.torch": env["torch"],
              "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
@@ -99,6 +109,11 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     tracker.log_metrics(run.info.run_id, numeric, step=0)
     tracker.set_tags(run.info.run_id, tags)
     return {"run_id": run.info.run_id, "stage": stage, "metrics": numeric, "tags": tags}
+
+
+def _captioned(cfg: ExperimentConfig) -> bool:
+    """A text-conditional model on procedural data, whose captions the attribute classifier checks."""
+    return cfg.stage2.model.conditioning == "text" and cfg.stage1.data.name == "procedural"
 
 
 def _frechet_tags(name: str, backend, num: int, reference: str) -> dict:
@@ -160,45 +175,76 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     return values, tags
 
 
-def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default"):
-    from mqvq.stages.generate import load_generator, resolve_sampling
+def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default", cfg_scale=None):
+    from mqvq.stages.attributes import attribute_classifier, caption_accuracy
+    from mqvq.stages.generate import check_condition, load_generator, resolve_sampling
     from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
 
     gen = load_generator(tracker, run_id, device)
     params = sampling or resolve_sampling(tracker, gen, sampling_choice)
+    if "attr" in wanted and not _captioned(cfg):
+        raise UserError("attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
+                        f"this run is {cfg.stage2.model.conditioning}-conditioned on {cfg.stage1.data.name!r} data.")
+    for scale in (params.cfg_scale, cfg_scale if cfg_scale is not None else 1.0):  # what was asked for fits the model
+        check_condition(gen, ["x"] if gen.conditioning == "text" else None, scale)
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
     values, tags = {}, {"mqvq.eval.sampling": settings, "mqvq.eval.sampling_choice": sampling_choice}
     # the searched settings' distance is its own metric (as a study's search rows log it), so the
     # run's default-sampling number, which studies and reports show, is never silently replaced
     suffix = "_best" if sampling is None and sampling_choice == "best" else ""
     first = None
-    if "fid" in wanted or "is" in wanted:
-        backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
-        if "is" in wanted and not backend.has_logits:
-            raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
-        split = ev.fid_reference
-        real = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), split)
-        ref, key = reference_stats(backend, real, split, tracker.home, ev.batch_size, ev.workers, progress)
-        sm = sample_metrics(gen, ev.num_samples, params, backend, ref, cfg.seed, ev.is_splits, progress)
-        first = sm["first_images"]
-        if "fid" in wanted:
-            name = metric_names(backend.name)["fid"] + suffix
-            values[name] = sm["fd"]
-            tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split,
-                                                                         f"mqvq.eval.{name}.sampling": settings,
-                                                                         f"mqvq.eval.{name}.sampling_choice": sampling_choice}
-        if "is" in wanted:
-            values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
-            tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}
+    prompts = targets = None
+    if gen.conditioning == "text":  # the test split's captions, cycled
+        test = build_dataset(cfg.stage1.data, "test")
+        prompts = test.caption_list
+        if "attr" in wanted:
+            idx = torch.arange(ev.num_samples) % len(prompts)
+            targets = {k: v[idx] for k, v in test.attributes.items()}
+    # guidance as a second measurement, when the model learned the unconditional distribution too
+    variants = [("", params)]
+    if gen.cond_dropout > 0 and params.cfg_scale == 1.0 and ev.cfg_scale != 1.0:
+        variants.append(("_cfg", dataclasses.replace(params, cfg_scale=ev.cfg_scale)))
+    if {"fid", "is", "attr"} & set(wanted):
+        backend = ref = key = None
+        if "fid" in wanted or "is" in wanted:
+            backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
+            if "is" in wanted and not backend.has_logits:
+                raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
+            split = ev.fid_reference
+            real = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), split)
+            ref, key = reference_stats(backend, real, split, tracker.home, ev.batch_size, ev.workers, progress)
+        clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
+        for tail, p in variants:
+            sm = sample_metrics(gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None)
+            first = sm["first_images"] if first is None else first
+            p_settings = json.dumps(dataclasses.asdict(p), sort_keys=True)
+            if "fid" in wanted:
+                name = metric_names(backend.name)["fid"] + suffix + tail
+                values[name] = sm["fd"]
+                tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split,
+                                                                             f"mqvq.eval.{name}.sampling": p_settings,
+                                                                             f"mqvq.eval.{name}.sampling_choice": sampling_choice}
+            if "is" in wanted and not tail:
+                values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
+                tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}
+            if clf is not None:
+                acc = caption_accuracy(clf, sm["images"], targets)
+                if tail:  # the guided run adds its own mean and per-attribute numbers
+                    acc = {k + tail: v for k, v in acc.items() if k not in ("attr_acc_real", "attr_acc_chance")}
+                values |= acc
+                tags |= {f"mqvq.eval.attr_acc{tail}.num": ev.num_samples, f"mqvq.eval.attr_acc{tail}.sampling": p_settings}
     if "speed" in wanted:
         dtype = autocast_dtype(cfg.stage2.train.precision, device)
         values |= sampling_speed(gen, params, ev.speed_batch_size, ev.speed_repeats, dtype)
         tags["mqvq.eval.speed.batch_size"] = ev.speed_batch_size
     if "figures" in wanted:
-        if first is None:
-            first = next(iter(_few_samples(gen, params, cfg.seed)))
-        tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
-                          "figures/samples_eval.png")
+        if gen.conditioning == "text":
+            tracker.log_image(run_id, _prompt_grid(gen, params, cfg, prompts[:6], variants), "figures/samples_eval.png")
+        else:
+            if first is None:
+                first = next(iter(_few_samples(gen, params, cfg.seed)))
+            tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
+                              "figures/samples_eval.png")
         curves = {}
         for key_, label in (("train/loss", "train"), ("val/loss", "validation")):
             hist = tracker.client.get_metric_history(run_id, key_)
@@ -209,6 +255,22 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
                                                                   f"{cfg.name}: stage-2 loss"),
                                       "figures/fig6a_loss_curves.png")
     return values, tags
+
+
+def _prompt_grid(gen, params, cfg, prompts: list[str], variants, per_prompt: int = 6):
+    """One row per prompt (and per guidance setting): `per_prompt` samples each, the prompt as the row label."""
+    import textwrap
+
+    from mqvq.stages.generate import sample_images
+
+    rows = []
+    for tail, p in variants:
+        for prompt in prompts:
+            batch = next(iter(sample_images(gen, per_prompt, dataclasses.replace(p, batch_size=per_prompt),
+                                            prompts=[prompt], seed=cfg.seed, progress=False)))[0]
+            guide = f"\n(guidance {p.cfg_scale:g})" if tail else ""
+            rows.append((textwrap.fill(prompt, 28) + guide, batch))
+    return images.labelled_grid(rows, title=f"{cfg.name}: samples for test captions")
 
 
 def _few_samples(gen, params, seed):

@@ -1,4 +1,8 @@
-"""Sample images from a trained stage-2 model: Stackformer codes/positions -> stage-1 decoder -> PNGs."""
+"""Sample images from a trained stage-2 model: Stackformer codes/positions -> stage-1 decoder -> PNGs.
+
+A condition is a class label or a prompt per image; text-conditional models encode prompts with
+the tokenizer saved in their checkpoint. `cfg_scale` != 1 (classifier-free guidance) needs a model
+trained with condition dropout."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,12 +19,13 @@ from mqvq.files import file_digest
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer
+from mqvq.models.text import WordTokenizer
 from mqvq.runtime import autocast_dtype, progress_bar
 from mqvq.stages.lookup import model_file, resolve
 from mqvq.tracking.store import Tracker, ensure_writable
 
 # the tags `mqvq search sampling` writes on a stage-2 run and `--sampling best` reads
-SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos")
+SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos", "cfg_scale")
 INT_PARAMS = {"top_k", "top_k_pos"}
 BEST_PREFIX = "mqvq.sampling.best."
 
@@ -33,15 +38,37 @@ class Generator:
     sampling: SamplingConfig
     run_id: str | None
     config: dict
+    tokenizer: WordTokenizer | None = None
 
     @property
     def num_classes(self) -> int:
         return self.stackformer.shape.num_classes
 
+    @property
+    def conditioning(self) -> str:
+        return "class" if self.num_classes else ("text" if self.tokenizer is not None else "none")
+
+    @property
+    def cond_dropout(self) -> float:
+        return float(self.config["stage2"]["train"].get("cond_dropout", 0.0))
+
+    def condition(self, start: int, batch: int, class_label: int | None, prompts: list[str] | None,
+                  device: torch.device) -> tuple[torch.Tensor | None, list | None]:
+        """Images start..start+batch-1's condition for the model and as written beside them: one
+        class label, or cycling through the classes / the prompts."""
+        if self.num_classes:
+            labels = torch.full((batch,), class_label, device=device) if class_label is not None else \
+                torch.arange(start, start + batch, device=device) % self.num_classes
+            return labels, labels.tolist()
+        if self.tokenizer is not None:
+            texts = [prompts[i % len(prompts)] for i in range(start, start + batch)]
+            return self.tokenizer.encode(texts, self.stackformer.shape.text_length).to(device), texts
+        return None, None
+
 
 def load_generator(tracker: Tracker, spec: str, device: torch.device) -> Generator:
     """Stage-2 run id or checkpoint path -> Generator on `device` (stage 1 found via the recorded reference)."""
-    from mqvq.stages.train_stage2 import load_stackformer
+    from mqvq.stages.train_stage2 import load_stackformer, load_tokenizer
 
     ref = resolve(tracker, spec, "stage2")
     model, ckpt = load_stackformer(ref.checkpoint, "cpu")
@@ -55,7 +82,7 @@ def load_generator(tracker: Tracker, spec: str, device: torch.device) -> Generat
             raise UserError(f"stage-1 run {s1['run_id']}'s checkpoint differs from the one stage 2 was trained on.")
     vae = MQVAE.from_checkpoint(path, "cpu")
     sampling = from_dict(SamplingConfig, ckpt["config"]["stage2"]["sampling"], "stage2.sampling.")
-    return Generator(model.to(device), vae.to(device), sampling, ref.run_id, ckpt["config"])
+    return Generator(model.to(device), vae.to(device), sampling, ref.run_id, ckpt["config"], load_tokenizer(ckpt))
 
 
 def resolve_sampling(tracker: Tracker, gen: Generator, which: str) -> SamplingConfig:
@@ -93,7 +120,45 @@ def check_top_k(name: str, value: int, codebook_size: int, grid_len: int) -> Non
         raise UserError(f"--{name.replace('_', '-')} {value} exceeds this model's {what}: use at most {limit}.")
 
 
-def check_request(gen: Generator, num: int, steps: int | None, class_label: int | None) -> None:
+def read_prompts(prompts: list[str] | None, path: Path | None) -> list[str] | None:
+    """--prompt values and the lines of --prompts FILE (blank lines skipped), in that order."""
+    out = list(prompts or [])
+    if path is not None:
+        try:
+            out += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            raise UserError(f"--prompts {path}: no such file (one prompt per line).") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--prompts {path} cannot be read as text: {e}.") from None
+        if len(out) == len(prompts or []):
+            raise UserError(f"--prompts {path} holds no prompts: write one caption per line.")
+    return out or None
+
+
+def check_condition(gen: Generator, prompts: list[str] | None, cfg_scale: float) -> None:
+    """The condition and guidance asked for fit the model."""
+    kind = {"none": "unconditional", "class": "class-conditional", "text": "text-conditional"}[gen.conditioning]
+    if prompts is not None and gen.conditioning != "text":
+        hint = " (use --class-label)" if gen.conditioning == "class" else ""
+        raise UserError(f"--prompt needs a text-conditional model; this one is {kind}{hint}.")
+    if gen.conditioning == "text":
+        if not prompts:
+            raise UserError("this model is text-conditional: pass --prompt TEXT (repeatable) or --prompts FILE.")
+        for p in prompts:
+            if not any(ch.isalnum() for ch in p):  # nothing but spaces or punctuation
+                raise UserError(f"the prompt {p!r} is empty: give a caption with words, e.g. --prompt \"a red circle\".")
+    if cfg_scale != 1.0:
+        if gen.conditioning == "none":
+            raise UserError(f"--cfg-scale {cfg_scale} needs a class- or text-conditional model; this one is unconditional.")
+        if gen.cond_dropout <= 0.0:
+            raise UserError(f"--cfg-scale {cfg_scale} needs a model trained with condition dropout "
+                            f"(stage2.train.cond_dropout > 0); this one was trained without, so it never learned the "
+                            f"unconditional distribution that guidance contrasts with. Use --cfg-scale 1.")
+
+
+def check_request(gen: Generator, num: int, steps: int | None, class_label: int | None,
+                  prompts: list[str] | None = None, cfg_scale: float = 1.0) -> None:
+    check_condition(gen, prompts, cfg_scale)
     model = gen.stackformer
     n_tok = model.shape.length
     if steps is not None and not 1 <= steps <= n_tok:
@@ -102,15 +167,17 @@ def check_request(gen: Generator, num: int, steps: int | None, class_label: int 
     if num < 1:
         raise UserError(f"--num {num} must be at least 1.")
     if class_label is not None and not (gen.num_classes and 0 <= class_label < gen.num_classes):
-        allowed = f"0..{gen.num_classes - 1}" if gen.num_classes else "none (the model is unconditional)"
+        allowed = f"0..{gen.num_classes - 1}" if gen.num_classes else f"none (the model is {'text-conditional: use --prompt' if gen.tokenizer else 'unconditional'})"
         raise UserError(f"--class-label {class_label} is invalid: allowed labels are {allowed}.")
 
 
 @torch.no_grad()
-def sample_images(gen: Generator, num: int, params: SamplingConfig, *, class_label: int | None = None, seed: int = 0,
-                  steps: int | None = None, precision: str = "auto", progress: bool = True):
-    """Yield (images uint8 (B, H, W, 3), codes, positions, labels) batches until `num` images are made."""
-    check_request(gen, num, steps, class_label)
+def sample_images(gen: Generator, num: int, params: SamplingConfig, *, class_label: int | None = None,
+                  prompts: list[str] | None = None, seed: int = 0, steps: int | None = None, precision: str = "auto",
+                  progress: bool = True):
+    """Yield (images uint8 (B, H, W, 3), codes, positions, conditions) batches until `num` images are
+    made; conditions: the batch's class labels or prompts (list), None for unconditional models."""
+    check_request(gen, num, steps, class_label, prompts, params.cfg_scale)
     model, device = gen.stackformer, next(gen.stackformer.parameters()).device
     dtype = autocast_dtype(precision, device)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -119,33 +186,34 @@ def sample_images(gen: Generator, num: int, params: SamplingConfig, *, class_lab
         task = bar.add_task("sampling", total=num, info="")
         while done < num:
             b = min(params.batch_size, num - done)
-            labels = None
-            if gen.num_classes:
-                labels = torch.full((b,), class_label, device=device) if class_label is not None else \
-                    torch.arange(done, done + b, device=device) % gen.num_classes
-            s = generate(model, b, params, labels, g, steps=steps, dtype=dtype, device=device)
+            cond, shown = gen.condition(done, b, class_label, prompts, device)
+            s = generate(model, b, params, cond, g, steps=steps, dtype=dtype, device=device)
             images = gen.vae.decode(s.codes, s.positions, model.shape.grid)
             x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             done += b
             bar.update(task, completed=done)
-            yield x, s.codes.cpu(), s.positions.cpu(), None if labels is None else labels.cpu()
+            yield x, s.codes.cpu(), s.positions.cpu(), shown
 
 
 def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *, class_label: int | None = None,
-                  seed: int = 0, steps: int | None = None, npz: bool = False, overwrite: bool = False,
-                  progress: bool = True) -> dict:
-    """Write `num` PNGs (000000.png, ...) and optionally samples.npz to `out`; returns a summary."""
+                  prompts: list[str] | None = None, seed: int = 0, steps: int | None = None, npz: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Write `num` PNGs (000000.png, ...; a text model's prompt beside each as 000000.txt) and
+    optionally samples.npz to `out`; returns a summary."""
     from PIL import Image
 
-    check_request(gen, num, steps, class_label)  # all input checks before anything is written
+    check_request(gen, num, steps, class_label, prompts, params.cfg_scale)  # all input checks before anything is written
     ensure_writable(out, "--out")
     if not overwrite and any(out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
         raise UserError(f"{out} already holds samples: choose another --out or pass --overwrite.")
     t0 = time.perf_counter()
     index, arrays, codes, positions = 0, [], [], []
-    for images, c, p, _ in sample_images(gen, num, params, class_label=class_label, seed=seed, steps=steps, progress=progress):
-        for img in images:
+    for images, c, p, shown in sample_images(gen, num, params, class_label=class_label, prompts=prompts, seed=seed,
+                                              steps=steps, progress=progress):
+        for i, img in enumerate(images):
             Image.fromarray(img).save(out / f"{index:06d}.png")
+            if prompts is not None:
+                (out / f"{index:06d}.txt").write_text(shown[i] + "\n")
             index += 1
         if npz:
             arrays.append(images)
@@ -155,4 +223,4 @@ def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *
         np.savez(out / "samples.npz", images=np.concatenate(arrays), codes=np.concatenate(codes), positions=np.concatenate(positions))
     elapsed = time.perf_counter() - t0
     return {"num": index, "out": str(out), "seconds": elapsed, "images_per_s": index / elapsed, "run_id": gen.run_id,
-            "sampling": to_dict(params)}
+            "sampling": to_dict(params)} | ({"prompts": prompts} if prompts is not None else {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mqvq.config import ExperimentConfig, config_hash, get_dotted, to_dict
+from mqvq.config import ExperimentConfig, config_hash, get_dotted, identity, to_dict
 from mqvq.errors import UserError
 from mqvq.tracking.store import Tracker
 
@@ -26,7 +26,7 @@ def checkpoint_path(home: Path, run_id: str) -> Path:
 
 def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
     """Identity of a stage-2 run: its own config plus the exact stage-1 checkpoint it reads."""
-    return config_hash({"stage2": to_dict(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": to_dict(cfg.stage1.data)})
+    return config_hash({"stage2": identity(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": identity(cfg.stage1.data)})
 
 
 def model_file(tracker: Tracker, run_id: str) -> Path:
@@ -69,7 +69,7 @@ def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
 def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> ModelRef:
     """The latest finished stage-1 run of exactly this experiment's stage-1 config and seed: from the
     experiment's own MLflow experiment first, else from any (a study's rows train in the study's)."""
-    h = config_hash(to_dict(cfg.stage1))
+    h = config_hash(identity(cfg.stage1))
     query = (f"tags.\"mqvq.stage\" = 'stage1' and tags.\"mqvq.config_hash\" = '{h}' "
              f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status = 'FINISHED'")
     runs = tracker.find_runs(experiment, query) or tracker.find_runs_everywhere(query)

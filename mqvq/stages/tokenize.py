@@ -17,7 +17,7 @@ from mqvq.files import file_digest
 from mqvq.models.checkpoint import atomic_save
 from mqvq.models.mqvae import MQVAE
 
-TOKENS_FORMAT = "mqvq-tokens-v1"
+TOKENS_FORMAT = "mqvq-tokens-v2"  # v2: the source image of each sequence (captions follow it)
 
 
 @dataclass
@@ -27,6 +27,7 @@ class TokenSet:
     labels: torch.Tensor     # (M,) int64, -1 when the dataset has none
     grid: tuple[int, int]
     codebook_size: int
+    index: torch.Tensor      # (M,) int64: the dataset image each sequence encodes (flipped copies repeat it)
 
     def __len__(self) -> int:
         return self.codes.shape[0]
@@ -36,8 +37,8 @@ class TokenSet:
 def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip: bool = False, limit: int = 0) -> TokenSet:
     """Encode every image (the first `limit` if set, and mirror images when `flip`) with a frozen stage-1 model."""
     model.eval().to(device)
-    codes, positions, labels = [], [], []
-    grid = None
+    codes, positions, labels, index = [], [], [], []
+    grid, done = None, 0
     for batch in eval_batches(dataset, batch_size, limit):
         x = batch["image"].to(device)
         views = [x, x.flip(-1)] if flip else [x]
@@ -46,8 +47,11 @@ def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip:
             codes.append(enc.codes.cpu())
             positions.append(enc.positions.cpu())
             labels.append(batch["label"].cpu())
+            index.append(torch.arange(done, done + x.shape[0]))
             grid = enc.grid
-    return TokenSet(torch.cat(codes), torch.cat(positions), torch.cat(labels), grid, model.config.quantizer.codebook_size)
+        done += x.shape[0]
+    return TokenSet(torch.cat(codes), torch.cat(positions), torch.cat(labels), grid, model.config.quantizer.codebook_size,
+                    torch.cat(index))
 
 
 def _read_tokens(path: Path) -> TokenSet | None:
@@ -57,7 +61,7 @@ def _read_tokens(path: Path) -> TokenSet | None:
         d = torch.load(path, map_location="cpu", weights_only=True)
         if d.get("format") != TOKENS_FORMAT:
             return None
-        return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"])
+        return TokenSet(d["codes"].long(), d["positions"].long(), d["labels"], tuple(d["grid"]), d["codebook_size"], d["index"])
     except Exception:  # any damage means rebuild
         return None
 
@@ -74,5 +78,5 @@ def cached_tokens(home: Path, checkpoint: Path, model: MQVAE, dataset, split: st
     ts = tokenize(model, dataset, batch_size, device, flip, limit)
     small = torch.int16 if max(ts.codebook_size, ts.grid[0] * ts.grid[1]) < 2 ** 15 else torch.int32
     atomic_save({"format": TOKENS_FORMAT, "codes": ts.codes.to(small), "positions": ts.positions.to(small),
-                 "labels": ts.labels, "grid": list(ts.grid), "codebook_size": ts.codebook_size}, path)
+                 "labels": ts.labels, "grid": list(ts.grid), "codebook_size": ts.codebook_size, "index": ts.index}, path)
     return ts

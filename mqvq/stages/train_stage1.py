@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mqvq import runtime
-from mqvq.config import ExperimentConfig, config_hash, flatten, to_dict
+from mqvq.config import ExperimentConfig, config_hash, flatten, identity, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
 from mqvq.images import reconstruction_grid
@@ -81,7 +81,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
 
     start_step = 0
     run_id = open_run(
-        tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(to_dict(s1)), seed=cfg.seed,
+        tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
         what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
         tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.data_digest": train_ds.digest(), **(tags or {})},
         params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},

@@ -4,11 +4,14 @@ The stage-1 model encodes the dataset once (cached per checkpoint + dataset); tr
 reads token tensors only. Loss = CE_code + CE_position (Eq. 14), AdamW (0.9, 0.95) with weight
 decay on Linear weights only, cosine schedule, as released. The run is tagged with its stage-1
 run and checkpoint digest; validation loss on the test tokens every `val_every` steps gives
-Fig. 6a's curves.
+Fig. 6a's curves. A text-conditional model learns its caption vocabulary from the training
+captions here and keeps it in its checkpoint; with `cond_dropout` each sequence's condition is
+dropped with that probability (classifier-free guidance needs the unconditional model too).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +28,8 @@ from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint, read_ch
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
+from mqvq.models.text import WordTokenizer
+from mqvq.models.text import from_dict as tokenizer_from_dict
 from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
 from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve, stage2_hash
 from mqvq.stages.lookup import checkpoint_path
@@ -47,12 +52,29 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused)
 
 
-def save_model(path: Path, cfg: ExperimentConfig, model: Stackformer, step: int, run_id: str, stage1: dict) -> Path:
+@dataclass
+class Conditions:
+    """What each token sequence is conditioned on: class labels (M,) or caption ids (M, T), or None."""
+    train: torch.Tensor | None
+    test: torch.Tensor | None
+    num_classes: int = 0
+    tokenizer: WordTokenizer | None = None
+    text_length: int = 0
+
+    def shape(self, tokens: TokenSet) -> TokenShape:
+        return TokenShape(tokens.codebook_size, tokens.grid, tokens.codes.shape[1], self.num_classes,
+                          self.tokenizer.size if self.tokenizer else 0, self.text_length)
+
+
+def save_model(path: Path, cfg: ExperimentConfig, model: Stackformer, step: int, run_id: str, stage1: dict,
+               tokenizer: WordTokenizer | None = None) -> Path:
     s = model.shape
+    text = {"text": tokenizer.to_dict()} if tokenizer is not None else {}
     return atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
                         "config": to_dict(cfg), "model": model.state_dict(), "stage1": stage1,
                         "shape": {"codebook_size": s.codebook_size, "grid": list(s.grid), "length": s.length,
-                                  "num_classes": s.num_classes}}, path)
+                                  "num_classes": s.num_classes, "text_vocab": s.text_vocab, "text_length": s.text_length},
+                        **text}, path)
 
 
 def load_stackformer(path: Path, map_location="cpu") -> tuple[Stackformer, dict]:
@@ -62,12 +84,32 @@ def load_stackformer(path: Path, map_location="cpu") -> tuple[Stackformer, dict]
         raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not a stage-2 model.")
     shape = ckpt["shape"]
     model = Stackformer(from_dict(StackformerConfig, ckpt["config"]["stage2"]["model"], "stage2.model."),
-                        TokenShape(shape["codebook_size"], tuple(shape["grid"]), shape["length"], shape["num_classes"]))
+                        TokenShape(shape["codebook_size"], tuple(shape["grid"]), shape["length"], shape["num_classes"],
+                                   shape.get("text_vocab", 0), shape.get("text_length", 0)))
     model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), ckpt
 
 
-def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_size: int) -> tuple[TokenSet, TokenSet, MQVAE, int]:
+def load_tokenizer(ckpt: dict) -> WordTokenizer | None:
+    """The caption tokenizer a text-conditional checkpoint carries (None for other models)."""
+    return tokenizer_from_dict(ckpt["text"]) if ckpt.get("text") else None
+
+
+def text_conditions(cfg: ExperimentConfig, train_ds, test_ds, train_tok: TokenSet, test_tok: TokenSet) -> Conditions:
+    """Learn the caption vocabulary from the training captions; caption ids for every sequence."""
+    m = cfg.stage2.model
+    caps = {}
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        caps[split] = getattr(ds, "caption_list", None)
+        if not caps[split]:
+            raise UserError(f"text conditioning needs captions, but the {split} split of {ds.name} has none: "
+                            f"use procedural data or a COCO folder (stage1.data.layout = 'coco').")
+    tokenizer = WordTokenizer.build(caps["train"], m.text_vocab)
+    encode = lambda captions, tok: tokenizer.encode(captions, m.text_length)[tok.index]  # noqa: E731
+    return Conditions(encode(caps["train"], train_tok), encode(caps["test"], test_tok), 0, tokenizer, m.text_length)
+
+
+def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_size: int) -> tuple[TokenSet, TokenSet, MQVAE, Conditions]:
     """Tokenize train (with flips) and test splits once; rank 0 computes, the others read the cache."""
     vae = MQVAE.from_checkpoint(ref.checkpoint, d.device)
     train_ds, test_ds = build_dataset(cfg.stage1.data, "train"), build_dataset(cfg.stage1.data, "test")
@@ -78,10 +120,15 @@ def prepare_tokens(cfg: ExperimentConfig, ref: ModelRef, home: Path, d, batch_si
                    cached_tokens(home, ref.checkpoint, vae, test_ds, "test", batch_size, d.device, False, VAL_TOKENS)]
         if d.world > 1:
             torch.distributed.barrier()
-    num_classes = train_ds.num_classes if cfg.stage2.model.conditioning == "class" else 0
-    if num_classes and (out[0].labels < 0).any():
-        raise UserError(f"class conditioning needs labels, but {train_ds.name} has none: use stage2.model.conditioning='none'.")
-    return out[0], out[1], vae, num_classes
+    train_tok, test_tok = out
+    kind = cfg.stage2.model.conditioning
+    if kind == "text":
+        return train_tok, test_tok, vae, text_conditions(cfg, train_ds, test_ds, train_tok, test_tok)
+    if kind == "class":
+        if not train_ds.num_classes or (train_tok.labels < 0).any():
+            raise UserError(f"class conditioning needs labels, but {train_ds.name} has none: use stage2.model.conditioning='none'.")
+        return train_tok, test_tok, vae, Conditions(train_tok.labels, test_tok.labels, train_ds.num_classes)
+    return train_tok, test_tok, vae, Conditions(None, None)
 
 
 def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None = None, resume: bool = False,
@@ -97,9 +144,9 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     check_compatible(ref, cfg)
     digest = file_digest(ref.checkpoint)
     t0 = time.perf_counter()
-    train_tok, test_tok, vae, num_classes = prepare_tokens(cfg, ref, tracker.home, d, max(cfg.eval.batch_size, cfg.stage1.train.batch_size))
+    train_tok, test_tok, vae, conds = prepare_tokens(cfg, ref, tracker.home, d, max(cfg.eval.batch_size, cfg.stage1.train.batch_size))
     tokenize_s = time.perf_counter() - t0  # before the run exists: logged below, for `study plan`
-    shape = TokenShape(train_tok.codebook_size, train_tok.grid, train_tok.codes.shape[1], num_classes)
+    shape = conds.shape(train_tok)
     seed_all(cfg.seed)
     model = Stackformer(s2.model, shape).to(d.device)
     opt = make_optimizer(model, s2.train.lr, s2.train.weight_decay, d.device.type == "cuda")
@@ -114,7 +161,8 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
               "mqvq.stage1_checkpoint": digest, "mqvq.params_count": model.num_params(), **(tags or {})},
         params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
                                                   "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
-                                                  "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": num_classes},
+                                                  "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": shape.num_classes}
+               | ({"text_vocab_size": shape.text_vocab} if shape.text_vocab else {}),
         artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
     ckpt_file = checkpoint_path(tracker.home, run_id)
     if d.main:
@@ -137,41 +185,42 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
         summary["resumed_from"] = start_step
         tracker.set_tags(run_id, {"mqvq.resumed_from_step": start_step})
     with closing_run(tracker, d, run_id, summary) as run:
-        _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress,
+        _loop(cfg, d, net, model, opt, train_tok, test_tok, conds, start_step, dtype, tracker, run_id, ckpt_file, progress,
               stop_after, summary)
         if summary["step"] < s2.train.steps:
             run["status"] = "KILLED"
             return summary | {"finished": False}
         if d.main:
-            summary |= _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, summary["step"], stage1_info)
+            summary |= _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, summary["step"], stage1_info, conds)
         run["status"] = "FINISHED"
         return summary | {"finished": True}
 
 
-def _batch(tokens: TokenSet, idx, device):
+def _batch(tokens: TokenSet, cond: torch.Tensor | None, idx, device):
     idx = torch.as_tensor(idx)
     return (tokens.codes[idx].to(device, non_blocking=True), tokens.positions[idx].to(device, non_blocking=True),
-            tokens.labels[idx].to(device, non_blocking=True))
+            None if cond is None else cond[idx].to(device, non_blocking=True))
 
 
 @torch.no_grad()
-def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, device, dtype, labels: bool, limit: int = VAL_TOKENS) -> dict:
+def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, device, dtype, cond: torch.Tensor | None,
+                    limit: int = VAL_TOKENS) -> dict:
     model.eval()
     n = min(len(tokens), limit)
     sums: dict[str, float] = {}
     for start in range(0, n, batch_size):
-        codes, positions, lab = _batch(tokens, range(start, min(start + batch_size, n)), device)
+        codes, positions, c = _batch(tokens, cond, range(start, min(start + batch_size, n)), device)
         with autocast(device, dtype):
-            _, logs = model.loss(codes, positions, lab if labels else None)
+            _, logs = model.loss(codes, positions, c)
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v.item() * codes.shape[0]
     model.train()
     return {f"val/{k}": v / n for k, v in sums.items()}
 
 
-def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, tracker, run_id, ckpt_file, progress, stop_after, summary):
+def _loop(cfg, d, net, model, opt, train_tok, test_tok, conds, start_step, dtype, tracker, run_id, ckpt_file, progress,
+          stop_after, summary):
     t = cfg.stage2.train
-    labels = model.shape.num_classes > 0
     step = start_step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     window = MetricWindow(t.batch_size * d.world * model.shape.length)
@@ -188,11 +237,12 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
     with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
         while step < end:
-            codes, positions, lab = _batch(train_tok, next(sampler), d.device)
+            codes, positions, cond = _batch(train_tok, conds.train, next(sampler), d.device)
+            drop = torch.rand(codes.shape[0], device=d.device) < t.cond_dropout if t.cond_dropout > 0 else None
             lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
             set_lr(opt, lr)
             with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
-                loss, logs = sequence_loss(*net(codes, positions, lab if labels else None), codes, positions)
+                loss, logs = sequence_loss(*net(codes, positions, cond, drop), codes, positions)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -205,7 +255,7 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
                 metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
                 if step % t.val_every == 0 or step == t.steps:
                     with clock.pause():
-                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, labels)
+                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, conds.test)
                 publish(tracker, d, run_id, metrics, step)
                 summary["train_metrics"] = metrics
                 bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
@@ -216,13 +266,17 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, start_step, dtype, track
 
 
 @torch.no_grad()
-def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_info) -> dict:
-    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id, stage1_info)
+def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_info, conds: Conditions) -> dict:
+    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id, stage1_info, conds.tokenizer)
     tracker.log_artifact(run_id, model_file, "checkpoints")
     n = min(16, cfg.stage2.sampling.batch_size)
-    labels = torch.arange(n, device=d.device) % model.shape.num_classes if model.shape.num_classes else None
+    cond = None
+    if model.shape.num_classes:
+        cond = torch.arange(n, device=d.device) % model.shape.num_classes
+    elif model.shape.text_vocab:  # the first test captions
+        cond = conds.test[torch.arange(n) % len(conds.test)]
     g = torch.Generator(device=d.device).manual_seed(cfg.seed)
-    s = generate(model, n, cfg.stage2.sampling, labels, g, dtype=dtype, device=d.device)
+    s = generate(model, n, cfg.stage2.sampling, cond, g, dtype=dtype, device=d.device)
     images = vae.decode(s.codes, s.positions, model.shape.grid)
     title = f"{cfg.name}: samples at step {step}"
     tracker.log_image(run_id, sample_grid(to_pixels(images), title), "figures/samples.png")

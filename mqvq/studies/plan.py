@@ -10,11 +10,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from mqvq.config import ExperimentConfig, config_hash, to_dict
+from mqvq.config import ExperimentConfig, config_hash, identity
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.machine import cpu_name, may_have_gpu, torch_threads
-from mqvq.metrics import metric_names
+from mqvq.metrics import metric_names, metric_stage
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.lease import lease_is_live
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
@@ -109,10 +109,15 @@ def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str |
 
 def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | None) -> list[str]:
     names = metric_names(backend or cfg.eval.backend)
+    guided = cfg.stage2.train.cond_dropout > 0 and cfg.stage2.sampling.cfg_scale == 1.0 and cfg.eval.cfg_scale != 1.0
     out = []
     for m in study.metrics:
         if m in ("rfid", "fid"):
             out.append(names[m])
+            if m == "fid" and guided:
+                out.append(names[m] + "_cfg")
+        elif m == "attr":
+            out += ["attr_acc", "attr_acc_real", "attr_acc_chance"] + (["attr_acc_cfg"] if guided else [])
         elif m == "speed":
             out.append("speed_images_per_s")
         elif m in ("mask", "mask_detail"):  # only masked models on data with foreground masks have them
@@ -149,7 +154,7 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
                 p.metrics = dict(parent.data.metrics)
             pid = parent.info.run_id if parent else None
             links = parent.data.tags if parent else {}
-            s1 = stage_state(view, "stage1", config_hash(to_dict(cfg.stage1)), seed, pid, links.get("mqvq.stage1_run"))
+            s1 = stage_state(view, "stage1", config_hash(identity(cfg.stage1)), seed, pid, links.get("mqvq.stage1_run"))
             p.stages["stage1"] = s1
             if not row.stage2:
                 p.stages["stage2"] = StageState("skip")
@@ -163,7 +168,7 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             if study.search.trials and row.stage2:
                 want.append(metric_names(backend or cfg.eval.backend)["fid"] + "_best")
             if not row.stage2:
-                want = [m for m in want if m not in ("fd_vgg16", "fid", "is", "speed_images_per_s")]
+                want = [m for m in want if metric_stage(m) != "stage2"]
             missing = [m for m in want if m not in p.metrics]
             p.stages["eval"] = StageState("done" if parent is not None and not missing else "run", None,
                                           ", ".join(missing) if missing and parent is not None else "")
@@ -207,7 +212,7 @@ class Costs:
 
     def stage_seconds(self, stage: str, cfg: ExperimentConfig) -> float | None:
         section = cfg.stage1 if stage == "stage1" else cfg.stage2
-        for key in (config_hash(to_dict(section)), cfg.name, "*"):
+        for key in (config_hash(identity(section)), cfg.name, "*"):
             if (stage, key) in self.step_s:
                 return section.train.steps * self.step_s[(stage, key)] + self.overhead_s.get(stage, 0.0)
         return None

@@ -13,8 +13,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mqvq.config import config_hash, to_dict
+from mqvq.config import config_hash, identity
 from mqvq.errors import UserError
+from mqvq.metrics import metric_family, metric_stage
 from mqvq.runtime import duration
 from mqvq.stages.lookup import stage2_hash
 from mqvq.studies import lease
@@ -42,7 +43,7 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
             return runs[0].info.run_id
         tags = {"mqvq.kind": "row", "mqvq.study": study.name, "mqvq.row": p.row.name, "mqvq.seed": p.seed,
                 "mqvq.profile": profile, "mqvq.experiment": p.row.experiment, "mqvq.label": p.row.label or p.row.name,
-                "mqvq.table": study.table, "mqvq.config_hash": config_hash(to_dict(p.cfg))}
+                "mqvq.table": study.table, "mqvq.config_hash": config_hash(identity(p.cfg))}
         params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
         params |= {f"paper.{k}": v for k, v in sorted(row_paper(study, p.row).items())}
         run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", tags, params)
@@ -210,7 +211,7 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         if run_id is None or not metrics:
             continue
         have = tracker.get_run(run_id).data.metrics
-        needed = {_family_of(n) for n in want if _stage_of(n) == stage and n not in have}
+        needed = {metric_family(n) for n in want if metric_stage(n) == stage and n not in have}
         todo = [m for m in metrics if m in needed]  # only the metric families that are missing
         if todo:
             log(f"  evaluating {stage}: {', '.join(todo)}")
@@ -240,7 +241,7 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
     metric = "fid" if (backend or p.cfg.eval.backend) == "inception" else "fd_vgg16"
     rungs = list(s.rungs) or [r for r in (1000, 5000) if r < n]
     shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
-                          p.cfg.stage2.model.kind == "raster")
+                          p.cfg.stage2.model.kind == "raster", p.cfg.stage2.train.cond_dropout > 0)
     log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
     summary = run_search(tracker, SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
                          device=device, progress=progress, log=lambda m: None)
@@ -251,23 +252,6 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
     tracker.set_tags(parent, {f"mqvq.eval.{metric}_best.num": n, f"mqvq.eval.{metric}_best.backend": "inception" if metric == "fid" else "vgg16",
                               f"mqvq.eval.{metric}_best.trials": summary["trials"]})
     return values
-
-
-def _family_of(metric: str) -> str:
-    """The `mqvq eval` metric that computes a logged metric name."""
-    if metric in ("rfid", "rfd_vgg16", "fid", "fd_vgg16", "is"):
-        return {"rfd_vgg16": "rfid", "fd_vgg16": "fid"}.get(metric, metric)
-    if metric.startswith("mask_") or metric in ("fg_token_fraction", "edge_token_fraction"):
-        return "mask"
-    if metric.startswith("usage") or metric == "perplexity":
-        return "usage"
-    if metric.startswith("speed"):
-        return "speed"
-    return metric
-
-
-def _stage_of(metric: str) -> str:
-    return "stage2" if metric in ("fid", "fd_vgg16", "is", "speed_images_per_s") else "stage1"
 
 
 def exit_code(results: list[RowResult]) -> int:

@@ -69,12 +69,17 @@ def check_range(name: str, r: Range) -> None:
         raise UserError(f"{opt} range {r.low}:{r.high} is invalid: top-p values must lie in (0, 1].")
     if name.startswith("temperature") and r.low <= 0:
         raise UserError(f"{opt} range {r.low}:{r.high} is invalid: temperatures must be positive.")
+    if name == "cfg_scale" and r.low < 0:
+        raise UserError(f"{opt} range {r.low}:{r.high} is invalid: guidance scales must be >= 0 (1 = no guidance).")
 
 
-def default_space(codebook_size: int, grid_len: int, raster: bool) -> dict[str, Range]:
+def default_space(codebook_size: int, grid_len: int, raster: bool, guided: bool = False) -> dict[str, Range]:
+    """`guided`: the model was trained with condition dropout, so the guidance scale is searched too."""
     space = {"top_k": Range(1, codebook_size), "top_p": Range(0.7, 1.0), "temperature": Range(1.0, 1.0)}
     if not raster:
         space |= {"top_k_pos": Range(1, grid_len), "top_p_pos": Range(0.7, 1.0), "temperature_pos": Range(1.0, 1.0)}
+    if guided:
+        space["cfg_scale"] = Range(1.0, 5.0)
     return space
 
 
@@ -314,6 +319,7 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
     gen = load_generator(tracker, spec.run_id, d.device)
     cfg = gen.config
     backend, reference, ref_key = _reference(tracker, cfg, spec.metric, d.device)
+    prompts = _test_captions(cfg) if gen.conditioning == "text" else None
     lock = tracker.home / "optuna" / (spec.study_name.replace("/", "_") + ".lock")
     worker = worker_id()
     evaluated = 0
@@ -332,7 +338,7 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
                                    {k: v for k, v in values.items()}, parent_run_id=spec.run_id)
         log(f"trial {trial.number}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         try:
-            value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress)
+            value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts)
         except BaseException as e:
             study.tell(trial, state=TrialState.FAIL)
             tracker.end_run(run_id, "FAILED", f"{type(e).__name__}: {e}")
@@ -352,6 +358,12 @@ def _experiment_name(tracker: Tracker, run_id: str) -> str:
     return tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name
 
 
+def _test_captions(cfg: dict) -> list[str]:
+    from mqvq.data import build_dataset
+
+    return build_dataset(from_dict(DataConfig, cfg["stage1"]["data"], "stage1.data."), "test").caption_list
+
+
 def _reference(tracker, cfg: dict, metric: str, device):
     from mqvq.data import build_dataset
     from mqvq.metrics.features import make_backend
@@ -366,15 +378,16 @@ def _reference(tracker, cfg: dict, metric: str, device):
 
 
 @torch.no_grad()
-def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec: SearchSpec, progress):
-    """FD at each rung (statistics accumulate), then at N; pruned when the pruner says so."""
+def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec: SearchSpec, progress, prompts=None):
+    """FD at each rung (statistics accumulate), then at N; pruned when the pruner says so. A text
+    model samples with the test split's captions (`prompts`)."""
     from mqvq.images import sample_grid
     from mqvq.metrics.frechet import RunningStats, frechet_distance
 
     stats = RunningStats(backend.dim)
     rungs = sorted(set(spec.rungs) | {spec.num_samples})
     seen, first, fd = 0, None, math.nan
-    for images, *_ in sample_images(gen, spec.num_samples, params, seed=spec.seed, progress=progress):
+    for images, *_ in sample_images(gen, spec.num_samples, params, prompts=prompts, seed=spec.seed, progress=progress):
         if first is None:
             first = images
             tracker.log_image(run_id, sample_grid(images[:16], "samples of this trial's sampling settings"), "figures/samples.png")

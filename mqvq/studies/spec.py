@@ -24,7 +24,7 @@ from mqvq.config import ExperimentConfig, from_dict, opt
 from mqvq.errors import UserError
 
 STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail"}  # mask_detail: the mask diagnostics as table columns
-STAGE2_METRICS = {"fid", "is", "speed"}
+STAGE2_METRICS = {"fid", "is", "speed", "attr"}  # attr: caption-following accuracy (text models on procedural data)
 DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
 
