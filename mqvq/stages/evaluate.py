@@ -177,7 +177,7 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
 
 def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default", cfg_scale=None):
     from mqvq.stages.attributes import attribute_classifier, caption_accuracy
-    from mqvq.stages.generate import check_condition, load_generator, resolve_sampling
+    from mqvq.stages.generate import check_guidance, load_generator, resolve_sampling
     from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
 
     gen = load_generator(tracker, run_id, device)
@@ -186,7 +186,7 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
         raise UserError("attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
                         f"this run is {cfg.stage2.model.conditioning}-conditioned on {cfg.stage1.data.name!r} data.")
     for scale in (params.cfg_scale, cfg_scale if cfg_scale is not None else 1.0):  # what was asked for fits the model
-        check_condition(gen, ["x"] if gen.conditioning == "text" else None, scale)
+        check_guidance(gen, scale)
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
     values, tags = {}, {"mqvq.eval.sampling": settings, "mqvq.eval.sampling_choice": sampling_choice}
     # the searched settings' distance is its own metric (as a study's search rows log it), so the

@@ -147,6 +147,11 @@ def check_condition(gen: Generator, prompts: list[str] | None, cfg_scale: float)
         for p in prompts:
             if not any(ch.isalnum() for ch in p):  # nothing but spaces or punctuation
                 raise UserError(f"the prompt {p!r} is empty: give a caption with words, e.g. --prompt \"a red circle\".")
+    check_guidance(gen, cfg_scale)
+
+
+def check_guidance(gen: Generator, cfg_scale: float) -> None:
+    """A guidance scale other than 1 needs a conditional model trained with condition dropout."""
     if cfg_scale != 1.0:
         if gen.conditioning == "none":
             raise UserError(f"--cfg-scale {cfg_scale} needs a class- or text-conditional model; this one is unconditional.")
