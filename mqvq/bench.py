@@ -118,12 +118,15 @@ def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layou
         torch._functorch.config.donated_buffer = False
     b, r = cfg.train.batch_size, cfg.data.resolution
     x = (torch.rand(b, 3, r, r, device=dev) * 2 - 1).contiguous(memory_format=layout)
+    fg = torch.rand(b, r, r, device=dev) > 0.6  # read by the oracle-foreground selector only
     gan_step = max(cfg.loss.disc_start, 0)
 
     def step():
         with autocast(dev, dtype):
-            out = net(x)
+            out = net(x, fg)
             g, _ = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), gan_step)
+            if out.selector_loss is not None:
+                g = g + out.selector_loss
         opt_g.zero_grad(set_to_none=True)
         g.backward()
         opt_g.step()
@@ -133,6 +136,41 @@ def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layou
         d_loss.backward()
         opt_d.step()
     return step
+
+
+SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground")
+
+
+def bench_selectors(profile: str = "cpu", experiment: str = "mqvae-f16-adaptive-50", selectors=SELECTORS,
+                    device: str | None = None, steps: int = 10, warmup: int = 2) -> dict:
+    """The stage-1 training step under each token selector, timed in interleaved rounds; each
+    selector's cost is the median of its paired ratios against the paper's (`gain`) step. What the
+    damage selector's second, random-mask decoder pass and the straight-through surrogate cost."""
+    from mqvq.experiments import load_experiment
+    from mqvq.models.losses import Stage1Loss
+    from mqvq.models.mqvae import MQVAE
+
+    dev = _device(device)
+    runs, rows = {}, []
+    for sel in dict.fromkeys(("gain", *selectors)):
+        cfg = load_experiment(experiment, profile, [f"stage1.model.mask.selector={sel}"]).stage1
+        torch.manual_seed(0)
+        model = MQVAE(cfg.model).to(dev).train()
+        lpips = None
+        if cfg.loss.perceptual_weight > 0:
+            from mqvq.models.lpips import LPIPS
+            lpips = LPIPS("vgg")  # random weights: speed does not depend on them
+        runs[sel] = stage1_step(model, Stage1Loss(cfg.loss, lpips).to(dev), cfg, dev, False)
+        rows.append({"selector": sel, "batch_size": cfg.train.batch_size, "resolution": cfg.data.resolution})
+    times, peak = interleaved(runs, dev, rounds=steps, warmup=warmup)
+    for row in rows:
+        wall, cpu = medians(times[row["selector"]])
+        row |= {"ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * cpu,
+                "vs_gain": paired_ratio(times[row["selector"]]["wall"], times["gain"]["wall"]),
+                "vs_gain_cpu": paired_ratio(times[row["selector"]]["cpu"], times["gain"]["cpu"])}
+    return {"benchmark": "selectors", "profile": profile, "experiment": experiment, "rounds": steps,
+            "timing": "interleaved rounds, medians of paired ratios against gain", "threads": torch.get_num_threads(),
+            "rows": rows, "peak_memory_gb": peak, "environment": environment(dev)}
 
 
 def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 16,

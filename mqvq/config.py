@@ -35,6 +35,7 @@ def sub(cls: type, help: str) -> Any:
 @dataclass(frozen=True)
 class DataConfig:
     name: Literal["procedural", "fashion-mnist", "folder"] = opt("procedural", "dataset: procedural (synthetic), fashion-mnist (Debian package) or an image folder")
+    style: Literal["mixed", "textured"] = opt("mixed", "procedural: mixed (plain, gradient or faint tiled backgrounds) or textured (only high-contrast stripes, checks or gradients, object and background colours from one range: importance is not brightness)", added=True)
     resolution: int = opt(256, "square image side in pixels")
     root: str = opt("", "dataset directory (folder datasets; fashion-mnist defaults to /usr/share/datasets/fashion-mnist)")
     layout: Literal["plain", "ffhq", "imagenet", "coco"] = opt("plain", "folder layout: plain/ffhq (images), imagenet (class subfolders), coco (captions JSON)")
@@ -55,6 +56,13 @@ class MaskConfig:
     ratio: float = opt(0.25, "masked fraction of the L tokens: N = (1 - ratio) * L are kept")
     scorer: Literal["mlp", "mlp-bn", "conv", "conv-nobn"] = opt("mlp", "scoring network: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)")
     scorer_hidden: int = opt(256, "hidden width of the scoring network")
+    selector: Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground"] = opt(
+        "gain", "how the adaptive mask picks its N tokens: gain (the paper's: top-N of the scorer, kept features LayerNorm(z)*s), "
+        "damage (the scorer predicts the reconstruction damage of dropping a token, HPM), straight-through (Gumbel top-N with a "
+        "sigmoid surrogate gradient, DynamicViT / DQ-VAE), entropy (patch grey-level entropy, DQ-VAE's rule, no learning) or "
+        "oracle-foreground (largest ground-truth foreground share, a bound; needs data with foreground masks)", added=True)
+    tau_start: float = opt(1.0, "straight-through: temperature of the sigmoid surrogate at step 0 (annealed geometrically to tau_end)", added=True)
+    tau_end: float = opt(0.1, "straight-through: temperature at the last training step", added=True)
 
 
 @dataclass(frozen=True)
@@ -416,6 +424,16 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
         raise UserError(f"{prefix}model.mask.ratio = {r} is outside [0, 1): it is the masked fraction, so 0 keeps every token and values near 1 keep few.")
     if m.mask.type == "none" and r != 0.0:
         raise UserError(f"{prefix}model.mask.ratio = {r} needs a mask: with model.mask.type = 'none' the ratio must be 0 (use 'adaptive' or 'random').")
+    if m.mask.selector != "gain" and m.mask.type != "adaptive":
+        raise UserError(f"{prefix}model.mask.selector = {m.mask.selector!r} needs model.mask.type = 'adaptive' (random and none have no selector): "
+                        f"set the type to adaptive or leave the selector at 'gain'.")
+    if m.mask.selector == "oracle-foreground" and d.name == "folder":
+        raise UserError(f"{prefix}model.mask.selector = 'oracle-foreground' needs foreground masks, which {d.name} data does not have: "
+                        f"allowed with procedural or fashion-mnist data; use gain, damage, straight-through or entropy here.")
+    if m.mask.selector == "straight-through" and not 0.0 < m.mask.tau_end <= m.mask.tau_start:
+        raise UserError(f"{prefix}model.mask.tau_start = {m.mask.tau_start} and tau_end = {m.mask.tau_end} must satisfy 0 < tau_end <= tau_start.")
+    if d.style != "mixed" and d.name != "procedural":
+        raise UserError(f"{prefix}data.style = {d.style!r} applies to procedural data only: leave it at 'mixed' for {d.name}.")
     if m.demask.type in ("dcsa", "dcsa-update") and not 0.0 <= m.demask.mask_init <= 1.0:
         raise UserError(f"{prefix}model.demask.mask_init = {m.demask.mask_init} must lie in [0, 1].")
     positive = {

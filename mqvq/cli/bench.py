@@ -1,4 +1,4 @@
-"""`mqvq bench sample|train-stage1|train-stage2|fid|all`"""
+"""`mqvq bench sample|train-stage1|selectors|train-stage2|fid|all`"""
 from __future__ import annotations
 
 import json
@@ -42,7 +42,7 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
         print(json.dumps(result, indent=2))
         return
     rows = [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in _flat(result).items()
-            if k in HEADLINE or k.endswith(("images_per_s", "tokens_per_s", "peak_memory_gb", "ms_per_step", "seconds"))]
+            if k in HEADLINE or k.endswith(("images_per_s", "tokens_per_s", "peak_memory_gb", "ms_per_step", "seconds", "vs_gain"))]
     console.print(table(["figure", "value"], rows, numeric=("value",)))
     env = result.get("environment", {})
     console.print(f"{env.get('gpu', env.get('cpu', env.get('device')))}, torch {env.get('torch')}", highlight=False)
@@ -51,7 +51,7 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
 def _flat(result: dict) -> dict:
     out = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
     for i, row in enumerate(result.get("rows", [])):
-        tag = row.get("experiment") or f"{row.get('model')}_{row.get('mask_ratio')}_{'cache' if row.get('cache') else 'nocache'}"
+        tag = row.get("experiment") or row.get("selector") or f"{row.get('model')}_{row.get('mask_ratio')}_{'cache' if row.get('cache') else 'nocache'}"
         out |= {f"{tag}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, sub in result.items():
         if isinstance(sub, dict) and name != "environment":
@@ -93,6 +93,19 @@ def train_stage1(profile: BenchProfile = "paper", batch_size: Annotated[Optional
     from mqvq.bench import bench_train_stage1
 
     _emit(bench_train_stage1(profile, batch_size, device, steps, compile=compile), out, as_json, log, home, tracking_uri)
+
+
+@app.command("selectors")
+@cli_errors
+def selectors(profile: Annotated[str, typer.Option("--profile", "-p", help="stage-1 sizes (default: the cpu profile the mask-learning study runs)")] = "cpu",
+              experiment: Annotated[str, typer.Option(help="the masked experiment whose step is timed")] = "mqvae-f16-adaptive-50",
+              steps: Annotated[int, typer.Option(min=1, help="timed rounds")] = 10,
+              device: Device = None, out: Out = None, as_json: AsJson = False, log: Log = False, home: Home = None,
+              tracking_uri: TrackingUri = None) -> None:
+    """Stage-1 training step under each token selector, interleaved, as a ratio to the paper's (gain) step."""
+    from mqvq.bench import bench_selectors
+
+    _emit(bench_selectors(profile, experiment, device=device, steps=steps), out, as_json, log, home, tracking_uri)
 
 
 @app.command("train-stage2")

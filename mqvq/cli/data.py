@@ -24,25 +24,30 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
     from mqvq.data.inspect import describe, load_splits
     from mqvq.experiments import load_experiment
 
-    cfg = load_experiment(experiment, profile, set_ or []).stage1.data
+    stage1 = load_experiment(experiment, profile, set_ or []).stage1
+    cfg = stage1.data
     if preview is not None and preview.suffix.lower() != ".png":
         raise UserError(f"--preview {preview}: the preview is a PNG, give a path ending in .png.")
     splits = load_splits(cfg)
-    info = describe(cfg, splits)
+    info = describe(cfg, splits, stage1.model.downsample)
     if preview is not None:
         info["preview"] = str(_write_preview(cfg, splits["train"], preview, num))
     if as_json:
         print(json.dumps(info, indent=2))
         return
     head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
-    console.print(head + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  28 -> 32 px by {info['fit']}" if info["fit"] else "")
+    console.print(head + (f"  style {info['style']}" if info["style"] else "") + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  28 -> 32 px by {info['fit']}" if info["fit"] else "")
                   + f"  augment {info['augment']}", highlight=False)
     rows = []
     for split, s in info["splits"].items():
         classes = f"{len(s['classes'])}" + (f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else "")
         fg = f"{s['foreground_fraction']:.1%}" if "foreground_fraction" in s else "—"
-        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, s["digest"]])
-    console.print(table(["split", "images", "classes", "foreground", "digest"], rows, numeric=("images",)))
+        tokens = f"{s['foreground_token_fraction']:.1%}" if "foreground_token_fraction" in s else "—"
+        bright = f"{s['brightness_foreground']:.2f} / {s['brightness_background']:.2f}" if "brightness_foreground" in s else "—"
+        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, tokens, bright, s["digest"]])
+    f = stage1.model.downsample
+    console.print(table(["split", "images", "classes", "foreground", f"fg tokens (f = {f})", "brightness fg / bg", "digest"], rows,
+                        numeric=("images",)))
     if "preview" in info:
         console.print(f"preview: {info['preview']}", highlight=False)
 

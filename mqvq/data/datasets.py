@@ -87,8 +87,9 @@ def collate(batch):
 def procedural_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     count = cfg.num_train if split == "train" else cfg.num_test
     start = 0 if split == "train" else cfg.num_train  # test images never overlap training images
-    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution)
-    digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}".encode()).hexdigest()[:16]
+    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution, cfg.style)
+    style = "" if cfg.style == "mixed" else f":{cfg.style}"  # the mixed style keeps its digest
+    digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}{style}".encode()).hexdigest()[:16]
     return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs.copy()), torch.from_numpy(labels.copy()),
                           torch.from_numpy(fgs.copy()), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS,
                           procedural.captions(attrs), {k: torch.from_numpy(v.copy()) for k, v in attrs.items()})

@@ -9,6 +9,11 @@ object's colour, kind and place, the object count and the background) with the s
 integer attributes, so that text conditioning can be trained and checked offline. Same (seed,
 index, resolution) -> same bytes: each image draws from its own `numpy.random.default_rng([seed, index])`.
 
+Style `textured` is a test bed where importance is not brightness: every background is a
+high-contrast stripe, checker or gradient pattern, and object and background colours come from the
+same range, so a selector that follows brightness or raw detail cannot find the objects, while the
+backgrounds stay restorable from their neighbours (periodic or linear) and the objects do not.
+
 The data is synthetic and is labelled as such wherever results are reported.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ import functools
 import numpy as np
 
 KINDS = ("ellipse", "rectangle", "triangle", "face")
+STYLES = ("mixed", "textured")
 SUPERSAMPLE = 2  # render at 2x and box-filter down for anti-aliased edges
 
 # what a caption says, as the attribute classes a caption-following check scores
@@ -90,6 +96,34 @@ def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple
     return np.clip(img, 0, 1), base, kind
 
 
+def _textured_background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Style `textured`: a gradient, stripes or checks between two colours of the objects' range,
+    with a contrast (0.25-0.45 per channel on average) like an object's edge against it."""
+    base = rng.uniform(0.1, 0.9, 3)
+    other = np.clip(base + rng.choice([-1.0, 1.0], 3) * rng.uniform(0.25, 0.45, 3), 0, 1)
+    kind = int(rng.integers(1, 4))  # gradient, striped, checkered
+    a = rng.uniform(0, 2 * np.pi)
+    if kind == 1:
+        t = ((np.cos(a) * x + np.sin(a) * y) + 1.0) / 2.0
+    else:
+        period = rng.uniform(0.3, 0.6)  # 5-10 px at 32 px: a texture the 4 px tokens can see
+        if kind == 2:
+            t = np.sin(2 * np.pi * (np.cos(a) * x + np.sin(a) * y) / period) > 0
+        else:
+            t = (np.sin(2 * np.pi * x / period) * np.sin(2 * np.pi * y / period)) > 0
+        t = t.astype(float)
+    return base + t[..., None] * (other - base), (base + other) / 2, kind
+
+
+def _object_colour(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
+    """Style `textured`: from the background's range (no saturated channel), away from its mean colour."""
+    for _ in range(16):
+        c = rng.uniform(0.1, 0.9, 3)
+        if np.abs(c - avoid).sum() > 0.6:
+            return c
+    return np.clip(1.0 - avoid, 0.1, 0.9)
+
+
 def _shape(rng: np.random.Generator, kind: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float,
            r: float, angle: float) -> np.ndarray:
     """Boolean coverage of one object, in the object's rotated frame."""
@@ -124,18 +158,22 @@ def _face_features(img: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy:
     img[(np.abs(d - 0.55) <= 0.08) & (v > 0.25)] = dark
 
 
-def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+def render(seed: int, index: int, resolution: int, style: str = "mixed") -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
     """One image: (uint8 HxWx3, bool HxW foreground mask, label = kind of the largest object,
     attributes: indices into ATTRIBUTES' vocabularies, which `caption` spells out)."""
+    if style not in STYLES:
+        raise ValueError(style)
+    textured = style == "textured"
     rng = np.random.default_rng([seed, index])
     n = resolution * SUPERSAMPLE
     coords = (np.arange(n) + 0.5) / n * 2.0 - 1.0  # pixel centres in [-1, 1]
     y, x = np.meshgrid(coords, coords, indexing="ij")
-    img, bg, bg_kind = _background(rng, x, y)
+    img, bg, bg_kind = (_textured_background if textured else _background)(rng, x, y)
     fg = np.zeros(x.shape, dtype=bool)
     count = int(rng.integers(1, 4))
     attrs = {"count": count - 1, "background": bg_kind}
-    radii = np.sort(rng.uniform(0.18, 0.45, count))[::-1]  # largest first: it sets the label
+    low, high = (0.4, 0.75) if textured else (0.18, 0.45)  # textured: objects cover about as much as a garment does
+    radii = np.sort(rng.uniform(low, high, count))[::-1]  # largest first: it sets the label
     label = -1
     for r in radii:
         kind_id = int(rng.integers(len(KINDS)))
@@ -144,7 +182,7 @@ def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarr
             label = kind_id
         cx, cy = rng.uniform(-0.9 + r, 0.9 - r, 2)
         angle = rng.uniform(0, 2 * np.pi)
-        colour = _colour(rng, bg)
+        colour = _object_colour(rng, bg) if textured else _colour(rng, bg)
         if len(attrs) == 2:  # the largest object: the one the caption names
             attrs |= {"kind": kind_id, "colour": colour_name(colour), "place": place_of(cx, cy)}
         cover = _shape(rng, kind, x, y, cx, cy, r, angle)
@@ -159,7 +197,7 @@ def render(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.lru_cache(maxsize=8)
-def render_all(seed: int, start: int, count: int, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def render_all(seed: int, start: int, count: int, resolution: int, style: str = "mixed") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels and
     {attribute: (N,) int64}.
 
@@ -169,7 +207,7 @@ def render_all(seed: int, start: int, count: int, resolution: int) -> tuple[np.n
     labels = np.empty(count, dtype=np.int64)
     attrs = {name: np.empty(count, dtype=np.int64) for name in ATTRIBUTES}
     for i in range(count):
-        im, fg, lab, att = render(seed, start + i, resolution)
+        im, fg, lab, att = render(seed, start + i, resolution, style)
         imgs[i] = im.transpose(2, 0, 1)
         fgs[i] = fg
         labels[i] = lab

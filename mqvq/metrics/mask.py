@@ -11,6 +11,9 @@ its f x f patch is. Over a split (or a validation subset during training) we cou
     mask_keep_centre    how often any other position is kept
     mask_edge_precision share of kept tokens on the object's outline (patch partly foreground),
                         beside edge_token_fraction
+    mask_auroc          per-image AUROC of the score against the foreground tokens, averaged over
+                        images with both kinds of token (1: every foreground token scores above
+                        every background one; 0.5: blind; 0: the reverse; adaptive only)
     mask_detail_ratio   mean pixel std of kept tokens / of all tokens (> 1: the mask keeps the
                         detailed regions, flat ones masked; random = 1; needs no foreground mask)
     mask_score_corr_brightness / _detail   Pearson correlation, over all tokens, of the score with
@@ -48,6 +51,27 @@ def token_detail(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return var.mean(1).sqrt().flatten(1)
 
 
+def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores (B, L), positive (B, L) bool -> (AUROC per image (B,), defined (B,) bool).
+
+    AUROC = P(score of a positive > score of a negative), ties counted half (Mann-Whitney). Images
+    with only positives or only negatives have none (defined False, value 0). Pairwise, in chunks of
+    images so that the (chunk, L, L) comparison stays small."""
+    s = scores.detach().float()
+    pos = positive.bool()
+    b, length = s.shape
+    out = torch.zeros(b, dtype=torch.float64, device=s.device)
+    chunk = max(1, (1 << 22) // (length * length))
+    for i in range(0, b, chunk):
+        sc, p = s[i: i + chunk], pos[i: i + chunk]
+        diff = sc[:, :, None] - sc[:, None, :]  # [i, j]: positive i against negative j
+        wins = (diff > 0).double() + 0.5 * (diff == 0).double()
+        pairs = p[:, :, None] & ~p[:, None, :]
+        out[i: i + chunk] = (wins * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
+    npos = pos.sum(1)
+    return out, (npos > 0) & (npos < length)
+
+
 def border_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
     """(L,) bool: True on the outer ring of an h x w grid."""
     h, w = grid
@@ -66,6 +90,7 @@ class MaskTally:
         self.score_fg, self.score_bg, self.scored_fg, self.scored_bg = z(), z(), z(), z()
         self.kept_edge, self.edge, self.detail_kept, self.detail_all = z(), z(), z(), z()
         self.detail_tokens = z()
+        self.auroc_sum, self.auroc_images = z(), z()
         self.with_fg = False
         # score vs brightness / detail: n, sum s, sum b, sum d, sum s^2, sum b^2, sum d^2; then sum sb, sum sd
         self.moments = torch.zeros(7, dtype=torch.float64, device=device)
@@ -107,6 +132,9 @@ class MaskTally:
         self.kept_edge += (keep & edges).sum()
         self.edge += edges.sum()
         if scores is not None:
+            auroc, defined = per_image_auroc(scores.to(dev), fg_tokens)
+            self.auroc_sum += (auroc * defined).sum()
+            self.auroc_images += defined.sum()
             s = scores.detach().to(self.keep_count).float()
             self.score_fg += (s * fg_tokens).sum()
             self.score_bg += (s * ~fg_tokens).sum()
@@ -145,6 +173,8 @@ class MaskTally:
                 "fg_token_fraction": (self.fg / self.tokens.clamp_min(1)).item(),
                 "mask_edge_precision": (self.kept_edge / self.kept.clamp_min(1)).item(),
                 "edge_token_fraction": (self.edge / self.tokens.clamp_min(1)).item()}
+        if self.auroc_images > 0:
+            out["mask_auroc"] = (self.auroc_sum / self.auroc_images).item()
         if self.scored_fg + self.scored_bg > 0:
             if self.scored_fg > 0:
                 out["mask_score_fg"] = (self.score_fg / self.scored_fg).item()
@@ -153,6 +183,6 @@ class MaskTally:
         return out
 
 
-MASK_METRICS = ("mask_fg_precision", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
+MASK_METRICS = ("mask_fg_precision", "mask_auroc", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
                 "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio",
                 "mask_score_corr_brightness", "mask_score_corr_detail")

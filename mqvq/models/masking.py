@@ -26,6 +26,7 @@ class MaskOutput:
     positions: torch.Tensor  # (B, N) int64 kept positions in [0, L), increasing (raster order)
     keep: torch.Tensor       # (B, L) bool, True at kept positions
     scores: torch.Tensor | None  # (B, L) importance scores (adaptive only)
+    relaxed: torch.Tensor | None = None  # (B, L) differentiable keep surrogate (straight-through selector, training)
 
 
 SCORERS = ("mlp", "mlp-bn", "conv", "conv-nobn")
@@ -40,11 +41,14 @@ class MLPScorer(nn.Module):
         self.net = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.norm = nn.BatchNorm1d(1) if batchnorm else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L)
+    def logits(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L), before the sigmoid
         logits = self.net(z.flatten(2).transpose(1, 2)).transpose(1, 2)  # (B, 1, L)
         if self.norm is not None:
             logits = self.norm(logits)
-        return torch.sigmoid(logits).flatten(1)
+        return logits.flatten(1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L)
+        return torch.sigmoid(self.logits(z))
 
 
 class ConvScorer(nn.Module):
@@ -57,8 +61,11 @@ class ConvScorer(nn.Module):
                   nn.Conv2d(hidden, 1, 1)]
         self.net = nn.Sequential(*layers, *([nn.BatchNorm2d(1)] if batchnorm else []))
 
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).flatten(1)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(z)).flatten(1)
+        return torch.sigmoid(self.logits(z))
 
 
 def make_scorer(kind: str, channels: int, hidden: int) -> nn.Module:
@@ -88,7 +95,7 @@ class AdaptiveMask(nn.Module):
         self.ratio = ratio
         self.scorer = make_scorer(scorer, channels, hidden)
 
-    def forward(self, z: torch.Tensor) -> MaskOutput:
+    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
         b, c, h, w = z.shape
         scores = self.scorer(z)  # (B, L)
         positions, keep = select_top(scores, num_kept(h * w, self.ratio))
@@ -97,12 +104,17 @@ class AdaptiveMask(nn.Module):
         return MaskOutput(kept, positions, keep, scores)
 
 
+def layer_norm_tokens(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, C): per-token LayerNorm without affine, the kept features' base."""
+    return F.layer_norm(z.flatten(2).transpose(1, 2), (z.shape[1],))
+
+
 class RandomMask(nn.Module):
     def __init__(self, ratio: float):
         super().__init__()
         self.ratio = ratio
 
-    def forward(self, z: torch.Tensor) -> MaskOutput:
+    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
         b, c, h, w = z.shape
         positions, keep = select_top(torch.rand(b, h * w, device=z.device), num_kept(h * w, self.ratio))
         tokens = F.layer_norm(z.flatten(2).transpose(1, 2), (c,))
@@ -112,7 +124,7 @@ class RandomMask(nn.Module):
 class NoMask(nn.Module):
     """VQGAN: every position kept, features untouched."""
 
-    def forward(self, z: torch.Tensor) -> MaskOutput:
+    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
         b, c, h, w = z.shape
         positions = torch.arange(h * w, device=z.device).expand(b, -1)
         keep = torch.ones(b, h * w, dtype=torch.bool, device=z.device)

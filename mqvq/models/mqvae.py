@@ -25,8 +25,13 @@ from mqvq.config import MQVAEConfig, from_dict, num_kept
 from mqvq.errors import UserError
 from mqvq.models.autoencoder import Decoder, Encoder, MidBlock
 from mqvq.models.demask import DeMask
-from mqvq.models.masking import AdaptiveMask, NoMask, RandomMask, keep_from_positions, scatter_to_grid
+from mqvq.models.masking import (
+    AdaptiveMask, NoMask, RandomMask, gather_tokens, keep_from_positions, layer_norm_tokens, scatter_to_grid, select_top,
+)
 from mqvq.models.quantizer import VectorQuantizer
+from mqvq.models.selectors import (
+    DamageMask, EntropyMask, OracleForegroundMask, StraightThroughMask, damage_targets, ranking_loss,
+)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Stage1Output:
     vq_loss: torch.Tensor    # scalar
     encoded: Encoded
     counts: torch.Tensor     # (K,) code counts of this batch
+    selector_loss: torch.Tensor | None = None  # scalar: the damage selector's ranking loss (training only)
 
 
 class MQVAE(nn.Module):
@@ -52,8 +58,17 @@ class MQVAE(nn.Module):
         self.config = c = config
         mult, cz = c.levels, c.z_channels
         self.encoder = Encoder(c.channels, mult, c.num_res_blocks, cz, c.attention, c.dropout)
-        if c.mask.type == "adaptive":
-            self.mask = AdaptiveMask(cz, c.mask.ratio, c.mask.scorer, c.mask.scorer_hidden)
+        mk = c.mask
+        if mk.type == "adaptive" and mk.selector == "damage":
+            self.mask = DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden)
+        elif mk.type == "adaptive" and mk.selector == "straight-through":
+            self.mask = StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start)
+        elif mk.type == "adaptive" and mk.selector == "entropy":
+            self.mask = EntropyMask(mk.ratio)
+        elif mk.type == "adaptive" and mk.selector == "oracle-foreground":
+            self.mask = OracleForegroundMask(mk.ratio)
+        elif mk.type == "adaptive":
+            self.mask = AdaptiveMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden)
         elif c.mask.type == "random":
             self.mask = RandomMask(c.mask.ratio)
         else:
@@ -83,36 +98,67 @@ class MQVAE(nn.Module):
             raise UserError(f"image size {h}x{w} is not divisible by the downsampling factor f = {f}.")
         return h // f, w // f
 
-    def _quantize(self, images: torch.Tensor):
+    def _quantize(self, images: torch.Tensor, fg: torch.Tensor | None = None):
         grid = self._grid(images)
         z = self.encoder(images)
-        m = self.mask(z)
+        m = self.mask(z, images=images, fg=fg)
         zq, codes, vq_loss, stats = self.quantizer(self.quant_proj(m.features))
-        return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"]
+        relax = None
+        if m.relaxed is not None:  # straight-through: what each token would be if kept, for the surrogate's gradient
+            with torch.no_grad():
+                every = self.quant_proj(layer_norm_tokens(z))
+                relax = (m.relaxed, self.quantizer.codes_to_vectors(self.quantizer.nearest(every.reshape(-1, every.shape[-1]))).reshape(every.shape))
+        return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (z, relax)
 
-    def _decode_vectors(self, zq: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _decode_vectors(self, zq: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
+                        relax: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, n, d = zq.shape
         h, w = grid
         if self.config.mask.type == "none":
             filled = zq  # every position kept, already in raster order
         else:
             filled = scatter_to_grid(zq, positions, h * w, self.mask_code)
+        if relax is not None:  # zero forward; backward, d loss / d m_l = <d loss / d grid_l, VQ(z_l) - e_mask>
+            soft, every = relax
+            filled = filled + (soft - soft.detach())[..., None] * (every - self.mask_code).detach()
         if filled.device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(filled.device.type):  # fp32 quantizer output into a possibly bf16 model
             filled = filled.to(self.post_quant.weight.dtype)
         z = self.post_quant(filled.transpose(1, 2).reshape(b, d, h, w))
         return self.decoder(z, keep)
 
     # ------------------------------------------------------------------ public API
-    def forward(self, images: torch.Tensor) -> Stage1Output:
-        """images (B, 3, H, W) in [-1, 1] -> reconstruction, quantizer loss, codes and positions."""
-        zq, enc, vq_loss, counts = self._quantize(images)
-        recon = self._decode_vectors(zq, enc.positions, enc.keep, enc.grid)
-        return Stage1Output(recon, vq_loss, enc, counts)
+    def forward(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Stage1Output:
+        """images (B, 3, H, W) in [-1, 1] -> reconstruction, quantizer loss, codes and positions.
+        `fg` (B, H, W): the foreground masks, needed only by the oracle-foreground selector."""
+        zq, enc, vq_loss, counts, (z, relax) = self._quantize(images, fg)
+        recon = self._decode_vectors(zq, enc.positions, enc.keep, enc.grid, relax)
+        out = Stage1Output(recon, vq_loss, enc, counts)
+        if self.training and getattr(self.mask, "learns_from_damage", False):
+            out.selector_loss = self._damage_loss(images, z, enc)
+        return out
+
+    def _damage_loss(self, images: torch.Tensor, z: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """The damage selector's ranking loss against `damage_targets` under a fresh random mask
+        (decoded without gradient and without a codebook update)."""
+        b, length = enc.keep.shape
+        with torch.no_grad():
+            keep = select_top(torch.rand(b, length, device=z.device), enc.positions.shape[1])[1]
+            damage = damage_targets(lambda k: self._decode_kept(z, k, enc.grid), images, keep, enc.grid)
+        return ranking_loss(enc.scores.float(), damage, torch.ones_like(keep))
+
+    def _decode_kept(self, z: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Decode the encoder features `z` keeping the tokens `keep` (B, L) marks (the same count in every
+        row), with unit-gain features and a nearest-code lookup that leaves the codebook alone."""
+        n = int(keep[0].sum())
+        positions = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # kept ones, raster order
+        feats = self.quant_proj(gather_tokens(layer_norm_tokens(z), positions))
+        zq = self.quantizer.codes_to_vectors(self.quantizer.nearest(feats.reshape(-1, feats.shape[-1]))).reshape(feats.shape)
+        return self._decode_vectors(zq, positions, keep, grid)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> Encoded:
+    def encode(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Encoded:
         """Codes (B, N), positions (B, N) in raster order and the keep mask (B, L)."""
-        return self._quantize(images)[1]
+        return self._quantize(images, fg)[1]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, positions: torch.Tensor | None = None,

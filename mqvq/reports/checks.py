@@ -106,7 +106,7 @@ def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
     out = [_adaptive_beats_random(table, rows, meta), _mask_keeps_foreground(table, rows, meta), _mask_keeps_detail(table, rows, meta),
            _usage_rises(table, rows, meta), _small_mask_improves_fid(table, rows, meta),
            _demask_components(table, rows, meta), _full_model_beats_vqgan(table, rows, meta), _speed_rises(table, rows, meta),
-           _samples_follow_captions(table, rows), _guidance_helps(table, rows)]
+           _samples_follow_captions(table, rows), _guidance_helps(table, rows), *_learned_selectors(table, rows, meta)]
     return [v for v in out if v is not None]
 
 
@@ -118,7 +118,8 @@ def _random_pairs(rows, meta) -> list[tuple[Row, Row]]:
             continue
         for b in rows:
             mb = meta[b.name]
-            if mb["mask_type"] == "random" and mb["ratio"] == ma["ratio"] and mb["f"] == ma["f"] and mb["demask"] == ma["demask"]:
+            if (mb["mask_type"] == "random" and mb["ratio"] == ma["ratio"] and mb["f"] == ma["f"] and mb["demask"] == ma["demask"]
+                    and mb.get("data") == ma.get("data")):
                 pairs.append((a, b))
     return pairs
 
@@ -237,6 +238,34 @@ def _speed_rises(table, rows, meta) -> Verdict | None:
     if len(seq) < 2:
         return _missing(claim, "needs speed for at least two mask ratios")
     return judge(claim, _chain(seq, "speed_images_per_s", False, "img/s"))
+
+
+LEARNED = ("damage", "straight-through")  # selectors with a learning signal beyond the paper's gain
+
+
+def _learned_selectors(table, rows, meta) -> list[Verdict]:
+    """Beyond the paper (issue 25): a selector with a learning signal keeps the object more often than
+    a blind mask *and* than the paper's MLP scorer on the same data (foreground share of kept tokens)."""
+    if not _metric_columns(table, "mask"):
+        return []
+    out = []
+    for row in table.rows:
+        m = meta[row.name]
+        if m.get("selector") not in LEARNED:
+            continue
+        same = [r for r in rows if meta[r.name].get("data") == m["data"] and meta[r.name]["ratio"] == m["ratio"]]
+        blind = next((r for r in same if meta[r.name]["mask_type"] == "random"), None)
+        paper = next((r for r in same if meta[r.name].get("selector") == "gain" and meta[r.name]["scorer"] == "mlp"
+                      and meta[r.name]["mask_type"] == "adaptive"), None)
+        label = row.descriptors.get("label", row.name)
+        claim = f"{label} keeps the foreground more often than a blind mask and than the paper's MLP (share of kept tokens on the foreground)"
+        key = "mask_fg_precision"
+        done = next((r for r in rows if r.name == row.name), None)
+        if done is None or blind is None or paper is None or key not in done.values:
+            out.append(_missing(claim, "needs finished rows of this selector, a random mask and the paper's MLP on the same data"))
+            continue
+        out.append(judge(claim, [Comparison("vs blind", done, blind, key, False), Comparison("vs the paper's MLP", done, paper, key, False)]))
+    return out
 
 
 def _as(row: Row, key: str, label: str) -> Row:

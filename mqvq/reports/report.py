@@ -50,7 +50,10 @@ def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
         d["f"] = str(f_paper)
         descriptors[row.name] = d
         m = cfg.stage1.model
-        meta[row.name] = {"mask_type": m.mask.type, "ratio": m.mask.ratio, "f": f_paper, "demask": m.demask.type}
+        d1 = cfg.stage1.data
+        meta[row.name] = {"mask_type": m.mask.type, "ratio": m.mask.ratio, "f": f_paper, "demask": m.demask.type,
+                          "selector": m.mask.selector, "scorer": m.mask.scorer,
+                          "data": f"{d1.name}/{d1.style}/{d1.fit}/{d1.resolution}"}  # rows compare only on the same data
         paper[row.name] = paper_values(study.table, row.experiment, row.paper)
     return descriptors, meta, paper
 

@@ -35,6 +35,8 @@ METRICS: dict[str, tuple[dict[str, str], dict[str, str], bool, int, str | None]]
     "usage_effective": ({"": "usage_effective"}, {"": "effective usage (%)"}, False, 2, None),
     "mask": ({"": "mask_fg_precision"}, {"": "kept on foreground"}, False, 3, None),
     "detail": ({"": "mask_detail_ratio"}, {"": "detail kept / mean"}, False, 3, None),
+    "auroc": ({"": "mask_auroc"}, {"": "AUROC score vs foreground"}, False, 3, None),
+    "cost": ({"": "time/step_seconds"}, {"": "train s / step"}, None, 3, None),
     "fg_fraction": ({"": "fg_token_fraction"}, {"": "foreground tokens"}, None, 3, None),
     "keep_border": ({"": "mask_keep_border"}, {"": "kept at border"}, None, 3, None),
     "keep_centre": ({"": "mask_keep_centre"}, {"": "kept in centre"}, None, 3, None),
@@ -50,7 +52,7 @@ DESCRIPTOR_LABELS = {"label": "model setting", "mask_ratio": "mask ratio", "f": 
 SHORT_LABELS = {"rfid": {"inception": "rFID", "vgg16": "rFD"}, "fid": {"inception": "FID", "vgg16": "FD"},
                 "fid_best": {"inception": "FID*", "vgg16": "FD*"}, "fid_cfg": {"inception": "FID$_g$", "vgg16": "FD$_g$"},
                 "attr": "Match", "attr_cfg": "Match$_g$", "attr_real": "Real", "attr_chance": "Chance", "usage": "Use (\\%)", "usage_effective": "Eff. (\\%)",
-                "mask": "FG", "detail": "Detail", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
+                "mask": "FG", "detail": "Detail", "auroc": "AUROC", "cost": "s/step", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
                 "score_brightness": "$r$", "psnr": "PSNR", "lpips": "LPIPS", "is": "IS", "speed": "img/s", "speedup": "Speed-up"}
 SHORT_DESCRIPTORS = {"label": "Setting", "mask_ratio": "Ratio", "f": "$f$", "mask_type": "Mask", "demask": "De-mask"}
 PAPER_LAYOUTS = ("columns", "line", "none")

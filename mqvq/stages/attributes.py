@@ -54,7 +54,8 @@ def train_steps(num_train: int) -> int:
 
 
 def _key(cfg: DataConfig) -> str:
-    return hashlib.sha256(f"{VERSION}:{cfg.seed}:{cfg.num_train}:{cfg.num_test}:{cfg.resolution}:{STEPS}".encode()).hexdigest()[:16]
+    style = "" if cfg.style == "mixed" else f":{cfg.style}"  # mixed keeps the classifiers already cached
+    return hashlib.sha256(f"{VERSION}:{cfg.seed}:{cfg.num_train}:{cfg.num_test}:{cfg.resolution}:{STEPS}{style}".encode()).hexdigest()[:16]
 
 
 def accuracy(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -53,7 +53,7 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
         for batch in eval_batches(dataset, batch_size, limit, workers=workers):
             x = batch["image"].to(device)
             with autocast(device, dtype):
-                out = model(x)
+                out = model(x, batch["fg"].to(device) if "fg" in batch else None)
             recon = out.recon.float().clamp(-1, 1)
             enc = out.encoded
             counts.index_add_(0, enc.codes.flatten(), torch.ones(enc.codes.numel(), device=device))

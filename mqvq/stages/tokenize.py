@@ -41,9 +41,10 @@ def tokenize(model: MQVAE, dataset, batch_size: int, device: torch.device, flip:
     grid, done = None, 0
     for batch in eval_batches(dataset, batch_size, limit):
         x = batch["image"].to(device)
-        views = [x, x.flip(-1)] if flip else [x]
-        for v in views:
-            enc = model.encode(v)
+        fg = batch["fg"].to(device) if "fg" in batch else None  # the oracle-foreground selector reads it
+        views = [(x, fg), (x.flip(-1), None if fg is None else fg.flip(-1))] if flip else [(x, fg)]
+        for v, v_fg in views:
+            enc = model.encode(v, v_fg)
             codes.append(enc.codes.cpu())
             positions.append(enc.positions.cpu())
             labels.append(batch["label"].cpu())

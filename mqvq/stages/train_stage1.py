@@ -24,6 +24,7 @@ from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
+from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import autocast, autocast_dtype, conv_layout, gather_rng_states, progress_bar, seed_all, set_rng_state
 from mqvq.stages.lookup import checkpoint_path
 from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, closing_run, open_run, publish
@@ -125,7 +126,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
 
 def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step, dtype, tracker, run_id, ckpt_file,
           progress, stop_after, summary) -> int:
-    t = cfg.stage1.train
+    t, m = cfg.stage1.train, cfg.stage1.model.mask
     layout = conv_layout(d.device)
     step = start_step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
@@ -152,20 +153,27 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
             validate()
         batches = iter(loader)
         while step < end:
-            x = next(batches)["image"].to(d.device, non_blocking=True, memory_format=layout)
+            batch = next(batches)
+            x = batch["image"].to(d.device, non_blocking=True, memory_format=layout)
+            fg = batch["fg"].to(d.device, non_blocking=True) if "fg" in batch else None
+            if isinstance(model.mask, StraightThroughMask):  # the surrogate's temperature, a function of the step (resumes exactly)
+                model.mask.tau.fill_(anneal_tau(m.tau_start, m.tau_end, step, t.steps))
             lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
             set_lr(opt_g, lr)
             set_lr(opt_d, lr)
             with autocast(d.device, dtype):
-                out = net(x)
+                out = net(x, fg)
                 g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
+                if out.selector_loss is not None:  # the damage selector's ranking loss: it trains the scorer only
+                    g_loss = g_loss + out.selector_loss
+                    logs["selector_loss"] = out.selector_loss.detach()
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
             recon = out.recon
             if t.double_forward:  # the released step: a second forward for D, updating EMA and BatchNorm again
                 with torch.no_grad(), autocast(d.device, dtype):
-                    recon = net(x).recon
+                    recon = net(x, fg).recon
             if loss_fn.gan_active(step):
                 with autocast(d.device, dtype):
                     d_loss, dlogs = loss_fn.discriminator_loss(x, recon)
@@ -212,7 +220,7 @@ def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit
         for batch in eval_batches(test_ds, batch_size, limit):
             x = batch["image"].to(device)
             with autocast(device, dtype):
-                out = model(x)
+                out = model(x, batch["fg"].to(device) if "fg" in batch else None)
             recon = out.recon.float().clamp(-1, 1)
             enc = out.encoded
             used[enc.codes.flatten()] = True

@@ -127,11 +127,21 @@ def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | N
                     out += ["mask_keep_border", "mask_keep_centre"]
                     if cfg.stage1.model.mask.type == "adaptive":
                         out += ["mask_score_corr_brightness"]
+        elif m == "auroc":  # a score to rank: adaptive masks, on data with foreground masks
+            if cfg.stage1.model.mask.type == "adaptive" and cfg.stage1.data.name != "folder":
+                out.append("mask_auroc")
+        elif m == "cost":  # measured by training, copied when present, never a reason to rerun a row
+            continue
         elif m == "usage":
             out += ["usage", "usage_effective"]
         else:
             out.append(m)
     return list(dict.fromkeys(out))
+
+
+def optional_metrics(study: StudyConfig) -> list[str]:
+    """Metrics a row copies from its stage runs when they have them, without requiring them."""
+    return ["time/step_seconds"] if "cost" in study.metrics else []
 
 
 def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,

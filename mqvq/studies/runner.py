@@ -19,7 +19,7 @@ from mqvq.metrics import metric_family, metric_stage
 from mqvq.runtime import duration
 from mqvq.stages.lookup import stage2_hash
 from mqvq.studies import lease
-from mqvq.studies.plan import (RowPlan, StoreView, expected_metrics, find_row_runs, plan_study, stage1_digest, stage_state,
+from mqvq.studies.plan import (RowPlan, StoreView, expected_metrics, optional_metrics, find_row_runs, plan_study, stage1_digest, stage_state,
                                study_experiment)
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking.store import Tracker, git_commit
@@ -221,7 +221,7 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         if run_id is None:
             continue
         run = tracker.get_run(run_id).data
-        for name in want:
+        for name in [*want, *optional_metrics(study)]:
             if name in run.metrics:
                 values[name] = run.metrics[name]
                 tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")

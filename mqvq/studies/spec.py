@@ -23,7 +23,10 @@ from pathlib import Path
 from mqvq.config import ExperimentConfig, from_dict, opt
 from mqvq.errors import UserError
 
-STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail"}  # mask_detail: the mask diagnostics as table columns
+# mask_detail: the mask diagnostics as table columns; auroc: the score against the foreground (computed by `mask`);
+# cost: the stage-1 training seconds per step, as the run measured it (nothing to evaluate)
+STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail", "auroc", "cost"}
+EVAL_AS = {"mask_detail": "mask", "auroc": "mask", "cost": None}  # study metric -> the `mqvq eval` metric that computes it
 STAGE2_METRICS = {"fid", "is", "speed", "attr"}  # attr: caption-following accuracy (text models on procedural data)
 DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
@@ -62,7 +65,8 @@ class StudyConfig:
     def stage_metrics(self, stage: str) -> list[str]:
         """What `mqvq eval` computes for this stage (mask_detail is computed by `mask`)."""
         wanted = STAGE1_METRICS if stage == "stage1" else STAGE2_METRICS
-        return list(dict.fromkeys("mask" if m == "mask_detail" else m for m in self.metrics if m in wanted))
+        named = (EVAL_AS.get(m, m) for m in self.metrics if m in wanted)
+        return list(dict.fromkeys(m for m in named if m))
 
 
 def studies_dir() -> Path:
