@@ -54,7 +54,7 @@ class DataConfig:
 class MaskConfig:
     type: Literal["adaptive", "random", "none"] = opt("adaptive", "adaptive (learned scorer), random, or none (VQGAN baseline)")
     ratio: float = opt(0.25, "masked fraction of the L tokens: N = (1 - ratio) * L are kept")
-    scorer: Literal["mlp", "mlp-bn", "conv", "conv-nobn"] = opt("mlp", "scoring network: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)")
+    scorer: Literal["mlp", "mlp-bn", "conv", "conv-nobn"] = opt("mlp", "scoring network of the gain, damage and straight-through selectors: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)")
     scorer_hidden: int = opt(256, "hidden width of the scoring network")
     selector: Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground"] = opt(
         "gain", "how the adaptive mask picks its N tokens: gain (the paper's: top-N of the scorer, kept features LayerNorm(z)*s), "

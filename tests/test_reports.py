@@ -356,3 +356,29 @@ def test_the_text_conditional_study_runs_at_smoke_and_reports_table_5(tmp_path, 
     r = runner.invoke(app, ["report", "text-conditional", "-f", "latex", "--home", str(home)])
     assert r.exit_code == 0 and "Match" in r.stdout and "Real" in r.stdout
     assert "left out to fit one column: attr_acc_chance" in r.stdout  # one column holds the rest
+
+
+def _selectors(fg: dict[str, list[float]]):
+    rows = {name: {"mask_fg_precision": v, "rfd_vgg16": [50.0] * len(v)} for name, v in fg.items()}
+    table, meta = _table(_records(rows), "mask-learning")
+    return {x.claim.split(" keeps")[0]: x for x in check_claims(table, meta) if "blind mask and than the paper's MLP" in x.claim}
+
+
+def test_a_learned_selector_must_beat_blind_and_the_paper_mlp_on_its_own_data():
+    v = _selectors({"fmnist-random": [0.39, 0.39, 0.39], "fmnist-mlp": [0.35, 0.25, 0.45], "fmnist-damage": [0.66, 0.68, 0.67],
+                    "fmnist-straight-through": [0.60, 0.30, 0.45],
+                    # the textured rows must not be compared with the Fashion-MNIST ones
+                    "textured-random": [0.80, 0.80, 0.80], "textured-mlp": [0.30, 0.31, 0.29], "textured-damage": [0.26, 0.25, 0.27]})
+    assert v["Fashion-MNIST: damage prediction (HPM)"].status == "holds"
+    assert v["Fashion-MNIST: straight-through Gumbel top-N"].status == "not significant"
+    textured = v["textured: damage prediction (HPM)"]
+    assert textured.status == "fails" and "0.8" in textured.evidence[0]  # its own data's blind mask, not Fashion-MNIST's
+    assert v["textured: straight-through Gumbel top-N"].status == "not assessable"
+
+
+def test_adaptive_and_random_rows_pair_only_on_the_same_data():
+    rows = {"fmnist-random": {"mask_fg_precision": [0.39, 0.39]}, "textured-random": {"mask_fg_precision": [0.32, 0.32]},
+            "fmnist-mlp": {"mask_fg_precision": [0.35, 0.36]}}
+    table, meta = _table(_records(rows), "mask-learning")
+    (v,) = [x for x in check_claims(table, meta) if x.claim.startswith("the adaptive mask keeps the foreground")]
+    assert len(v.evidence) == 1 and "0.39" in v.evidence[0]

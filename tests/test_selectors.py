@@ -261,14 +261,14 @@ def test_default_selector_keeps_existing_config_hashes():
 
 
 def test_textured_test_bed_separates_importance_from_brightness():
-    from mqvq.data import build_dataset
-    from mqvq.data.inspect import foreground_contrast
+    from mqvq.data import build_dataset, eval_batches
+    from mqvq.metrics.mask import foreground_contrast
 
     cfg = DataConfig(name="procedural", style="textured", resolution=32, num_train=8, num_test=300)
     ds = build_dataset(cfg, "test")
     mixed = build_dataset(DataConfig(name="procedural", resolution=32, num_train=8, num_test=300), "test")
     assert ds.digest() != mixed.digest()
-    info = foreground_contrast(ds, 4)
+    info = foreground_contrast(eval_batches(ds, 100), 4)
     assert abs(info["brightness_foreground"] - info["brightness_background"]) < 0.1
     assert 0.2 < info["foreground_token_fraction"] < 0.5
     # every background is a pattern: no plain ones, and background patches carry as much detail as object ones

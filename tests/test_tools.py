@@ -78,3 +78,30 @@ def test_bench_merge_keeps_compiled_figures_only_where_faster():
     assert (out["stage1_train_images_per_s"], out["stage1_masking_overhead"]) == (14.0, 1.05)   # a section's figures stay together
     assert (out["stage2_train_tokens_per_s"], out["fid50k_seconds"], out["sample_speedup_50_vs_0"]) == (100.0, 300.0, 2.0)
     assert merge(eager, None)["sample_images_per_s"] == 50.0 and out["complete"] and out["environment"] == {"gpu": "x"}
+
+
+def test_mask_learning_table_compares_each_selector_with_its_own_datas_blind_mask_and_mlp(tmp_path):
+    """tools/mask-learning-table.py: excess over blind, Welch against random and the MLP, the gap to the oracle."""
+    import json
+    import subprocess
+    import sys
+
+    def row(name, label, fg, frac=0.4):
+        return {"row": name, "label": label, "mask_fg_precision": sum(fg) / len(fg), "fg_token_fraction": frac,
+                "mask_fg_precision_per_seed": {str(i): v for i, v in enumerate(fg)},
+                "mask_auroc_per_seed": {str(i): 0.5 + v - frac for i, v in enumerate(fg)}}
+
+    rows = [row("fmnist-random", "Fashion-MNIST: random", [0.40, 0.40, 0.40]),
+            row("fmnist-mlp", "Fashion-MNIST: mlp", [0.30, 0.35, 0.40]),
+            row("fmnist-damage", "Fashion-MNIST: damage", [0.60, 0.62, 0.64]),
+            row("fmnist-oracle", "Fashion-MNIST: oracle", [0.80, 0.80, 0.80]),
+            row("textured-random", "textured: random", [0.30, 0.30], 0.3)]
+    path = tmp_path / "ml.json"
+    path.write_text(json.dumps({"rows": rows}))
+    tool = Path(__file__).resolve().parent.parent / "tools" / "mask-learning-table.py"
+    out = subprocess.run([sys.executable, str(tool), str(path)], capture_output=True, text=True, check=True).stdout
+    damage = next(line for line in out.splitlines() if "| damage |" in line).split(" | ")
+    assert damage[3] == "0.620 ± 0.020" and damage[4] == "+0.220"
+    assert float(damage[5]) < 0.01 and float(damage[6]) < 0.05  # beyond blind and beyond the MLP
+    assert damage[-1].rstrip(" |") == "0.180"  # the oracle's excess (+0.400) minus damage's
+    assert "| textured | random | 2 | 0.300 ± 0.000 | +0.000 |" in out

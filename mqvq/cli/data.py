@@ -21,7 +21,9 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
          num: Annotated[int, typer.Option("--num", min=1, max=64, help="images in the preview")] = 8,
          as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
     """Split sizes, classes, digests and foreground share of the experiment's dataset (stage1.data)."""
+    from mqvq.data import eval_batches
     from mqvq.data.inspect import describe, load_splits
+    from mqvq.metrics.mask import foreground_contrast
     from mqvq.experiments import load_experiment
 
     stage1 = load_experiment(experiment, profile, set_ or []).stage1
@@ -29,7 +31,10 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
     if preview is not None and preview.suffix.lower() != ".png":
         raise UserError(f"--preview {preview}: the preview is a PNG, give a path ending in .png.")
     splits = load_splits(cfg)
-    info = describe(cfg, splits, stage1.model.downsample)
+    info = describe(cfg, splits)
+    for split, ds in splits.items():  # what a blind mask keeps on the foreground, and whether brightness tells it apart
+        if "foreground_fraction" in info["splits"][split]:
+            info["splits"][split] |= foreground_contrast(eval_batches(ds, 500), stage1.model.downsample)
     if preview is not None:
         info["preview"] = str(_write_preview(cfg, splits["train"], preview, num))
     if as_json:

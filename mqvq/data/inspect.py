@@ -30,10 +30,8 @@ def load_splits(cfg: DataConfig) -> dict:
     return splits
 
 
-def describe(cfg: DataConfig, splits: dict | None = None, downsample: int = 0) -> dict:
-    """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`); with
-    the model's `downsample` f, also the foreground token fraction on its latent grid (what a blind
-    mask keeps on the foreground) and the mean brightness of foreground and background pixels."""
+def describe(cfg: DataConfig, splits: dict | None = None) -> dict:
+    """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`)."""
     out = {"name": cfg.name, "style": cfg.style if cfg.name == "procedural" else "", "root": data_root(cfg), "resolution": cfg.resolution,
            "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment and cfg.name == "folder",
            "fit": cfg.fit if cfg.name == "fashion-mnist" else "", "splits": {}}
@@ -45,31 +43,9 @@ def describe(cfg: DataConfig, splits: dict | None = None, downsample: int = 0) -
         fg = getattr(ds, "fg", None)
         if fg is not None:  # the share a random mask's kept tokens would land on (pixel level)
             info["foreground_fraction"] = round(float(fg.float().mean()), 4)
-            info |= foreground_contrast(ds, downsample)
         if getattr(ds, "captions", None):
             info["captions"] = len(ds)  # COCO images without a caption are not listed
         out["splits"][split] = info
-    return out
-
-
-def foreground_contrast(ds, downsample: int = 0, batch_size: int = 500) -> dict:
-    """Mean brightness (grey level in [0, 1]) of foreground and background pixels, and with f the
-    share of latent tokens that are foreground (a token is when most of its f x f patch is)."""
-    from mqvq.metrics.mask import token_foreground
-
-    sums = torch.zeros(4, dtype=torch.float64)  # brightness on fg, fg pixels, brightness on bg, bg pixels
-    tokens = torch.zeros(2, dtype=torch.float64)
-    for batch in eval_batches(ds, batch_size):
-        grey, fg = (batch["image"].mean(1) + 1) / 2, batch["fg"]
-        sums += torch.stack([(grey * fg).sum(), fg.sum(), (grey * ~fg).sum(), (~fg).sum()]).double()
-        if downsample:
-            grid = (fg.shape[-2] // downsample, fg.shape[-1] // downsample)
-            t = token_foreground(fg, grid)
-            tokens += torch.tensor([t.sum().item(), t.numel()], dtype=torch.float64)
-    out = {"brightness_foreground": round(float(sums[0] / sums[1].clamp_min(1)), 4),
-           "brightness_background": round(float(sums[2] / sums[3].clamp_min(1)), 4)}
-    if downsample:
-        out |= {"foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4), "downsample": downsample}
     return out
 
 

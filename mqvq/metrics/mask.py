@@ -72,6 +72,22 @@ def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch
     return out, (npos > 0) & (npos < length)
 
 
+def foreground_contrast(batches, downsample: int) -> dict:
+    """Over batches of {"image", "fg"}: the mean brightness (grey level in [0, 1]) of foreground and
+    background pixels, and the share of latent tokens (f = `downsample`) that are foreground, which
+    is what a mask blind to content keeps on the foreground."""
+    sums = torch.zeros(4, dtype=torch.float64)  # brightness on fg, fg pixels, brightness on bg, bg pixels
+    tokens = torch.zeros(2, dtype=torch.float64)
+    for batch in batches:
+        grey, fg = (batch["image"].float().mean(1) + 1) / 2, batch["fg"]
+        sums += torch.stack([(grey * fg).sum(), fg.sum(), (grey * ~fg).sum(), (~fg).sum()]).double()
+        t = token_foreground(fg, (fg.shape[-2] // downsample, fg.shape[-1] // downsample))
+        tokens += torch.tensor([t.sum().item(), t.numel()], dtype=torch.float64)
+    return {"brightness_foreground": round(float(sums[0] / sums[1].clamp_min(1)), 4),
+            "brightness_background": round(float(sums[2] / sums[3].clamp_min(1)), 4),
+            "foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4), "downsample": downsample}
+
+
 def border_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
     """(L,) bool: True on the outer ring of an h x w grid."""
     h, w = grid

@@ -7,7 +7,8 @@ features become LayerNorm(z_l) * s_l, so the scorer receives gradient through th
 features. Kept positions are returned in raster order (the order Stackformer models; the
 set is what matters to the quantizer). Random: the same with uniform random scores and
 unit modulation, so the two differ only in which positions are kept. All batched: topk,
-gather and scatter on the device, no Python loop over the batch, no host sync.
+gather and scatter on the device, no Python loop over the batch, no host sync. Selectors that
+give the choice itself a learning signal, and the rule-based bounds, are in `selectors.py`.
 """
 from __future__ import annotations
 

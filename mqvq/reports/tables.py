@@ -52,7 +52,7 @@ DESCRIPTOR_LABELS = {"label": "model setting", "mask_ratio": "mask ratio", "f": 
 SHORT_LABELS = {"rfid": {"inception": "rFID", "vgg16": "rFD"}, "fid": {"inception": "FID", "vgg16": "FD"},
                 "fid_best": {"inception": "FID*", "vgg16": "FD*"}, "fid_cfg": {"inception": "FID$_g$", "vgg16": "FD$_g$"},
                 "attr": "Match", "attr_cfg": "Match$_g$", "attr_real": "Real", "attr_chance": "Chance", "usage": "Use (\\%)", "usage_effective": "Eff. (\\%)",
-                "mask": "FG", "detail": "Detail", "auroc": "AUROC", "cost": "s/step", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
+                "mask": "FG", "detail": "Detail", "auroc": "AUC", "cost": "s/step", "fg_fraction": "FG tok.", "keep_border": "Border", "keep_centre": "Centre",
                 "score_brightness": "$r$", "psnr": "PSNR", "lpips": "LPIPS", "is": "IS", "speed": "img/s", "speedup": "Speed-up"}
 SHORT_DESCRIPTORS = {"label": "Setting", "mask_ratio": "Ratio", "f": "$f$", "mask_type": "Mask", "demask": "De-mask"}
 PAPER_LAYOUTS = ("columns", "line", "none")
