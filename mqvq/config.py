@@ -61,6 +61,7 @@ class MaskConfig:
         "damage (the scorer predicts the reconstruction damage of dropping a token, HPM), straight-through (Gumbel top-N with a "
         "sigmoid surrogate gradient, DynamicViT / DQ-VAE), entropy (patch grey-level entropy, DQ-VAE's rule, no learning) or "
         "oracle-foreground (largest ground-truth foreground share, a bound; needs data with foreground masks)", added=True)
+    damage_random_share: float = opt(0.0, "damage: share of training images whose mask is drawn at random instead of by predicted damage (HPM's mix), so that the decoder does not learn to restore only what the selector drops", added=True)
     tau_start: float = opt(1.0, "straight-through: temperature of the sigmoid surrogate at step 0 (annealed geometrically to tau_end)", added=True)
     tau_end: float = opt(0.1, "straight-through: temperature at the last training step", added=True)
 
@@ -430,6 +431,9 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
     if m.mask.selector == "oracle-foreground" and d.name == "folder":
         raise UserError(f"{prefix}model.mask.selector = 'oracle-foreground' needs foreground masks, which {d.name} data does not have: "
                         f"allowed with procedural or fashion-mnist data; use gain, damage, straight-through or entropy here.")
+    if not 0.0 <= m.mask.damage_random_share <= 1.0 or (m.mask.damage_random_share and m.mask.selector != "damage"):
+        raise UserError(f"{prefix}model.mask.damage_random_share = {m.mask.damage_random_share} must lie in [0, 1] and needs "
+                        f"model.mask.selector = 'damage' (it mixes random masks into that selector's training).")
     if m.mask.selector == "straight-through" and not 0.0 < m.mask.tau_end <= m.mask.tau_start:
         raise UserError(f"{prefix}model.mask.tau_start = {m.mask.tau_start} and tau_end = {m.mask.tau_end} must satisfy 0 < tau_end <= tau_start.")
     if d.style != "mixed" and d.name != "procedural":

@@ -290,3 +290,19 @@ def test_data_show_reports_foreground_tokens_and_brightness():
     test = info["splits"]["test"]
     assert info["style"] == "textured" and test["downsample"] == 4
     assert {"foreground_token_fraction", "brightness_foreground", "brightness_background"} <= set(test)
+
+
+def test_damage_random_share_draws_blind_masks_while_training_only():
+    cfg = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.model.mask.selector=damage",
+                                                              "stage1.model.mask.damage_random_share=1.0"])
+    torch.manual_seed(0)
+    model = MQVAE(cfg.stage1.model)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    n = num_kept(64, 0.5)
+    top = lambda enc: enc.scores.detach().topk(n, dim=1).indices.sort(dim=1).values  # noqa: E731
+    trained = model.train()(x).encoded
+    assert not torch.equal(trained.positions, top(trained))  # every image's mask drawn at random
+    evaluated = model.eval()(x).encoded
+    assert torch.equal(evaluated.positions, top(evaluated))  # in eval, the predicted damage decides
+    with pytest.raises(UserError, match="needs model.mask.selector = 'damage'"):
+        load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.model.mask.damage_random_share=0.5"])

@@ -60,7 +60,7 @@ class MQVAE(nn.Module):
         self.encoder = Encoder(c.channels, mult, c.num_res_blocks, cz, c.attention, c.dropout)
         mk = c.mask
         if mk.type == "adaptive" and mk.selector == "damage":
-            self.mask = DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden)
+            self.mask = DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.damage_random_share)
         elif mk.type == "adaptive" and mk.selector == "straight-through":
             self.mask = StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start)
         elif mk.type == "adaptive" and mk.selector == "entropy":

@@ -90,18 +90,28 @@ class DamageMask(nn.Module):
     gradient), pools the per-pixel errors onto the latent grid (`damage_targets`: error when dropped
     minus error when kept) and trains the scorer to rank the tokens by it (`ranking_loss`). The
     scorer sees detached features, so its loss trains only the scorer. Cost: two extra decoder
-    passes per step (`mqvq bench selectors`)."""
+    passes per step (`mqvq bench selectors`).
+
+    The decoder is trained on the masks the selector draws, so it learns to restore what the selector
+    drops, and the damage it measures then confirms the selector's choice, whichever it is (the
+    mask-learning study found both equilibria). `random_share` > 0 draws that share of each training
+    batch's masks at random instead (HPM trains on such a mix), so that what the decoder restores well
+    does not follow from the selection alone."""
 
     learns_from_damage = True
 
-    def __init__(self, channels: int, ratio: float, scorer: str = "mlp", hidden: int = 256):
+    def __init__(self, channels: int, ratio: float, scorer: str = "mlp", hidden: int = 256, random_share: float = 0.0):
         super().__init__()
-        self.ratio = ratio
+        self.ratio, self.random_share = ratio, random_share
         self.scorer = make_scorer(scorer, channels, hidden)
 
     def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
         pred = self.scorer.logits(z.detach())
-        out = _kept(z, pred, self.ratio)
+        choose = pred.detach()
+        if self.training and self.random_share > 0:  # these images get a blind mask
+            blind = torch.rand(pred.shape[0], 1, device=pred.device) < self.random_share
+            choose = torch.where(blind, torch.rand_like(choose), choose)
+        out = _kept(z, choose, self.ratio)
         out.scores = pred  # with its gradient: the damage loss trains the scorer through it
         return out
 
