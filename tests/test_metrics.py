@@ -118,7 +118,7 @@ def test_codebook_usage_is_exact_on_a_hand_made_code_map():
             from types import SimpleNamespace
             self.config = SimpleNamespace(quantizer=SimpleNamespace(codebook_size=10), mask=SimpleNamespace(type="none"))
 
-        def forward(self, x):
+        def forward(self, x, fg=None):  # MQVAE.forward(images, fg=None)
             from mqvq.models.mqvae import Encoded, Stage1Output
             codes = self.maps[self.i: self.i + x.shape[0]]
             self.i += x.shape[0]
