@@ -190,7 +190,7 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
     fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.4, 2.4 * rows + 0.6), dpi=120, squeeze=False,
                              sharex=True, sharey=True)
     for ax, (label, runs) in zip(axes.flat, curves.items()):
-        colour = "tab:green" if "random" in label else "tab:blue"
+        colour = "tab:green" if "random" in label and "masks random" not in label else "tab:blue"  # green: the blind mask
         for steps, values in runs:
             ax.plot(steps, values, color=colour, linewidth=0.8, alpha=0.6)
         common = sorted(set.intersection(*(set(st) for st, _ in runs)))

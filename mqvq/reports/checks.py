@@ -114,7 +114,7 @@ def _random_pairs(rows, meta) -> list[tuple[Row, Row]]:
     pairs = []
     for a in rows:
         ma = meta[a.name]
-        if ma["mask_type"] != "adaptive":
+        if ma["mask_type"] != "adaptive" or ma.get("selector", "gain") != "gain":  # the paper's claims are about its own mask
             continue
         for b in rows:
             mb = meta[b.name]
