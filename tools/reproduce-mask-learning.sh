@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The mask-learning study (which token selector keeps what matters; stage 1 only, 70 runs, about
-# 100 minutes on a 2-core CPU with two workers, resumable) and its reports:
+# The mask-learning study (which token selector keeps what matters; stage 1 only, 80 runs, about
+# 2 hours on a 2-core CPU with two workers, resumable) and its reports:
 #   bash tools/reproduce-mask-learning.sh [HOME]        (default home: ./.mqvq-ml)
 # In the background: nohup bash tools/reproduce-mask-learning.sh > ml.log 2>&1 &
 set -euo pipefail
