@@ -4,9 +4,9 @@
 # (f = 16, 256², 25 % mask, K = 1024, Stackformer small, bf16) eagerly and compiled (torch.compile;
 # CUDA graphs for the sampler), keeping each section's compiled figures only where they measure
 # faster. Everything lands in RESULTS_DIR: bench.json (the merged result), bench-eager.json,
-# bench-compiled.json, and a log per step. Budget: 9 minutes on an H100/H200-class GPU.
+# bench-compiled.json, and a log per step. Budget: about 9 minutes on a current data-centre GPU.
 #
-#   tools/gpu-check.sh "$OUT"              # on the GPU machine, inside a device call
+#   tools/gpu-check.sh "$OUT"              # on the GPU machine
 #   tools/gpu-check.sh DIR --dry-run       # here, on CPU: the same steps at the smallest sizes
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then echo "usage: tools/gpu-check.sh RESULTS_DIR [--dry-run]" >&2; exit 2; fi

