@@ -141,5 +141,11 @@ def scatter_to_grid(values: torch.Tensor, positions: torch.Tensor, length: int, 
     return grid.scatter(1, positions[..., None].expand(-1, -1, d), values)
 
 
+def positions_from_keep(keep: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool with the same count per row -> (B, N) kept positions, raster order."""
+    n = int(keep[0].sum())
+    return torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n]
+
+
 def keep_from_positions(positions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.zeros(positions.shape[0], length, dtype=torch.bool, device=positions.device).scatter_(1, positions, True)

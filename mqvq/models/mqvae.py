@@ -26,7 +26,8 @@ from mqvq.errors import UserError
 from mqvq.models.autoencoder import Decoder, Encoder, MidBlock
 from mqvq.models.demask import DeMask
 from mqvq.models.masking import (
-    AdaptiveMask, NoMask, RandomMask, gather_tokens, keep_from_positions, layer_norm_tokens, scatter_to_grid, select_top,
+    AdaptiveMask, NoMask, RandomMask, gather_tokens, keep_from_positions, layer_norm_tokens, positions_from_keep,
+    scatter_to_grid, select_top,
 )
 from mqvq.models.quantizer import VectorQuantizer
 from mqvq.models.selectors import (
@@ -59,16 +60,14 @@ class MQVAE(nn.Module):
         mult, cz = c.levels, c.z_channels
         self.encoder = Encoder(c.channels, mult, c.num_res_blocks, cz, c.attention, c.dropout)
         mk = c.mask
-        if mk.type == "adaptive" and mk.selector == "damage":
-            self.mask = DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.damage_random_share)
-        elif mk.type == "adaptive" and mk.selector == "straight-through":
-            self.mask = StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start)
-        elif mk.type == "adaptive" and mk.selector == "entropy":
-            self.mask = EntropyMask(mk.ratio)
-        elif mk.type == "adaptive" and mk.selector == "oracle-foreground":
-            self.mask = OracleForegroundMask(mk.ratio)
-        elif mk.type == "adaptive":
-            self.mask = AdaptiveMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden)
+        if mk.type == "adaptive":
+            self.mask = {
+                "gain": lambda: AdaptiveMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden),
+                "damage": lambda: DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.damage_random_share),
+                "straight-through": lambda: StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start),
+                "entropy": lambda: EntropyMask(mk.ratio),
+                "oracle-foreground": lambda: OracleForegroundMask(mk.ratio),
+            }[mk.selector]()
         elif c.mask.type == "random":
             self.mask = RandomMask(c.mask.ratio)
         else:
@@ -106,8 +105,7 @@ class MQVAE(nn.Module):
         relax = None
         if m.relaxed is not None:  # straight-through: what each token would be if kept, for the surrogate's gradient
             with torch.no_grad():
-                every = self.quant_proj(layer_norm_tokens(z))
-                relax = (m.relaxed, self.quantizer.codes_to_vectors(self.quantizer.nearest(every.reshape(-1, every.shape[-1]))).reshape(every.shape))
+                relax = (m.relaxed, self._lookup(layer_norm_tokens(z)))
         return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (z, relax)
 
     def _decode_vectors(self, zq: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
@@ -149,11 +147,13 @@ class MQVAE(nn.Module):
     def _decode_kept(self, z: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Decode the encoder features `z` keeping the tokens `keep` (B, L) marks (the same count in every
         row), with unit-gain features and a nearest-code lookup that leaves the codebook alone."""
-        n = int(keep[0].sum())
-        positions = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # kept ones, raster order
-        feats = self.quant_proj(gather_tokens(layer_norm_tokens(z), positions))
-        zq = self.quantizer.codes_to_vectors(self.quantizer.nearest(feats.reshape(-1, feats.shape[-1]))).reshape(feats.shape)
-        return self._decode_vectors(zq, positions, keep, grid)
+        positions = positions_from_keep(keep)
+        return self._decode_vectors(self._lookup(gather_tokens(layer_norm_tokens(z), positions)), positions, keep, grid)
+
+    def _lookup(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, Cz) unit-gain tokens -> their nearest code vectors (B, N, D), leaving the codebook alone."""
+        feats = self.quant_proj(tokens)
+        return self.quantizer.codes_to_vectors(self.quantizer.nearest(feats.reshape(-1, feats.shape[-1]))).reshape(feats.shape)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Encoded:
