@@ -14,7 +14,7 @@ from mqvq.models.sampling import generate, generate_compiled
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.runtime import autocast, autocast_dtype, check_device, conv_layout, environment
 from mqvq.timing import interleaved, medians, paired_ratio, sync
-from mqvq.tracking.store import git_commit
+from mqvq.tracking.provenance import git_commit
 
 
 def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ratios=(0.0, 0.25, 0.5),
@@ -29,13 +29,11 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
         raise UserError("batch size, repeats and grid must be at least 1.")
     dev = _device(device)
     dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and dev.type == "cuda")) else None
-    code_layers, pos_layers, width, heads = STACKFORMER_PRESETS[preset]
     params = SamplingConfig(top_k=100, top_p=0.95, top_k_pos=10, top_p_pos=0.95, batch_size=batch_size)
     models = {}
     for ratio in ratios:
         kind = "raster" if ratio == 0 else "stackformer"
-        cfg = StackformerConfig(kind=kind, preset=preset, code_layers=code_layers, position_layers=pos_layers,
-                                width=width, heads=heads, dropout=0.0)
+        cfg = StackformerConfig(kind=kind, preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.0)
         torch.manual_seed(0)
         model = Stackformer(cfg, TokenShape(codebook_size, (grid, grid), num_kept(grid * grid, ratio))).to(dev).eval()
         models[ratio] = model.to(dtype) if dtype is not None else model
@@ -182,10 +180,9 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
     if preset not in STACKFORMER_PRESETS:
         raise UserError(f"unknown preset {preset!r}: allowed presets are {', '.join(STACKFORMER_PRESETS)}.")
     dev = _device(device)
-    cl, pl, w, h = STACKFORMER_PRESETS[preset]
     n, length = num_kept(grid * grid, mask_ratio), grid * grid
     torch.manual_seed(0)
-    model = Stackformer(StackformerConfig(preset=preset, code_layers=cl, position_layers=pl, width=w, heads=h, dropout=0.1),
+    model = Stackformer(StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.1),
                         TokenShape(codebook_size, (grid, grid), n)).to(dev).train()
     opt = make_optimizer(model, 5e-4, 0.01, dev.type == "cuda")
     net = torch.compile(model) if compile else model
@@ -231,8 +228,7 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
     torch.manual_seed(0)
     vae = MQVAE(cfg.model).to(dev).eval()
     grid = cfg.data.resolution // cfg.model.downsample
-    cl, pl, w, h = STACKFORMER_PRESETS[preset]
-    model = Stackformer(StackformerConfig(preset=preset, code_layers=cl, position_layers=pl, width=w, heads=h, dropout=0.0),
+    model = Stackformer(StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.0),
                         TokenShape(cfg.model.quantizer.codebook_size, (grid, grid), num_kept(grid * grid, mask_ratio))).to(dev).eval()
     dtype = torch.bfloat16 if dev.type == "cuda" else None
     if dtype is not None:

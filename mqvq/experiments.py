@@ -202,5 +202,5 @@ def _apply_preset(merged: dict) -> None:
     preset = model.get("preset", "small")
     if preset not in STACKFORMER_PRESETS:
         return  # from_dict reports the bad value with its allowed choices
-    for key, value in zip(("code_layers", "position_layers", "width", "heads"), STACKFORMER_PRESETS[preset]):
+    for key, value in STACKFORMER_PRESETS[preset].items():
         model.setdefault(key, value)

@@ -1,6 +1,7 @@
 """Files: atomic writes (checkpoints, cached statistics and reports are never left half-written) and content digests."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -64,3 +65,18 @@ def _digest(path: str, size: int, mtime: int) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between local processes, held for the `with` body (store creation, row
+    claims, Optuna trial hand-out)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

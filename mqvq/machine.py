@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import sys
 from pathlib import Path
 
@@ -59,3 +60,21 @@ def torch_threads(cache_dir: Path | None = None) -> int:
     except Exception:  # a read-only home: no cache, still the right answer
         pass
     return known[key]
+
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this machine is alive (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child that was not reaped yet is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

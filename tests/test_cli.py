@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -71,17 +70,27 @@ def test_experiment_and_weights_commands():
     assert r.exit_code == 0 and "ready" in r.stdout
 
 
-def test_smoke_profile_trains_in_under_a_minute_as_a_new_user_would(tmp_path):
-    """The README's main job, in a subprocess: finishes in < 60 s on a 2-core CPU with a FINISHED run."""
+def test_smoke_profile_trains_as_a_new_user_would(tmp_path):
+    """The smoke walk-through's first stage, in a subprocess: a FINISHED run with its validation and
+    checkpoint, after the smoke profile's few steps (how long it takes is `mqvq bench`'s business)."""
     env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h")}
-    t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "mqvq", "train", "stage1", "mqvae-f16-adaptive-25", "--profile", "smoke",
                         "--no-progress"], env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
-    elapsed = time.perf_counter() - t
     assert p.returncode == 0, p.stderr
-    assert elapsed < 60, elapsed
     from mqvq.tracking import Tracker
 
     run = Tracker(None, tmp_path / "h").find_runs("mqvae-f16-adaptive-25")[0]
     assert run.info.status == "FINISHED" and "val/l1" in run.data.metrics
     assert Path(run.data.tags["mqvq.checkpoint"]).is_file()
+    assert run.data.params["stage1.train.steps"] == "16"  # the smoke profile's size, which keeps it to seconds
+
+
+def test_messages_print_their_brackets(monkeypatch, home):
+    """Rich markup must not eat `[postgres]` or `[abc]`: every message prints what it says."""
+    import mqvq.tracking.location as location
+
+    r = runner.invoke(app, ["experiment", "show", "vqgan-f16", "--set", "stage1.model.mask.ratio=[abc]"])
+    assert r.exit_code == 2 and "[abc]" in r.output, r.output
+    monkeypatch.setitem(location.DRIVERS, "postgresql", ("no_such_driver_module",))  # as on a machine without the extra
+    r = runner.invoke(app, ["study", "status", "ablation-mask", "--tracking-uri", "postgresql://u@127.0.0.1:9/db"])
+    assert r.exit_code == 2 and 'pip install "mqvq[postgres]".' in r.output and "Traceback" not in r.output, r.output

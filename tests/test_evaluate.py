@@ -78,7 +78,7 @@ def test_eval_input_errors(runs, tracker, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="FID Inception weights not found"):
         evaluate_run(tracker, s2, ["fid"], backend="inception", progress=False)
     home = ["--home", str(tracker.home)]
-    for args, msg in [([s1, "--metrics", "fid,bogus"], "unknown metric 'bogus'"), (["nope"], "not an MLflow run id"),
+    for args, msg in [([s1, "--metrics", "fid,bogus"], "unknown metric 'bogus'"), (["nope"], "neither a checkpoint file nor an MLflow run id"),
                       ([s2, "--num-samples", "1"], "must be at least 2"), ([s1, "--backend", "clip"], "use inception or vgg16")]:
         res = runner.invoke(app, ["eval", *args, *home])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)

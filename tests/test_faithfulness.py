@@ -132,7 +132,7 @@ def test_initial_distributions_match_the_released_layers():
 
 
 def test_a_tree_outside_git_names_its_commit(monkeypatch):
-    from mqvq.tracking.store import git_commit
+    from mqvq.tracking.provenance import git_commit
 
     monkeypatch.setenv("MQVQ_GIT_COMMIT", "0123abc")
     assert git_commit() == "0123abc"

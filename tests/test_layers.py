@@ -2,6 +2,7 @@
 function, points to its own layer or a lower one, within a layer only along the allowed edges, and
 the module graph has no cycle. A new module must be placed here before this test passes."""
 import ast
+import re
 from pathlib import Path
 
 import mqvq
@@ -155,3 +156,94 @@ def test_the_checks_catch_what_they_guard_against():
     assert len(upward_imports(bad)) == 4
     assert cycles({"mqvq.stages.generate": {"mqvq.studies.search"}, "mqvq.studies.search": {"mqvq.stages.generate"}}) == \
         [["mqvq.stages.generate", "mqvq.studies.search"]]
+
+
+# --------------------------------------------------------------------------- one owner per fact
+TAG_MODULE = PACKAGE / "tracking" / "tags.py"
+TAG_LITERAL = re.compile(r"(?<![\w/])mqvq\.[a-z_]+(\.|\b)")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string nodes that are docstrings (they may name tags in prose)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                out.add(id(first.value))
+    return out
+
+
+def tag_literals(path: Path) -> list[str]:
+    """`mqvq.<name>` inside a string literal that is not a docstring (tags, filter strings, f-strings)."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = _docstrings(tree)
+    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and TAG_LITERAL.search(n.value)]
+
+
+def client_calls(path: Path) -> list[str]:
+    """Uses of an MLflow client (`x.client`, `MlflowClient`) in a module."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}" for n in ast.walk(tree)
+            if (isinstance(n, ast.Attribute) and n.attr == "client") or (isinstance(n, ast.Name) and n.id == "MlflowClient")
+            or (isinstance(n, ast.alias) and n.name == "MlflowClient")]
+
+
+def private_imports(path: Path) -> list[str]:
+    """`from mqvq.x import _name` and `module._name` on an imported mqvq module: a private name used
+    outside the module that owns it."""
+    tree = ast.parse(path.read_text(), str(path))
+    out, modules = [], set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("mqvq"):
+            for a in n.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    out.append(f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {a.name} from {n.module}")
+                elif f"{n.module}.{a.name}" in {module_name(p) for p in PACKAGE.rglob("*.py")}:
+                    modules.add(a.asname or a.name)
+        elif isinstance(n, ast.Import):
+            modules |= {a.asname for a in n.names if a.name.startswith("mqvq") and a.asname}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules \
+                and n.attr.startswith("_") and not n.attr.startswith("__"):
+            out.append(f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value.id}.{n.attr}")
+    return out
+
+
+def test_tag_names_are_spelled_only_in_the_tag_module():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if p != TAG_MODULE for hit in tag_literals(p)]
+    assert found == []
+
+
+def test_only_tracking_talks_to_the_mlflow_client():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if "tracking" not in p.relative_to(PACKAGE).parts
+             for hit in client_calls(p)]
+    assert found == []
+
+
+def test_no_private_name_is_used_across_modules():
+    assert [hit for p in sorted(PACKAGE.rglob("*.py")) for hit in private_imports(p)] == []
+
+
+def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""mqvq.status in a docstring is prose."""\n'
+                   'from mqvq.tracking.store import _file_lock\n'
+                   'from mqvq.studies import lease\n'
+                   'x = {"mqvq.status": 1}\n'
+                   'y = f"tags.\\"mqvq.seed\\" = {1}"\n'
+                   'lease._pid_alive(1)\n'
+                   'tracker.client.get_run("r")\n')
+    real = PACKAGE.parent
+    try:
+        globals()["PACKAGE"] = tmp_path / "mqvq"
+        (tmp_path / "mqvq" / "studies").mkdir(parents=True)
+        (tmp_path / "mqvq" / "studies" / "lease.py").write_text("")
+        moved = tmp_path / "mqvq" / "bad.py"
+        bad.rename(moved)
+        assert len(tag_literals(moved)) == 2
+        assert len(client_calls(moved)) == 1
+        assert [h.split(": ", 1)[1] for h in private_imports(moved)] == ["_file_lock from mqvq.tracking.store", "lease._pid_alive"]
+    finally:
+        globals()["PACKAGE"] = real / "mqvq"

@@ -1,6 +1,7 @@
 """Reports: paper-layout tables byte-identical to stored files, honest rendering, LaTeX that compiles, --check."""
 import copy
 import json
+from types import SimpleNamespace
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,8 +12,11 @@ from typer.testing import CliRunner
 from mqvq.cli import app
 from mqvq.reports.checks import check_claims
 from mqvq.reports.report import row_meta
-from mqvq.reports.tables import build_table, to_csv, to_json, to_latex, to_markdown
+from mqvq.reports.latex import to_latex
+from mqvq.reports.render import to_csv, to_json, to_markdown
+from mqvq.reports.tables import build_table
 from mqvq.studies.spec import load_study
+from mqvq.tracking.records import RowRecord
 
 FIX = Path(__file__).parent / "fixtures" / "report"
 runner = CliRunner()
@@ -20,7 +24,7 @@ runner = CliRunner()
 
 def _table(records=None, study="ablation-mask"):
     s = load_study(study)
-    recs = records if records is not None else json.loads((FIX / "ablation-mask-runs.json").read_text())
+    recs = records if records is not None else [stored(r) for r in json.loads((FIX / "ablation-mask-runs.json").read_text())]
     d, meta, paper = row_meta(s, "smoke")
     return build_table(s, "smoke", recs, d, paper), meta
 
@@ -71,13 +75,24 @@ def test_latex_compiles(tmp_path):
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
+def stored(d: dict) -> RowRecord:
+    """A fixture row run (tags and metrics as MLflow stores them) read as `collect` reads a store."""
+    run = SimpleNamespace(data=SimpleNamespace(tags=d["tags"], metrics=d["metrics"]),
+                          info=SimpleNamespace(run_id=d["run_id"], start_time=None, end_time=d["end_time"]))
+    return RowRecord.of(run)
+
+
+def finished_record(row: str, seed: int, metrics: dict, run_id: str) -> RowRecord:
+    return RowRecord(study="t", row=row, seed=seed, profile="smoke", experiment=row, label=row, table="", config_hash="",
+                     run_id=run_id, status="finished", metrics=metrics, end_time=1_700_000_000_000)
+
+
 def _records(rows: dict[str, dict[str, list[float]]]):
     out = []
     for i, (row, metrics) in enumerate(rows.items()):
         n = len(next(iter(metrics.values())))
         for s in range(n):
-            out.append({"row": row, "seed": s, "status": "finished", "metrics": {k: v[s] for k, v in metrics.items()},
-                        "tags": {}, "run_id": f"{i}{s}", "end_time": 1_700_000_000_000})
+            out.append(finished_record(row, s, {k: v[s] for k, v in metrics.items()}, f"{i}{s}"))
     return out
 
 
@@ -269,14 +284,13 @@ def _study_table(study: str, seeds: int, backend: str = "vgg16"):
         names = expected_metrics(s, row_config(row, "smoke", 0), backend) + (["fd_vgg16_best"] if s.search.trials else [])
         for seed in range(seeds):
             metrics = {m: scale.get(m, 0.5) * (1 + 0.013 * i + 0.021 * seed) for m in names}
-            records.append({"row": row.name, "seed": seed, "status": "finished", "metrics": metrics, "tags": {},
-                            "run_id": f"{i:02d}{seed:030d}", "end_time": 1_700_000_000_000})
+            records.append(finished_record(row.name, seed, metrics, f"{i:02d}{seed:030d}"))
     d, _, paper = row_meta(s, "smoke")
     return build_table(s, "smoke", records, d, paper)
 
 
 def _fitted(table) -> str:
-    from mqvq.reports.tables import fit_one_column
+    from mqvq.reports.latex import fit_one_column
 
     fitted, left_out = fit_one_column(table)
     return to_latex(fitted, left_out=left_out)

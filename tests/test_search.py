@@ -103,12 +103,19 @@ def test_pruned_trials_are_recorded_as_pruned(model_run, tracker, monkeypatch):
     assert len(kids) == 3 and all(k.data.tags["mqvq.trial_state"] == "pruned" for k in kids)
 
 
+def _has_postgres_driver() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2"))
+
+
 def test_search_input_errors(model_run, tracker, tmp_path):
     run_id, stage1_run = model_run
     assert _search(run_id, tracker.home, "--trials", "2").exit_code == 0
     for args, msg in [(["--top-k", "50:10"], "is an empty range"), (["--top-p", "0:0.5"], "must lie in (0, 1]"),
                       (["--top-k", "0:5"], "must be at least 1"), (["--temperature", "abc"], "use LOW:HIGH"),
-                      (["--storage", "postgresql://nobody@127.0.0.1:9/optuna"], "cannot open the Optuna storage"),
+                      (["--storage", "postgresql://nobody@127.0.0.1:9/optuna"],  # with the driver: the server; without: the extra
+                       "cannot open the Optuna storage" if _has_postgres_driver() else 'pip install "mqvq[postgres]".'),
                       (["--storage", "sqlite:///x.db", "--workers", "2"], "SQLite cannot serve parallel Optuna workers"),
                       (["--sampler", "cmaes"], "use tpe, gp, grid or random"), (["--metric", "kid"], "use fid or fd_vgg16"),
                       (["--trials", "4", "--top-p", "0.5:0.9"], "exists with a different space"),
@@ -134,7 +141,8 @@ def test_a_quicker_or_worse_search_never_replaces_the_best_settings_in_use(track
 
     from mqvq.config import SamplingConfig
     from mqvq.stages.generate import best_sampling
-    from mqvq.studies.search import KINDS_TAG, Range, SearchSpec, _write_best, best_in_use
+    from mqvq.studies.search import Range, SearchSpec, _write_best, best_in_use
+    from mqvq.tracking.tags import SAMPLING_SEARCHED
 
     run_id = tracker.start_run("x", "model", {"mqvq.stage": "stage2"})
 
@@ -151,6 +159,25 @@ def test_a_quicker_or_worse_search_never_replaces_the_best_settings_in_use(track
     assert search("fd_vgg16", 64, 200.00, 30, "e")["study"] == "e"     # same count, better
     assert search("fd_vgg16", 128, 250.00, 20, "f")["study"] == "f"    # more samples of the same metric
     assert best_sampling(tracker, run_id, SamplingConfig()).top_k == 20
-    kinds = json.loads(tracker.get_run(run_id).data.tags[KINDS_TAG])
+    kinds = json.loads(tracker.get_run(run_id).data.tags[SAMPLING_SEARCHED])
     assert {k: v["value"] for k, v in kinds.items()} == {"fd_vgg16@64": 200.0, "fd_vgg16@16": 244.8, "fid@1000": 12.0,
                                                           "fd_vgg16@128": 250.0}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_search_trial_and_eval_measure_one_metric_against_one_reference(split, tiny, tracker):
+    """`fd_vgg16` of a search trial and of `mqvq eval` on the same model: the same reference images
+    (eval.fid_reference's split, the same cached statistics), named on both runs."""
+    from mqvq.stages.evaluate import evaluate_run
+
+    cfg = tiny("mqvae-f16-adaptive-50", *S2, f"eval.fid_reference={split}", "eval.num_samples=16")
+    train_stage1(cfg, tracker, progress=False)
+    run_id = train_stage2(cfg, tracker, progress=False)["run_id"]
+    assert _search(run_id, tracker.home, "--trials", "1", "--pruner", "none").exit_code == 0
+    evaluate_run(tracker, run_id, ["fid"], progress=False)
+    evaluated = tracker.get_run(run_id).data.tags
+    trial = tracker.find_runs(tracker.experiment_of(run_id), f"tags.\"mlflow.parentRunId\" = '{run_id}'")[0].data.tags
+    for fact in ("reference", "split", "backend"):
+        assert trial[f"mqvq.eval.fd_vgg16.{fact}"] == evaluated[f"mqvq.eval.fd_vgg16.{fact}"], fact
+    assert evaluated["mqvq.eval.fd_vgg16.split"] == split

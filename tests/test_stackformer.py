@@ -157,6 +157,7 @@ def test_sequence_loss_is_code_plus_position():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_compiled_decode_step_matches_eager_generation():
     """torch.compile(mode='reduce-overhead') of the static decode step (CUDA graphs on GPU); ~20 s to compile on CPU."""
     from mqvq.models.sampling import generate_compiled

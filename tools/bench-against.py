@@ -97,10 +97,12 @@ def sampling(rounds: int) -> dict:
     batch = 16
 
     def model(kind: str, grid: int, ratio: float):
-        code, pos, width, heads = STACKFORMER_PRESETS["cpu"]
+        sizes = STACKFORMER_PRESETS["cpu"]  # a dict of fields; revisions before 2026-12 kept a (code, position, width, heads) tuple
+        if not isinstance(sizes, dict):
+            sizes = dict(zip(("code_layers", "position_layers", "width", "heads"), sizes))
         torch.manual_seed(0)
         n = grid * grid if kind == "raster" else num_kept(grid * grid, ratio)
-        cfg = StackformerConfig(kind=kind, preset="cpu", code_layers=code, position_layers=pos, width=width, heads=heads, dropout=0.0)
+        cfg = StackformerConfig(kind=kind, preset="cpu", **sizes, dropout=0.0)
         return Stackformer(cfg, TokenShape(1024, (grid, grid), n)).eval()
 
     out = {}

@@ -6,7 +6,7 @@
 # faster. Everything lands in RESULTS_DIR: bench.json (the merged result), bench-eager.json,
 # bench-compiled.json, and a log per step. Budget: about 9 minutes on a current data-centre GPU.
 #
-#   tools/gpu-check.sh "$OUT"              # on the GPU machine
+#   tools/gpu-check.sh RESULTS_DIR         # on the GPU machine
 #   tools/gpu-check.sh DIR --dry-run       # here, on CPU: the same steps at the smallest sizes
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then echo "usage: tools/gpu-check.sh RESULTS_DIR [--dry-run]" >&2; exit 2; fi

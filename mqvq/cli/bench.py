@@ -25,6 +25,7 @@ def _write_json(out: Path, data: dict) -> None:
 
 def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tracking_uri) -> None:
     from mqvq.bench import HEADLINE
+    from mqvq.tracking import tags as T
 
     if out:
         _write_json(out, result)
@@ -33,7 +34,7 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
         tracker = open_tracker(tracking_uri, home)
         env = result.get("environment", {})
         run_id = tracker.start_run("bench", f"bench-{result['benchmark']}", {
-            "mqvq.kind": "bench", "mqvq.bench": result["benchmark"], **{f"mqvq.env.{k}": v for k, v in env.items()}})
+            T.KIND: T.Kind.BENCH.value, T.BENCH: result["benchmark"], **{T.ENV + k: v for k, v in env.items()}})
         metrics = {k: v for k, v in _flat(result).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tracker.log_metrics(run_id, metrics, step=0)
         tracker.log_dict(run_id, result, "bench.json")
@@ -49,13 +50,15 @@ def _emit(result: dict, out: Optional[Path], as_json: bool, log: bool, home, tra
 
 
 def _flat(result: dict) -> dict:
+    from mqvq.bench import HEADLINE
+
     out = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
     for i, row in enumerate(result.get("rows", [])):
         tag = row.get("experiment") or row.get("selector") or f"{row.get('model')}_{row.get('mask_ratio')}_{'cache' if row.get('cache') else 'nocache'}"
         out |= {f"{tag}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, sub in result.items():
         if isinstance(sub, dict) and name != "environment":
-            out |= {k: v for k, v in _flat(sub).items() if k in __import__("mqvq.bench", fromlist=["HEADLINE"]).HEADLINE}
+            out |= {k: v for k, v in _flat(sub).items() if k in HEADLINE}
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -48,7 +49,7 @@ def print_json(payload) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets print as written
     raise typer.Exit(code)
 
 
@@ -59,7 +60,7 @@ def open_tracker(tracking_uri: str | None, home: str | None, read_only: bool = F
 
     tracker = Tracker(tracking_uri, home, must_exist=read_only)
     if tracker.created:
-        err_console.print(f"created a new tracking store at {tracker.uri}", highlight=False)
+        err_console.print(f"created a new tracking store at {escape(tracker.uri)}", highlight=False)
     return tracker
 
 

@@ -61,7 +61,7 @@ def _write_preview(cfg, train, path: Path, num: int) -> Path:
     from PIL import Image
 
     from mqvq.data.inspect import preview
-    from mqvq.tracking.store import ensure_writable
+    from mqvq.tracking.location import ensure_writable
 
     ensure_writable(path.parent, "--preview")
     Image.fromarray(preview(cfg, "train", num, dataset=train)).save(path)

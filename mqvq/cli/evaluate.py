@@ -25,6 +25,7 @@ def evaluate(
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
     from mqvq.stages.evaluate import evaluate_run, parse_metrics
+    from mqvq.tracking import tags as T
 
     if backend is not None and backend not in ("inception", "vgg16"):
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
@@ -34,9 +35,9 @@ def evaluate(
     tags = result["tags"]
     if as_json:
         print_json({"run_id": result["run_id"], "stage": result["stage"], "metrics": result["metrics"],
-                    "tags": {k: v for k, v in tags.items() if k.startswith("mqvq.eval.")}})
+                    "tags": {k: v for k, v in tags.items() if T.is_eval_tag(k)}})
         return
-    rows = [[k, f"{v:.4g}", " / ".join(str(tags[t]) for t in (f"mqvq.eval.{k}.backend", f"mqvq.eval.{k}.num") if t in tags)]
+    rows = [[k, f"{v:.4g}", " / ".join(str(tags[t]) for t in (T.eval_tag(k, "backend"), T.eval_tag(k, "num")) if t in tags)]
             for k, v in result["metrics"].items()]
     console.print(table(["metric", "value", "backend / count"], rows, numeric=("value",)))
     console.print(f"logged to {result['stage']} run {result['run_id']}")

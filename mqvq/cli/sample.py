@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker
 
@@ -54,7 +55,7 @@ def sample(
     if gen.tokenizer is not None and texts:
         unknown = sorted({w for t in texts for w in gen.tokenizer.unknown(t)})
         if unknown:
-            console.print(f"[yellow]note[/]: not in the model's caption vocabulary, read as <unk>: {', '.join(unknown)}")
+            console.print(f"[yellow]note[/]: not in the model's caption vocabulary, read as <unk>: {escape(', '.join(unknown))}")
     result = write_samples(gen, out, num, params, class_label=class_label, prompts=texts, seed=seed, steps=steps, npz=npz,
                            overwrite=overwrite, progress=progress)
     console.print(f"[green]wrote[/] {result['num']} images to {result['out']} ({result['images_per_s']:.1f} img/s)")

@@ -51,6 +51,7 @@ def sampling(
 ) -> None:
     """Search top-k / top-p / temperature for codes and positions, minimising FID (or FD-VGG16)."""
     from mqvq.errors import UserError
+    from mqvq.metrics.registry import SAMPLE_METRICS, frechet
     from mqvq.models.checkpoint import read_checkpoint
     from mqvq.stages.generate import check_top_k
     from mqvq.stages.lookup import model_file
@@ -58,8 +59,8 @@ def sampling(
 
     tracker = open_tracker(tracking_uri, home)
     run_id = resolve_model_run(tracker, spec, profile)
-    if metric is not None and metric not in ("fid", "fd_vgg16"):
-        raise UserError(f"--metric {metric!r} is invalid: use fid or fd_vgg16.")
+    if metric is not None and metric not in SAMPLE_METRICS:
+        raise UserError(f"--metric {metric!r} is invalid: use {' or '.join(SAMPLE_METRICS)}.")
     if pruner not in ("median", "none"):
         raise UserError(f"--pruner {pruner!r} is invalid: use median or none.")
     ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
@@ -81,7 +82,7 @@ def sampling(
                 check_top_k(name, int(space[name].high), shape["codebook_size"], grid_len)
     ev = cfg.get("eval", {})
     n = num_samples or min(int(ev.get("num_samples", 10_000)), 10_000)
-    metric = metric or ("fid" if ev.get("backend", "inception") == "inception" else "fd_vgg16")
+    metric = metric or frechet("fid", ev.get("backend", "inception"))
     try:
         rung_list = [int(r) for r in rungs.split(",")] if rungs else [r for r in (1000, 5000) if r < n]
     except ValueError:

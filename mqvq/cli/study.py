@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console, open_tracker,
                              print_json, read_only, table)
 
@@ -115,7 +116,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
 
         results, errors = run_workers(name, workers, tracking_uri=tracking_uri, home=str(tracker.home), device=device, **options)
         for e in errors:
-            err_console.print(f"[red]{e}[/]", highlight=False)
+            err_console.print(f"[red]{escape(str(e))}[/]", highlight=False)
     else:
         errors = []
         results = run_study(tracker, study, device=device, progress=progress,
@@ -129,23 +130,23 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
             publish_summary(tracker, study.name, profile)
             console.print(f"summary in MLflow: `mqvq ui {study.name} --profile {profile}`", highlight=False)
         except Exception as e:  # noqa: BLE001  (the rows are done and recorded; the summary is a view of them)
-            err_console.print(f"[yellow]the study's summary run was not updated: {e}[/]", highlight=False)
+            err_console.print(f"[yellow]the study's summary run was not updated: {escape(str(e))}[/]", highlight=False)
     for r in results:
         if r.status == "failed":
-            console.print(f"[red]failed[/] {r.row} (seed {r.seed}): {r.detail}")
+            console.print(f"[red]failed[/] {r.row} (seed {r.seed}): {escape(r.detail)}")
     raise typer.Exit(max(exit_code(results), 1 if errors else 0))
 
 
 def headline_metrics(study, measured: set[str]) -> dict[str, str]:
     """{metric key: header} for the study's declared metrics as measured (the diagnostics beside them
     stay in --json and the report), so that the status table fits a terminal."""
-    from mqvq.reports.tables import METRICS
+    from mqvq.metrics.registry import REGISTRY
 
     families = [("mask" if m == "mask_detail" else m) for m in study.metrics] + (["fid_best"] if study.search.trials else [])
     out = {}
     for family in families:
-        names, labels = METRICS[family][0], METRICS[family][1]
-        out |= {key: labels[b] for b, key in names.items() if key in measured}
+        m = REGISTRY[family]
+        out |= {key: m.labels[b] for b, key in m.names.items() if key in measured}
     return out
 
 
@@ -162,11 +163,11 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
     plans = plan_study(open_tracker(tracking_uri, home, read_only=True), study, profile, estimate=False)
     rows = []
     for p in plans:
-        tags = p.parent.data.tags if p.parent is not None else {}
+        rec = p.parent
         rows.append({"row": p.row.name, "seed": p.seed, "label": p.row.label or p.row.name, "status": p.status,
-                     "run_id": p.parent.info.run_id if p.parent is not None else None,
-                     "stage1_run": tags.get("mqvq.stage1_run"), "stage2_run": tags.get("mqvq.stage2_run"),
-                     "failure": tags.get("mqvq.failure") or None, "metrics": p.metrics, "paper": row_paper(study, p.row)})
+                     "run_id": rec.run_id if rec else None, "stage1_run": rec.stage1_run if rec else None,
+                     "stage2_run": rec.stage2_run if rec else None, "failure": (rec.failure or None) if rec else None,
+                     "metrics": p.metrics, "paper": row_paper(study, p.row)})
     if as_json:
         print_json({"study": study.name, "profile": profile, "rows": rows})
         return
@@ -180,4 +181,4 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
         console.print(f"[dim]also measured: {', '.join(others)} (--json, or `mqvq report {study.name} --profile {profile}`)[/]")
     for r in rows:
         if r["failure"] and r["status"] == "failed":
-            console.print(f"[red]{r['row']}[/]: {r['failure']}")
+            console.print(f"[red]{r['row']}[/]: {escape(r['failure'])}")

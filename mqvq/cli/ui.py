@@ -35,11 +35,12 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
     if study:
         from mqvq.reports.summary import VIEW_KEY
 
-        exp = tracker.client.get_experiment_by_name(study_experiment(study, profile))
-        if exp is None:
+        name = study_experiment(study, profile)
+        exp_tags = tracker.experiment_tags(name)
+        if exp_tags is None:
             raise UserError(f"study {study} has no runs at profile {profile} yet: run `mqvq study run {study} --profile {profile}`.")
-        url += f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"  # not the GenAI side bar
-        if SHARED_VIEW_TAG + VIEW_KEY in tracker.client.get_experiment(exp.experiment_id).tags:
+        url += f"/#/experiments/{tracker.experiment_id(name)}/runs?workflowType=machine_learning"  # not the GenAI side bar
+        if SHARED_VIEW_TAG + VIEW_KEY in exp_tags:
             url += f"&viewStateShareKey={VIEW_KEY}"  # the study's metric columns, saved by its summary
     _check_port_free(host, port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", host, "--port", str(port)]

@@ -92,7 +92,7 @@ def _missing(claim: str, why: str) -> Verdict:
 
 def _metric_columns(table: Table, family: str):
     """Our columns of a metric family that some row has measured."""
-    return [c for c in table.columns if c.family == family and not c.key.startswith("paper:")
+    return [c for c in table.columns if c.family == family and not c.is_paper
             and any(c.key in r.values for r in table.rows)]
 
 

@@ -10,32 +10,26 @@ from mqvq.errors import UserError
 from mqvq.files import atomic_write
 from mqvq.paper import paper_values
 from mqvq.reports.checks import check_claims
-from mqvq.reports.tables import (COLUMN_PT, PAPER_LAYOUTS, RENDERERS, Table, build_table, describe, fit_one_column,
-                                 select_columns, table_width, to_latex, to_markdown)
-from mqvq.studies.lease import lease_is_live
+from mqvq.reports.latex import COLUMN_PT, fit_one_column, table_width, to_latex
+from mqvq.reports.render import RENDERERS, to_markdown
+from mqvq.reports.tables import PAPER_LAYOUTS, Table, build_table, describe, select_columns
 from mqvq.studies.plan import study_experiment
 from mqvq.studies.spec import StudyConfig, load_study, row_config
-from mqvq.tracking.store import Tracker, ensure_writable
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import RowRecord
+from mqvq.tracking.location import ensure_writable
+from mqvq.tracking.store import Tracker
 
 FORMATS = {".md": "md", ".tex": "latex", ".csv": "csv", ".json": "json"}
 
 
-def collect(tracker: Tracker, study: StudyConfig, profile: str) -> list[dict]:
+def collect(tracker: Tracker, study: StudyConfig, profile: str) -> list[RowRecord]:
     """One record per row run (row x seed) of the study at `profile`."""
     name = study_experiment(study.name, profile)
-    runs = tracker.find_runs(name, "tags.\"mqvq.kind\" = 'row'", order_by=["attributes.start_time ASC"]) \
-        if tracker.client.get_experiment_by_name(name) else []
+    runs = tracker.find_runs(name, T.where(kind=T.Kind.ROW), order_by=["attributes.start_time ASC"]) if tracker.has_experiment(name) else []
     if not runs:
         raise UserError(f"study {study.name} has no runs at profile {profile} yet: run `mqvq study run {study.name} --profile {profile}` first.")
-    out = []
-    for r in runs:
-        t = r.data.tags
-        status = t.get("mqvq.status", "missing")
-        if status == "running" and not lease_is_live(t.get("mqvq.lease", ""), float(t.get("mqvq.heartbeat", "0") or 0), 120):
-            status = "missing"
-        out.append({"row": t.get("mqvq.row"), "seed": int(t.get("mqvq.seed", 0)), "status": status, "metrics": dict(r.data.metrics),
-                    "tags": dict(t), "run_id": r.info.run_id, "end_time": r.info.end_time if status == "finished" else None})
-    return out
+    return [RowRecord.of(r) for r in runs]
 
 
 def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
@@ -192,7 +186,7 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
         if runs.get("stage2"):
             label = next(r.descriptors["label"] for r in table.rows if r.name == row)
             for key, kind in (("val/loss", "validation"), ("train/loss", "train")):
-                hist = tracker.client.get_metric_history(runs["stage2"], key)
+                hist = tracker.metric_history(runs["stage2"], key)
                 if hist:
                     curves.setdefault(label, {})[kind] = ([m.step for m in hist], [m.value for m in hist])
             kinds[label] = tracker.get_run(runs["stage2"]).data.params.get("stage2.model.kind", "")
@@ -200,7 +194,7 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
         fig = F.loss_curves_figure(curves, kinds, f"Fig. 6a: {study.name} ({table.profile}), stage-2 loss")
         written.append(_save(fig, folder / "fig6a-loss-curves.png"))
     # Fig. 6b: speed against the Fréchet distance
-    fd_key = next((c.key for c in table.columns if c.key in ("fid", "fd_vgg16")), None)
+    fd_key = next((c.key for c in table.columns if c.family == "fid"), None)
     points = [(r.descriptors["label"], r.values["speed_images_per_s"][0], r.values[fd_key][0]) for r in table.rows
               if fd_key and "speed_images_per_s" in r.values and fd_key in r.values]
     if len(points) >= 2:
@@ -217,14 +211,14 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
             continue
         runs, row_fractions = [], []
         for rid in row.run_ids:
-            s1 = tracker.get_run(rid).data.tags.get("mqvq.stage1_run")
-            hist = tracker.client.get_metric_history(s1, "val/mask_fg_precision") if s1 else []
+            s1 = RowRecord.of(tracker.get_run(rid)).stage1_run
+            hist = tracker.metric_history(s1, "val/mask_fg_precision") if s1 else []
             if len(hist) > 1:
                 first = {}
                 for m in sorted(hist, key=lambda m: m.timestamp):  # one point per step (older runs logged the last twice)
                     first.setdefault(m.step, m.value)
                 runs.append((sorted(first), [first[k] for k in sorted(first)]))
-                frac = tracker.client.get_metric_history(s1, "val/fg_token_fraction")
+                frac = tracker.metric_history(s1, "val/fg_token_fraction")
                 row_fractions += [m.value for m in frac[-1:]]
         if runs:
             label = row.descriptors.get("label", row.name)
@@ -238,8 +232,8 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
 
 
 def _stage_runs(tracker: Tracker, row) -> dict:
-    tags = tracker.get_run(row.run_ids[0]).data.tags
-    return {"stage1": tags.get("mqvq.stage1_run"), "stage2": tags.get("mqvq.stage2_run")}
+    rec = RowRecord.of(tracker.get_run(row.run_ids[0]))
+    return {"stage1": rec.stage1_run, "stage2": rec.stage2_run}
 
 
 def _artifact(tracker: Tracker, run_id: str, path: str) -> str | None:

@@ -1,5 +1,5 @@
 """A study's summary in MLflow, so the ablation shows in the UI at a glance: one run per study and
-profile (tag mqvq.kind = summary, drawn anew each time, the previous one deleted) whose description
+profile (kind summary, drawn anew each time, the previous one deleted) whose description
 is the table at a glance, with that table as an MLflow table artifact and the report in Markdown,
 LaTeX and JSON plus its figures as artifacts. The study's experiment gets a saved runs view with
 its metric columns, which `mqvq ui STUDY` opens."""
@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 from mqvq.reports.report import make_table, render, write_figures
-from mqvq.reports.tables import glance, to_glance
+from mqvq.reports.render import glance, to_glance
 from mqvq.studies.plan import study_experiment
+from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 VIEW_KEY = "mqvq"
@@ -20,15 +21,15 @@ def publish_summary(tracker: Tracker, name: str, profile: str, figures: bool = T
     """Create or refresh the study's summary run; returns its id."""
     table, study, meta = make_table(tracker, name, profile)
     experiment = study_experiment(name, profile)
-    older = tracker.find_runs(experiment, "tags.\"mqvq.kind\" = 'summary'")
-    tags = {"mqvq.kind": "summary", "mqvq.study": name, "mqvq.profile": profile, "mqvq.table": study.table,
-            "mqvq.rows_finished": sum(r.status == "finished" for r in table.rows), "mqvq.rows": len(table.rows)}
+    older = tracker.find_runs(experiment, T.where(kind=T.Kind.SUMMARY))
+    tags = {T.KIND: T.Kind.SUMMARY.value, T.STUDY: name, T.PROFILE: profile, T.TABLE: study.table,
+            T.ROWS_FINISHED: sum(r.status == "finished" for r in table.rows), T.ROWS: len(table.rows)}
     run_id = tracker.start_run(experiment, f"summary: {name} ({profile})", tags)
     note = (f"{to_glance(table)}\n\nThe whole table with its provenance: artifact `summary/{name}.md` (also `.tex`, "
             f"`.json` and `figures/`), or `mqvq report {name} --profile {profile}`.")
-    tracker.set_tags(run_id, {"mlflow.note.content": note, "mqvq.status": "finished"})
+    tracker.set_tags(run_id, {"mlflow.note.content": note})
     head, rows = glance(table)
-    tracker.client.log_table(run_id, {h: [r[i] for r in rows] for i, h in enumerate(head)}, "summary/table.json")
+    tracker.log_table(run_id, {h: [r[i] for r in rows] for i, h in enumerate(head)}, "summary/table.json")
     with tempfile.TemporaryDirectory() as tmp:
         for suffix, fmt in (("md", "md"), ("tex", "latex"), ("json", "json")):
             path = Path(tmp) / f"{name}.{suffix}"
@@ -37,10 +38,10 @@ def publish_summary(tracker: Tracker, name: str, profile: str, figures: bool = T
         if figures:
             for fig in write_figures(tracker, table, study, meta, Path(tmp) / "figures"):
                 tracker.log_artifact(run_id, fig, "summary/figures")
-    tracker.client.set_terminated(run_id, "FINISHED")
+    tracker.end_run(run_id, "FINISHED")
     for run in older:  # one summary per study and profile: the new one replaces them (MLflow keeps them as deleted)
-        tracker.client.delete_run(run.info.run_id)
-    columns = [f"metrics.`{c.key}`" for c in table.columns if not c.key.startswith("paper:") and not c.extra
+        tracker.delete_run(run.info.run_id)
+    columns = [f"metrics.`{c.key}`" for c in table.columns if not c.is_paper and not c.extra
                and any(c.key in r.values for r in table.rows)]
     tracker.save_runs_view(tracker.experiment_id(experiment), VIEW_KEY, columns)
     return run_id

@@ -8,10 +8,8 @@ samples show their caption's attributes (attr_acc), beside the same classifier o
 split's captions. A model trained with condition dropout also gets each of fid and attr with
 classifier-free guidance at eval.cfg_scale (fid_cfg / fd_vgg16_cfg, attr_acc_cfg).
 
-Every Fréchet metric carries tags naming its backend, sample count
-and reference statistics, so a table can never mix backends silently:
-
-    mqvq.eval.<metric>.backend, mqvq.eval.<metric>.num, mqvq.eval.<metric>.reference
+Every Fréchet metric carries tags (`tags.eval_tag(metric, fact)`) naming its backend, sample count,
+reference statistics and split, so a table can never mix backends or references silently.
 """
 from __future__ import annotations
 
@@ -22,18 +20,19 @@ import time
 import torch
 
 from mqvq import figures, images
-from mqvq.config import ExperimentConfig, SamplingConfig, from_dict, validate_eval
+from mqvq.config import ExperimentConfig, SamplingConfig, validate_eval
 from mqvq.data import build_dataset
 from mqvq.errors import UserError
-from mqvq.metrics.features import make_backend, metric_names
+from mqvq.metrics.features import make_backend
 from mqvq.metrics.frechet import frechet_distance
 from mqvq.metrics.mask import MASK_METRICS
-from mqvq.models.checkpoint import read_checkpoint
 from mqvq.runtime import autocast_dtype, environment, setup
-from mqvq.stages.lookup import model_file
+from mqvq.metrics.registry import best, frechet, guided
+from mqvq.stages.lookup import resolve
 from mqvq.stages.reconstruction import reconstruction_metrics
-from mqvq.stages.reference import reference_stats
+from mqvq.stages.reference import reference_stats, sample_reference
 from mqvq.timing import device_name
+from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
@@ -51,36 +50,13 @@ def parse_metrics(text: str | None) -> list[str] | None:
     return names
 
 
-def _run_and_config(tracker: Tracker, spec: str):
-    from pathlib import Path
-
-    from mlflow.exceptions import MlflowException
-
-    if Path(spec).is_file():
-        run_id = read_checkpoint(spec).get("run_id")
-        if not run_id:
-            raise UserError(f"{spec} does not record the run it belongs to; pass the run id.")
-        spec = run_id
-    try:
-        run = tracker.client.get_run(spec)
-    except MlflowException:
-        raise UserError(f"{spec!r} is not an MLflow run id in {tracker.uri}.") from None
-    stage = run.data.tags.get("mqvq.stage")
-    if stage not in STAGE_METRICS:
-        raise UserError(f"run {spec} is not an mqvq stage-1 or stage-2 run.")
-    if run.info.status != "FINISHED":
-        raise UserError(f"{stage} run {spec} is {run.info.status.lower()}, not finished: resume it before evaluating.")
-    path = model_file(tracker, spec)
-    cfg = from_dict(ExperimentConfig, read_checkpoint(path)["config"])
-    return run, stage, cfg, path
-
-
 def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
                  num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
                  device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
                  sampling_choice: str = "default", cfg_scale: float | None = None) -> dict:
     """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
-    run, stage, cfg, path = _run_and_config(tracker, spec)
+    ref = resolve(tracker, spec, need_run=True)  # evaluation logs to the run
+    run, stage, cfg, path = tracker.get_run(ref.run_id), ref.stage, ref.experiment, ref.checkpoint
     ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
                                                             "test_images": test_images, "batch_size": batch_size,
                                                             "cfg_scale": cfg_scale}.items()
@@ -91,7 +67,7 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
     wrong = [m for m in wanted if m not in allowed]
     if wrong:
         other = "stage-1" if stage == "stage2" else "stage-2"
-        hint = f" (its stage-1 run is {run.data.tags['mqvq.stage1_run']})" if stage == "stage2" and run.data.tags.get("mqvq.stage1_run") else ""
+        hint = f" (its stage-1 run is {run.data.tags[T.STAGE1_RUN]})" if stage == "stage2" and run.data.tags.get(T.STAGE1_RUN) else ""
         raise UserError(f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}.")
     d = setup(device)
     t0 = time.perf_counter()
@@ -101,10 +77,10 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
         values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice,
                                     cfg_scale)
     env = environment(d.device)
-    tags |= {"mqvq.eval.device": device_name(d.device), "mqvq.eval.torch": env["torch"],
-             "mqvq.eval.time": env["time"], "mqvq.eval.seconds": f"{time.perf_counter() - t0:.1f}"}
+    tags |= {T.EVAL_DEVICE: device_name(d.device), T.EVAL_TORCH: env["torch"],
+             T.EVAL_TIME: env["time"], T.EVAL_SECONDS: f"{time.perf_counter() - t0:.1f}"}
     if "threads" in env:
-        tags["mqvq.eval.threads"] = env["threads"]
+        tags[T.EVAL_THREADS] = env["threads"]
     numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
     tracker.log_metrics(run.info.run_id, numeric, step=0)
     tracker.set_tags(run.info.run_id, tags)
@@ -116,9 +92,9 @@ def _captioned(cfg: ExperimentConfig) -> bool:
     return cfg.stage2.model.conditioning == "text" and cfg.stage1.data.name == "procedural"
 
 
-def _frechet_tags(name: str, backend, num: int, reference: str) -> dict:
-    return {f"mqvq.eval.{name}.backend": backend.name, f"mqvq.eval.{name}.num": num,
-            f"mqvq.eval.{name}.reference": reference, f"mqvq.eval.{name}.resolution": backend.resolution}
+def _frechet_tags(name: str, backend, num: int, reference: str, split: str) -> dict:
+    return {T.eval_tag(name, "backend"): backend.name, T.eval_tag(name, "num"): num, T.eval_tag(name, "reference"): reference,
+            T.eval_tag(name, "resolution"): backend.resolution, T.eval_tag(name, "split"): split}
 
 
 def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
@@ -133,23 +109,23 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     res = reconstruction_metrics(model, test, device, backend=backend, lpips=lpips, batch_size=ev.batch_size, dtype=dtype,
                                  limit=ev.test_images, workers=ev.workers, progress=progress)
     n = int(res.metrics["num_images"])
-    values, tags = {}, {"mqvq.eval.test_images": n}
-    if "rfid" in wanted:
+    values, tags = {}, {T.EVAL_TEST_IMAGES: n}
+    if "rfid" in wanted:  # reconstructions of the test split against the same images
         ref, key = reference_stats(backend, test, "test", tracker.home, ev.batch_size, ev.workers, progress)
-        name = metric_names(backend.name)["rfid"]
+        name = frechet("rfid", backend.name)
         values[name] = frechet_distance(res.recon_stats, ref)
-        tags |= _frechet_tags(name, backend, n, key)
+        tags |= _frechet_tags(name, backend, n, key, "test")
     if "usage" in wanted:
         values |= {k: res.metrics[k] for k in ("usage", "usage_effective", "perplexity")}
-        tags["mqvq.eval.usage.num"] = n
+        tags[T.eval_tag("usage", "num")] = n
         tracker.log_dict(run_id, {"codebook_size": len(res.counts), "test_images": n,
                                   "counts": [int(c) for c in res.counts.tolist()]}, "metrics/codebook_counts.json")
     if "psnr" in wanted:
         values["psnr"] = res.metrics["psnr"]
     if "lpips" in wanted:
         values["lpips"] = res.metrics["lpips"]
-        tags["mqvq.eval.lpips.net"] = ev.lpips_net
-        tags["mqvq.eval.lpips.resolution"] = max(cfg.stage1.data.resolution, 64)
+        tags[T.eval_tag("lpips", "net")] = ev.lpips_net
+        tags[T.eval_tag("lpips", "resolution")] = max(cfg.stage1.data.resolution, 64)
     if "mask" in wanted:
         values |= {k: res.metrics[k] for k in MASK_METRICS if k in res.metrics}
         if res.keep_frequency is not None:
@@ -188,10 +164,10 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
     for scale in (params.cfg_scale, cfg_scale if cfg_scale is not None else 1.0):  # what was asked for fits the model
         check_guidance(gen, scale)
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
-    values, tags = {}, {"mqvq.eval.sampling": settings, "mqvq.eval.sampling_choice": sampling_choice}
+    values, tags = {}, {T.EVAL_SAMPLING: settings, T.EVAL_SAMPLING_CHOICE: sampling_choice}
     # the searched settings' distance is its own metric (as a study's search rows log it), so the
     # run's default-sampling number, which studies and reports show, is never silently replaced
-    suffix = "_best" if sampling is None and sampling_choice == "best" else ""
+    searched = sampling is None and sampling_choice == "best"
     first = None
     prompts = targets = None
     if gen.conditioning == "text":  # the test split's captions, cycled
@@ -203,40 +179,40 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
     # guidance as a second measurement, when the model learned the unconditional distribution too
     variants = [("", params)]
     if gen.cond_dropout > 0 and params.cfg_scale == 1.0 and ev.cfg_scale != 1.0:
-        variants.append(("_cfg", dataclasses.replace(params, cfg_scale=ev.cfg_scale)))
+        variants.append(("guided", dataclasses.replace(params, cfg_scale=ev.cfg_scale)))
     if {"fid", "is", "attr"} & set(wanted):
         backend = ref = key = None
         if "fid" in wanted or "is" in wanted:
             backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
             if "is" in wanted and not backend.has_logits:
                 raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
-            split = ev.fid_reference
-            real = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), split)
-            ref, key = reference_stats(backend, real, split, tracker.home, ev.batch_size, ev.workers, progress)
+            ref, key, split = sample_reference(cfg, backend, tracker.home, ev.batch_size, ev.workers, progress)
         clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
         for tail, p in variants:
             sm = sample_metrics(gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None)
             first = sm["first_images"] if first is None else first
             p_settings = json.dumps(dataclasses.asdict(p), sort_keys=True)
             if "fid" in wanted:
-                name = metric_names(backend.name)["fid"] + suffix + tail
+                name = frechet("fid", backend.name)
+                name = best(name) if searched else name
+                name = guided(name) if tail else name
                 values[name] = sm["fd"]
-                tags |= _frechet_tags(name, backend, ev.num_samples, key) | {f"mqvq.eval.{name}.split": split,
-                                                                             f"mqvq.eval.{name}.sampling": p_settings,
-                                                                             f"mqvq.eval.{name}.sampling_choice": sampling_choice}
+                tags |= _frechet_tags(name, backend, ev.num_samples, key, split) | {T.eval_tag(name, "sampling"): p_settings,
+                                                                                    T.eval_tag(name, "sampling_choice"): sampling_choice}
             if "is" in wanted and not tail:
                 values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
-                tags |= {"mqvq.eval.is.backend": backend.name, "mqvq.eval.is.num": ev.num_samples}
+                tags |= {T.eval_tag("is", "backend"): backend.name, T.eval_tag("is", "num"): ev.num_samples}
             if clf is not None:
                 acc = caption_accuracy(clf, sm["images"], targets)
                 if tail:  # the guided run adds its own mean and per-attribute numbers
-                    acc = {k + tail: v for k, v in acc.items() if k not in ("attr_acc_real", "attr_acc_chance")}
+                    acc = {guided(k): v for k, v in acc.items() if k not in ("attr_acc_real", "attr_acc_chance")}
                 values |= acc
-                tags |= {f"mqvq.eval.attr_acc{tail}.num": ev.num_samples, f"mqvq.eval.attr_acc{tail}.sampling": p_settings}
+                attr = guided("attr_acc") if tail else "attr_acc"
+                tags |= {T.eval_tag(attr, "num"): ev.num_samples, T.eval_tag(attr, "sampling"): p_settings}
     if "speed" in wanted:
         dtype = autocast_dtype(cfg.stage2.train.precision, device)
         values |= sampling_speed(gen, params, ev.speed_batch_size, ev.speed_repeats, dtype)
-        tags["mqvq.eval.speed.batch_size"] = ev.speed_batch_size
+        tags[T.eval_tag("speed", "batch_size")] = ev.speed_batch_size
     if "figures" in wanted:
         if gen.conditioning == "text":
             tracker.log_image(run_id, _prompt_grid(gen, params, cfg, prompts[:6], variants), "figures/samples_eval.png")
@@ -246,8 +222,8 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
             tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
                               "figures/samples_eval.png")
         curves = {}
-        for key_, label in (("train/loss", "train"), ("val/loss", "validation")):
-            hist = tracker.client.get_metric_history(run_id, key_)
+        for curve, label in (("train/loss", "train"), ("val/loss", "validation")):
+            hist = tracker.metric_history(run_id, curve)
             if hist:
                 curves[label] = ([m.step for m in hist], [m.value for m in hist])
         if curves:

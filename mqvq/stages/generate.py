@@ -22,12 +22,14 @@ from mqvq.models.stackformer import Stackformer
 from mqvq.models.text import WordTokenizer
 from mqvq.runtime import autocast_dtype, progress_bar
 from mqvq.stages.lookup import model_file, resolve
-from mqvq.tracking.store import Tracker, ensure_writable
+from mqvq.tracking import tags as T
+from mqvq.tracking.location import ensure_writable
+from mqvq.tracking.store import Tracker
 
 # the tags `mqvq search sampling` writes on a stage-2 run and `--sampling best` reads
 SAMPLING_PARAMS = ("top_k", "top_p", "temperature", "top_k_pos", "top_p_pos", "temperature_pos", "cfg_scale")
 INT_PARAMS = {"top_k", "top_k_pos"}
-BEST_PREFIX = "mqvq.sampling.best."
+BEST_PREFIX = T.SAMPLING_BEST
 
 
 @dataclass

@@ -1,11 +1,15 @@
-"""Which checkpoint does a user mean? A path, an MLflow run id, or 'the finished run of this config'."""
+"""Which model does a user mean? `resolve` is the one answer, for every command: a checkpoint path
+or an MLflow run id (a study row, STUDY:ROW, is turned into its run id by the studies first);
+`find_stage1` finds 'the finished stage-1 run of this config'."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from mqvq.config import ExperimentConfig, config_hash, get_dotted, identity, to_dict
+from mqvq.config import ExperimentConfig, config_hash, from_dict, get_dotted, identity, to_dict
 from mqvq.errors import UserError
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import stage_of
 from mqvq.tracking.store import Tracker
 
 # stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake
@@ -16,7 +20,13 @@ TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.quantizer.codebook
 class ModelRef:
     checkpoint: Path
     run_id: str | None
-    config: dict          # the experiment config the checkpoint was trained with
+    config: dict          # the experiment config the checkpoint was trained with, as stored
+    stage: str = ""       # stage1 | stage2
+
+    @property
+    def experiment(self) -> ExperimentConfig:
+        """The stored config, typed (fields added since it was written take their defaults)."""
+        return from_dict(ExperimentConfig, self.config)
 
 
 def checkpoint_path(home: Path, run_id: str) -> Path:
@@ -40,8 +50,13 @@ def model_file(tracker: Tracker, run_id: str) -> Path:
         raise UserError(f"run {run_id} has no model checkpoint (checkpoints/model.pt): did it finish?") from None
 
 
-def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
-    """A checkpoint path or an MLflow run id of a finished `stage` run."""
+STAGES = (T.Stage.STAGE1.value, T.Stage.STAGE2.value)
+
+
+def resolve(tracker: Tracker, spec: str, stage: str | None = None, *, need_run: bool = False, why: str = "") -> ModelRef:
+    """The finished model a user names by a checkpoint path or an MLflow run id. `stage`: the stage
+    it must be (None: either); `need_run`: the caller logs to the run, so a checkpoint must name a
+    finished run of this store; `why`: what the caller needs it for, said when the stage is wrong."""
     from mqvq.models.checkpoint import read_checkpoint  # torch: not for the commands that only plan
 
     path = Path(spec)
@@ -49,29 +64,32 @@ def resolve(tracker: Tracker, spec: str, stage: str) -> ModelRef:
         if not path.is_file():
             raise UserError(f"checkpoint {path} does not exist.")
         ckpt = read_checkpoint(path)
-        if ckpt.get("stage") != stage:
+        if stage is not None and ckpt.get("stage") != stage:
             raise UserError(f"{path} is a {ckpt.get('stage')} checkpoint, not {stage}.")
-        return ModelRef(path, ckpt.get("run_id"), ckpt["config"])
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = tracker.client.get_run(spec)
-    except MlflowException:
-        raise UserError(f"{spec!r} is neither a checkpoint file nor an MLflow run id in {tracker.uri}.") from None
-    if run.data.tags.get("mqvq.stage") != stage:
-        raise UserError(f"run {spec} is a {run.data.tags.get('mqvq.stage', 'non-mqvq')} run, not {stage}.")
+        if not need_run:
+            return ModelRef(path, ckpt.get("run_id"), ckpt["config"], ckpt.get("stage", ""))
+        if not ckpt.get("run_id"):
+            raise UserError(f"{spec} does not record the run it belongs to; pass the run id.")
+        spec = ckpt["run_id"]
+    run = tracker.find_run(spec)
+    if run is None:
+        raise UserError(f"{spec!r} is neither a checkpoint file nor an MLflow run id in {tracker.uri}.")
+    found = stage_of(run)
+    if found not in STAGES or (stage is not None and found != stage):
+        if found:
+            raise UserError(f"run {spec} is a {found} run" + (f": {why}." if why else f", not {stage}."))
+        raise UserError(f"run {spec} is not an mqvq {stage or 'stage-1 or stage-2'} run" + (f": {why}." if why else "."))
     if run.info.status != "FINISHED":
-        raise UserError(f"{stage} run {spec} is {run.info.status.lower()}, not finished: resume it first.")
+        raise UserError(f"{found} run {spec} is {run.info.status.lower()}, not finished: resume it first.")
     path = model_file(tracker, spec)
-    return ModelRef(path, spec, read_checkpoint(path)["config"])
+    return ModelRef(path, spec, read_checkpoint(path)["config"], found)
 
 
 def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> ModelRef:
     """The latest finished stage-1 run of exactly this experiment's stage-1 config and seed: from the
     experiment's own MLflow experiment first, else from any (a study's rows train in the study's)."""
     h = config_hash(identity(cfg.stage1))
-    query = (f"tags.\"mqvq.stage\" = 'stage1' and tags.\"mqvq.config_hash\" = '{h}' "
-             f"and tags.\"mqvq.seed\" = '{cfg.seed}' and attributes.status = 'FINISHED'")
+    query = T.where(T.finished(), stage=T.Stage.STAGE1, config_hash=h, seed=cfg.seed)
     runs = tracker.find_runs(experiment, query) or tracker.find_runs_everywhere(query)
     if not runs:
         raise UserError(f"no finished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) in {tracker.uri}: "

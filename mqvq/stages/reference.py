@@ -2,10 +2,11 @@
 dataset digest, split) under <home>/fid_stats/."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
-from mqvq.data import eval_batches
+from mqvq.data import build_dataset, eval_batches
 from mqvq.files import atomic_write
 from mqvq.images import to_uint8
 from mqvq.metrics.frechet import FeatureStats, RunningStats
@@ -32,6 +33,17 @@ def reference_stats(backend, dataset, split: str, home: Path, batch_size: int = 
     result = stats.finalize()
     save_stats(result, path)
     return result, key
+
+
+def sample_reference(cfg, backend, home: Path, batch_size: int, workers: int = 0,
+                     progress: bool = False) -> tuple[FeatureStats, str, str]:
+    """(stats, digest, split) of the real images a model's samples are measured against (FID /
+    FD-VGG16): the whole `eval.fid_reference` split of its stage-1 data. The one rule for `mqvq eval`
+    and sampling searches, so that one metric name always means one reference."""
+    split = cfg.eval.fid_reference
+    real = build_dataset(dataclasses.replace(cfg.stage1.data, limit_train=0), split)  # limit_train never shortens it
+    stats, key = reference_stats(backend, real, split, home, batch_size, workers, progress)
+    return stats, key, split
 
 
 def save_stats(stats: FeatureStats, path: Path) -> None:

@@ -1,24 +1,29 @@
-"""Run lifecycle shared by the training stages: find / resume / start the MLflow run, the
-working checkpoint's place, and the metric window that syncs with the device once per log."""
+"""Run lifecycle shared by the training stages: find / resume / start the MLflow run, the working
+checkpoint (one save / restore for both stages: `TrainingRun`), and the metric window that syncs
+with the device once per log."""
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from mqvq import runtime
 from mqvq.errors import UserError
-from mqvq.runtime import Dist
+from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.runtime import Dist, gather_rng_states, seed_all, set_rng_state
 from mqvq.stages.lookup import checkpoint_path
 from mqvq.timing import device_name
+from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 
 def find_resumable(tracker: Tracker, experiment: str, stage: str, config_hash: str, seed: int) -> str | None:
     """Latest unfinished run of exactly this stage, config and seed."""
-    runs = tracker.find_runs(experiment, f"tags.\"mqvq.stage\" = '{stage}' and tags.\"mqvq.config_hash\" = '{config_hash}' "
-                                         f"and tags.\"mqvq.seed\" = '{seed}' and attributes.status != 'FINISHED'")
+    runs = tracker.find_runs(experiment, T.where(T.unfinished(), stage=stage, config_hash=config_hash, seed=seed))
     return runs[0].info.run_id if runs else None
 
 
@@ -32,40 +37,83 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
             if run_id is None:
                 raise UserError(f"no unfinished {stage} run of {what} to resume: run without --resume.")
             run = tracker.get_run(run_id)
-            if run.data.tags.get("mqvq.stage") != stage:
-                raise UserError(f"run {run_id} is a {run.data.tags.get('mqvq.stage', 'non-mqvq')} run, not {stage}.")
-            if run.data.tags.get("mqvq.config_hash") != config_hash:
+            if run.data.tags.get(T.STAGE) != stage:
+                raise UserError(f"run {run_id} is a {run.data.tags.get(T.STAGE, 'non-mqvq')} run, not {stage}.")
+            if run.data.tags.get(T.CONFIG_HASH) != config_hash:
                 raise UserError(f"run {run_id} was trained with a different {stage} config: resume it with the same experiment, profile and --set values.")
             if run.info.status == "FINISHED":
                 raise UserError(f"run {run_id} already finished; nothing to resume.")
             tracker.resume_run(run_id)
         else:
-            tags = {"mqvq.stage": stage, "mqvq.config_hash": config_hash, "mqvq.seed": seed,
-                    "mqvq.world_size": d.world, "mqvq.device": str(d.device), "mqvq.device_name": device_name(d.device),
-                    "mqvq.torch_threads": torch.get_num_threads(), **tags}
+            tags = {T.STAGE: stage, T.CONFIG_HASH: config_hash, T.SEED: seed, T.WORLD_SIZE: d.world, T.DEVICE: str(d.device),
+                    T.DEVICE_NAME: device_name(d.device), T.TORCH_THREADS: torch.get_num_threads(), **tags}
             run_id = tracker.start_run(experiment, run_name, tags, params, parent_run_id=parent_run_id)
             for name, data in artifacts.items():
                 tracker.log_dict(run_id, data, name)
-        tracker.set_tags(run_id, {"mqvq.checkpoint": str(checkpoint_path(tracker.home, run_id))})
+        tracker.set_tags(run_id, {T.CHECKPOINT: str(checkpoint_path(tracker.home, run_id))})
     return runtime.broadcast_object(run_id)
 
 
+@dataclass
+class TrainingRun:
+    """A training stage's run while it trains: where it logs, its working checkpoint, the state that
+    checkpoint holds (modules and optimizers by name, plus a header: format, stage, config) and the
+    step reached, which the loop keeps current (an interrupted run's reason names it)."""
+    tracker: Tracker
+    dist: Dist
+    run_id: str
+    parts: dict[str, Any]      # name -> a module or optimizer: what the checkpoint restores
+    header: dict[str, Any]     # written into every checkpoint beside the parts
+    step: int = 0
+
+    @property
+    def checkpoint(self) -> Path:
+        return checkpoint_path(self.tracker.home, self.run_id)
+
+    def restore(self, seed: int) -> int:
+        """Continue from the working checkpoint (parts, step, this rank's RNG), or start the ranks'
+        random streams apart when there is none; returns the step to start from."""
+        if self.checkpoint.is_file():
+            ckpt = load_checkpoint(self.checkpoint, self.dist.device)
+            for name, part in self.parts.items():
+                part.load_state_dict(ckpt[name])
+            rngs = ckpt["rng"]
+            set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0], self.dist.device)
+            self.step = ckpt["step"]
+        else:
+            seed_all(seed * 1000 + self.dist.rank)  # ranks draw different batches and masks
+        return self.step
+
+    def save(self) -> None:
+        """Write the working checkpoint (every rank calls it: the RNG states are gathered)."""
+        rng = gather_rng_states(self.dist.device)
+        if self.dist.main:
+            atomic_save({"format": FORMAT, **self.header, "step": self.step, "run_id": self.run_id,
+                         **{name: part.state_dict() for name, part in self.parts.items()}, "rng": rng}, self.checkpoint)
+
+    def mark_resumed(self) -> dict:
+        """Say where a resumed run continues, in MLflow and in the summary."""
+        if self.step and self.dist.main:
+            self.tracker.set_tags(self.run_id, {T.RESUMED_FROM_STEP: self.step})
+        return {"resumed_from": self.step} if self.step else {}
+
+
 @contextlib.contextmanager
-def closing_run(tracker: Tracker, d: Dist, run_id: str, summary: dict):
+def closing_run(run: TrainingRun):
     """End the MLflow run however the body ends: FAILED with the reason on an error, KILLED on
     Ctrl-C (resumable), else the status the body sets in the yielded dict (FINISHED / KILLED)."""
     state = {"status": "FAILED", "reason": ""}
     try:
         yield state
     except KeyboardInterrupt:
-        state.update(status="KILLED", reason=f"interrupted at step {summary['step']}")
+        state.update(status="KILLED", reason=f"interrupted at step {run.step}")
         raise
     except BaseException as e:
         state["reason"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if d.main:
-            tracker.end_run(run_id, state["status"], state["reason"])
+        if run.dist.main:
+            run.tracker.end_run(run.run_id, state["status"], state["reason"])
         runtime.teardown()
 
 

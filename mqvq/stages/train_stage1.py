@@ -9,6 +9,7 @@ an uninterrupted one would be.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,24 +21,36 @@ from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
 from mqvq.images import reconstruction_grid
 from mqvq.metrics.mask import MaskTally
-from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
+from mqvq.models.checkpoint import FORMAT, atomic_save
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.models.selectors import StraightThroughMask, anneal_tau
-from mqvq.runtime import autocast, autocast_dtype, conv_layout, gather_rng_states, progress_bar, seed_all, set_rng_state
-from mqvq.stages.lookup import checkpoint_path
-from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, closing_run, open_run, publish
+from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
+from mqvq.stages.runs import LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
+from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 STAGE = "stage1"
 
 
-def _save(path: Path, step: int, cfg: ExperimentConfig, model: MQVAE, loss_fn: Stage1Loss, opt_g, opt_d, rng: list, run_id: str) -> None:
-    atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
-                 "config": to_dict(cfg), "model": model.state_dict(), "disc": loss_fn.disc.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng}, path)
+@dataclass
+class Stage1Job:
+    """What stage 1's loop trains: the MQ-VAE (`net`: its DDP / compiled wrapper), the losses with
+    their discriminator, both optimizers, and the run it logs and checkpoints to."""
+    cfg: ExperimentConfig
+    run: TrainingRun
+    model: MQVAE
+    net: torch.nn.Module
+    loss_fn: Stage1Loss
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    dtype: torch.dtype | None
+
+    @property
+    def dist(self) -> Dist:
+        return self.run.dist
 
 
 def save_model(path: Path, cfg: ExperimentConfig, model: MQVAE, step: int, run_id: str) -> Path:
@@ -80,25 +93,15 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     opt_g = torch.optim.Adam(generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
 
-    start_step = 0
     run_id = open_run(
         tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
         what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.data_digest": train_ds.digest(), **(tags or {})},
+        tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
         params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
         artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
-    ckpt_file = checkpoint_path(tracker.home, run_id)
-    if ckpt_file.is_file():
-        ckpt = load_checkpoint(ckpt_file, d.device)
-        model.load_state_dict(ckpt["model"])
-        loss_fn.disc.load_state_dict(ckpt["disc"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        start_step = ckpt["step"]
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0], d.device)
-    else:
-        seed_all(cfg.seed * 1000 + d.rank)  # ranks draw different random masks
+    run = TrainingRun(tracker, d, run_id, {"model": model, "disc": loss_fn.disc, "opt_g": opt_g, "opt_d": opt_d},
+                      {"stage": STAGE, "experiment": cfg.name, "config": to_dict(cfg)})
+    start_step = run.restore(cfg.seed)
 
     net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
     if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
@@ -108,37 +111,33 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
         net = torch.compile(net)
     loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
 
-    summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step}  # the loop keeps "step" current
-    if start_step and d.main:  # say where a resumed run continues, in MLflow and in the summary
-        summary["resumed_from"] = start_step
-        tracker.set_tags(run_id, {"mqvq.resumed_from_step": start_step})
-    with closing_run(tracker, d, run_id, summary) as run:
-        step = _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, test_ds, start_step, dtype, tracker, run_id,
-                     ckpt_file, progress, stop_after, summary)
-        if step < s1.train.steps:  # stopped early on purpose: resumable
-            run["status"] = "KILLED"
-            return summary | {"step": step, "finished": False}
+    job = Stage1Job(cfg, run, model, net, loss_fn, opt_g, opt_d, dtype)
+    summary: dict = {"run_id": run_id, "checkpoint": str(run.checkpoint), **run.mark_resumed()}
+    with closing_run(run) as ending:
+        summary["train_metrics"] = _loop(job, loader, test_ds, progress, stop_after)
+        summary["step"] = run.step
+        if run.step < s1.train.steps:  # stopped early on purpose: resumable
+            ending["status"] = "KILLED"
+            return summary | {"finished": False}
         if d.main:
-            summary |= _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step)
-        run["status"] = "FINISHED"
-        return summary | {"step": step, "finished": True}
+            summary |= _finish(job, test_ds)
+        ending["status"] = "FINISHED"
+        return summary | {"finished": True}
 
 
-def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step, dtype, tracker, run_id, ckpt_file,
-          progress, stop_after, summary) -> int:
+def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None) -> dict[str, float]:
+    """Train from `job.run.step` to the end (or `stop_after` steps more), keeping the step current on
+    the run; returns the last logged training metrics."""
+    cfg, d, run, model, net, loss_fn, opt_g, opt_d, dtype = (job.cfg, job.dist, job.run, job.model, job.net, job.loss_fn,
+                                                            job.opt_g, job.opt_d, job.dtype)
     t, m = cfg.stage1.train, cfg.stage1.model.mask
+    tracker, run_id = run.tracker, run.run_id
     layout = conv_layout(d.device)
-    step = start_step
+    start_step = step = run.step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     window = MetricWindow(t.batch_size * d.world)
     counts = torch.zeros(model.config.quantizer.codebook_size, device=d.device)
     last_logs: dict[str, float] = {}
-
-    def save() -> None:
-        rng = gather_rng_states(d.device)
-        if d.main:
-            _save(ckpt_file, step, cfg, model, loss_fn, opt_g, opt_d, rng, run_id)
-
     clock = LoopClock(start_step)
 
     def validate() -> None:
@@ -147,7 +146,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
                 metrics, _ = validation_pass(model, val_ds, d.device, dtype, t.batch_size, t.val_images)
                 publish(tracker, d, run_id, {f"val/{k}": v for k, v in metrics.items()}, step)
 
-    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
+    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(run.save):
         task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
         if t.val_every and step == 0:  # the untrained model: where the curves start
             validate()
@@ -185,7 +184,7 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
             window.add(logs)
             counts += out.counts
             step += 1
-            summary["step"] = step
+            run.step = step
             if step % t.log_every == 0 or step == end:
                 metrics = window.flush()  # one host sync per window
                 metrics["train/codebook_used"] = (counts > 0).float().mean().item()
@@ -198,11 +197,10 @@ def _loop(cfg, d, net, model, loss_fn, opt_g, opt_d, loader, val_ds, start_step,
             if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
                 validate()
             if step % t.ckpt_every == 0 and step < end:
-                save()
-    summary["train_metrics"] = last_logs
+                run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
         tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
-    return step
+    return last_logs
 
 
 @torch.no_grad()
@@ -245,10 +243,12 @@ def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit
 
 
 @torch.no_grad()
-def _finish(cfg, d, model, loss_fn, test_ds, dtype, tracker, run_id, ckpt_file, step) -> dict:
+def _finish(job: Stage1Job, test_ds) -> dict:
     """Validation on the test split, reconstruction grid, model artifact."""
+    cfg, d, model, run = job.cfg, job.dist, job.model, job.run
+    tracker, run_id, ckpt_file, step = run.tracker, run.run_id, run.checkpoint, run.step
     t = cfg.stage1.train
-    res, grid_img = validation_pass(model, test_ds, d.device, dtype, t.batch_size, t.eval_images, loss_fn.lpips, grid=True)
+    res, grid_img = validation_pass(model, test_ds, d.device, job.dtype, t.batch_size, t.eval_images, job.loss_fn.lpips, grid=True)
     metrics = {f"val/{k}": v for k, v in res.items()}
     tracker.log_metrics(run_id, metrics, step)
     model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id)

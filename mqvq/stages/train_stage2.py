@@ -24,18 +24,18 @@ from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.images import sample_grid, to_pixels
-from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint, read_checkpoint
+from mqvq.models.checkpoint import FORMAT, atomic_save, read_checkpoint
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.models.text import WordTokenizer
 from mqvq.models.text import from_dict as tokenizer_from_dict
-from mqvq.runtime import autocast, autocast_dtype, gather_rng_states, progress_bar, seed_all, set_rng_state
+from mqvq.runtime import Dist, autocast, autocast_dtype, progress_bar, seed_all
 from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve, stage2_hash
-from mqvq.stages.lookup import checkpoint_path
-from mqvq.stages.runs import LoopClock, MetricWindow, checkpoint_on_exit, closing_run, open_run, publish
+from mqvq.stages.runs import LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.stages.tokenize import TokenSet, cached_tokens
+from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 STAGE = "stage2"
@@ -157,43 +157,50 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
         tracker, d, experiment=experiment, stage=STAGE, config_hash=h, seed=cfg.seed,
         what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
         run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-        tags={"mqvq.experiment": cfg.name, "mqvq.profile": cfg.profile, "mqvq.stage1_run": ref.run_id or "",
-              "mqvq.stage1_checkpoint": digest, "mqvq.params_count": model.num_params(), **(tags or {})},
+        tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.STAGE1_RUN: ref.run_id or "",
+              T.STAGE1_CHECKPOINT: digest, T.PARAMS_COUNT: model.num_params(), **(tags or {})},
         params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
                                                   "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
                                                   "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": shape.num_classes}
                | ({"text_vocab_size": shape.text_vocab} if shape.text_vocab else {}),
         artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
-    ckpt_file = checkpoint_path(tracker.home, run_id)
     if d.main:
         tracker.log_metrics(run_id, {"time/tokenize_seconds": tokenize_s}, 0)
-    start_step = 0
-    if ckpt_file.is_file():
-        ckpt = load_checkpoint(ckpt_file, d.device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        start_step = ckpt["step"]
-        set_rng_state(ckpt["rng"][min(d.rank, len(ckpt["rng"]) - 1)], d.device)
-    else:
-        seed_all(cfg.seed * 1000 + d.rank)
+    run = TrainingRun(tracker, d, run_id, {"model": model, "opt": opt}, {"stage": STAGE, "config": to_dict(cfg)})
+    run.restore(cfg.seed)
 
     net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
     if s2.train.compile:
         net = torch.compile(net)
-    summary: dict = {"run_id": run_id, "checkpoint": str(ckpt_file), "step": start_step, "stage1": stage1_info}
-    if start_step and d.main:  # say where a resumed run continues, in MLflow and in the summary
-        summary["resumed_from"] = start_step
-        tracker.set_tags(run_id, {"mqvq.resumed_from_step": start_step})
-    with closing_run(tracker, d, run_id, summary) as run:
-        _loop(cfg, d, net, model, opt, train_tok, test_tok, conds, start_step, dtype, tracker, run_id, ckpt_file, progress,
-              stop_after, summary)
-        if summary["step"] < s2.train.steps:
-            run["status"] = "KILLED"
+    job = Stage2Job(cfg, run, model, net, opt, dtype, conds)
+    summary: dict = {"run_id": run_id, "checkpoint": str(run.checkpoint), "stage1": stage1_info, **run.mark_resumed()}
+    with closing_run(run) as ending:
+        summary["train_metrics"] = _loop(job, train_tok, test_tok, progress, stop_after)
+        summary["step"] = run.step
+        if run.step < s2.train.steps:
+            ending["status"] = "KILLED"
             return summary | {"finished": False}
         if d.main:
-            summary |= _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, summary["step"], stage1_info, conds)
-        run["status"] = "FINISHED"
+            summary |= _finish(job, vae, stage1_info)
+        ending["status"] = "FINISHED"
         return summary | {"finished": True}
+
+
+@dataclass
+class Stage2Job:
+    """What stage 2's loop trains: the Stackformer (`net`: its DDP / compiled wrapper), its optimizer,
+    the conditions, and the run it logs and checkpoints to."""
+    cfg: ExperimentConfig
+    run: TrainingRun
+    model: Stackformer
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    dtype: torch.dtype | None
+    conds: "Conditions"
+
+    @property
+    def dist(self) -> Dist:
+        return self.run.dist
 
 
 def _batch(tokens: TokenSet, cond: torch.Tensor | None, idx, device):
@@ -218,23 +225,20 @@ def validation_loss(model: Stackformer, tokens: TokenSet, batch_size: int, devic
     return {f"val/{k}": v / n for k, v in sums.items()}
 
 
-def _loop(cfg, d, net, model, opt, train_tok, test_tok, conds, start_step, dtype, tracker, run_id, ckpt_file, progress,
-          stop_after, summary):
+def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: bool, stop_after: int | None) -> dict[str, float]:
+    """Train from `job.run.step` to the end (or `stop_after` steps more), keeping the step current on
+    the run; returns the last logged metrics."""
+    cfg, d, run, model, net, opt, dtype, conds = job.cfg, job.dist, job.run, job.model, job.net, job.opt, job.dtype, job.conds
+    tracker, run_id = run.tracker, run.run_id
     t = cfg.stage2.train
-    step = start_step
+    start_step = step = run.step
     end = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     window = MetricWindow(t.batch_size * d.world * model.shape.length)
     sampler = iter(StepSampler(len(train_tok), t.batch_size, cfg.seed, d.rank, d.world, start_step))
-
-    def save() -> None:
-        rng = gather_rng_states(d.device)
-        if d.main:
-            atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "config": to_dict(cfg),
-                         "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng}, ckpt_file)
-
+    last: dict[str, float] = {}
     model.train()
     clock = LoopClock(start_step)
-    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(save):
+    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(run.save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
         while step < end:
             codes, positions, cond = _batch(train_tok, conds.train, next(sampler), d.device)
@@ -250,24 +254,27 @@ def _loop(cfg, d, net, model, opt, train_tok, test_tok, conds, start_step, dtype
             opt.step()
             window.add(logs)
             step += 1
-            summary["step"] = step
+            run.step = step
             if step % t.log_every == 0 or step == end:
                 metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
                 if step % t.val_every == 0 or step == t.steps:
                     with clock.pause():
                         metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, conds.test)
                 publish(tracker, d, run_id, metrics, step)
-                summary["train_metrics"] = metrics
+                last = metrics
                 bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
             if step % t.ckpt_every == 0 and step < end:
-                save()
+                run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
         tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
+    return last
 
 
 @torch.no_grad()
-def _finish(cfg, d, model, vae, dtype, tracker, run_id, ckpt_file, step, stage1_info, conds: Conditions) -> dict:
-    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id, stage1_info, conds.tokenizer)
+def _finish(job: Stage2Job, vae, stage1_info: dict) -> dict:
+    cfg, d, model, dtype, conds, run = job.cfg, job.dist, job.model, job.dtype, job.conds, job.run
+    tracker, run_id, step = run.tracker, run.run_id, run.step
+    model_file = save_model(run.checkpoint.parent / "model.pt", cfg, model, step, run_id, stage1_info, conds.tokenizer)
     tracker.log_artifact(run_id, model_file, "checkpoints")
     n = min(16, cfg.stage2.sampling.batch_size)
     cond = None

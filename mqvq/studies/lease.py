@@ -1,6 +1,6 @@
 """Row claims for concurrent `mqvq study run` workers, stored as tags on the row's parent run.
 
-A worker owns a row while its `mqvq.lease` tag names the worker and its `mqvq.heartbeat` is
+A worker owns a row while its lease tag names the worker and its heartbeat tag is
 fresh (a background thread refreshes it). A lease whose heartbeat is older than the timeout, or
 whose owner is a dead process on this host, is taken over, so a killed worker's row is resumed
 by the next worker. Claims are atomic between processes on one machine (a file lock next to the
@@ -10,55 +10,38 @@ seconds and reads it back, and backs off if another worker's claim replaced it.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
 
-from mqvq.tracking.store import Tracker, _file_lock
-
-HOST = socket.gethostname()
+from mqvq.files import file_lock
+from mqvq.machine import HOST
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import StageRecord, lease_is_live
+from mqvq.tracking.store import Tracker
 
 
 def worker_id() -> str:
     return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child that was not reaped yet is a zombie: dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def lease_is_live(owner: str, heartbeat: float, timeout: float, now: float | None = None) -> bool:
-    if not owner:
-        return False
-    host, pid, *_ = (owner.split(":") + ["", ""])[:3]
-    if host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-        return False
-    return (now or time.time()) - heartbeat <= timeout
+def lease_lock(tracker: Tracker):
+    """The local lock that makes getting-or-creating a row run and claiming it atomic between processes."""
+    return file_lock(tracker.home / ".lease.lock")
 
 
 def current_lease(tracker: Tracker, run_id: str) -> tuple[str, float]:
     tags = tracker.get_run(run_id).data.tags
-    return tags.get("mqvq.lease", ""), float(tags.get("mqvq.heartbeat", "0") or 0)
+    return tags.get(T.LEASE, ""), float(tags.get(T.HEARTBEAT, "0") or 0)
 
 
 def claim(tracker: Tracker, run_id: str, worker: str, timeout: float, settle: float = 0.0) -> bool:
     """Take the row if nobody live holds it; True when this worker now owns it."""
-    with _file_lock(tracker.home / ".lease.lock"):
+    with lease_lock(tracker):
         owner, beat = current_lease(tracker, run_id)
         if owner and owner != worker and lease_is_live(owner, beat, timeout):
             return False
-        tracker.set_tags(run_id, {"mqvq.lease": worker, "mqvq.heartbeat": time.time()})
+        tracker.set_tags(run_id, {T.LEASE: worker, T.HEARTBEAT: time.time()})
     if settle > 0:
         time.sleep(settle)
         return current_lease(tracker, run_id)[0] == worker
@@ -66,9 +49,9 @@ def claim(tracker: Tracker, run_id: str, worker: str, timeout: float, settle: fl
 
 
 def release(tracker: Tracker, run_id: str, worker: str) -> None:
-    with _file_lock(tracker.home / ".lease.lock"):
+    with lease_lock(tracker):
         if current_lease(tracker, run_id)[0] == worker:
-            tracker.set_tags(run_id, {"mqvq.lease": ""})
+            tracker.set_tags(run_id, {T.LEASE: ""})
 
 
 class Heartbeat:
@@ -102,14 +85,14 @@ def reap_stale_runs(tracker: Tracker, experiment: str, timeout: float, now: floa
     They stay resumable from their last checkpoint; returns their ids."""
     now = now or time.time()
     reaped = []
-    for run in tracker.find_runs(experiment, "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get("mqvq.kind") == "row" or "mqvq.stage" not in tags:
+    for run in tracker.find_runs(experiment, T.running()):
+        if not StageRecord.is_stage(run):
             continue
-        beat = float(tags.get("mqvq.heartbeat", "0") or 0)
+        rec = StageRecord.of(run)
+        beat = rec.heartbeat
         if now - beat <= timeout:
             continue
-        parent = tags.get("mlflow.parentRunId")
+        parent = rec.parent_run_id
         if parent:
             owner, parent_beat = current_lease(tracker, parent)
             if lease_is_live(owner, parent_beat, timeout, now):

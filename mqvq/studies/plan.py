@@ -1,12 +1,13 @@
 """What a study's rows need: per row and stage, done / reusable / resumable / to run, with a time estimate.
 
 MLflow layout: one experiment per study and profile (`<study>/<profile>`), one parent run per
-(row, seed) tagged mqvq.kind = row, stage runs as its children. A stage-1 model is found by
+(row, seed) (a `RowRecord`), stage runs (`StageRecord`s) as its children. A stage-1 model is found by
 content hash across the whole store, so a row reuses any finished stage-1 run with the same
 resolved config and seed (Table 7's full model is Table 6's 50 % adaptive row).
 """
 from __future__ import annotations
 
+import enum
 import statistics
 from dataclasses import dataclass, field
 
@@ -14,10 +15,11 @@ from mqvq.config import ExperimentConfig, config_hash, identity
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.machine import cpu_name, may_have_gpu, torch_threads
-from mqvq.metrics import metric_names, metric_stage
+from mqvq.metrics.registry import REGISTRY, best, frechet, guided, metric_stage
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
-from mqvq.studies.lease import lease_is_live
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import LEASE_TIMEOUT_S, RowRecord, StageRecord
 from mqvq.tracking.store import Tracker
 
 # guesses for a device with no finished runs of the profile yet
@@ -29,13 +31,26 @@ def study_experiment(study: str, profile: str) -> str:
     return f"{study}/{profile}"
 
 
-def q(value: str) -> str:
-    return "'" + str(value).replace("'", "\\'") + "'"
+class Step(str, enum.Enum):
+    """What a stage of a row needs."""
+    DONE = "done"                     # this row's own finished run
+    REUSABLE = "reusable"             # a finished run of the same content hash elsewhere in the store
+    RESUMABLE = "resumable"           # an unfinished run of this study with a checkpoint
+    RUN = "run"
+    AFTER_STAGE1 = "after stage 1"    # stage 2's identity needs the stage-1 checkpoint, not trained yet
+    SKIP = "skip"                     # a stage-1-only row
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def has_model(self) -> bool:
+        return self in (Step.DONE, Step.REUSABLE)
 
 
 @dataclass
 class StageState:
-    state: str                 # done | reusable | resumable | run | after stage 1 | skip
+    state: Step
     run_id: str | None = None
     detail: str = ""
 
@@ -45,7 +60,7 @@ class RowPlan:
     row: StudyRow
     seed: int
     cfg: ExperimentConfig
-    parent: object | None                  # the row's MLflow parent run, if any
+    parent: RowRecord | None               # the row's MLflow parent run, if any
     status: str                            # finished | running | failed | missing
     stages: dict[str, StageState] = field(default_factory=dict)
     estimate_s: float | None = None
@@ -53,13 +68,27 @@ class RowPlan:
 
     @property
     def todo(self) -> bool:
-        return any(s.state not in ("done", "skip") for s in self.stages.values())
+        return any(s.state not in (Step.DONE, Step.SKIP) for s in self.stages.values())
 
 
-def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed: int) -> list:
-    return tracker.find_runs(experiment, f"tags.\"mqvq.kind\" = 'row' and tags.\"mqvq.study\" = {q(study)} and "
-                                         f"tags.\"mqvq.row\" = {q(row)} and tags.\"mqvq.seed\" = '{seed}'",
-                             order_by=["attributes.start_time ASC"])
+def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed: int) -> list[RowRecord]:
+    """The row's parent runs, oldest first (more than one only while racing workers fold theirs)."""
+    runs = tracker.find_runs(experiment, T.where(kind=T.Kind.ROW, study=study, row=row, seed=seed), order_by=["attributes.start_time ASC"])
+    return [RowRecord.of(r) for r in runs]
+
+
+def row_stage_run(tracker: Tracker, study_name: str, row: str, profile: str, stage: str) -> str:
+    """The `stage` run of a study row (STUDY:ROW on the command line) at `profile`, first seed."""
+    from mqvq.studies.spec import load_study
+
+    study = load_study(study_name)
+    select_rows(study, [row])
+    parents = find_row_runs(tracker, study_experiment(study.name, profile), study.name, row, study.seeds[0])
+    run_id = (parents[0].stage2_run if stage == "stage2" else parents[0].stage1_run) if parents else None
+    if not run_id:
+        raise UserError(f"row {row} of {study.name} (profile {profile}) has no {stage} model yet: run "
+                        f"`mqvq study run {study.name} --profile {profile} --only {row}` first.")
+    return run_id
 
 
 class StoreView:
@@ -68,84 +97,89 @@ class StoreView:
 
     def __init__(self, tracker: Tracker, experiment: str, study: str):
         self.tracker = tracker
-        self.names = {e.experiment_id: e.name for e in tracker.client.search_experiments()}
+        self.names = tracker.experiment_names()
         self.experiment_id = next((i for i, n in self.names.items() if n == experiment), None)
-        self.rows: dict[tuple[str, str], list] = {}
+        self.rows: dict[tuple[str, int], list[RowRecord]] = {}
         if self.experiment_id is not None:
-            for r in tracker.search_all([self.experiment_id], f"tags.\"mqvq.kind\" = 'row' and tags.\"mqvq.study\" = {q(study)}",
-                                        ["attributes.start_time ASC"]):
-                self.rows.setdefault((r.data.tags.get("mqvq.row"), r.data.tags.get("mqvq.seed")), []).append(r)
-        self.stages: dict[tuple, list] = {}      # (stage, config hash, seed) -> runs, newest first
-        self.readers: dict[str, list] = {}       # stage-1 run id -> the runs that name it
-        for r in tracker.search_all(list(self.names), "tags.\"mqvq.stage\" LIKE 'stage%'"):
-            t = r.data.tags
-            self.stages.setdefault((t.get("mqvq.stage"), t.get("mqvq.config_hash"), t.get("mqvq.seed")), []).append(r)
-            if t.get("mqvq.stage1_run"):
-                self.readers.setdefault(t["mqvq.stage1_run"], []).append(r)
+            for r in tracker.search_all([self.experiment_id], T.where(kind=T.Kind.ROW, study=study), ["attributes.start_time ASC"]):
+                rec = RowRecord.of(r)
+                self.rows.setdefault((rec.row, rec.seed), []).append(rec)
+        self.stages: dict[tuple, list[StageRecord]] = {}   # (stage, config hash, seed) -> runs, newest first
+        self.readers: dict[str, list[StageRecord]] = {}    # stage-1 run id -> the runs that name it
+        for r in tracker.search_all(list(self.names), T.any_stage()):
+            rec = StageRecord.of(r)
+            self.stages.setdefault((rec.stage, rec.config_hash, rec.seed), []).append(rec)
+            if rec.stage1_run:
+                self.readers.setdefault(rec.stage1_run, []).append(rec)
 
-    def row_runs(self, row: str, seed: int) -> list:
-        return self.rows.get((row, str(seed)), [])
+    def row_runs(self, row: str, seed: int) -> list[RowRecord]:
+        return self.rows.get((row, seed), [])
 
-    def stage_runs(self, stage: str, h: str, seed: int, finished: bool) -> list:
-        return [r for r in self.stages.get((stage, h, str(seed)), []) if (r.info.status == "FINISHED") == finished]
+    def stage_runs(self, stage: str, h: str, seed: int, finished: bool) -> list[StageRecord]:
+        return [r for r in self.stages.get((stage, h, seed), []) if r.finished == finished]
 
 
 def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str | None, linked: str | None = None) -> StageState:
-    """`linked`: the stage run this row already uses (its `mqvq.<stage>_run` tag), so a run reused from
+    """`linked`: the stage run this row already uses (its record's stage run), so a run reused from
     another study's row counts as done here instead of being reused again on every `study run`."""
     done = view.stage_runs(stage, h, seed, finished=True)
     if done:
-        mine = [r for r in done if (parent_id and r.data.tags.get("mlflow.parentRunId") == parent_id)
-                or (linked and r.info.run_id == linked)]
+        mine = [r for r in done if (parent_id and r.parent_run_id == parent_id) or (linked and r.run_id == linked)]
         run = (mine or done)[0]
-        return StageState("done" if mine else "reusable", run.info.run_id,
-                          "" if mine else f"finished run in {view.names.get(run.info.experiment_id, '?')}")
+        return StageState(Step.DONE if mine else Step.REUSABLE, run.run_id,
+                          "" if mine else f"finished run in {view.names.get(run.experiment_id, '?')}")
     for run in view.stage_runs(stage, h, seed, finished=False):
-        if view.experiment_id is not None and run.info.experiment_id == view.experiment_id:
-            if checkpoint_path(view.tracker.home, run.info.run_id).is_file():
-                return StageState("resumable", run.info.run_id, "from its last checkpoint")
-    return StageState("run")
+        if view.experiment_id is not None and run.experiment_id == view.experiment_id:
+            if checkpoint_path(view.tracker.home, run.run_id).is_file():
+                return StageState(Step.RESUMABLE, run.run_id, "from its last checkpoint")
+    return StageState(Step.RUN)
+
+
+def searched_metric(cfg: ExperimentConfig, backend: str | None) -> str:
+    """The sample metric a sampling search minimises for this row (FID on Inception features, else FD-VGG16)."""
+    return frechet("fid", backend or cfg.eval.backend)
 
 
 def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | None) -> list[str]:
-    names = metric_names(backend or cfg.eval.backend)
-    guided = cfg.stage2.train.cond_dropout > 0 and cfg.stage2.sampling.cfg_scale == 1.0 and cfg.eval.cfg_scale != 1.0
+    """The logged metric names a finished row of `study` has (registry names, under the row's backend)."""
+    backend = backend or cfg.eval.backend
+    twin = cfg.stage2.train.cond_dropout > 0 and cfg.stage2.sampling.cfg_scale == 1.0 and cfg.eval.cfg_scale != 1.0
+    masked = cfg.stage1.model.mask.type != "none" and cfg.stage1.data.name != "folder"  # data with foreground masks
+    name = lambda key: REGISTRY[key].name(backend)  # noqa: E731
     out = []
     for m in study.metrics:
         if m in ("rfid", "fid"):
-            out.append(names[m])
-            if m == "fid" and guided:
-                out.append(names[m] + "_cfg")
+            out.append(name(m))
+            if m == "fid" and twin:
+                out.append(guided(name(m)))
         elif m == "attr":
-            out += ["attr_acc", "attr_acc_real", "attr_acc_chance"] + (["attr_acc_cfg"] if guided else [])
-        elif m == "speed":
-            out.append("speed_images_per_s")
+            out += [name("attr"), name("attr_real"), name("attr_chance")] + ([name("attr_cfg")] if twin else [])
         elif m in ("mask", "mask_detail"):  # only masked models on data with foreground masks have them
-            if cfg.stage1.model.mask.type != "none" and cfg.stage1.data.name != "folder":
-                out += ["mask_fg_precision", "fg_token_fraction", "mask_detail_ratio"]
+            if masked:
+                out += [name("mask"), name("fg_fraction"), name("detail")]
                 if m == "mask_detail":
-                    out += ["mask_keep_border", "mask_keep_centre"]
+                    out += [name("keep_border"), name("keep_centre")]
                     if cfg.stage1.model.mask.type == "adaptive":
-                        out += ["mask_score_corr_brightness"]
+                        out += [name("score_brightness")]
         elif m == "auroc":  # a score to rank: adaptive masks, on data with foreground masks
-            if cfg.stage1.model.mask.type == "adaptive" and cfg.stage1.data.name != "folder":
-                out.append("mask_auroc")
+            if masked and cfg.stage1.model.mask.type == "adaptive":
+                out.append(name("auroc"))
         elif m == "cost":  # measured by training, copied when present, never a reason to rerun a row
             continue
         elif m == "usage":
-            out += ["usage", "usage_effective"]
+            out += [name("usage"), name("usage_effective")]
         else:
-            out.append(m)
+            out.append(name(m))
     return list(dict.fromkeys(out))
 
 
 def optional_metrics(study: StudyConfig) -> list[str]:
     """Metrics a row copies from its stage runs when they have them, without requiring them."""
-    return ["time/step_seconds"] if "cost" in study.metrics else []
+    return [REGISTRY["cost"].name()] if "cost" in study.metrics else []
 
 
 def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,
-               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = 120.0,
+               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = LEASE_TIMEOUT_S,
                device: str | None = None, workers: int = 1, costs: Costs | None = None, estimate: bool = True) -> list[RowPlan]:
     """Per row and seed, each stage's state, from one view of the store. `estimate`: time the rows to
     run from the measured costs (`study status` has no use for them)."""
@@ -159,31 +193,30 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
             cfg = row_config(row, profile, seed)
             parents = view.row_runs(row.name, seed)
             parent = parents[0] if parents else None
-            p = RowPlan(row, seed, cfg, parent, _row_status(parent, lease_timeout))
+            p = RowPlan(row, seed, cfg, parent, parent.state(lease_timeout) if parent else T.Status.MISSING.value)
             if parent is not None:
-                p.metrics = dict(parent.data.metrics)
-            pid = parent.info.run_id if parent else None
-            links = parent.data.tags if parent else {}
-            s1 = stage_state(view, "stage1", config_hash(identity(cfg.stage1)), seed, pid, links.get("mqvq.stage1_run"))
+                p.metrics = dict(parent.metrics)
+            pid = parent.run_id if parent else None
+            s1 = stage_state(view, "stage1", config_hash(identity(cfg.stage1)), seed, pid, parent and parent.stage1_run)
             p.stages["stage1"] = s1
             if not row.stage2:
-                p.stages["stage2"] = StageState("skip")
-            elif s1.state in ("done", "reusable") and (digest := stage1_digest(view, s1.run_id)):
-                p.stages["stage2"] = stage_state(view, "stage2", stage2_hash(cfg, digest), seed, pid, links.get("mqvq.stage2_run"))
-            elif s1.state in ("done", "reusable"):
-                p.stages["stage2"] = StageState("run", None, "the stage-1 checkpoint is missing")
+                p.stages["stage2"] = StageState(Step.SKIP)
+            elif s1.state.has_model and (digest := stage1_digest(view, s1.run_id)):
+                p.stages["stage2"] = stage_state(view, "stage2", stage2_hash(cfg, digest), seed, pid, parent and parent.stage2_run)
+            elif s1.state.has_model:
+                p.stages["stage2"] = StageState(Step.RUN, None, "the stage-1 checkpoint is missing")
             else:
-                p.stages["stage2"] = StageState("after stage 1")
+                p.stages["stage2"] = StageState(Step.AFTER_STAGE1)
             want = expected_metrics(study, cfg, backend)
             if study.search.trials and row.stage2:
-                want.append(metric_names(backend or cfg.eval.backend)["fid"] + "_best")
+                want.append(best(searched_metric(cfg, backend)))
             if not row.stage2:
                 want = [m for m in want if metric_stage(m) != "stage2"]
             missing = [m for m in want if m not in p.metrics]
-            p.stages["eval"] = StageState("done" if parent is not None and not missing else "run", None,
+            p.stages["eval"] = StageState(Step.DONE if parent is not None and not missing else Step.RUN, None,
                                           ", ".join(missing) if missing and parent is not None else "")
-            if p.stages["eval"].state == "done" and p.status != "finished":
-                p.stages["eval"] = StageState("run")
+            if p.stages["eval"].state == Step.DONE and p.status != T.Status.FINISHED:
+                p.stages["eval"] = StageState(Step.RUN)
             p.estimate_s = _estimate(p, costs, profile) if estimate else None
             plans.append(p)
     return plans
@@ -195,19 +228,7 @@ def stage1_digest(view: StoreView, run_id: str) -> str | None:
     try:
         return file_digest(model_file(view.tracker, run_id))
     except UserError:
-        return next((r.data.tags["mqvq.stage1_checkpoint"] for r in view.readers.get(run_id, [])
-                     if r.data.tags.get("mqvq.stage1_checkpoint")), None)
-
-
-def _row_status(parent, lease_timeout: float) -> str:
-    if parent is None:
-        return "missing"
-    tags = parent.data.tags
-    status = tags.get("mqvq.status", "missing")
-    if status == "running":
-        live = lease_is_live(tags.get("mqvq.lease", ""), float(tags.get("mqvq.heartbeat", "0") or 0), lease_timeout)
-        return "running" if live else "missing"
-    return status if status in ("finished", "failed") else "missing"
+        return next((r.stage1_checkpoint for r in view.readers.get(run_id, []) if r.stage1_checkpoint), None)
 
 
 @dataclass
@@ -244,25 +265,23 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
         name, on_cpu = device_name(dev), dev.type == "cpu"
     threads = str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch_threads(tracker.home)) if on_cpu else None
     costs = Costs(name + (f", {threads} torch thread{'s' * (threads != '1')} per worker" if threads else ""))
-    runs = tracker.find_runs_everywhere(f"tags.\"mqvq.profile\" = {q(profile)} and tags.\"mqvq.device_name\" = {q(name)} "
-                                        f"and attributes.status = 'FINISHED'")
+    runs = tracker.find_runs_everywhere(T.where(T.finished(), profile=profile, device_name=name))
     per: dict[tuple, list[float]] = {}
     over: dict[str, list[float]] = {}
     evals = []
-    for r in runs:
-        t, m = r.data.tags, r.data.metrics
-        stage, sec = t.get("mqvq.stage"), m.get("time/step_seconds")
-        if stage not in ("stage1", "stage2") or sec is None or (threads and t.get("mqvq.torch_threads") not in (None, threads)):
+    for r in map(StageRecord.of, runs):
+        stage, sec = r.stage, r.metrics.get("time/step_seconds")
+        if stage not in ("stage1", "stage2") or sec is None or (threads and r.torch_threads not in (None, threads)):
             continue
         costs.runs += 1
-        for key in (t.get("mqvq.config_hash"), t.get("mqvq.experiment"), "*"):
+        for key in (r.config_hash, r.experiment, "*"):
             per.setdefault((stage, key), []).append(sec)
-        steps = float(r.data.params.get(f"{stage}.train.steps", 0) or 0)
-        if r.info.end_time and steps:  # set-up, checkpoints, the final validation, and stage 2's tokenizing
-            wall = (r.info.end_time - r.info.start_time) / 1000 + m.get("time/tokenize_seconds", 0.0)
+        steps = float(r.params.get(f"{stage}.train.steps", 0) or 0)
+        if r.end_time and steps:  # set-up, checkpoints, the final validation, and stage 2's tokenizing
+            wall = (r.end_time - r.start_time) / 1000 + r.metrics.get("time/tokenize_seconds", 0.0)
             over.setdefault(stage, []).append(max(0.0, wall - steps * sec))
-        if t.get("mqvq.eval.seconds"):
-            evals.append(float(t["mqvq.eval.seconds"]))
+        if r.eval_seconds is not None:
+            evals.append(r.eval_seconds)
     costs.step_s = {k: statistics.median(v) for k, v in per.items()}
     costs.overhead_s = {k: statistics.median(v) for k, v in over.items()}
     costs.eval_s = statistics.median(evals) if evals else None
@@ -273,17 +292,17 @@ def _estimate(p: RowPlan, costs: Costs, profile: str) -> float | None:
     default = DEFAULT_SECONDS.get(profile, {})
     total = 0.0
     for stage, st in p.stages.items():
-        if st.state in ("done", "reusable", "skip"):
+        if st.state in (Step.DONE, Step.REUSABLE, Step.SKIP):
             continue
         if stage == "eval":
             sec = costs.eval_s if costs.eval_s is not None else default.get("eval")
             # a row evaluates its stage-1 run and, unless it skips stage 2, its stage-2 run
-            sec = None if sec is None else sec * (1 if p.stages["stage2"].state == "skip" else 2)
+            sec = None if sec is None else sec * (1 if p.stages["stage2"].state == Step.SKIP else 2)
         else:
             sec = costs.stage_seconds(stage, p.cfg)
             if sec is None:
                 sec = default.get(stage)
         if sec is None:
             return None
-        total += sec * (0.5 if st.state == "resumable" else 1.0)
+        total += sec * (0.5 if st.state == Step.RESUMABLE else 1.0)
     return total

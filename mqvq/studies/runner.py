@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import traceback
+
+from rich.markup import escape
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,10 +21,14 @@ from mqvq.metrics import metric_family, metric_stage
 from mqvq.runtime import duration
 from mqvq.stages.lookup import stage2_hash
 from mqvq.studies import lease
-from mqvq.studies.plan import (RowPlan, StoreView, expected_metrics, optional_metrics, find_row_runs, plan_study, stage1_digest, stage_state,
-                               study_experiment)
+from mqvq.metrics.registry import backend_of, best
+from mqvq.studies.plan import (RowPlan, Step, StoreView, expected_metrics, find_row_runs, optional_metrics, plan_study, searched_metric,
+                               stage1_digest, stage_state, study_experiment)
 from mqvq.studies.spec import StudyConfig, row_paper
-from mqvq.tracking.store import Tracker, git_commit
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import LEASE_TIMEOUT_S, DataRecord, RowRecord
+from mqvq.tracking.provenance import git_commit
+from mqvq.tracking.store import Tracker
 
 
 @dataclass
@@ -37,27 +43,26 @@ class RowResult:
 def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: str) -> str:
     """Get or create the row's parent run; duplicates from racing workers on other machines are folded."""
     experiment = study_experiment(study.name, profile)
-    with lease._file_lock(tracker.home / ".lease.lock"):
+    with lease.lease_lock(tracker):
         runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
         if runs:
-            return runs[0].info.run_id
-        tags = {"mqvq.kind": "row", "mqvq.study": study.name, "mqvq.row": p.row.name, "mqvq.seed": p.seed,
-                "mqvq.profile": profile, "mqvq.experiment": p.row.experiment, "mqvq.label": p.row.label or p.row.name,
-                "mqvq.table": study.table, "mqvq.config_hash": config_hash(identity(p.cfg))}
+            return runs[0].run_id
+        record = RowRecord(study=study.name, row=p.row.name, seed=p.seed, profile=profile, experiment=p.row.experiment,
+                           label=p.row.label or p.row.name, table=study.table, config_hash=config_hash(identity(p.cfg)))
         params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
         params |= {f"paper.{k}": v for k, v in sorted(row_paper(study, p.row).items())}
-        run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", tags, params)
-        tracker.set_tags(run_id, {"mqvq.status": "missing"})
+        run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", record.tags(), params)
+        tracker.set_tags(run_id, {T.STATUS: T.Status.MISSING.value})
     runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
-    canonical = runs[0].info.run_id  # the oldest parent wins
+    canonical = runs[0].run_id  # the oldest parent wins
     if canonical != run_id:
-        tracker.client.delete_run(run_id)
+        tracker.delete_run(run_id)
     return canonical
 
 
 def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
               only: list[str] | None = None, backend: str | None = None, device: str | None = None,
-              progress: bool = True, lease_timeout: float = 120.0, heartbeat: float = 15.0, settle: float | None = None,
+              progress: bool = True, lease_timeout: float = LEASE_TIMEOUT_S, heartbeat: float = 15.0, settle: float | None = None,
               log: Callable[[str], None] = print, workers: int = 1) -> list[RowResult]:
     """`workers`: how many processes share the rows (the ETA divides what is left between them)."""
     worker = lease.worker_id()
@@ -96,7 +101,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             if any(e != 0 for e in eta.estimates[i + 1:]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
         except KeyboardInterrupt:
-            tracker.set_tags(parent, {"mqvq.status": "missing", "mqvq.failure": "interrupted"})
+            tracker.set_tags(parent, {T.STATUS: T.Status.MISSING.value, T.FAILURE: "interrupted"})
             raise
         finally:
             lease.release(tracker, parent, worker)
@@ -152,54 +157,53 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
 
     experiment = study_experiment(study.name, profile)
     started = time.monotonic()
-    tracker.client.update_run(parent, status="RUNNING")
-    tracker.set_tags(parent, {"mqvq.status": "running", "mqvq.failure": "", "mqvq.git_commit": git_commit()})
-    tags = {"mqvq.study": study.name, "mqvq.row": p.row.name}
+    tracker.resume_run(parent)
+    tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()})
+    tags = {T.STUDY: study.name, T.ROW: p.row.name}
     try:
         s1 = p.stages["stage1"]
-        if s1.state in ("done", "reusable"):
+        if s1.state.has_model:
             stage1_run = s1.run_id
             log(f"{label}: stage 1 {s1.state} ({stage1_run})")
         else:
-            log(f"{label}: stage 1 {'resuming' if s1.state == 'resumable' else 'training'}")
-            stage1_run = train_stage1(p.cfg, tracker, run_id=s1.run_id if s1.state == "resumable" else None,
+            log(f"{label}: stage 1 {'resuming' if s1.state == Step.RESUMABLE else 'training'}")
+            stage1_run = train_stage1(p.cfg, tracker, run_id=s1.run_id if s1.state == Step.RESUMABLE else None,
                                       device=device, progress=progress, mlflow_experiment=experiment,
                                       parent_run_id=parent, tags=tags)["run_id"]
         s1_tags = tracker.get_run(stage1_run).data.tags
-        d = p.cfg.stage1.data
-        tracker.set_tags(parent, {"mqvq.stage1_run": stage1_run,
-                                  "mqvq.data": f"{d.name} {d.resolution}px ({s1_tags.get('mqvq.data_digest', '?')})"})
+        data_cfg = p.cfg.stage1.data
+        data = DataRecord(data_cfg.name, data_cfg.resolution, s1_tags.get(T.DATA_DIGEST, "?"))
+        tracker.set_tags(parent, {T.STAGE1_RUN: stage1_run, T.DATA_NAME: data.name, T.DATA_RESOLUTION: data.resolution,
+                                  T.DATA_DIGEST: data.digest})
         stage2_run = None
         if p.row.stage2:
             s2 = p.stages["stage2"]
-            if s2.state == "after stage 1":  # stage 1 was trained just now: stage 2's identity needs its checkpoint
+            if s2.state == Step.AFTER_STAGE1:  # stage 1 was trained just now: stage 2's identity needs its checkpoint
                 view = StoreView(tracker, experiment, study.name)
                 s2 = stage_state(view, "stage2", stage2_hash(p.cfg, stage1_digest(view, stage1_run)), p.seed, parent)
-            if s2.state in ("done", "reusable"):
+            if s2.state.has_model:
                 stage2_run = s2.run_id
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")
             else:
-                log(f"{label}: stage 2 {'resuming' if s2.state == 'resumable' else 'training'}")
-                stage2_run = train_stage2(p.cfg, tracker, stage1=stage1_run, run_id=s2.run_id if s2.state == "resumable" else None,
+                log(f"{label}: stage 2 {'resuming' if s2.state == Step.RESUMABLE else 'training'}")
+                stage2_run = train_stage2(p.cfg, tracker, stage1=stage1_run, run_id=s2.run_id if s2.state == Step.RESUMABLE else None,
                                           device=device, progress=progress, mlflow_experiment=experiment,
                                           parent_run_id=parent, tags=tags)["run_id"]
-            tracker.set_tags(parent, {"mqvq.stage2_run": stage2_run})
+            tracker.set_tags(parent, {T.STAGE2_RUN: stage2_run})
         metrics = _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run)
         if study.search.trials and stage2_run:
             metrics |= _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log)
-        tracker.set_tags(parent, {"mqvq.status": "finished"})
-        tracker.client.set_terminated(parent, "FINISHED")
+        tracker.end_run(parent, "FINISHED")
         log(f"[green]{label}: finished[/] in {duration(time.monotonic() - started)}: {metrics_line(metrics)}")
         return RowResult(p.row.name, p.seed, "finished", "", metrics)
     except KeyboardInterrupt:
         raise
     except Exception as e:
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        tracker.set_tags(parent, {"mqvq.status": "failed", "mqvq.failure": reason[:4000]})
-        tracker.client.set_terminated(parent, "FAILED")
+        tracker.end_run(parent, "FAILED", reason)
         if not isinstance(e, UserError):
-            tracker.client.log_text(parent, traceback.format_exc(), "failure.txt")
-        log(f"[red]{label}: failed[/]: {reason}")
+            tracker.log_text(parent, traceback.format_exc(), "failure.txt")
+        log(f"[red]{label}: failed[/]: {escape(reason)}")
         return RowResult(p.row.name, p.seed, "failed", reason)
 
 
@@ -224,8 +228,7 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         for name in [*want, *optional_metrics(study)]:
             if name in run.metrics:
                 values[name] = run.metrics[name]
-                tags |= {k: v for k, v in run.tags.items() if k.startswith(f"mqvq.eval.{name}.")
-                         or k in ("mqvq.eval.device", "mqvq.eval.torch", "mqvq.eval.threads", "mqvq.torch_threads", "mqvq.device_name")}
+                tags |= {k: v for k, v in run.tags.items() if k.startswith(T.eval_tag(name, "")) or k in T.EVAL_ENVIRONMENT}
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)
@@ -238,7 +241,7 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
 
     s = study.search
     n = s.num_samples or min(p.cfg.eval.num_samples, 10_000)
-    metric = "fid" if (backend or p.cfg.eval.backend) == "inception" else "fd_vgg16"
+    metric = searched_metric(p.cfg, backend)
     rungs = list(s.rungs) or [r for r in (1000, 5000) if r < n]
     shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
                           p.cfg.stage2.model.kind == "raster", p.cfg.stage2.train.cond_dropout > 0)
@@ -247,10 +250,10 @@ def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress
                          device=device, progress=progress, log=lambda m: None)
     if "best_value" not in summary:
         return {}
-    values = {f"{metric}_best": summary["best_value"]}
+    values = {best(metric): summary["best_value"]}
     tracker.log_metrics(parent, values, step=0)
-    tracker.set_tags(parent, {f"mqvq.eval.{metric}_best.num": n, f"mqvq.eval.{metric}_best.backend": "inception" if metric == "fid" else "vgg16",
-                              f"mqvq.eval.{metric}_best.trials": summary["trials"]})
+    tracker.set_tags(parent, {T.eval_tag(best(metric), "num"): n, T.eval_tag(best(metric), "trials"): summary["trials"],
+                              T.eval_tag(best(metric), "backend"): backend_of(metric)})
     return values
 
 

@@ -9,7 +9,7 @@ of one trained stage-2 model, minimising a Fréchet distance on generated sample
 - Pruning on a growing sample count: the distance is reported at each rung (e.g. 1k -> 5k -> N
   samples, the statistics accumulate) and a pruner stops poor settings early.
 - Every trial is an MLflow child run of the model's run (explicit parent id, so it works from any
-  process); the best values are written back to the model's run as `mqvq.sampling.best.*` tags,
+  process); the best values are written back to the model's run as `tags.SAMPLING_BEST` tags,
   which `mqvq sample / eval --sampling best` use.
 """
 from __future__ import annotations
@@ -30,8 +30,15 @@ import torch
 from mqvq.config import DataConfig, from_dict, validate_sampling
 from mqvq.errors import UserError
 from mqvq.stages.generate import BEST_PREFIX, INT_PARAMS, load_generator, sample_images
-from mqvq.studies.lease import HOST, _pid_alive, worker_id
-from mqvq.tracking.store import Tracker, _file_lock, require_driver
+from mqvq.files import file_lock
+from mqvq.machine import HOST, pid_alive
+from mqvq.metrics.registry import backend_of
+from mqvq.stages.lookup import resolve
+from mqvq.studies.lease import worker_id
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import TrialRecord
+from mqvq.tracking.location import require_driver
+from mqvq.tracking.store import Tracker
 
 
 @dataclass(frozen=True)
@@ -122,25 +129,11 @@ def open_storage(spec: str | None, home: Path, workers: int):
 # --------------------------------------------------------------------------- model lookup
 def resolve_model_run(tracker: Tracker, spec: str, profile: str) -> str:
     """A stage-2 run id, or STUDY:ROW (that row's stage-2 run at `profile`)."""
-    if ":" in spec:
-        from mqvq.studies.plan import find_row_runs, study_experiment
-        from mqvq.studies.spec import load_study, select_rows
+    if ":" in spec and not spec.endswith(".pt"):
+        from mqvq.studies.plan import row_stage_run
 
-        study_name, row = spec.split(":", 1)
-        study = load_study(study_name)
-        select_rows(study, [row])
-        parents = find_row_runs(tracker, study_experiment(study.name, profile), study.name, row, study.seeds[0])
-        run_id = parents[0].data.tags.get("mqvq.stage2_run") if parents else None
-        if not run_id:
-            raise UserError(f"row {row} of {study.name} (profile {profile}) has no stage-2 model yet: run "
-                            f"`mqvq study run {study.name} --profile {profile} --only {row}` first.")
-        return run_id
-    run = tracker.get_run(spec)
-    if run.data.tags.get("mqvq.stage") != "stage2":
-        raise UserError(f"run {spec} is a {run.data.tags.get('mqvq.stage', 'non-mqvq')} run: searches need a stage-2 model.")
-    if run.info.status != "FINISHED":
-        raise UserError(f"stage-2 run {spec} is {run.info.status.lower()}: it has no final model to search yet.")
-    return spec
+        spec = row_stage_run(tracker, *spec.split(":", 1), profile, "stage2")
+    return resolve(tracker, spec, "stage2", need_run=True, why="searches need a stage-2 model").run_id
 
 
 # --------------------------------------------------------------------------- the search
@@ -206,7 +199,7 @@ def _reap_dead_trials(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("worker", "")
         host, pid, *_ = (owner.split(":") + ["", ""])[:3]
-        if host == HOST and pid.isdigit() and not _pid_alive(int(pid)):
+        if host == HOST and pid.isdigit() and not pid_alive(int(pid)):
             optuna.trial.Trial(study, t._trial_id).set_user_attr("reaped", True)
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -229,7 +222,7 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str):
     """Ask for a trial unless `trials` are already done or running; grid points are handed out once."""
     from optuna.trial import TrialState
 
-    with _file_lock(lock_path):
+    with file_lock(lock_path):
         _reap_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
         live = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
@@ -318,7 +311,7 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
     d = setup(device)
     gen = load_generator(tracker, spec.run_id, d.device)
     cfg = gen.config
-    backend, reference, ref_key = _reference(tracker, cfg, spec.metric, d.device)
+    backend, reference, ref_key, split = _reference(tracker, cfg, spec.metric, d.device)
     prompts = _test_captions(cfg) if gen.conditioning == "text" else None
     lock = tracker.home / "optuna" / (spec.study_name.replace("/", "_") + ".lock")
     worker = worker_id()
@@ -331,10 +324,8 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
         values = {**fixed, **trial.params}
         params = dataclasses.replace(gen.sampling, **values)
         validate_sampling(params, "--")
-        run_id = tracker.start_run(_experiment_name(tracker, spec.run_id), f"trial-{trial.number:04d}",
-                                   {"mqvq.kind": "search-trial", "mqvq.search": spec.study_name, "mqvq.trial": trial.number,
-                                    "mqvq.model_run": spec.run_id, "mqvq.search.storage": address,
-                                    f"mqvq.eval.{spec.metric}.backend": backend.name, f"mqvq.eval.{spec.metric}.reference": ref_key},
+        record = TrialRecord(spec.study_name, trial.number, spec.run_id, address, spec.metric, backend.name, ref_key, split)
+        run_id = tracker.start_run(tracker.experiment_of(spec.run_id), f"trial-{trial.number:04d}", record.tags(),
                                    {k: v for k, v in values.items()}, parent_run_id=spec.run_id)
         log(f"trial {trial.number}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         try:
@@ -349,13 +340,9 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
         else:
             study.tell(trial, value)
             log(f"trial {trial.number}: {spec.metric} {value:.4g}")
-        tracker.set_tags(run_id, {"mqvq.trial_state": state})
+        tracker.set_tags(run_id, {T.TRIAL_STATE: state})
         tracker.end_run(run_id, "FINISHED")
         evaluated += 1
-
-
-def _experiment_name(tracker: Tracker, run_id: str) -> str:
-    return tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name
 
 
 def _test_captions(cfg: dict) -> list[str]:
@@ -365,16 +352,16 @@ def _test_captions(cfg: dict) -> list[str]:
 
 
 def _reference(tracker, cfg: dict, metric: str, device):
-    from mqvq.data import build_dataset
+    """The trial's feature backend and the reference its samples are measured against: the same
+    rule as `mqvq eval` (`sample_reference`), so one metric name means one reference."""
+    from mqvq.config import ExperimentConfig
     from mqvq.metrics.features import make_backend
-    from mqvq.stages.reference import reference_stats
+    from mqvq.stages.reference import sample_reference
 
-    backend_name = {"fid": "inception", "fd_vgg16": "vgg16"}[metric]
-    data = dataclasses.replace(from_dict(DataConfig, cfg["stage1"]["data"], "stage1.data."), limit_train=0)
-    ev = cfg.get("eval", {})
-    backend = make_backend(backend_name, device, data.resolution, ev.get("inception_weights") or None)
-    stats, key = reference_stats(backend, build_dataset(data, "train"), "train", tracker.home, ev.get("batch_size", 64))
-    return backend, stats, key
+    typed = from_dict(ExperimentConfig, cfg)
+    backend = make_backend(backend_of(metric), device, typed.stage1.data.resolution, typed.eval.inception_weights or None)
+    stats, key, split = sample_reference(typed, backend, tracker.home, typed.eval.batch_size)
+    return backend, stats, key, split
 
 
 @torch.no_grad()
@@ -410,7 +397,6 @@ def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spe
     return fd, "complete"
 
 
-KINDS_TAG = "mqvq.sampling.searched"  # JSON: every metric@samples searched -> its best value and settings
 
 
 def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
@@ -426,11 +412,11 @@ def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
     fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
     params = {**fixed, **best.params}
     old = tracker.get_run(spec.run_id).data.tags
-    kinds = json.loads(old.get(KINDS_TAG, "{}"))
+    kinds = json.loads(old.get(T.SAMPLING_SEARCHED, "{}"))
     kind = f"{spec.metric}@{spec.num_samples}"
     if kind not in kinds or best.value < kinds[kind]["value"]:
         kinds[kind] = {"value": best.value, "params": params, "study": spec.study_name, "trial": best.number}
-    tags = {KINDS_TAG: json.dumps(kinds, sort_keys=True)}
+    tags = {T.SAMPLING_SEARCHED: json.dumps(kinds, sort_keys=True)}
     metric, n, value = old.get(BEST_PREFIX + "metric"), int(old.get(BEST_PREFIX + "num_samples", 0)), float(old.get(BEST_PREFIX + "value", "inf"))
     # values at other sample counts or of another metric are not comparable: more samples of the
     # same metric win; at the same count, the lower value; another metric never displaces silently

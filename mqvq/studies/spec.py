@@ -38,7 +38,7 @@ class StudyRow:
     label: str = opt("", "how the row is shown in tables (default: the name)")
     overrides: tuple[str, ...] = opt((), "extra --set overrides for this row")
     seeds: tuple[int, ...] = opt((), "seeds for this row (default: the study's seeds)")
-    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq.paper)")
+    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq/paper.py)")
     stage2: bool = opt(True, "train and evaluate stage 2 for this row")
 
 

@@ -6,130 +6,25 @@ server (http[s]://) or a database (postgresql://, mysql://, sqlite://). File sto
 (MLflow >= 3.13 rejects them). The explicit `MlflowClient` is used throughout: no global active
 run, so DDP ranks, study workers and Optuna callbacks cannot step on each other.
 
-Tags (structure lives in tags, never in params, so resumes never rewrite params):
-    mqvq.stage, mqvq.experiment, mqvq.profile, mqvq.seed, mqvq.config_hash, mqvq.data_digest,
-    mqvq.status, mqvq.heartbeat, mqvq.checkpoint, mqvq.git_commit
+Tag names are in `tags.py`; typed run records (row, stage, search trial) in `records.py`. Only
+`tracking/` talks to the MLflow client: the rest of mqvq calls this class.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from mqvq.errors import UserError
-from mqvq.files import file_in_the_way
-
-SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-
-
-def home_path(home: str | os.PathLike | None = None) -> Path:
-    """Where the home folder is (--home, else $MQVQ_HOME, else ./.mqvq), without creating it."""
-    return Path(home or os.environ.get("MQVQ_HOME") or ".mqvq").expanduser().resolve()
-
-
-def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """The writable folder holding the default store, artifacts and working checkpoints."""
-    path = home_path(home)
-    ensure_writable(path, "--home / MQVQ_HOME")
-    return path
-
-
-def ensure_writable(path: Path, what: str) -> None:
-    blocker = file_in_the_way(path)
-    if blocker is not None:
-        raise UserError(f"cannot write to {path} ({what}): {blocker} is a file, not a folder; choose a writable folder.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to {path} ({what}): {e.strerror or e}; choose a writable folder.") from None
-
-
-def resolve_tracking_uri(uri: str | None, home: Path) -> str:
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
-    if scheme not in SUPPORTED_SCHEMES:
-        raise UserError(f"tracking URI {uri!r} is not supported: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or a database URL "
-                        f"(postgresql://...); MLflow file stores (plain paths, file:) are refused.")
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (None for servers and other databases)."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-# plain postgresql:// is served by either driver (MLflow picks psycopg 3 when it is there)
-DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "postgresql+psycopg2": ("psycopg2",), "postgresql+psycopg": ("psycopg",)}
-
-
-def require_driver(uri: str, what: str) -> None:
-    """A PostgreSQL URL needs its Python driver; name the extra that installs it."""
-    modules = DRIVERS.get(uri.split("://", 1)[0].lower(), ()) if "://" in uri else ()
-    for module in modules:
-        try:
-            __import__(module)
-            return
-        except ImportError:
-            continue
-    if modules:
-        raise UserError(f'{what} {uri} needs a PostgreSQL driver ({" or ".join(modules)}), which is not installed: '
-                        f'pip install "mqvq[postgres]".')
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast with one sentence instead of MLflow's minutes of retries."""
-    require_driver(uri, "the tracking store")
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                r.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"cannot reach the MLflow server at {uri}: {reason}; start it or pass another --tracking-uri.") from None
-    elif (db := sqlite_path(uri)) is not None:
-        ensure_writable(db.parent, "the SQLite tracking store's folder")
-
+from mqvq.files import file_lock
+from mqvq.tracking import tags as T
+from mqvq.tracking.location import check_reachable, home_dir, home_path, resolve_tracking_uri, sqlite_path
+from mqvq.tracking.provenance import git_commit
 
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a runs view the UI loads from ?viewStateShareKey=<key>
-
-
-def git_commit() -> str:
-    """HEAD of the checkout mqvq runs from (`-dirty` with uncommitted changes); a copy of the tree
-    outside git (a snapshot for a long background run, a machine the tree was carried to) names
-    its commit in $MQVQ_GIT_COMMIT."""
-    if os.environ.get("MQVQ_GIT_COMMIT"):
-        return os.environ["MQVQ_GIT_COMMIT"]
-    root = Path(__file__).resolve().parent.parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Serialise store creation and experiment get-or-create between local processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _quiet_mlflow() -> None:
@@ -158,7 +53,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         try:
-            with _file_lock(self.home / ".store.lock"):
+            with file_lock(self.home / ".store.lock"):
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)  # opens (and migrates) the store now
         except UserError:
@@ -168,7 +63,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ experiments and runs
     def experiment_id(self, name: str) -> str:
-        with _file_lock(self.home / ".store.lock"):
+        with file_lock(self.home / ".store.lock"):
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
@@ -200,10 +95,10 @@ class Tracker:
     def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
                   parent_run_id: str | None = None) -> str:
         tags = {k: str(v) for k, v in tags.items()}
-        tags.setdefault("mqvq.git_commit", git_commit())
-        tags["mlflow.source.git.commit"] = tags["mqvq.git_commit"]
-        tags["mqvq.status"] = "running"
-        tags["mqvq.heartbeat"] = str(time.time())
+        tags.setdefault(T.GIT_COMMIT, git_commit())
+        tags["mlflow.source.git.commit"] = tags[T.GIT_COMMIT]
+        tags[T.STATUS] = T.Status.RUNNING.value
+        tags[T.HEARTBEAT] = str(time.time())
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
@@ -215,12 +110,12 @@ class Tracker:
         """Running again: the reason it stopped no longer describes it (a finished run must not keep
         'interrupted at step 5')."""
         self.client.update_run(run_id, status="RUNNING")
-        self.set_tags(run_id, {"mqvq.status": "running", "mqvq.heartbeat": time.time(), "mqvq.failure": ""})
+        self.set_tags(run_id, {T.STATUS: T.Status.RUNNING.value, T.HEARTBEAT: time.time(), T.FAILURE: ""})
 
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
-        tags: dict[str, Any] = {"mqvq.status": status.lower()}
+        tags: dict[str, Any] = {T.STATUS: status.lower()}
         if reason:
-            tags["mqvq.failure"] = reason[:4000]
+            tags[T.FAILURE] = reason[:4000]
         self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
@@ -243,6 +138,37 @@ class Tracker:
             if not token:
                 break
         return out
+
+    def find_run(self, run_id: str):
+        """The run, or None when the store has no run of that id."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def experiment_names(self) -> dict[str, str]:
+        """{experiment id: name} of every experiment in the store."""
+        return {e.experiment_id: e.name for e in self.client.search_experiments()}
+
+    def has_experiment(self, name: str) -> bool:
+        return self.client.get_experiment_by_name(name) is not None
+
+    def experiment_tags(self, name: str) -> dict[str, str] | None:
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else dict(exp.tags)
+
+    def experiment_of(self, run_id: str) -> str:
+        """The name of the MLflow experiment a run is in."""
+        return self.client.get_experiment(self.get_run(run_id).info.experiment_id).name
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        """Every logged value of one metric (MLflow Metric entities: step, value, timestamp)."""
+        return list(self.client.get_metric_history(run_id, key))
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -273,8 +199,14 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_table(self, run_id: str, data: dict, name: str) -> None:
+        self.client.log_table(run_id, data, name)
+
     def heartbeat(self, run_id: str) -> None:
-        self.client.set_tag(run_id, "mqvq.heartbeat", str(time.time()))
+        self.client.set_tag(run_id, T.HEARTBEAT, str(time.time()))
 
     def _moved_artifacts(self, run_id: str) -> Path | None:
         """Where this run's artifacts live under *this* home when the store was copied or moved from
