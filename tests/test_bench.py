@@ -16,6 +16,7 @@ def cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")(test))
 
 
+@pytest.mark.integration
 def test_gpu_check_dry_run_writes_every_headline_figure(tmp_path):
     """tools/gpu-check.sh --dry-run: the GPU check's steps on CPU at the smallest sizes (`bench all
     --quick`, eager and compiled, then the merge), with all six headline keys and the environment."""
@@ -49,6 +50,7 @@ def test_bench_all_refuses_a_missing_gpu_before_starting(tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.integration
 def test_bench_logs_to_mlflow(home, tracker):
     r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--log", "--home", str(home)])
     assert r.exit_code == 0, r.output
@@ -57,6 +59,7 @@ def test_bench_logs_to_mlflow(home, tracker):
     assert run.data.tags["mqvq.env.threads"] == str(torch.get_num_threads())
 
 
+@pytest.mark.integration
 def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home, monkeypatch):
     import mqvq.bench
 
@@ -73,6 +76,7 @@ def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home,
     assert data["sample"]["environment"]["torch"] == torch.__version__
 
 
+@pytest.mark.integration
 def test_bench_commands_report_their_keys():
     r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["stage2_train_tokens_per_s"] > 0

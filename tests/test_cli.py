@@ -70,6 +70,7 @@ def test_experiment_and_weights_commands():
     assert r.exit_code == 0 and "ready" in r.stdout
 
 
+@pytest.mark.integration
 def test_smoke_profile_trains_as_a_new_user_would(tmp_path):
     """The smoke walk-through's first stage, in a subprocess: a FINISHED run with its validation and
     checkpoint, after the smoke profile's few steps (how long it takes is `mqvq bench`'s business)."""

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # several processes
+
 
 def test_torchrun_two_processes_both_stages(tmp_path):
     env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1"}

@@ -35,6 +35,7 @@ def _artifact_png(tracker, run_id, path):
     return img
 
 
+@pytest.mark.integration
 def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception_file, monkeypatch):  # noqa: F811
     s1, s2 = runs
     r1 = evaluate_run(tracker, s1, backend="vgg16", progress=False)

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.integration  # a PostgreSQL server
 
 def _bin(name: str) -> str | None:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)

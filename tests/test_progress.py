@@ -44,6 +44,7 @@ def test_result_lines_wrap_between_values_never_inside_one():
     assert all(" " not in pair for pair in line.split("  "))
 
 
+@pytest.mark.integration
 def test_a_study_run_says_row_i_of_n_and_how_long_is_left(studies, home, tracker):
     write_study(studies, "two", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50")])
     r = runner.invoke(app, ["study", "run", "two", "--no-progress", "--home", str(home)])
@@ -91,6 +92,7 @@ def test_json_wherever_a_table_is_printed_with_whole_names(home):
 
 
 @pytest.mark.skipif(may_have_gpu(), reason="with a GPU, plan asks torch which device it will use")
+@pytest.mark.integration
 def test_status_and_plan_never_import_torch(home):
     """torch is most of a second of start-up; the everyday commands that only read do without it
     (plan asks torch its thread count once per machine and remembers it)."""
@@ -106,6 +108,7 @@ def test_status_and_plan_never_import_torch(home):
 
 
 @pytest.mark.parametrize("omp", [None, "1"])
+@pytest.mark.integration
 def test_the_remembered_thread_count_is_what_torch_reports(tmp_path, omp):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | ({"OMP_NUM_THREADS": omp} if omp else {})
     code = ("import sys; from mqvq.machine import torch_threads; n = torch_threads(sys.argv[1]); "

@@ -197,6 +197,7 @@ def test_check_demask_order_and_not_testable():
     assert v["adaptive beats random at every mask ratio"].status == "not assessable"
 
 
+@pytest.mark.integration
 def test_report_from_a_real_study_writes_table_and_figures(tmp_path, home, tracker, monkeypatch):
     from tests.test_studies import write_study
 
@@ -352,6 +353,7 @@ def test_columns_paper_layout_and_spread_are_the_users_choice():
     assert values["rfd_vgg16_std"] == "" and values["rfd_vgg16"] != ""
 
 
+@pytest.mark.integration
 def test_the_text_conditional_study_runs_at_smoke_and_reports_table_5(tmp_path, home):
     """Table 5's two rows end to end: captions, tokenizer, guided and unguided samples, caption match, report."""
     r = runner.invoke(app, ["study", "run", "text-conditional", "--profile", "smoke", "--no-progress", "--home", str(home)])

@@ -34,6 +34,7 @@ def _study(home, run_id, metric="fd_vgg16", n=16, name=None):
     return optuna.load_study(study_name=name or f"sampling/{run_id}/{metric}/{n}", storage=storage)
 
 
+@pytest.mark.integration
 def test_trials_in_total_children_and_best_round_trip(model_run, tracker, tmp_path):
     run_id, _ = model_run
     r = _search(run_id, tracker.home, "--trials", "4", "--pruner", "none")  # pruning has its own test
@@ -74,6 +75,7 @@ def test_trials_in_total_children_and_best_round_trip(model_run, tracker, tmp_pa
     assert run.data.tags["mqvq.eval.fd_vgg16_best.sampling_choice"] == "best"
 
 
+@pytest.mark.integration
 def test_two_workers_exact_count_and_no_duplicate_grid_point(model_run, tracker):
     run_id, _ = model_run
     r = _search(run_id, tracker.home, "--trials", "100", "--sampler", "grid", "--workers", "2", "--grid-points", "2",
@@ -88,6 +90,7 @@ def test_two_workers_exact_count_and_no_duplicate_grid_point(model_run, tracker)
     assert len(_study(tracker.home, run_id, name="tpe2").trials) == 5  # exactly N across two workers
 
 
+@pytest.mark.integration
 def test_pruned_trials_are_recorded_as_pruned(model_run, tracker, monkeypatch):
     run_id, _ = model_run
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **k: optuna.pruners.ThresholdPruner(upper=0.0))  # prune all
@@ -109,6 +112,7 @@ def _has_postgres_driver() -> bool:
     return any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2"))
 
 
+@pytest.mark.integration
 def test_search_input_errors(model_run, tracker, tmp_path):
     run_id, stage1_run = model_run
     assert _search(run_id, tracker.home, "--trials", "2").exit_code == 0

@@ -17,6 +17,8 @@ from mqvq.errors import UserError
 from mqvq.studies.spec import load_study
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.integration  # whole studies, in this process or several
+
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
 FAST = [*TINY, "stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",

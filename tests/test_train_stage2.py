@@ -87,6 +87,7 @@ def test_stage2_input_errors(stage1_run, tracker, tiny):
         tiny("mqvae-f16-adaptive-50", "stage2.model.kind='raster'")
 
 
+@pytest.mark.integration
 def test_sample_cli_writes_valid_images(stage1_run, tracker, tmp_path):
     cfg, _ = stage1_run()
     r = train_stage2(cfg, tracker, progress=False)
@@ -148,6 +149,7 @@ def test_token_set_len():
 TEXT = ["stage2.model.conditioning='text'", "stage2.train.flip=false", "stage2.model.text_length=16"]
 
 
+@pytest.mark.integration
 def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     """Procedural captions -> a tokenizer in the checkpoint; `sample --prompt` writes each prompt beside its image."""
     from mqvq.stages.evaluate import evaluate_run
@@ -186,6 +188,7 @@ def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     assert 0 <= got["attr_acc"] <= 100
 
 
+@pytest.mark.integration
 def test_prompts_and_guidance_are_refused_where_they_do_not_apply(stage1_run, tracker, tmp_path):
     cfg, _ = stage1_run("mqvae-f16-adaptive-50", "stage2.model.conditioning='class'")
     r = train_stage2(cfg, tracker, progress=False)

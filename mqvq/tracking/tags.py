@@ -119,8 +119,10 @@ def is_eval_tag(key: str) -> bool:
 
 # ---------------------------------------------------------------- queries
 def quote(value) -> str:
-    """A value in an MLflow filter string."""
-    return "'" + str(value).replace("'", "\\'") + "'"
+    """A value in an MLflow filter string: single-quoted, or double-quoted when it holds a single
+    quote (MLflow's parser takes no escapes inside a string)."""
+    text = str(value)
+    return f'"{text}"' if "'" in text else f"'{text}'"
 
 
 def where(*clauses: str, **equal) -> str:

@@ -1,0 +1,54 @@
+"""Typed run records: each writer's tags read back by its reader, the one row-state rule, and the
+filter strings built from tag names, on a real (SQLite) MLflow store."""
+import os
+import time
+
+from mqvq.tracking import tags as T
+from mqvq.tracking.records import DataRecord, RowRecord, StageRecord, TrialRecord, lease_is_live
+
+
+def test_a_row_record_round_trips_through_a_store(tracker):
+    rec = RowRecord(study="s", row="a'b", seed=2, profile="smoke", experiment="vqgan-f16", label="VQGAN", table="Table 6",
+                    config_hash="abc")
+    run_id = tracker.start_run("s/smoke", "a-s2", rec.tags())
+    tracker.set_tags(run_id, {T.STAGE1_RUN: "r1", T.DATA_NAME: "procedural", T.DATA_RESOLUTION: 32, T.DATA_DIGEST: "d1",
+                              T.eval_tag("fd_vgg16", "backend"): "vgg16"})
+    runs = tracker.find_runs("s/smoke", T.where(kind=T.Kind.ROW, study="s", row="a'b", seed=2))  # a quote in a value
+    assert [r.info.run_id for r in runs] == [run_id]
+    back = RowRecord.of(runs[0])
+    assert (back.study, back.row, back.seed, back.label, back.table, back.config_hash) == ("s", "a'b", 2, "VQGAN", "Table 6", "abc")
+    assert back.stage1_run == "r1" and back.stage2_run is None
+    assert back.data == DataRecord("procedural", 32, "d1") and str(back.data) == "procedural 32px (d1)"
+    assert T.eval_facts(back.eval_tags) == {"fd_vgg16": {"backend": "vgg16"}}
+    assert tracker.find_runs("s/smoke", T.where(kind=T.Kind.ROW, study="s", row="a'b", seed=3)) == []
+
+
+def test_stores_written_before_the_structured_data_tags_still_read():
+    assert DataRecord.of({T.DATA_LEGACY: "fashion-mnist 32px (0123abcd)"}) == DataRecord("fashion-mnist", 32, "0123abcd")
+    assert DataRecord.of({}) is None and DataRecord.of({T.DATA_LEGACY: "garbage"}) is None
+
+
+def test_the_row_state_rule():
+    base = dict(study="s", row="r", seed=0, profile="smoke", experiment="e", label="r", table="", config_hash="")
+    now = time.time()
+    me = f"{os.uname().nodename}:{os.getpid()}:x"
+    assert RowRecord(**base, status="finished").state() == "finished"
+    assert RowRecord(**base, status="failed").state() == "failed"
+    assert RowRecord(**base, status="killed").state() == "missing"   # resumable: nobody holds it
+    assert RowRecord(**base, status="running", lease="elsewhere:1:x", heartbeat=now).state(now=now) == "running"
+    assert RowRecord(**base, status="running", lease="elsewhere:1:x", heartbeat=now - 121).state(now=now) == "missing"
+    assert RowRecord(**base, status="running", lease="", heartbeat=now).state(now=now) == "missing"
+    assert lease_is_live(me, now, 120, now)  # this very process
+
+
+def test_stage_and_trial_records_read_what_their_runs_carry(tracker):
+    run_id = tracker.start_run("e", "stage1-x", {T.STAGE: "stage1", T.CONFIG_HASH: "h", T.SEED: 1, T.EXPERIMENT: "vqgan-f16",
+                                                T.PROFILE: "smoke", T.DEVICE_NAME: "CPU x", T.TORCH_THREADS: 2})
+    rec = StageRecord.of(tracker.get_run(run_id))
+    assert (rec.stage, rec.config_hash, rec.seed, rec.torch_threads, rec.finished) == ("stage1", "h", 1, "2", False)
+    tracker.end_run(run_id)
+    assert StageRecord.of(tracker.get_run(run_id)).finished
+    trial = TrialRecord("sampling/x", 3, "m", "journal", "fd_vgg16", "vgg16", "ref", "test")
+    t_id = tracker.start_run("e", "trial-0003", trial.tags(), parent_run_id=run_id)
+    assert TrialRecord.of(tracker.get_run(t_id)) == trial
+    assert not StageRecord.is_stage(tracker.get_run(t_id))
