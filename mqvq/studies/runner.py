@@ -31,6 +31,22 @@ from mqvq.tracking.provenance import git_commit
 from mqvq.tracking.store import Tracker
 
 
+@dataclass(frozen=True)
+class Worker:
+    """What every row a worker runs shares: the store, the study and profile, and how to run it."""
+    tracker: Tracker
+    study: StudyConfig
+    profile: str
+    backend: str | None = None
+    device: str | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    @property
+    def experiment(self) -> str:
+        return study_experiment(self.study.name, self.profile)
+
+
 @dataclass
 class RowResult:
     row: str
@@ -96,7 +112,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
             with lease.Heartbeat(tracker, parent, heartbeat):
-                results.append(_run_row(tracker, study, fresh, parent, profile, backend, device, progress, log, label))
+                results.append(_run_row(Worker(tracker, study, profile, backend, device, progress, log), fresh, parent, label))
             eta.finished(i, time.monotonic() - started)
             if any(e != 0 for e in eta.estimates[i + 1:]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
@@ -150,12 +166,11 @@ def metrics_line(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, progress, log, label: str) -> RowResult:
-    from mqvq.stages.evaluate import evaluate_run
+def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
     from mqvq.stages.train_stage1 import train_stage1
     from mqvq.stages.train_stage2 import train_stage2
 
-    experiment = study_experiment(study.name, profile)
+    tracker, study, device, progress, log, experiment = w.tracker, w.study, w.device, w.progress, w.log, w.experiment
     started = time.monotonic()
     tracker.resume_run(parent)
     tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()})
@@ -190,9 +205,9 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
                                           device=device, progress=progress, mlflow_experiment=experiment,
                                           parent_run_id=parent, tags=tags)["run_id"]
             tracker.set_tags(parent, {T.STAGE2_RUN: stage2_run})
-        metrics = _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run)
+        metrics = _evaluate_row(w, p, parent, stage1_run, stage2_run)
         if study.search.trials and stage2_run:
-            metrics |= _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log)
+            metrics |= _search_row(w, p, parent, stage2_run)
         tracker.end_run(parent, "FINISHED")
         log(f"[green]{label}: finished[/] in {duration(time.monotonic() - started)}: {metrics_line(metrics)}")
         return RowResult(p.row.name, p.seed, "finished", "", metrics)
@@ -207,9 +222,12 @@ def _run_row(tracker, study, p: RowPlan, parent: str, profile, backend, device, 
         return RowResult(p.row.name, p.seed, "failed", reason)
 
 
-def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, device, progress, log, evaluate_run) -> dict:
+def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_run: str | None) -> dict:
     """Evaluate what is missing on the stage runs, then copy the row's numbers (and their tags) to its parent."""
-    want = expected_metrics(study, p.cfg, backend)
+    from mqvq.stages.evaluate import evaluate_run
+
+    tracker, study = w.tracker, w.study
+    want = expected_metrics(study, p.cfg, w.backend)
     for stage, run_id in (("stage1", stage1_run), ("stage2", stage2_run)):
         metrics = study.stage_metrics(stage)
         if run_id is None or not metrics:
@@ -218,8 +236,8 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
         needed = {metric_family(n) for n in want if metric_stage(n) == stage and n not in have}
         todo = [m for m in metrics if m in needed]  # only the metric families that are missing
         if todo:
-            log(f"  evaluating {stage}: {', '.join(todo)}")
-            evaluate_run(tracker, run_id, [*todo, "figures"], backend=backend, device=device, progress=progress)
+            w.log(f"  evaluating {stage}: {', '.join(todo)}")
+            evaluate_run(tracker, run_id, [*todo, "figures"], backend=w.backend, device=w.device, progress=w.progress)
     values, tags = {}, {}
     for run_id in (stage1_run, stage2_run):
         if run_id is None:
@@ -235,19 +253,19 @@ def _evaluate_row(tracker, study, p, parent, stage1_run, stage2_run, backend, de
     return values
 
 
-def _search_row(tracker, study, p, parent, stage2_run, backend, device, progress, log) -> dict:
+def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
     """The sampling-search study: best distance over top-k / top-p for the row's model (Table 1's protocol)."""
     from mqvq.studies.search import SearchSpec, default_space, run_search
 
-    s = study.search
+    tracker, s = w.tracker, w.study.search
     n = s.num_samples or min(p.cfg.eval.num_samples, 10_000)
-    metric = searched_metric(p.cfg, backend)
+    metric = searched_metric(p.cfg, w.backend)
     rungs = list(s.rungs) or [r for r in (1000, 5000) if r < n]
     shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
                           p.cfg.stage2.model.kind == "raster", p.cfg.stage2.train.cond_dropout > 0)
-    log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
+    w.log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
     summary = run_search(tracker, SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
-                         device=device, progress=progress, log=lambda m: None)
+                         device=w.device, progress=w.progress, log=lambda m: None)
     if "best_value" not in summary:
         return {}
     values = {best(metric): summary["best_value"]}
