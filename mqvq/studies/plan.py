@@ -65,6 +65,7 @@ class RowPlan:
     stages: dict[str, StageState] = field(default_factory=dict)
     estimate_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    view: StoreView | None = field(default=None, repr=False)   # what it was planned from
 
     @property
     def todo(self) -> bool:
@@ -92,31 +93,54 @@ def row_stage_run(tracker: Tracker, study_name: str, row: str, profile: str, sta
 
 
 class StoreView:
-    """What planning a study reads from the store, fetched in three searches for the whole study
-    (its row runs, every stage run, the experiments) instead of several per row and stage."""
+    """What planning reads from the store. `StoreView.whole_study` fetches it in three searches for the
+    whole study (its row runs, every stage run, the experiments) instead of several per row and
+    stage; `StoreView.one_row` reads one row's runs now and each stage's runs when first asked for,
+    which is what the runner does under a row's lease, when another worker may have changed them."""
 
-    def __init__(self, tracker: Tracker, experiment: str, study: str):
+    def __init__(self, tracker: Tracker, experiment: str, study: str, row: tuple[str, int] | None = None):
         self.tracker = tracker
         self.names = tracker.experiment_names()
         self.experiment_id = next((i for i, n in self.names.items() if n == experiment), None)
         self.rows: dict[tuple[str, int], list[RowRecord]] = {}
-        if self.experiment_id is not None:
-            for r in tracker.search_all([self.experiment_id], T.where(kind=T.Kind.ROW, study=study), ["attributes.start_time ASC"]):
-                rec = RowRecord.of(r)
-                self.rows.setdefault((rec.row, rec.seed), []).append(rec)
         self.stages: dict[tuple, list[StageRecord]] = {}   # (stage, config hash, seed) -> runs, newest first
         self.readers: dict[str, list[StageRecord]] = {}    # stage-1 run id -> the runs that name it
-        for r in tracker.search_all(list(self.names), T.any_stage()):
-            rec = StageRecord.of(r)
-            self.stages.setdefault((rec.stage, rec.config_hash, rec.seed), []).append(rec)
-            if rec.stage1_run:
-                self.readers.setdefault(rec.stage1_run, []).append(rec)
+        self.complete = row is None                          # every stage run is in `stages`
+        if self.experiment_id is not None:
+            where = T.where(kind=T.Kind.ROW, study=study, **({"row": row[0], "seed": row[1]} if row else {}))
+            for r in tracker.search_all([self.experiment_id], where, ["attributes.start_time ASC"]):
+                rec = RowRecord.of(r)
+                self.rows.setdefault((rec.row, rec.seed), []).append(rec)
+        if self.complete:
+            for r in tracker.search_all(list(self.names), T.any_stage()):
+                self._add(StageRecord.of(r))
+
+    @classmethod
+    def whole_study(cls, tracker: Tracker, experiment: str, study: str) -> "StoreView":
+        return cls(tracker, experiment, study)
+
+    @classmethod
+    def one_row(cls, tracker: Tracker, experiment: str, study: str, row: str, seed: int) -> "StoreView":
+        return cls(tracker, experiment, study, (row, seed))
+
+    def _add(self, rec: StageRecord) -> None:
+        self.stages.setdefault((rec.stage, rec.config_hash, rec.seed), []).append(rec)
+        if rec.stage1_run:
+            self.readers.setdefault(rec.stage1_run, []).append(rec)
 
     def row_runs(self, row: str, seed: int) -> list[RowRecord]:
         return self.rows.get((row, seed), [])
 
     def stage_runs(self, stage: str, h: str, seed: int, finished: bool) -> list[StageRecord]:
-        return [r for r in self.stages.get((stage, h, seed), []) if r.finished == finished]
+        key = (stage, h, seed)
+        if not self.complete and key not in self.stages:
+            self.stages[key] = [StageRecord.of(r) for r in self.tracker.search_all(list(self.names), T.where(stage=stage, config_hash=h, seed=seed))]
+        return [r for r in self.stages.get(key, []) if r.finished == finished]
+
+    def runs_reading(self, stage1_run: str) -> list[StageRecord]:
+        if not self.complete and stage1_run not in self.readers:
+            self.readers[stage1_run] = [StageRecord.of(r) for r in self.tracker.search_all(list(self.names), T.where(stage1_run=stage1_run))]
+        return self.readers.get(stage1_run, [])
 
 
 def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str | None, linked: str | None = None) -> StageState:
@@ -183,43 +207,65 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
                device: str | None = None, workers: int = 1, costs: Costs | None = None, estimate: bool = True) -> list[RowPlan]:
     """Per row and seed, each stage's state, from one view of the store. `estimate`: time the rows to
     run from the measured costs (`study status` has no use for them)."""
-    experiment = study_experiment(study.name, profile)
     if estimate:
         costs = costs or measured_costs(tracker, profile, device, workers)
-    view = StoreView(tracker, experiment, study.name)
+    view = StoreView.whole_study(tracker, study_experiment(study.name, profile), study.name)
     plans = []
     for row in select_rows(study, only):
         for seed in row_seeds(study, row, seeds):
-            cfg = row_config(row, profile, seed)
-            parents = view.row_runs(row.name, seed)
-            parent = parents[0] if parents else None
-            p = RowPlan(row, seed, cfg, parent, parent.state(lease_timeout) if parent else T.Status.MISSING.value)
-            if parent is not None:
-                p.metrics = dict(parent.metrics)
-            pid = parent.run_id if parent else None
-            s1 = stage_state(view, "stage1", config_hash(identity(cfg.stage1)), seed, pid, parent and parent.stage1_run)
-            p.stages["stage1"] = s1
-            if not row.stage2:
-                p.stages["stage2"] = StageState(Step.SKIP)
-            elif s1.state.has_model and (digest := stage1_digest(view, s1.run_id)):
-                p.stages["stage2"] = stage_state(view, "stage2", stage2_hash(cfg, digest), seed, pid, parent and parent.stage2_run)
-            elif s1.state.has_model:
-                p.stages["stage2"] = StageState(Step.RUN, None, "the stage-1 checkpoint is missing")
-            else:
-                p.stages["stage2"] = StageState(Step.AFTER_STAGE1)
-            want = expected_metrics(study, cfg, backend)
-            if study.search.trials and row.stage2:
-                want.append(best(searched_metric(cfg, backend)))
-            if not row.stage2:
-                want = [m for m in want if metric_stage(m) != "stage2"]
-            missing = [m for m in want if m not in p.metrics]
-            p.stages["eval"] = StageState(Step.DONE if parent is not None and not missing else Step.RUN, None,
-                                          ", ".join(missing) if missing and parent is not None else "")
-            if p.stages["eval"].state == Step.DONE and p.status != T.Status.FINISHED:
-                p.stages["eval"] = StageState(Step.RUN)
+            p = plan_row(view, study, row, seed, profile, backend, lease_timeout)
             p.estimate_s = _estimate(p, costs, profile) if estimate else None
             plans.append(p)
     return plans
+
+
+def replan_row(tracker: Tracker, study: StudyConfig, p: "RowPlan", profile: str, backend: str | None,
+               lease_timeout: float = LEASE_TIMEOUT_S) -> "RowPlan":
+    """The row planned again from the store as it is now (the runner, once it holds the row's lease:
+    another worker may have finished it, or trained a model it can reuse)."""
+    view = StoreView.one_row(tracker, study_experiment(study.name, profile), study.name, p.row.name, p.seed)
+    return plan_row(view, study, p.row, p.seed, profile, backend, lease_timeout)
+
+
+def plan_row(view: StoreView, study: StudyConfig, row: StudyRow, seed: int, profile: str, backend: str | None,
+             lease_timeout: float = LEASE_TIMEOUT_S) -> "RowPlan":
+    """One row and seed: its parent run, each stage's state and the metrics it still lacks."""
+    cfg = row_config(row, profile, seed)
+    parents = view.row_runs(row.name, seed)
+    parent = parents[0] if parents else None
+    p = RowPlan(row, seed, cfg, parent, parent.state(lease_timeout) if parent else T.Status.MISSING.value, view=view)
+    if parent is not None:
+        p.metrics = dict(parent.metrics)
+    pid = parent.run_id if parent else None
+    s1 = stage_state(view, "stage1", config_hash(identity(cfg.stage1)), seed, pid, parent and parent.stage1_run)
+    p.stages["stage1"] = s1
+    if not row.stage2:
+        p.stages["stage2"] = StageState(Step.SKIP)
+    elif s1.state.has_model:
+        p.stages["stage2"] = stage2_state(p, s1.run_id)
+    else:
+        p.stages["stage2"] = StageState(Step.AFTER_STAGE1)
+    want = expected_metrics(study, cfg, backend)
+    if study.search.trials and row.stage2:
+        want.append(best(searched_metric(cfg, backend)))
+    if not row.stage2:
+        want = [m for m in want if metric_stage(m) != "stage2"]
+    missing = [m for m in want if m not in p.metrics]
+    p.stages["eval"] = StageState(Step.DONE if parent is not None and not missing else Step.RUN, None,
+                                  ", ".join(missing) if missing and parent is not None else "")
+    if p.stages["eval"].state == Step.DONE and p.status != T.Status.FINISHED:
+        p.stages["eval"] = StageState(Step.RUN)
+    return p
+
+
+def stage2_state(p: "RowPlan", stage1_run: str) -> StageState:
+    """Stage 2's state once its stage-1 model exists: stage 2's identity includes that model's digest
+    (also what the runner asks right after training stage 1)."""
+    digest = stage1_digest(p.view, stage1_run)
+    if digest is None:
+        return StageState(Step.RUN, None, "the stage-1 checkpoint is missing")
+    parent = p.parent
+    return stage_state(p.view, "stage2", stage2_hash(p.cfg, digest), p.seed, parent and parent.run_id, parent and parent.stage2_run)
 
 
 def stage1_digest(view: StoreView, run_id: str) -> str | None:
@@ -228,7 +274,7 @@ def stage1_digest(view: StoreView, run_id: str) -> str | None:
     try:
         return file_digest(model_file(view.tracker, run_id))
     except UserError:
-        return next((r.stage1_checkpoint for r in view.readers.get(run_id, []) if r.stage1_checkpoint), None)
+        return next((r.stage1_checkpoint for r in view.runs_reading(run_id) if r.stage1_checkpoint), None)
 
 
 @dataclass

@@ -19,11 +19,10 @@ from mqvq.config import config_hash, identity
 from mqvq.errors import UserError
 from mqvq.metrics import metric_family, metric_stage
 from mqvq.runtime import duration
-from mqvq.stages.lookup import stage2_hash
 from mqvq.studies import lease
 from mqvq.metrics.registry import backend_of, best
-from mqvq.studies.plan import (RowPlan, Step, StoreView, expected_metrics, find_row_runs, optional_metrics, plan_study, searched_metric,
-                               stage1_digest, stage_state, study_experiment)
+from mqvq.studies.plan import (RowPlan, Step, expected_metrics, find_row_runs, optional_metrics, plan_study, replan_row,
+                               searched_metric, stage2_state, study_experiment)
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking import tags as T
 from mqvq.tracking.records import LEASE_TIMEOUT_S, DataRecord, RowRecord
@@ -107,7 +106,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             continue
         try:
             # re-plan under the lease: another worker may have finished it in the meantime
-            fresh = plan_study(tracker, study, profile, [p.seed], [p.row.name], backend, lease_timeout, estimate=False)[0]
+            fresh = replan_row(tracker, study, p, profile, backend, lease_timeout)
             if not fresh.todo and fresh.status == "finished":
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
@@ -194,8 +193,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
         if p.row.stage2:
             s2 = p.stages["stage2"]
             if s2.state == Step.AFTER_STAGE1:  # stage 1 was trained just now: stage 2's identity needs its checkpoint
-                view = StoreView(tracker, experiment, study.name)
-                s2 = stage_state(view, "stage2", stage2_hash(p.cfg, stage1_digest(view, stage1_run)), p.seed, parent)
+                s2 = stage2_state(p, stage1_run)
             if s2.state.has_model:
                 stage2_run = s2.run_id
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")
