@@ -111,3 +111,41 @@ def test_user_errors_happen_before_any_run_is_created(tiny, tracker, tmp_path, m
     # without the perceptual loss no weights are needed
     r = train_stage1(tiny("mqvae-f16-adaptive-25", "stage1.loss.perceptual_weight=0", "stage1.train.steps=2"), tracker, progress=False)
     assert r["finished"]
+
+
+@pytest.mark.parametrize("moment", ["inside the tracker call that creates the run", "right after the run is created"])
+def test_a_sigterm_while_the_run_is_being_created_still_ends_it_killed(tiny, tracker, monkeypatch, moment):
+    """The window behind a flaky background-study test: SIGTERM between MLflow creating the run and the
+    code that ends it used to leave the run RUNNING for good. Both moments are hit on purpose here."""
+    import os
+    import signal as sig
+
+    import mqvq.stages.runs as runs
+    from mqvq.signals import stop_on_sigterm
+
+    cfg = tiny("vqgan-f16", "stage1.train.steps=4")
+    previous = {s: sig.getsignal(s) for s in (sig.SIGTERM, sig.SIGUSR2)}
+    stop_on_sigterm()
+    if moment.startswith("inside"):
+        real = type(tracker).log_params  # called by start_run after create_run, inside the tracker
+
+        def log_params(self, run_id, params):
+            os.kill(os.getpid(), sig.SIGTERM)
+            return real(self, run_id, params)
+        monkeypatch.setattr(type(tracker), "log_params", log_params)
+    else:
+        real = runs.Tracker.start_run
+
+        def start_run(self, *a, **k):
+            run_id = real(self, *a, **k)
+            os.kill(os.getpid(), sig.SIGTERM)
+            return run_id
+        monkeypatch.setattr(runs.Tracker, "start_run", start_run)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_stage1(cfg, tracker, progress=False)
+    finally:
+        for s, h in previous.items():
+            sig.signal(s, h)
+    [run] = tracker.find_runs(cfg.name)
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["mqvq.failure"]

@@ -61,7 +61,7 @@ class TrainingRun:
     step reached, which the loop keeps current (an interrupted run's reason names it)."""
     tracker: Tracker
     dist: Dist
-    run_id: str
+    run_id: str | None         # set once the MLflow run exists
     parts: dict[str, Any]      # name -> a module or optimizer: what the checkpoint restores
     header: dict[str, Any]     # written into every checkpoint beside the parts
     step: int = 0
@@ -112,7 +112,7 @@ def closing_run(run: TrainingRun):
         state["reason"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if run.dist.main:
+        if run.dist.main and run.run_id is not None:
             run.tracker.end_run(run.run_id, state["status"], state["reason"])
         runtime.teardown()
 

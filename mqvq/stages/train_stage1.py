@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mqvq import runtime
+from mqvq import runtime, signals
 from mqvq.config import ExperimentConfig, config_hash, flatten, identity, to_dict
 from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
@@ -93,27 +93,26 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     opt_g = torch.optim.Adam(generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
 
-    run_id = open_run(
-        tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
-        what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-        tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
-        params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
-        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
-    run = TrainingRun(tracker, d, run_id, {"model": model, "disc": loss_fn.disc, "opt_g": opt_g, "opt_d": opt_d},
+    run = TrainingRun(tracker, d, None, {"model": model, "disc": loss_fn.disc, "opt_g": opt_g, "opt_d": opt_d},
                       {"stage": STAGE, "experiment": cfg.name, "config": to_dict(cfg)})
-    start_step = run.restore(cfg.seed)
-
-    net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
-    if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
-        # the adaptive GAN weight differentiates the graph twice (retain_graph=True), which
-        # donated buffers forbid
-        torch._functorch.config.donated_buffer = False
-        net = torch.compile(net)
-    loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
-
-    job = Stage1Job(cfg, run, model, net, loss_fn, opt_g, opt_d, dtype)
-    summary: dict = {"run_id": run_id, "checkpoint": str(run.checkpoint), **run.mark_resumed()}
-    with closing_run(run) as ending:
+    with closing_run(run) as ending:  # from the moment the MLflow run exists, it ends however this ends
+        with signals.deferred():  # an interrupt waits until `run` knows the run it would have to end
+            run.run_id = open_run(
+                tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
+                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+                tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
+                params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
+                artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
+        start_step = run.restore(cfg.seed)
+        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
+        if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
+            # the adaptive GAN weight differentiates the graph twice (retain_graph=True), which
+            # donated buffers forbid
+            torch._functorch.config.donated_buffer = False
+            net = torch.compile(net)
+        loader = train_loader(train_ds, s1.train.batch_size, cfg.seed, d.rank, d.world, start_step, s1.data.workers)
+        job = Stage1Job(cfg, run, model, net, loss_fn, opt_g, opt_d, dtype)
+        summary: dict = {"run_id": run.run_id, "checkpoint": str(run.checkpoint), **run.mark_resumed()}
         summary["train_metrics"] = _loop(job, loader, test_ds, progress, stop_after)
         summary["step"] = run.step
         if run.step < s1.train.steps:  # stopped early on purpose: resumable

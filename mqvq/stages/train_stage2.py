@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mqvq import runtime
+from mqvq import runtime, signals
 from mqvq.config import ExperimentConfig, StackformerConfig, flatten, from_dict, to_dict
 from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
@@ -153,28 +153,28 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
     stage1_info = {"run_id": ref.run_id, "checkpoint": str(ref.checkpoint), "digest": digest}
 
     h = stage2_hash(cfg, digest)
-    run_id = open_run(
-        tracker, d, experiment=experiment, stage=STAGE, config_hash=h, seed=cfg.seed,
-        what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
-        run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-        tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.STAGE1_RUN: ref.run_id or "",
-              T.STAGE1_CHECKPOINT: digest, T.PARAMS_COUNT: model.num_params(), **(tags or {})},
-        params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
-                                                  "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
-                                                  "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": shape.num_classes}
-               | ({"text_vocab_size": shape.text_vocab} if shape.text_vocab else {}),
-        artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
-    if d.main:
-        tracker.log_metrics(run_id, {"time/tokenize_seconds": tokenize_s}, 0)
-    run = TrainingRun(tracker, d, run_id, {"model": model, "opt": opt}, {"stage": STAGE, "config": to_dict(cfg)})
-    run.restore(cfg.seed)
-
-    net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
-    if s2.train.compile:
-        net = torch.compile(net)
-    job = Stage2Job(cfg, run, model, net, opt, dtype, conds)
-    summary: dict = {"run_id": run_id, "checkpoint": str(run.checkpoint), "stage1": stage1_info, **run.mark_resumed()}
-    with closing_run(run) as ending:
+    run = TrainingRun(tracker, d, None, {"model": model, "opt": opt}, {"stage": STAGE, "config": to_dict(cfg)})
+    with closing_run(run) as ending:  # from the moment the MLflow run exists, it ends however this ends
+        with signals.deferred():  # an interrupt waits until `run` knows the run it would have to end
+            run.run_id = open_run(
+                tracker, d, experiment=experiment, stage=STAGE, config_hash=h, seed=cfg.seed,
+                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
+                run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+                tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.STAGE1_RUN: ref.run_id or "",
+                      T.STAGE1_CHECKPOINT: digest, T.PARAMS_COUNT: model.num_params(), **(tags or {})},
+                params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
+                                                          "stage1_run": ref.run_id or "", "tokens_per_image": shape.length,
+                                                          "grid": f"{shape.grid[0]}x{shape.grid[1]}", "num_classes": shape.num_classes}
+                       | ({"text_vocab_size": shape.text_vocab} if shape.text_vocab else {}),
+                artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
+        if d.main:
+            tracker.log_metrics(run.run_id, {"time/tokenize_seconds": tokenize_s}, 0)
+        run.restore(cfg.seed)
+        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
+        if s2.train.compile:
+            net = torch.compile(net)
+        job = Stage2Job(cfg, run, model, net, opt, dtype, conds)
+        summary: dict = {"run_id": run.run_id, "checkpoint": str(run.checkpoint), "stage1": stage1_info, **run.mark_resumed()}
         summary["train_metrics"] = _loop(job, train_tok, test_tok, progress, stop_after)
         summary["step"] = run.step
         if run.step < s2.train.steps:

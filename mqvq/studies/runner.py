@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import time
 import traceback
-
-from rich.markup import escape
 from dataclasses import dataclass, field
 from typing import Callable
 
+from rich.markup import escape
+
+from mqvq import signals
 from mqvq.config import config_hash, identity
 from mqvq.errors import UserError
 from mqvq.metrics import metric_family, metric_stage
+from mqvq.metrics.registry import backend_of, best
 from mqvq.runtime import duration
 from mqvq.studies import lease
-from mqvq.metrics.registry import backend_of, best
 from mqvq.studies.plan import (RowPlan, Step, expected_metrics, find_row_runs, optional_metrics, plan_study, replan_row,
                                searched_metric, stage2_state, study_experiment)
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking import tags as T
-from mqvq.tracking.records import LEASE_TIMEOUT_S, DataRecord, RowRecord
 from mqvq.tracking.provenance import git_commit
+from mqvq.tracking.records import LEASE_TIMEOUT_S, DataRecord, RowRecord
 from mqvq.tracking.store import Tracker
 
 
@@ -98,13 +99,16 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             eta.finished(i, None)
             continue
         started = time.monotonic()
-        parent = ensure_row_run(tracker, study, p, profile)
-        if not lease.claim(tracker, parent, worker, lease_timeout, settle):
-            results.append(RowResult(p.row.name, p.seed, "busy", "claimed by another worker"))
-            log(f"[yellow]{label}: running in another worker, skipped[/]")
-            eta.finished(i, None)
-            continue
+        parent = claimed = None
         try:
+            with signals.deferred():  # the row's run and its claim exist only together with the code that ends them
+                parent = ensure_row_run(tracker, study, p, profile)
+                claimed = lease.claim(tracker, parent, worker, lease_timeout, settle)
+            if not claimed:
+                results.append(RowResult(p.row.name, p.seed, "busy", "claimed by another worker"))
+                log(f"[yellow]{label}: running in another worker, skipped[/]")
+                eta.finished(i, None)
+                continue
             # re-plan under the lease: another worker may have finished it in the meantime
             fresh = replan_row(tracker, study, p, profile, backend, lease_timeout)
             if not fresh.todo and fresh.status == "finished":
@@ -116,10 +120,12 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             if any(e != 0 for e in eta.estimates[i + 1:]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
         except KeyboardInterrupt:
-            tracker.set_tags(parent, {T.STATUS: T.Status.MISSING.value, T.FAILURE: "interrupted"})
+            if claimed:  # resumable: the next `study run` (or a requeued task) continues it
+                tracker.end_run(parent, "KILLED", "interrupted")
             raise
         finally:
-            lease.release(tracker, parent, worker)
+            if claimed:
+                lease.release(tracker, parent, worker)
     return results
 
 

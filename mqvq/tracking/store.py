@@ -11,12 +11,14 @@ Tag names are in `tags.py`; typed run records (row, stage, search trial) in `rec
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from mqvq import signals
 from mqvq.errors import UserError
 from mqvq.files import file_lock
 from mqvq.tracking import tags as T
@@ -33,6 +35,26 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _whole_calls(cls):
+    """Every public method runs with interrupts held until it returns (`signals.deferred`): a Ctrl-C
+    or SIGTERM raised inside MLflow's database session could leave that session unusable, and the
+    run it was ending RUNNING; held, the interrupt lands between two calls, where training's own
+    handlers end the run KILLED."""
+    for name, fn in list(vars(cls).items()):
+        if callable(fn) and not name.startswith("_"):
+            setattr(cls, name, _held(fn))
+    return cls
+
+
+def _held(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with signals.deferred():
+            return fn(*args, **kwargs)
+    return call
+
+
+@_whole_calls
 class Tracker:
     """A thin, explicit wrapper over MlflowClient for one store."""
 
