@@ -1,4 +1,4 @@
-"""`mqvq study list|show|plan|run|status`"""
+"""`mqvq study list|show|plan|run|status|submit|cancel`"""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -161,24 +161,105 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
 
     study = load_study(name)
     plans = plan_study(open_tracker(tracking_uri, home, read_only=True), study, profile, estimate=False)
+    jobs = [p.parent.slurm_job for p in plans if p.parent is not None and p.parent.slurm_job]
+    slurm = {}
+    if jobs:  # rows submitted to SLURM: what the scheduler says of their tasks
+        from mqvq.studies.cluster import slurm_states, task_log
+
+        slurm = slurm_states(jobs)
     rows = []
     for p in plans:
         rec = p.parent
-        rows.append({"row": p.row.name, "seed": p.seed, "label": p.row.label or p.row.name, "status": p.status,
-                     "run_id": rec.run_id if rec else None, "stage1_run": rec.stage1_run if rec else None,
-                     "stage2_run": rec.stage2_run if rec else None, "failure": (rec.failure or None) if rec else None,
-                     "metrics": p.metrics, "paper": row_paper(study, p.row)})
+        row = {"row": p.row.name, "seed": p.seed, "label": p.row.label or p.row.name, "status": p.status,
+               "run_id": rec.run_id if rec else None, "stage1_run": rec.stage1_run if rec else None,
+               "stage2_run": rec.stage2_run if rec else None, "failure": (rec.failure or None) if rec else None,
+               "metrics": p.metrics, "paper": row_paper(study, p.row)}
+        if rec is not None and rec.slurm_job:
+            log = task_log(rec)
+            state = slurm.get(rec.slurm_job) or ("completed" if p.status == "finished" else "not in the queue")
+            row["slurm"] = {"job": rec.slurm_job, "state": state, "log": str(log) if log else None}
+        rows.append(row)
     if as_json:
         print_json({"study": study.name, "profile": profile, "rows": rows})
         return
     columns = headline_metrics(study, {k for r in rows for k in r["metrics"]})
     colour = {"finished": "green", "running": "yellow", "failed": "red", "missing": "dim"}
+    job_columns = ["SLURM task", "SLURM state"] if jobs else []
     cells = [[r["row"], str(r["seed"]), f"[{colour[r['status']]}]{r['status']}[/]",
+              *([r["slurm"]["job"], r["slurm"]["state"]] if "slurm" in r else ["-", "-"] if jobs else []),
               *[f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "-" for k in columns]] for r in rows]
-    console.print(table(["row", "seed", "status", *columns.values()], cells, numeric=("seed", *columns.values())))
+    console.print(table(["row", "seed", "status", *job_columns, *columns.values()], cells, numeric=("seed", *columns.values())))
     others = sorted({k for r in rows for k in r["metrics"]} - set(columns))
     if others:
         console.print(f"[dim]also measured: {', '.join(others)} (--json, or `mqvq report {study.name} --profile {profile}`)[/]")
     for r in rows:
         if r["failure"] and r["status"] == "failed":
             console.print(f"[red]{r['row']}[/]: {escape(r['failure'])}")
+        if r.get("slurm") and r["slurm"]["state"] in ("failed", "timeout") and r["status"] != "finished":
+            console.print(f"[red]{r['row']}[/] (seed {r['seed']}): SLURM task {r['slurm']['job']} {r['slurm']['state']}; "
+                          f"its log: {escape(str(r['slurm']['log']))}", highlight=False, soft_wrap=True)
+
+
+@app.command("submit")
+@cli_errors
+def submit(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
+           slurm: Annotated[bool, typer.Option("--slurm", help="submit to SLURM (the scheduler mqvq submits to)")] = False,
+           partition: Annotated[Optional[str], typer.Option(help="SLURM partition (default: the cluster's)")] = None,
+           account: Annotated[Optional[str], typer.Option(help="SLURM account to charge")] = None,
+           qos: Annotated[Optional[str], typer.Option(help="SLURM quality of service")] = None,
+           time_limit: Annotated[str, typer.Option("--time", help="time limit per task: MINUTES, HH:MM:SS, D-HH or D-HH:MM:SS")] = "60",
+           gpus_per_task: Annotated[int, typer.Option(min=0, max=64, help="GPUs per task")] = 0,
+           cpus_per_task: Annotated[Optional[int], typer.Option(min=1, help="CPU cores per task")] = None,
+           mem: Annotated[Optional[str], typer.Option(help="memory per task, e.g. 16G")] = None,
+           array_parallelism: Annotated[int, typer.Option(min=1, help="tasks of the array running at once")] = 1,
+           setup: Annotated[Optional[list[str]], typer.Option("--setup", help="a shell line before each task, e.g. 'module load cuda' (repeatable)")] = None,
+           max_requeues: Annotated[int, typer.Option(min=0, help="requeues of a task after preemption or time-out")] = 3,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script and what would be queued; queue nothing")] = False,
+           home: Home = None, tracking_uri: TrackingUri = None) -> None:
+    """Queue one SLURM array task per missing row x seed and return: each runs `study run --only ROW --seeds S`."""
+    from pathlib import Path
+
+    from mqvq.errors import UserError
+    from mqvq.studies.cluster import SlurmOptions, submit as submit_array
+    from mqvq.studies.spec import load_study
+
+    _check_backend(backend)
+    if not slurm:
+        raise UserError("`study submit` sends a study to a scheduler: pass --slurm (the one mqvq submits to); "
+                        "`mqvq study run` runs it here.")
+    study = load_study(name)
+    ref = str(Path(name).resolve()) if name.endswith(".toml") else name
+    options = SlurmOptions(partition, account, qos, time_limit, gpus_per_task, cpus_per_task, mem, array_parallelism,
+                           tuple(setup or ()), max_requeues)
+    tracker = open_tracker(tracking_uri, home)
+    sub = submit_array(tracker, study, ref, profile, options, seeds=seeds, only=only, backend=backend, dry_run=dry_run)
+    for row, seed, why in sub.skipped:
+        console.print(f"[dim]{row} (seed {seed}): {escape(why)}, not submitted[/]")
+    if not sub.tasks:
+        console.print(f"{study.name} ({profile}): nothing to submit (every row is finished, running or queued).")
+        return
+    rows = ", ".join(f"{r} (seed {s})" for r, s in sub.tasks)
+    if dry_run:
+        console.print(f"would queue {len(sub.tasks)} task{'s' * (len(sub.tasks) != 1)}: {rows}", highlight=False, soft_wrap=True)
+        print(sub.script)
+        return
+    console.print(f"queued SLURM job {sub.job_id}: {len(sub.tasks)} task{'s' * (len(sub.tasks) != 1)} ({rows}); logs in "
+                  f"{sub.log_dir}/{sub.job_id}_<task>/", highlight=False, soft_wrap=True)
+    console.print(f"follow it: `mqvq study status {study.name} --profile {profile}` (or `squeue -j {sub.job_id}`); "
+                  f"stop it: `mqvq study cancel {study.name} --profile {profile}`", highlight=False, soft_wrap=True)
+
+
+@app.command("cancel")
+@cli_errors
+def cancel(name: Name, profile: Profile = "smoke", home: Home = None, tracking_uri: TrackingUri = None) -> None:
+    """Cancel the study's queued and running SLURM tasks; their runs end KILLED (resumable)."""
+    from mqvq.studies.cluster import cancel as cancel_tasks
+    from mqvq.studies.spec import load_study
+
+    study = load_study(name)
+    done = cancel_tasks(open_tracker(tracking_uri, home), study, profile)
+    if not done:
+        console.print(f"{study.name} ({profile}): no queued or running SLURM task to cancel.")
+        return
+    console.print(f"cancelled {len(done)} task{'s' * (len(done) != 1)}: " + ", ".join(f"{r} (seed {s}, {j})" for r, s, j in done)
+                  + "; their runs are KILLED and resume with the next `study run` or `study submit`.", highlight=False, soft_wrap=True)

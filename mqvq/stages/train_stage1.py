@@ -151,52 +151,54 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
             validate()
         batches = iter(loader)
         while step < end:
-            batch = next(batches)
-            x = batch["image"].to(d.device, non_blocking=True, memory_format=layout)
-            fg = batch["fg"].to(d.device, non_blocking=True) if "fg" in batch else None
-            if isinstance(model.mask, StraightThroughMask):  # the surrogate's temperature, a function of the step (resumes exactly)
-                model.mask.tau.fill_(anneal_tau(m.tau_start, m.tau_end, step, t.steps))
-            lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
-            set_lr(opt_g, lr)
-            set_lr(opt_d, lr)
-            with autocast(d.device, dtype):
-                out = net(x, fg)
-                g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
-                if out.selector_loss is not None:  # the damage selector's ranking loss: it trains the scorer only
-                    g_loss = g_loss + out.selector_loss
-                    logs["selector_loss"] = out.selector_loss.detach()
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            recon = out.recon
-            if t.double_forward:  # the released step: a second forward for D, updating EMA and BatchNorm again
-                with torch.no_grad(), autocast(d.device, dtype):
-                    recon = net(x, fg).recon
-            if loss_fn.gan_active(step):
+            with signals.deferred():  # a step is whole: an interrupt waits for its end, so the checkpoint
+                # written on the way out holds a consistent state and a resume continues exactly
+                batch = next(batches)
+                x = batch["image"].to(d.device, non_blocking=True, memory_format=layout)
+                fg = batch["fg"].to(d.device, non_blocking=True) if "fg" in batch else None
+                if isinstance(model.mask, StraightThroughMask):  # the surrogate's temperature, a function of the step (resumes exactly)
+                    model.mask.tau.fill_(anneal_tau(m.tau_start, m.tau_end, step, t.steps))
+                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+                set_lr(opt_g, lr)
+                set_lr(opt_d, lr)
                 with autocast(d.device, dtype):
-                    d_loss, dlogs = loss_fn.discriminator_loss(x, recon)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                runtime.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
-                opt_d.step()
-                logs |= dlogs
-            window.add(logs)
-            counts += out.counts
-            step += 1
-            run.step = step
-            if step % t.log_every == 0 or step == end:
-                metrics = window.flush()  # one host sync per window
-                metrics["train/codebook_used"] = (counts > 0).float().mean().item()
-                metrics["train/perplexity"] = perplexity(counts).item()
-                metrics["train/lr"] = lr
-                last_logs = metrics
-                publish(tracker, d, run_id, metrics, step)
-                bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
-                counts.zero_()
-            if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
-                validate()
-            if step % t.ckpt_every == 0 and step < end:
-                run.save()
+                    out = net(x, fg)
+                    g_loss, logs = loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step)
+                    if out.selector_loss is not None:  # the damage selector's ranking loss: it trains the scorer only
+                        g_loss = g_loss + out.selector_loss
+                        logs["selector_loss"] = out.selector_loss.detach()
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+                recon = out.recon
+                if t.double_forward:  # the released step: a second forward for D, updating EMA and BatchNorm again
+                    with torch.no_grad(), autocast(d.device, dtype):
+                        recon = net(x, fg).recon
+                if loss_fn.gan_active(step):
+                    with autocast(d.device, dtype):
+                        d_loss, dlogs = loss_fn.discriminator_loss(x, recon)
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    runtime.all_reduce_mean_([p.grad for p in loss_fn.disc.parameters()])
+                    opt_d.step()
+                    logs |= dlogs
+                window.add(logs)
+                counts += out.counts
+                step += 1
+                run.step = step
+                if step % t.log_every == 0 or step == end:
+                    metrics = window.flush()  # one host sync per window
+                    metrics["train/codebook_used"] = (counts > 0).float().mean().item()
+                    metrics["train/perplexity"] = perplexity(counts).item()
+                    metrics["train/lr"] = lr
+                    last_logs = metrics
+                    publish(tracker, d, run_id, metrics, step)
+                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
+                    counts.zero_()
+                if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
+                    validate()
+                if step % t.ckpt_every == 0 and step < end:
+                    run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
         tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
     return last_logs

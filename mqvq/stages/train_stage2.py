@@ -241,30 +241,32 @@ def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: boo
     with progress_bar(progress and d.main) as bar, checkpoint_on_exit(run.save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
         while step < end:
-            codes, positions, cond = _batch(train_tok, conds.train, next(sampler), d.device)
-            drop = torch.rand(codes.shape[0], device=d.device) < t.cond_dropout if t.cond_dropout > 0 else None
-            lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
-            set_lr(opt, lr)
-            with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
-                loss, logs = sequence_loss(*net(codes, positions, cond, drop), codes, positions)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            window.add(logs)
-            step += 1
-            run.step = step
-            if step % t.log_every == 0 or step == end:
-                metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
-                if step % t.val_every == 0 or step == t.steps:
-                    with clock.pause():
-                        metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, conds.test)
-                publish(tracker, d, run_id, metrics, step)
-                last = metrics
-                bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
-            if step % t.ckpt_every == 0 and step < end:
-                run.save()
+            with signals.deferred():  # a step is whole: an interrupt waits for its end, so the checkpoint
+                # written on the way out holds a consistent state and a resume continues exactly
+                codes, positions, cond = _batch(train_tok, conds.train, next(sampler), d.device)
+                drop = torch.rand(codes.shape[0], device=d.device) < t.cond_dropout if t.cond_dropout > 0 else None
+                lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
+                set_lr(opt, lr)
+                with autocast(d.device, dtype):  # through `net`, so DDP all-reduces the gradients
+                    loss, logs = sequence_loss(*net(codes, positions, cond, drop), codes, positions)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                window.add(logs)
+                step += 1
+                run.step = step
+                if step % t.log_every == 0 or step == end:
+                    metrics = window.flush(rate_name="tokens_per_s") | {"train/lr": lr}
+                    if step % t.val_every == 0 or step == t.steps:
+                        with clock.pause():
+                            metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, conds.test)
+                    publish(tracker, d, run_id, metrics, step)
+                    last = metrics
+                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
+                if step % t.ckpt_every == 0 and step < end:
+                    run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
         tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
     return last

@@ -8,6 +8,7 @@ lease (see `lease.py`), so it runs exactly once and a killed worker's row is tak
 """
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
     tracker, study, device, progress, log, experiment = w.tracker, w.study, w.device, w.progress, w.log, w.experiment
     started = time.monotonic()
     tracker.resume_run(parent)
-    tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()})
+    tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()} | ({T.SLURM_JOB: os.environ["MQVQ_SLURM_JOB"]}
+                                                            if os.environ.get("MQVQ_SLURM_JOB") else {}))
     tags = {T.STUDY: study.name, T.ROW: p.row.name}
     try:
         s1 = p.stages["stage1"]

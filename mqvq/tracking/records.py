@@ -76,6 +76,8 @@ class RowRecord:
     stage2_run: str | None = None
     data: DataRecord | None = None
     git_commit: str = ""
+    slurm_job: str | None = None        # the SLURM task that runs (or ran) it
+    slurm_log: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     eval_tags: dict[str, str] = field(default_factory=dict)   # how each copied metric was measured
     start_time: int | None = None
@@ -94,7 +96,8 @@ class RowRecord:
                    config_hash=t.get(T.CONFIG_HASH, ""), run_id=run.info.run_id, status=t.get(T.STATUS, T.Status.MISSING.value),
                    lease=t.get(T.LEASE, ""), heartbeat=_float(t.get(T.HEARTBEAT)), failure=t.get(T.FAILURE, ""),
                    stage1_run=t.get(T.STAGE1_RUN) or None, stage2_run=t.get(T.STAGE2_RUN) or None, data=DataRecord.of(t),
-                   git_commit=t.get(T.GIT_COMMIT, ""), metrics=dict(run.data.metrics),
+                   git_commit=t.get(T.GIT_COMMIT, ""), slurm_job=t.get(T.SLURM_JOB) or None, slurm_log=t.get(T.SLURM_LOG) or None,
+                   metrics=dict(run.data.metrics),
                    eval_tags={k: v for k, v in t.items() if k in T.EVAL_ENVIRONMENT or T.is_eval_tag(k)},
                    start_time=run.info.start_time, end_time=run.info.end_time)
 

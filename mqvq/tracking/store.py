@@ -134,6 +134,11 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         self.set_tags(run_id, {T.STATUS: T.Status.RUNNING.value, T.HEARTBEAT: time.time(), T.FAILURE: ""})
 
+    def schedule_run(self, run_id: str) -> None:
+        """Queued on a scheduler, not started: MLflow's SCHEDULED until a worker resumes it."""
+        self.client.update_run(run_id, status="SCHEDULED")
+        self.set_tags(run_id, {T.FAILURE: ""})
+
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
         tags: dict[str, Any] = {T.STATUS: status.lower()}
         if reason:

@@ -65,6 +65,8 @@ LEASE = "mqvq.lease"                  # the worker holding the row ("" when free
 DATA_NAME = "mqvq.data.name"
 DATA_RESOLUTION = "mqvq.data.resolution"
 DATA_LEGACY = "mqvq.data"             # "name 32px (digest)": written before the three tags above; read only
+SLURM_JOB = "mqvq.slurm.job"          # the SLURM task running the row: <array job id>_<task id>
+SLURM_LOG = "mqvq.slurm.log"          # that task's log folder
 
 # ---------------------------------------------------------------- summary runs
 ROWS = "mqvq.rows"

@@ -1,0 +1,358 @@
+"""`mqvq study submit --slurm`, `study cancel` and the SLURM side of `study status`.
+
+One job array per submission, built with submitit: one task per missing row x seed, each running
+exactly `mqvq study run STUDY --profile P --only ROW --seeds S` in a child process, so leases,
+reuse of shared stage-1 models and resume work as they do by hand. The command returns as soon as
+the array is queued. A task that SLURM preempts or that nears its time limit gets SIGUSR2 (its
+child checkpoints, ends its runs KILLED and exits) and submitit requeues it, at most `max_requeues`
+times; a task requeued by hand (`scontrol requeue`) or cancelled gets SIGTERM, which ends the same
+way. The requeued task runs the same command, which resumes the row from its last checkpoint.
+
+Where things are: each row's parent run carries the task's job id (`<array job>_<task>`) and its log
+folder, `<home>/slurm/<job id>/`, from the moment it is queued (its MLflow status SCHEDULED until the
+task starts); `study status` asks `squeue` (and `sacct`, when accounting is on) for their states.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqvq.errors import UserError
+from mqvq.studies.plan import RowPlan, plan_study, study_experiment
+from mqvq.studies.runner import ensure_row_run
+from mqvq.studies.spec import StudyConfig
+from mqvq.tracking import tags as T
+from mqvq.tracking.location import sqlite_path
+from mqvq.tracking.records import RowRecord
+from mqvq.tracking.store import Tracker
+
+TIME_FORMATS = "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS"
+SHARED_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",
+                      "panfs", "wekafs", "fuse.sshfs", "fuse.juicefs", "orangefs", "pvfs2", "afs", "9p"}
+# SLURM job states -> what `study status` says
+STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
+          "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "RESIZING": "running",
+          "PREEMPTED": "requeued", "COMPLETED": "completed", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
+          "OUT_OF_MEMORY": "failed", "TIMEOUT": "timeout", "DEADLINE": "timeout", "CANCELLED": "cancelled"}
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What `--slurm` asks of the scheduler (None: the cluster's default)."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "60"                  # SLURM's formats (TIME_FORMATS)
+    gpus_per_task: int = 0
+    cpus_per_task: int | None = None
+    mem: str | None = None            # e.g. 16G
+    array_parallelism: int = 1
+    setup: tuple[str, ...] = ()       # shell lines before each task (module load cuda, ...)
+    max_requeues: int = 3
+    signal_delay_s: int = 90          # SIGUSR2 this long before the time limit
+
+    @property
+    def minutes(self) -> int:
+        return parse_time(self.time)
+
+
+def parse_time(text: str) -> int:
+    """A SLURM time limit in whole minutes (seconds round up)."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m or not text.strip():
+        raise UserError(f"--time {text!r} is not a SLURM time: use {TIME_FORMATS}.")
+    days, a, b, c = m.groups()
+    if days is None:  # MM, MM:SS, HH:MM:SS
+        if c is not None:
+            hours, minutes, seconds = int(a), int(b), int(c)
+        else:
+            hours, minutes, seconds = 0, int(a), int(b or 0)
+    else:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
+    total = (int(days or 0) * 24 + hours) * 60 + minutes + (seconds > 0)
+    if total < 1:
+        raise UserError(f"--time {text!r} is shorter than a minute: use {TIME_FORMATS}.")
+    return total
+
+
+# --------------------------------------------------------------------------- the scheduler
+def require_slurm() -> None:
+    if shutil.which("sbatch") is None:
+        raise UserError("--slurm needs a SLURM client: no `sbatch` on PATH (load the cluster's slurm module, or run "
+                        "`mqvq study run` instead).")
+
+
+def _slurm(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"`{' '.join(cmd[:2])}` did not answer in {timeout:.0f} s: is the SLURM controller up?") from None
+
+
+def slurm_refusal(stderr: str) -> str:
+    """SLURM's own reason, without its prefixes: 'sbatch: error: Batch job submission failed: Invalid
+    account or account/partition combination specified' -> 'invalid account or account/partition ...'."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else "no reason given"
+    text = re.sub(r"^\w+: error: ", "", text)
+    text = re.sub(r"^Batch job submission failed: ", "", text)
+    return text[:1].lower() + text[1:]
+
+
+def check_partition(options: SlurmOptions) -> int:
+    """The partition exists (and has GPUs when asked for); returns its node count (0: unknown)."""
+    if options.partition is None:
+        return 0
+    p = _slurm(["sinfo", "-h", "-p", options.partition, "-o", "%D|%G"])
+    rows = [ln.split("|") for ln in p.stdout.split() if "|" in ln]
+    if p.returncode != 0 or not rows:
+        raise UserError(f"--partition {options.partition!r} is not a partition of this cluster"
+                        + (f" ({slurm_refusal(p.stderr)})" if p.stderr.strip() else "") + ": `sinfo -s` lists them.")
+    if options.gpus_per_task and not any("gpu" in g for _, g in rows):
+        raise UserError(f"--gpus-per-task {options.gpus_per_task} asks for GPUs, but partition {options.partition!r} has none "
+                        f"(no gpu GRES): choose a GPU partition or leave --gpus-per-task out.")
+    return sum(int(n) for n, _ in rows if n.isdigit())
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem `path` is on (from /proc/mounts; '' when unknown)."""
+    path = path.resolve()
+    best, kind = -1, ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount = parts[1].replace("\\040", " ")
+                    if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > best:
+                        best, kind = len(mount), parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def check_shared_store(tracker: Tracker, options: SlurmOptions, nodes: int) -> None:
+    """Tasks on other nodes must reach the same store: a SQLite file only works from a shared folder
+    (and only for one node at a time in practice); a server or PostgreSQL works from anywhere."""
+    db = sqlite_path(tracker.uri)
+    if db is None:
+        return
+    shared = filesystem_type(tracker.home) in SHARED_FILESYSTEMS
+    if nodes > 1 and not shared:
+        raise UserError(f"the tracking store is a SQLite file in {tracker.home}, which is not on a shared filesystem, and "
+                        f"partition {options.partition!r} has {nodes} nodes: pass --tracking-uri (PostgreSQL or an MLflow "
+                        f"server) or a --home on a filesystem every node mounts.")
+    if options.array_parallelism > 1 and nodes != 1 and not shared:
+        raise UserError(f"--array-parallelism {options.array_parallelism} runs tasks side by side, possibly on several nodes, "
+                        f"but the SQLite store in {tracker.home} is not on a shared filesystem: pass --tracking-uri "
+                        f"(PostgreSQL or an MLflow server), a shared --home, or --array-parallelism 1.")
+
+
+# --------------------------------------------------------------------------- one task
+class RowTask:
+    """What one array task runs: `mqvq study run` for one row and seed, in a child process (so the
+    training code handles SLURM's signals itself). submitit requeues it through `checkpoint`."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.argv, self.env = argv, env
+        self.child: subprocess.Popen | None = None
+
+    def __call__(self) -> int:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID", "")
+        env = {**os.environ, **self.env, "MQVQ_SLURM_JOB": job_id}
+        self.child = subprocess.Popen(self.argv, env=env)
+        code = self.child.wait()
+        self.child = None
+        if code == 130:  # stopped by the scheduler (requeue, preemption, scancel): its runs are KILLED, resumable
+            print("mqvq: the row was interrupted by the scheduler; a requeued task resumes it from its last checkpoint.", flush=True)
+        elif code != 0:
+            raise RuntimeError(f"`{shlex.join(self.argv)}` exited with {code}")
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        """SIGUSR2 (time limit near, or preemption): the child checkpoints and ends its runs KILLED
+        (it got the same signal; SIGTERM makes sure), then this task is requeued as it was."""
+        from submitit.core.utils import DelayedSubmission
+
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=80)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return DelayedSubmission(RowTask(self.argv, self.env), *args, **kwargs)
+
+    def __getstate__(self):
+        return {"argv": self.argv, "env": self.env, "child": None}
+
+
+def task_command(study: StudyConfig, study_ref: str, profile: str, row: str, seed: int, tracker: Tracker,
+                 backend: str | None = None) -> list[str]:
+    """Exactly what `study run --only ROW --seeds S` is on the command line, store included."""
+    argv = [sys.executable, "-m", "mqvq", "study", "run", study_ref, "--profile", profile, "--only", row, "--seeds", str(seed),
+            "--home", str(tracker.home), "--no-progress"]
+    if sqlite_path(tracker.uri) is None or os.environ.get("MLFLOW_TRACKING_URI"):
+        argv += ["--tracking-uri", tracker.uri]
+    if backend:
+        argv += ["--backend", backend]
+    return argv
+
+
+# --------------------------------------------------------------------------- submit
+@dataclass
+class Submission:
+    job_id: str | None                       # None for a dry run
+    tasks: list[tuple[str, int]]             # (row, seed) per array task, in task order
+    script: str                              # the sbatch script submitit writes
+    log_dir: Path
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)   # (row, seed, why)
+
+
+def missing_tasks(plans: list[RowPlan]) -> tuple[list[RowPlan], list[tuple[str, int, str]]]:
+    """The rows a submission runs: not finished, not running elsewhere (a live lease), not queued
+    already (a task of an earlier submission that is still pending or running)."""
+    todo, skipped = [], []
+    queued = slurm_states([p.parent.slurm_job for p in plans if p.parent is not None and p.parent.slurm_job])
+    for p in plans:
+        if not p.todo and p.status == T.Status.FINISHED:
+            continue
+        if p.status == T.Status.RUNNING:
+            skipped.append((p.row.name, p.seed, "running in another worker"))
+            continue
+        job = p.parent.slurm_job if p.parent is not None else None
+        if job and queued.get(job) in ("queued", "running", "requeued"):
+            skipped.append((p.row.name, p.seed, f"already {queued[job]} as SLURM task {job}"))
+            continue
+        todo.append(p)
+    return todo, skipped
+
+
+def _executor(folder: Path, study: StudyConfig, options: SlurmOptions):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=options.max_requeues)
+    params = {"name": f"mqvq-{study.name}", "timeout_min": options.minutes, "slurm_array_parallelism": options.array_parallelism,
+              "slurm_signal_delay_s": options.signal_delay_s, "slurm_setup": list(options.setup),
+              "slurm_additional_parameters": {"requeue": True}}
+    for key, value in (("slurm_partition", options.partition), ("slurm_account", options.account), ("slurm_qos", options.qos),
+                       ("cpus_per_task", options.cpus_per_task), ("slurm_mem", options.mem)):
+        if value is not None:
+            params[key] = value
+    if options.gpus_per_task:
+        params["slurm_gpus_per_task"] = options.gpus_per_task
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(executor, tasks: int) -> str:
+    """The sbatch script submitit writes for an array of `tasks` (its own text, as submitted)."""
+    slurm = executor._executor  # noqa: SLF001  (submitit 1.5's SlurmExecutor: the text it submits)
+    saved = dict(slurm.parameters)
+    try:
+        if tasks > 1:
+            slurm.parameters["map_count"] = tasks
+        return slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")  # noqa: SLF001
+    finally:
+        slurm.parameters = saved
+
+
+def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, options: SlurmOptions, *,
+           seeds: list[int] | None = None, only: list[str] | None = None, backend: str | None = None,
+           dry_run: bool = False) -> Submission:
+    """Queue one array task per missing row x seed; returns at once (None job id for a dry run)."""
+    require_slurm()
+    options.minutes  # a bad --time is refused before anything else
+    nodes = check_partition(options)
+    check_shared_store(tracker, options, nodes)
+    plans = plan_study(tracker, study, profile, seeds, only, backend, estimate=False)
+    todo, skipped = missing_tasks(plans)
+    folder = tracker.home / "slurm"
+    executor = _executor(folder, study, options)
+    tasks = [(p.row.name, p.seed) for p in todo]
+    script = sbatch_script(executor, len(tasks)) if tasks else ""
+    if dry_run or not tasks:
+        return Submission(None, tasks, script, folder, skipped)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MQVQ_", "MLFLOW_"))}
+    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend), env) for p in todo]
+    parents = [ensure_row_run(tracker, study, p, profile) for p in todo]  # before the tasks can start and claim them
+    for parent in parents:
+        tracker.schedule_run(parent)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(call) for call in calls]
+    except Exception as e:  # submitit raises its own types for sbatch's refusals
+        for parent in parents:
+            tracker.end_run(parent, "KILLED", "SLURM refused the submission")
+        text = getattr(e, "stderr", None) or str(e)
+        raise UserError(f"SLURM refused the array: {slurm_refusal(text if isinstance(text, str) else str(text))}.") from None
+    for parent, job in zip(parents, jobs):
+        tracker.set_tags(parent, {T.SLURM_JOB: job.job_id, T.SLURM_LOG: str(folder / job.job_id)})
+    return Submission(jobs[0].job_id.split("_")[0], tasks, script, folder, skipped)
+
+
+# --------------------------------------------------------------------------- status and cancel
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: queued | running | requeued | completed | failed | timeout | cancelled} for the ids the
+    scheduler still knows: `squeue` for live tasks, `sacct` for ended ones when accounting is on."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    out: dict[str, str] = {}
+    q = _slurm(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"])
+    for line in q.stdout.split():
+        job, _, state = line.partition("|")
+        out[job] = STATES.get(state, state.lower())
+    if shutil.which("sacct"):
+        a = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State"])
+        if a.returncode == 0:  # without accounting sacct refuses: the queue is all we know
+            for line in a.stdout.split("\n"):
+                job, _, state = line.partition("|")
+                state = state.split(" ")[0]
+                if job and job not in out:
+                    out[job] = STATES.get(state, state.lower())
+    return {j: out[j] for j in job_ids if j in out}
+
+
+def task_log(rec: RowRecord) -> Path | None:
+    """The log of a row's task: submitit's `<job>_0_log.out` in the task's folder."""
+    if not rec.slurm_log or not rec.slurm_job:
+        return None
+    folder = Path(rec.slurm_log)
+    found = sorted(folder.glob("*_log.out")) if folder.is_dir() else []
+    return found[0] if found else folder / f"{rec.slurm_job}_0_log.out"
+
+
+def cancel(tracker: Tracker, study: StudyConfig, profile: str, wait_s: float = 90.0) -> list[tuple[str, int, str]]:
+    """Cancel the study's queued and running tasks; their runs end KILLED. Returns (row, seed, job id)."""
+    require_slurm()
+    plans = plan_study(tracker, study, profile, estimate=False)
+    recs = [p.parent for p in plans if p.parent is not None and p.parent.slurm_job]
+    live = slurm_states([r.slurm_job for r in recs])
+    mine = [r for r in recs if live.get(r.slurm_job) in ("queued", "running", "requeued")]
+    if not mine:
+        return []
+    p = _slurm(["scancel", *[r.slurm_job for r in mine]])
+    if p.returncode != 0:
+        raise UserError(f"scancel refused: {slurm_refusal(p.stderr)}.")
+    deadline = time.monotonic() + wait_s  # running tasks end their own runs KILLED on SIGTERM: give them the time
+    while time.monotonic() < deadline and any(s in ("running", "queued", "requeued")
+                                              for s in slurm_states([r.slurm_job for r in mine]).values()):
+        time.sleep(1.0)
+    experiment = study_experiment(study.name, profile)
+    for r in mine:  # a task cancelled before it started, or killed before it could end its runs, leaves them to us
+        reason = f"cancelled (SLURM task {r.slurm_job})"
+        for run in tracker.find_runs(experiment, f'{T.running()} and tags."mlflow.parentRunId" = {T.quote(r.run_id)}'):
+            tracker.end_run(run.info.run_id, "KILLED", reason)
+        if tracker.get_run(r.run_id).info.status in ("RUNNING", "SCHEDULED"):
+            tracker.end_run(r.run_id, "KILLED", reason)
+    return [(r.row, r.seed, r.slurm_job) for r in mine]

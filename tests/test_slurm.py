@@ -1,0 +1,197 @@
+"""`mqvq study submit --slurm`, `study status` and `study cancel` on a real one-node SLURM that these
+tests start (tests/slurm.py; skipped when slurm-wlm and munge are not installed). Only the cases a
+real cluster cannot produce here (a refused account, several nodes) use a stand-in, and say so."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm import SlurmCluster
+from tests.test_studies import FAST, write_study
+
+pytestmark = pytest.mark.integration  # a SLURM controller and node, and whole studies as its jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+ONE_THREAD = ["--setup", "export OMP_NUM_THREADS=1"]  # tasks and the reference run alike, so their numbers can match
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def site(cluster, tmp_path, monkeypatch):
+    """A researcher's shell on the cluster: SLURM_CONF, a studies folder and a home of this test's."""
+    studies, home = tmp_path / "studies", tmp_path / "home"
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    monkeypatch.setenv("MQVQ_STUDIES", str(studies))
+    monkeypatch.setenv("MQVQ_HOME", str(home))
+    yield studies, home
+    cluster.run("scancel", "--full", "-u", "root")
+    cluster.wait_idle(60)
+
+
+def mqvq(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mqvq", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def status(name: str) -> list[dict]:
+    p = mqvq("study", "status", name, "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["rows"]
+
+
+def runs(home: Path, experiment: str):
+    from mqvq.tracking import Tracker
+
+    return Tracker(None, home).find_runs(experiment)
+
+
+def test_submit_queues_every_missing_row_and_returns(cluster, site):
+    studies, home = site
+    write_study(studies, "two", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50")], metrics='["rfid", "usage"]')
+    dry = mqvq("study", "submit", "two", "--slurm", "--dry-run", "--time", "0:30:00", *ONE_THREAD)
+    assert dry.returncode == 0, dry.stderr
+    assert "would queue 2 tasks: a (seed 0), b (seed 0)" in dry.stdout
+    for line in ("#SBATCH --array=0-1%1", "#SBATCH --time=30", "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "export OMP_NUM_THREADS=1"):
+        assert line in dry.stdout, line
+    assert cluster.run("squeue", "-h").stdout == ""  # a dry run queues nothing
+
+    t = time.monotonic()
+    p = mqvq("study", "submit", "two", "--slurm", "--time", "30", *ONE_THREAD)
+    assert p.returncode == 0, p.stderr
+    assert time.monotonic() - t < 60 and "queued SLURM job" in p.stdout  # returns once queued, not when done
+    job = p.stdout.split("queued SLURM job ")[1].split(":")[0]
+    assert {r["slurm"]["state"] for r in status("two")} <= {"queued", "running"}
+    cluster.wait_idle()
+    rows = status("two")
+    assert [(r["row"], r["status"], r["slurm"]["job"], r["slurm"]["state"]) for r in rows] == \
+        [("a", "finished", f"{job}_0", "completed"), ("b", "finished", f"{job}_1", "completed")]
+    assert all({"rfd_vgg16", "usage"} <= set(r["metrics"]) for r in rows)
+    parents = [r for r in runs(home, "two/smoke") if r.data.tags.get("mqvq.kind") == "row"]
+    assert sorted(r.data.tags["mqvq.slurm.job"] for r in parents) == [f"{job}_0", f"{job}_1"]
+    assert all(r.info.status == "FINISHED" for r in runs(home, "two/smoke"))
+    assert (home / "slurm" / f"{job}_0" / f"{job}_0_0_log.out").is_file()  # task logs under <home>/slurm/<job id>/
+    again = mqvq("study", "submit", "two", "--slurm")
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
+    assert cluster.run("squeue", "-h").stdout == ""
+
+
+def test_a_requeued_task_resumes_its_row_from_the_checkpoint(cluster, site, tmp_path):
+    studies, home = site
+    extra = ["stage1.train.steps=100", "stage1.train.ckpt_every=10", "stage1.train.log_every=10"]
+    write_study(studies, "long", [("a", "mqvae-f16-adaptive-50")], extra=extra, metrics='["rfid", "usage"]')
+    p = mqvq("study", "submit", "long", "--slurm", *ONE_THREAD)
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.split("queued SLURM job ")[1].split(":")[0]
+    ckpt = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and ckpt is None:  # mid stage 1, with a checkpoint written
+        found = list((home / "checkpoints").glob("*/last.pt")) if (home / "checkpoints").is_dir() else []
+        ckpt = found[0] if found else None
+        time.sleep(0.2)
+    assert ckpt is not None, cluster.run("squeue").stdout
+    time.sleep(1.0)
+    assert cluster.run("scontrol", "requeue", job).returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "PENDING" not in cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout:
+        time.sleep(0.5)
+    killed = [r for r in runs(home, "long/smoke") if r.data.tags.get("mqvq.stage") == "stage1"]
+    assert [r.info.status for r in killed] == ["KILLED"] and "interrupted at step" in killed[0].data.tags["mqvq.failure"]
+    assert status("long")[0]["slurm"]["state"] == "requeued" or status("long")[0]["slurm"]["state"] == "queued"
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # SLURM holds a requeued job a while first
+    cluster.wait_idle()
+    every = runs(home, "long/smoke")
+    assert not [r for r in every if r.info.status != "FINISHED"]  # none RUNNING or KILLED in the end
+    parents = [r for r in every if r.data.tags.get("mqvq.kind") == "row"]
+    stage1 = [r for r in every if r.data.tags.get("mqvq.stage") == "stage1"]
+    assert len(parents) == 1 and len(stage1) == 1 and stage1[0].info.run_id == killed[0].info.run_id  # the same run, resumed
+    assert int(stage1[0].data.tags["mqvq.resumed_from_step"]) > 0
+    # the same row, uninterrupted, on this machine with the same thread count: the same numbers
+    ref = mqvq("study", "run", "long", "--no-progress", "--home", str(tmp_path / "ref"), env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    mine = parents[0].data.metrics
+    theirs = [r for r in runs(tmp_path / "ref", "long/smoke") if r.data.tags.get("mqvq.kind") == "row"][0].data.metrics
+    assert {k: mine[k] for k in ("rfd_vgg16", "usage")} == {k: theirs[k] for k in ("rfd_vgg16", "usage")}
+
+
+def test_cancel_leaves_nothing_queued_and_no_run_running(cluster, site):
+    studies, home = site
+    write_study(studies, "slow", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
+                extra=["stage1.train.steps=2000", "stage1.train.log_every=10"], metrics='["usage"]')
+    p = mqvq("study", "submit", "slow", "--slurm", *ONE_THREAD)
+    assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [r for r in runs(home, "slow/smoke") if "train/loss" in r.data.metrics]:
+        time.sleep(0.5)  # task 0 trains, task 1 waits its turn
+    c = mqvq("study", "cancel", "slow")
+    assert c.returncode == 0, c.stderr
+    assert "cancelled 2 tasks" in c.stdout
+    assert cluster.run("squeue", "-h").stdout == ""
+    every = runs(home, "slow/smoke")
+    assert not [r for r in every if r.info.status in ("RUNNING", "SCHEDULED")]
+    assert sorted(r.info.status for r in every if r.data.tags.get("mqvq.kind") == "row") == ["KILLED", "KILLED"]
+    assert [r["status"] for r in status("slow")] == ["missing", "missing"]  # resumable by the next submit or run
+    assert "no queued or running SLURM task" in mqvq("study", "cancel", "slow").stdout
+
+
+def _refused(*args, path: str | None = None, monkeypatch=None) -> str:
+    """`mqvq study submit ...` in this process (the CLI's own error path, without a second start-up)."""
+    from typer.testing import CliRunner
+
+    from mqvq.cli import app
+
+    if path is not None:
+        monkeypatch.setenv("PATH", path)
+    r = CliRunner().invoke(app, ["study", "submit", *args])
+    if path is not None:
+        monkeypatch.undo()
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    return " ".join(r.output.split())
+
+
+def test_bad_input_is_one_sentence_and_queues_nothing(cluster, site, tmp_path, monkeypatch):
+    studies, home = site
+    write_study(studies, "two", [("a", "vqgan-f16")])
+    assert "pass --slurm" in _refused("two")
+    assert "--slurm needs a SLURM client: no `sbatch` on PATH" in _refused("two", "--slurm", path="/nonexistent",
+                                                                             monkeypatch=pytest.MonkeyPatch())
+    assert "--time '1h' is not a SLURM time" in _refused("two", "--slurm", "--time", "1h")
+    assert "--partition 'gpu' is not a partition of this cluster" in _refused("two", "--slurm", "--partition", "gpu")
+    assert "partition 'debug' has none" in _refused("two", "--slurm", "--partition", "debug", "--gpus-per-task", "1")
+    # a stand-in for what this cluster cannot refuse (it keeps no accounts): sbatch as SLURM answers a wrong one
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account or "
+                                 "account/partition combination specified' >&2\nexit 1\n")
+    (stub / "sbatch").chmod(0o755)
+    said = _refused("two", "--slurm", "--account", "nope", path=f"{stub}:{os.environ['PATH']}", monkeypatch=pytest.MonkeyPatch())
+    assert "SLURM refused the array: invalid account or account/partition combination specified" in said
+    assert cluster.run("squeue", "-h").stdout == ""
+    assert all(r.info.status == "KILLED" for r in runs(home, "two/smoke"))  # a refused submission leaves nothing SCHEDULED
+
+
+def test_a_sqlite_store_is_refused_for_several_nodes_unless_shared(tmp_path):
+    """Several nodes cannot be produced here: the rule itself, with the node count a partition reports."""
+    from mqvq.errors import UserError
+    from mqvq.studies.cluster import SlurmOptions, check_shared_store, filesystem_type, parse_time
+    from mqvq.tracking import Tracker
+
+    tracker = Tracker(None, tmp_path / "home")
+    with pytest.raises(UserError, match="pass --tracking-uri .* or a --home on a filesystem every node mounts"):
+        check_shared_store(tracker, SlurmOptions(partition="gpu"), nodes=4)
+    with pytest.raises(UserError, match="--array-parallelism 4 runs tasks side by side"):
+        check_shared_store(tracker, SlurmOptions(array_parallelism=4), nodes=0)
+    check_shared_store(tracker, SlurmOptions(array_parallelism=4), nodes=1)  # one node shares its local disk
+    assert filesystem_type(Path("/proc")) == "proc"
+    assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]
