@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.slurm import SlurmCluster
-from tests.test_studies import FAST, write_study
+from tests.test_studies import write_study
 
 pytestmark = pytest.mark.integration  # a SLURM controller and node, and whole studies as its jobs
 

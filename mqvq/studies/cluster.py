@@ -308,10 +308,11 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     out: dict[str, str] = {}
-    q = _slurm(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"])
+    q = _slurm(["squeue", "-h", "-r", "-j", ",".join(arrays), "-O", "JobArrayID:|,State:|,RestartCnt:|"])
     for line in q.stdout.split():
-        job, _, state = line.partition("|")
-        out[job] = STATES.get(state, state.lower())
+        job, state, restarts, *_ = (line.split("|") + ["", ""])[:3]
+        pending_again = state == "PENDING" and restarts.strip() not in ("", "0")  # requeued, waiting to run again
+        out[job.strip()] = "requeued" if pending_again else STATES.get(state, state.lower())
     if shutil.which("sacct"):
         a = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State"])
         if a.returncode == 0:  # without accounting sacct refuses: the queue is all we know
