@@ -194,4 +194,10 @@ def test_a_sqlite_store_is_refused_for_several_nodes_unless_shared(tmp_path):
         check_shared_store(tracker, SlurmOptions(array_parallelism=4), nodes=0)
     check_shared_store(tracker, SlurmOptions(array_parallelism=4), nodes=1)  # one node shares its local disk
     assert filesystem_type(Path("/proc")) == "proc"
+    from mqvq.studies.cluster import task_command
+    from mqvq.studies.spec import load_study
+
+    two_gpus = task_command(load_study("ablation-mask"), "ablation-mask", "mini", "adaptive-25", 1, tracker, nproc=2)
+    assert two_gpus[3:] == ["study", "run", "ablation-mask", "--profile", "mini", "--only", "adaptive-25", "--seeds", "1",
+                            "--home", str(tracker.home), "--no-progress", "--nproc", "2"]
     assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]

@@ -99,6 +99,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         device: Device = None,
         lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = 120.0,
         workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes sharing the rows (GPUs taken round-robin)")] = 1,
+        nproc: Annotated[int, typer.Option("--nproc", min=1, max=64, help="processes per training stage, under torchrun (DDP: one per GPU)")] = 1,
         home: Home = None, tracking_uri: TrackingUri = None,
         progress: Progress = True) -> None:
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
@@ -110,7 +111,12 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
     study = load_study(name)
     check_device(device)  # before anything runs, even when every row is already finished
     tracker = open_tracker(tracking_uri, home)  # validates the store before any worker starts
-    options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout}
+    if nproc > 1 and workers > 1:
+        from mqvq.errors import UserError
+
+        raise UserError("--nproc (processes per row, under torchrun) and --workers (rows side by side) cannot be combined: "
+                        "choose one.")
+    options = {"profile": profile, "seeds": seeds, "only": only, "backend": backend, "lease_timeout": lease_timeout, "nproc": nproc}
     if workers > 1:
         from mqvq.studies.workers import run_workers
 
@@ -263,3 +269,28 @@ def cancel(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
         return
     console.print(f"cancelled {len(done)} task{'s' * (len(done) != 1)}: " + ", ".join(f"{r} (seed {s}, {j})" for r, s, j in done)
                   + "; their runs are KILLED and resume with the next `study run` or `study submit`.", highlight=False, soft_wrap=True)
+
+
+@app.command("stage", hidden=True)
+@cli_errors
+def stage(name: Name, profile: Profile = "smoke",
+          row: Annotated[str, typer.Option(help="the row")] = "", seed: Annotated[int, typer.Option(help="the seed")] = 0,
+          stage_name: Annotated[str, typer.Option("--stage", help="stage1 or stage2")] = "stage1",
+          parent: Annotated[str, typer.Option(help="the row's parent run")] = "",
+          run_id: Annotated[Optional[str], typer.Option(help="the run to resume")] = None,
+          stage1: Annotated[Optional[str], typer.Option(help="stage 2: the stage-1 run it reads")] = None,
+          result: Annotated[str, typer.Option(help="where rank 0 writes the run id (JSON)")] = "",
+          device: Device = None, home: Home = None, tracking_uri: TrackingUri = None, progress: Progress = True) -> None:
+    """One stage of a study row, run by `study run --nproc K` under torchrun (each rank runs this)."""
+    import json
+
+    from mqvq.studies.runner import Worker, train_row_stage
+    from mqvq.studies.spec import load_study, row_config, select_rows
+
+    study = load_study(name)
+    (spec,) = select_rows(study, [row])
+    w = Worker(open_tracker(tracking_uri, home), study, profile, None, device, progress, row=row)
+    run = train_row_stage(w, row_config(spec, profile, seed), stage_name, parent, run_id, stage1)
+    if result and int(__import__("os").environ.get("RANK", "0")) == 0:
+        with open(result, "w") as f:
+            json.dump({"run_id": run}, f)

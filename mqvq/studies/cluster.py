@@ -197,10 +197,11 @@ class RowTask:
 
 
 def task_command(study: StudyConfig, study_ref: str, profile: str, row: str, seed: int, tracker: Tracker,
-                 backend: str | None = None) -> list[str]:
-    """Exactly what `study run --only ROW --seeds S` is on the command line, store included."""
+                 backend: str | None = None, nproc: int = 1) -> list[str]:
+    """Exactly what `study run --only ROW --seeds S` is on the command line, store included (with
+    several GPUs per task, `--nproc K`: each stage under torchrun, one process per GPU)."""
     argv = [sys.executable, "-m", "mqvq", "study", "run", study_ref, "--profile", profile, "--only", row, "--seeds", str(seed),
-            "--home", str(tracker.home), "--no-progress"]
+            "--home", str(tracker.home), "--no-progress", *(["--nproc", str(nproc)] if nproc > 1 else [])]
     if sqlite_path(tracker.uri) is None or os.environ.get("MLFLOW_TRACKING_URI"):
         argv += ["--tracking-uri", tracker.uri]
     if backend:
@@ -283,7 +284,8 @@ def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, o
     if dry_run or not tasks:
         return Submission(None, tasks, script, folder, skipped)
     env = {k: v for k, v in os.environ.items() if k.startswith(("MQVQ_", "MLFLOW_"))}
-    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend), env) for p in todo]
+    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend, max(1, options.gpus_per_task)), env)
+             for p in todo]
     parents = [ensure_row_run(tracker, study, p, profile) for p in todo]  # before the tasks can start and claim them
     for parent in parents:
         tracker.schedule_run(parent)

@@ -42,6 +42,8 @@ class Worker:
     device: str | None = None
     progress: bool = True
     log: Callable[[str], None] = print
+    nproc: int = 1          # processes per training stage (torchrun, one per GPU)
+    row: str = ""           # the row being trained (tags its stage runs)
 
     @property
     def experiment(self) -> str:
@@ -80,8 +82,9 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
 def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
               only: list[str] | None = None, backend: str | None = None, device: str | None = None,
               progress: bool = True, lease_timeout: float = LEASE_TIMEOUT_S, heartbeat: float = 15.0, settle: float | None = None,
-              log: Callable[[str], None] = print, workers: int = 1) -> list[RowResult]:
-    """`workers`: how many processes share the rows (the ETA divides what is left between them)."""
+              log: Callable[[str], None] = print, workers: int = 1, nproc: int = 1) -> list[RowResult]:
+    """`workers`: how many processes share the rows (the ETA divides what is left between them);
+    `nproc`: processes per training stage, launched with torchrun (one per GPU: DDP)."""
     worker = lease.worker_id()
     if settle is None:  # claims are only racy across machines, i.e. with a server store
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
@@ -116,7 +119,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
             with lease.Heartbeat(tracker, parent, heartbeat):
-                results.append(_run_row(Worker(tracker, study, profile, backend, device, progress, log), fresh, parent, label))
+                results.append(_run_row(Worker(tracker, study, profile, backend, device, progress, log, nproc), fresh, parent, label))
             eta.finished(i, time.monotonic() - started)
             if any(e != 0 for e in eta.estimates[i + 1:]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
@@ -172,16 +175,59 @@ def metrics_line(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
+def train_row_stage(w: Worker, cfg, stage: str, parent: str, run_id: str | None, stage1_run: str | None = None) -> str:
+    """Train (or resume) one stage of a row in this process (one rank of it under torchrun); its run id."""
     from mqvq.stages.train_stage1 import train_stage1
     from mqvq.stages.train_stage2 import train_stage2
 
-    tracker, study, device, progress, log, experiment = w.tracker, w.study, w.device, w.progress, w.log, w.experiment
+    common = dict(run_id=run_id, device=w.device, progress=w.progress, mlflow_experiment=w.experiment, parent_run_id=parent,
+                  tags={T.STUDY: w.study.name, T.ROW: w.row})
+    if stage == "stage1":
+        return train_stage1(cfg, w.tracker, **common)["run_id"]
+    return train_stage2(cfg, w.tracker, stage1=stage1_run, **common)["run_id"]
+
+
+def _train(w: Worker, p: RowPlan, stage: str, parent: str, run_id: str | None, stage1_run: str | None = None) -> str:
+    """One stage of the row: here, or with `nproc` processes under torchrun (`mqvq study stage`)."""
+    import dataclasses
+
+    w = dataclasses.replace(w, row=p.row.name)
+    if w.nproc == 1:
+        return train_row_stage(w, p.cfg, stage, parent, run_id, stage1_run)
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from mqvq.studies.spec import find_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = f"{tmp}/result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(w.nproc), "-m", "mqvq",
+               "study", "stage", str(find_study(w.study.name)), "--profile", w.profile, "--row", p.row.name, "--seed", str(p.seed),
+               "--stage", stage, "--parent", parent, "--result", result, "--home", str(w.tracker.home),
+               "--tracking-uri", w.tracker.uri, *(["--run-id", run_id] if run_id else []),
+               *(["--stage1", stage1_run] if stage1_run else []), *(["--device", w.device] if w.device else []),
+               *([] if w.progress else ["--no-progress"])]
+        child = subprocess.Popen(cmd)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # the ranks checkpoint and end the run KILLED; wait for them
+            child.terminate()
+            child.wait()
+            raise
+        if code != 0 or not os.path.exists(result):
+            raise UserError(f"{stage} under torchrun ({w.nproc} processes) exited with {code}: see its messages above.")
+        with open(result) as f:
+            return json.load(f)["run_id"]
+
+
+def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
+    tracker, study, log = w.tracker, w.study, w.log
     started = time.monotonic()
     tracker.resume_run(parent)
     tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()} | ({T.SLURM_JOB: os.environ["MQVQ_SLURM_JOB"]}
                                                             if os.environ.get("MQVQ_SLURM_JOB") else {}))
-    tags = {T.STUDY: study.name, T.ROW: p.row.name}
     try:
         s1 = p.stages["stage1"]
         if s1.state.has_model:
@@ -189,9 +235,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
             log(f"{label}: stage 1 {s1.state} ({stage1_run})")
         else:
             log(f"{label}: stage 1 {'resuming' if s1.state == Step.RESUMABLE else 'training'}")
-            stage1_run = train_stage1(p.cfg, tracker, run_id=s1.run_id if s1.state == Step.RESUMABLE else None,
-                                      device=device, progress=progress, mlflow_experiment=experiment,
-                                      parent_run_id=parent, tags=tags)["run_id"]
+            stage1_run = _train(w, p, "stage1", parent, s1.run_id if s1.state == Step.RESUMABLE else None)
         s1_tags = tracker.get_run(stage1_run).data.tags
         data_cfg = p.cfg.stage1.data
         data = DataRecord(data_cfg.name, data_cfg.resolution, s1_tags.get(T.DATA_DIGEST, "?"))
@@ -207,9 +251,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")
             else:
                 log(f"{label}: stage 2 {'resuming' if s2.state == Step.RESUMABLE else 'training'}")
-                stage2_run = train_stage2(p.cfg, tracker, stage1=stage1_run, run_id=s2.run_id if s2.state == Step.RESUMABLE else None,
-                                          device=device, progress=progress, mlflow_experiment=experiment,
-                                          parent_run_id=parent, tags=tags)["run_id"]
+                stage2_run = _train(w, p, "stage2", parent, s2.run_id if s2.state == Step.RESUMABLE else None, stage1_run)
             tracker.set_tags(parent, {T.STAGE2_RUN: stage2_run})
         metrics = _evaluate_row(w, p, parent, stage1_run, stage2_run)
         if study.search.trials and stage2_run:
