@@ -125,6 +125,33 @@ def test_a_requeued_task_resumes_its_row_from_the_checkpoint(cluster, site, tmp_
     assert {k: mine[k] for k in ("rfd_vgg16", "usage")} == {k: theirs[k] for k in ("rfd_vgg16", "usage")}
 
 
+def test_sigusr2_before_the_time_limit_checkpoints_and_requeues_the_task(cluster, site):
+    """What SLURM sends `--signal` seconds before a task's time limit, and on preemption: the row
+    checkpoints and ends KILLED, submitit requeues the task, and the requeued task finishes the row."""
+    studies, home = site
+    write_study(studies, "usr2", [("a", "mqvae-f16-adaptive-50")], metrics='["usage"]',
+                extra=["stage1.train.steps=100", "stage1.train.ckpt_every=10", "stage1.train.log_every=10"])
+    p = mqvq("study", "submit", "usr2", "--slurm", *ONE_THREAD)
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.split("queued SLURM job ")[1].split(":")[0]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(home.glob("checkpoints/*/last.pt")):
+        time.sleep(0.2)
+    assert cluster.run("scancel", "--signal=USR2", job).returncode == 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and "PENDING" not in cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout:
+        time.sleep(0.5)
+    assert status("usr2")[0]["slurm"]["state"] == "requeued"  # by submitit, not by hand
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    cluster.wait_idle()
+    every = runs(home, "usr2/smoke")
+    assert not [r for r in every if r.info.status != "FINISHED"]
+    [stage1] = [r for r in every if r.data.tags.get("mqvq.stage") == "stage1"]
+    assert int(stage1.data.tags["mqvq.resumed_from_step"]) > 0
+    log = "".join(f.read_text() for f in (home / "slurm" / job).glob(f"{job}_0_log.*"))
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log and "stage 1 resuming" in log
+
+
 def test_cancel_leaves_nothing_queued_and_no_run_running(cluster, site):
     studies, home = site
     write_study(studies, "slow", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],

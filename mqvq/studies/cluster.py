@@ -170,7 +170,10 @@ class RowTask:
         job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID", "")
         env = {**os.environ, **self.env, "MQVQ_SLURM_JOB": job_id}
         self.child = subprocess.Popen(self.argv, env=env)
-        code = self.child.wait()
+        # polled, not wait(): submitit's SIGUSR2 handler runs in this thread and waits for the child
+        # itself, which a wait() it interrupted would block (Popen's lock) until its timeout
+        while (code := self.child.poll()) is None:
+            time.sleep(0.5)
         self.child = None
         if code == 130:  # stopped by the scheduler (requeue, preemption, scancel): its runs are KILLED, resumable
             print("mqvq: the row was interrupted by the scheduler; a requeued task resumes it from its last checkpoint.", flush=True)
@@ -187,9 +190,11 @@ class RowTask:
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
             try:
-                child.wait(timeout=80)
+                child.wait(timeout=60)  # inside SLURM's --signal delay (90 s), before the kill
             except subprocess.TimeoutExpired:
                 child.kill()
+        print("mqvq: stopped for preemption or the time limit; the row resumes from its last checkpoint when this task "
+              "is requeued.", flush=True)
         return DelayedSubmission(RowTask(self.argv, self.env), *args, **kwargs)
 
     def __getstate__(self):
