@@ -1,4 +1,6 @@
 """Stage 2 end to end on CPU: tokens cached per checkpoint, MLflow run linked to stage 1, resume, sample."""
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -173,11 +175,15 @@ def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
                               "--cfg-scale", "3", *home])
     assert res.exit_code == 0, res.output
     assert "read as <unk>: zebra" in res.output
-    assert [(tmp_path / "b" / f"00000{i}.txt").read_text().strip() for i in range(3)] == [
-        "a blue face at the left on a plain background", "a zebra triangle", "a blue face at the left on a plain background"]
+    assert [(tmp_path / "b" / f"00000{i}.txt").read_text() for i in range(3)] == [  # what the model read, when not all of it
+        "a blue face at the left on a plain background\n", "prompt: a zebra triangle\nread as: a <unk> triangle\n",
+        "a blue face at the left on a plain background\n"]
+    assert json.loads((tmp_path / "b" / "sampling.json").read_text())["prompts"] == [
+        "a blue face at the left on a plain background", "a zebra triangle"]
     for args, msg in [(["--prompt", "  "], "is empty"), (["--prompt", "?!"], "is empty"), ([], "this model is text-conditional"),
                       (["--prompts", str(tmp_path / "nope.txt")], "no such file"),
-                      (["--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale = -1.0 must be a number >= 0")]:
+                      (["--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale = -1.0 must lie in [0, 100]"),
+                      (["--prompt", "x", "--cfg-scale", "1e9"], "--cfg-scale = 1000000000.0 must lie in [0, 100]")]:
         res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "c"), *home, *args])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())  # nothing written on a refusal
@@ -207,3 +213,64 @@ def test_prompts_and_guidance_are_refused_where_they_do_not_apply(stage1_run, tr
     r = train_stage2(cfg, tracker, progress=False)
     res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "y"), "--prompt", "a", *home])
     assert res.exit_code == 2 and "this one is unconditional" in res.output
+    res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "attr", *home])
+    assert res.exit_code == 2 and "this run is an unconditional model" in res.output
+    res = runner.invoke(app, ["search", "sampling", r["run_id"], "--trials", "1", "--cfg-scale", "1:3", *home])
+    assert res.exit_code == 2 and "is unconditional, and guidance steers a class- or text-conditional model" in res.output
+    res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "speed", "--cfg-scale", "-1", *home])
+    assert res.exit_code == 2 and "--cfg-scale = -1.0 must lie in [0, 100]" in res.output and "cfg_scale" not in res.output
+
+
+@pytest.mark.integration
+def test_prompts_as_people_write_them(stage1_run, tracker, tmp_path, monkeypatch):
+    """Odd prompt input is read, stored and shown sensibly, and a sample is written whole or not at all."""
+    cfg, _ = stage1_run("mqvae-f16-adaptive-50", *TEXT)
+    r = train_stage2(cfg, tracker, progress=False)
+    home = ["--home", str(tracker.home), "--no-progress"]
+
+    def sample(out, *args):
+        return runner.invoke(app, ["sample", r["run_id"], "--out", str(tmp_path / out), *home, *args])
+
+    # bytes that are not UTF-8 (the shell's $'\xff\xfe', which Python hands over as surrogates)
+    res = sample("bytes", "--num", "2", "--prompt", "a red circle \udcff\udcfe at the top")
+    assert res.exit_code == 0, res.output
+    assert "\ufffd\ufffd" in (tmp_path / "bytes" / "000000.txt").read_text(encoding="utf-8")
+    assert sorted(f.name for f in (tmp_path / "bytes").iterdir()) == ["000000.png", "000000.txt", "000001.png", "000001.txt",
+                                                                     "sampling.json"]
+    # a byte-order mark is not a word; a control character is never echoed; thousands of unknown words, two used
+    lines = ["\ufeffa red circle"] + [f"a zq{i:04d} triangle" for i in range(3000)]
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = sample("many", "--num", "2", "--prompts", str(tmp_path / "p.txt"))
+    assert res.exit_code == 0, res.output
+    assert "read as <unk>: zq0000" in res.output and "and" not in res.output.split("<unk>:")[1].split("\n")[0]
+    assert (tmp_path / "many" / "000000.txt").read_text() == "a red circle\n"
+    assert json.loads((tmp_path / "many" / "sampling.json").read_text())["prompts"] == ["a red circle", "a zq0000 triangle"]
+    assert json.loads((tmp_path / "many" / "sampling.json").read_text())["prompts_given"] == 3001
+    res = sample("unknown", "--num", "40", "--batch-size", "40", "--prompts", str(tmp_path / "p.txt"))
+    assert res.exit_code == 0 and len(res.output) < 600 and "and 27 more" in res.output, res.output
+    res = sample("ctrl", "--num", "1", "--prompt", "a red\x1b[31m circle\x07")
+    assert res.exit_code == 0 and "\x1b" not in res.output and "\x07" not in res.output
+    assert "\x1b" not in (tmp_path / "ctrl" / "000000.txt").read_text()
+    # a 5,000-word prompt: the .txt says what the model read, not the whole prompt
+    res = sample("long", "--num", "1", "--prompt", " ".join(["red"] * 5000))
+    text = (tmp_path / "long" / "000000.txt").read_text()
+    assert res.exit_code == 0 and text.startswith("prompt: ") and "read as: " + " ".join(["red"] * 16) in text and len(text) < 1000
+    # all or nothing per image: a write that fails leaves the images before it, none half-written
+    import mqvq.stages.generate as G
+
+    real, seen = G.os.replace, []
+
+    def replace(src, dst):
+        seen.append(dst)
+        if str(dst).endswith("000001.txt"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(G.os, "replace", replace)
+    res = sample("full", "--num", "3", "--prompt", "a red circle")
+    assert res.exit_code == 2 and "cannot write" in res.output and "No space left on device" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert sorted(f.name for f in (tmp_path / "full").iterdir()) == ["000000.png", "000000.txt"]
+    monkeypatch.setattr(G.os, "replace", real)
+    res = sample("full", "--num", "3", "--prompt", "a red circle", "--overwrite")
+    assert res.exit_code == 0 and len(list((tmp_path / "full").glob("*.png"))) == 3

@@ -39,7 +39,8 @@ def sample(
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
     from mqvq.runtime import setup
-    from mqvq.stages.generate import check_top_k, load_generator, read_prompts, resolve_sampling, sampling_params, write_samples
+    from mqvq.stages.generate import (check_top_k, load_generator, read_prompts, resolve_sampling, sampling_params, unknown_words_note,
+                                      write_samples)
 
     texts = read_prompts(prompt, prompts)  # before any model is loaded: a missing file is the user's first answer
     d = setup(device)
@@ -53,9 +54,9 @@ def sample(
     params = sampling_params(base, batch_size=batch_size, top_k=top_k, top_p=top_p, temperature=temperature,
                              top_k_pos=top_k_pos, top_p_pos=top_p_pos, temperature_pos=temperature_pos, cfg_scale=cfg_scale)
     if gen.tokenizer is not None and texts:
-        unknown = sorted({w for t in texts for w in gen.tokenizer.unknown(t)})
+        unknown = unknown_words_note(gen.tokenizer, texts, num)
         if unknown:
-            console.print(f"[yellow]note[/]: not in the model's caption vocabulary, read as <unk>: {escape(', '.join(unknown))}")
+            console.print(f"[yellow]note[/]: not in the model's caption vocabulary, read as <unk>: {escape(unknown)}")
     result = write_samples(gen, out, num, params, class_label=class_label, prompts=texts, seed=seed, steps=steps, npz=npz,
                            overwrite=overwrite, progress=progress)
     console.print(f"[green]wrote[/] {result['num']} images to {result['out']} ({result['images_per_s']:.1f} img/s)")

@@ -72,6 +72,9 @@ def sampling(
              "temperature_pos": temperature_pos, "cfg_scale": cfg_scale}
     for name, value in given.items():
         if value is not None:
+            if name == "cfg_scale" and cfg["stage2"]["model"].get("conditioning", "none") == "none":
+                raise UserError(f"--cfg-scale does not apply: run {run_id} is unconditional, and guidance steers a class- "
+                                f"or text-conditional model.")
             if name == "cfg_scale" and not guided:
                 raise UserError(f"--cfg-scale does not apply: run {run_id} was trained without condition dropout "
                                 f"(stage2.train.cond_dropout = 0), so it cannot be guided.")

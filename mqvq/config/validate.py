@@ -7,6 +7,13 @@ import math
 from mqvq.config.schema import EvalConfig, SamplingConfig, Stage1Config, Stage2Config
 from mqvq.errors import UserError
 
+MAX_CFG_SCALE = 100.0  # guidance scales beyond this give the same samples as the largest ones (argmax of u + S (c - u))
+
+
+def field_name(prefix: str, name: str) -> str:
+    """How the user wrote the value: `--cfg-scale` on the command line, `eval.cfg_scale` in a config."""
+    return "--" + name.replace("_", "-") if prefix == "--" else prefix + name
+
 
 def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
     d, m = cfg.data, cfg.model
@@ -72,7 +79,7 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
 
 def validate_sampling(s: SamplingConfig, prefix: str = "stage2.sampling.") -> None:
     """`prefix` "--" names the CLI options (--top-k) instead of config fields."""
-    name_of = (lambda n: "--" + n.replace("_", "-")) if prefix == "--" else (lambda n: prefix + n)
+    name_of = lambda n: field_name(prefix, n)  # noqa: E731
     for name in ("top_k", "top_k_pos"):
         if getattr(s, name) < 1:
             raise UserError(f"{name_of(name)} = {getattr(s, name)} must be at least 1 (use a large value to disable top-k).")
@@ -84,8 +91,9 @@ def validate_sampling(s: SamplingConfig, prefix: str = "stage2.sampling.") -> No
             raise UserError(f"{name_of(name)} = {getattr(s, name)} must be positive.")
     if s.batch_size < 1:
         raise UserError(f"{name_of('batch_size')} = {s.batch_size} must be at least 1.")
-    if not math.isfinite(s.cfg_scale) or s.cfg_scale < 0.0:
-        raise UserError(f"{name_of('cfg_scale')} = {s.cfg_scale} must be a number >= 0 (1 = no guidance, 0 = the unconditional model).")
+    if not math.isfinite(s.cfg_scale) or not 0.0 <= s.cfg_scale <= MAX_CFG_SCALE:
+        raise UserError(f"{name_of('cfg_scale')} = {s.cfg_scale} must lie in [0, {MAX_CFG_SCALE:g}] (1 = no guidance, "
+                        f"0 = the unconditional model; beyond a few the samples stop changing).")
 
 
 def validate_stage2(cfg: Stage2Config, stage1: Stage1Config, prefix: str = "stage2.") -> None:
@@ -138,5 +146,5 @@ def validate_eval(cfg: EvalConfig, prefix: str = "eval.") -> None:
         raise UserError(f"{prefix}num_samples = {cfg.num_samples} must be at least 2 (a covariance needs two samples).")
     if cfg.test_images < 0:
         raise UserError(f"{prefix}test_images = {cfg.test_images} must be 0 (all) or positive.")
-    if not math.isfinite(cfg.cfg_scale) or cfg.cfg_scale < 0.0:
-        raise UserError(f"{prefix}cfg_scale = {cfg.cfg_scale} must be a number >= 0.")
+    if not math.isfinite(cfg.cfg_scale) or not 0.0 <= cfg.cfg_scale <= MAX_CFG_SCALE:
+        raise UserError(f"{field_name(prefix, 'cfg_scale')} = {cfg.cfg_scale} must lie in [0, {MAX_CFG_SCALE:g}].")

@@ -159,8 +159,9 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
     gen = load_generator(tracker, run_id, device)
     params = sampling or resolve_sampling(tracker, gen, sampling_choice)
     if "attr" in wanted and not _captioned(cfg):
+        kind = {"none": "an unconditional", "class": "a class-conditional", "text": "a text-conditional"}[cfg.stage2.model.conditioning]
         raise UserError("attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
-                        f"this run is {cfg.stage2.model.conditioning}-conditioned on {cfg.stage1.data.name!r} data.")
+                        f"this run is {kind} model trained on {cfg.stage1.data.name!r} data.")
     for scale in (params.cfg_scale, cfg_scale if cfg_scale is not None else 1.0):  # what was asked for fits the model
         check_guidance(gen, scale)
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)

@@ -6,6 +6,7 @@ trained with condition dropout."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,12 +123,20 @@ def check_top_k(name: str, value: int, codebook_size: int, grid_len: int) -> Non
         raise UserError(f"--{name.replace('_', '-')} {value} exceeds this model's {what}: use at most {limit}.")
 
 
+def clean_prompt(text: str) -> str:
+    """A prompt as it can be stored and shown: bytes that are not UTF-8 (a shell's `$'\xff'`) become
+    U+FFFD, control characters spaces (never echoed raw to a terminal), the ends trimmed."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
 def read_prompts(prompts: list[str] | None, path: Path | None) -> list[str] | None:
-    """--prompt values and the lines of --prompts FILE (blank lines skipped), in that order."""
-    out = list(prompts or [])
+    """--prompt values and the lines of --prompts FILE (blank lines skipped; a UTF-8 byte-order mark
+    is not a word), in that order, each cleaned (`clean_prompt`)."""
+    out = [clean_prompt(p) for p in prompts or []]
     if path is not None:
         try:
-            out += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+            out += [clean_prompt(line) for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         except FileNotFoundError:
             raise UserError(f"--prompts {path}: no such file (one prompt per line).") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -202,13 +211,59 @@ def sample_images(gen: Generator, num: int, params: SamplingConfig, *, class_lab
             yield x, s.codes.cpu(), s.positions.cpu(), shown
 
 
+def used_prompts(prompts: list[str] | None, num: int) -> list[str] | None:
+    """The prompts `num` images cycle through (a long file contributes only its first `num`)."""
+    return None if prompts is None else prompts[: min(num, len(prompts))]
+
+
+def unknown_words_note(tokenizer: WordTokenizer, prompts: list[str], num: int, show: int = 12) -> str | None:
+    """The words of the prompts used that the model reads as <unk>: the first `show`, then a count."""
+    unknown = sorted({w for t in used_prompts(prompts, num) for w in tokenizer.unknown(t)})
+    if not unknown:
+        return None
+    more = f" and {len(unknown) - show} more" if len(unknown) > show else ""
+    return ", ".join(unknown[:show]) + more
+
+
+def shown_text(prompt: str, tokenizer: WordTokenizer | None, length: int) -> str:
+    """What a sample's .txt says: the prompt when the model read all of it, else the prompt (its first
+    500 characters) and what the model read, labelled."""
+    if tokenizer is None:
+        return prompt + "\n"
+    if not tokenizer.unknown(prompt) and len(tokenizer.ids(prompt)) <= length:  # read whole, word for word
+        return prompt + "\n"
+    read = tokenizer.decode(tokenizer.encode([prompt], length)[0])
+    head = prompt if len(prompt) <= 500 else prompt[:500] + " …"
+    return f"prompt: {head}\nread as: {read}\n"
+
+
+def _write_sample(out: Path, index: int, image: np.ndarray, text: str | None) -> None:
+    """One image (and its prompt) whole or not at all: each file is written beside its name and
+    renamed into place, the text after the image, and an error removes both."""
+    from PIL import Image
+
+    png, txt = out / f"{index:06d}.png", out / f"{index:06d}.txt"
+    parts = [out / f".{index:06d}.png.part", out / f".{index:06d}.txt.part"]
+    try:
+        Image.fromarray(image).save(parts[0], format="PNG")
+        if text is not None:
+            parts[1].write_text(text, encoding="utf-8")
+        os.replace(parts[0], png)
+        if text is not None:
+            os.replace(parts[1], txt)
+    except BaseException as e:
+        for f in (*parts, png, txt):
+            f.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {png}: {e.strerror or e}; the images before it are complete.") from None
+        raise
+
+
 def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *, class_label: int | None = None,
                   prompts: list[str] | None = None, seed: int = 0, steps: int | None = None, npz: bool = False,
                   overwrite: bool = False, progress: bool = True) -> dict:
     """Write `num` PNGs (000000.png, ...; a text model's prompt beside each as 000000.txt) and
     optionally samples.npz to `out`; returns a summary."""
-    from PIL import Image
-
     check_request(gen, num, steps, class_label, prompts, params.cfg_scale)  # all input checks before anything is written
     ensure_writable(out, "--out")
     if not overwrite and any(out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
@@ -218,9 +273,8 @@ def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *
     for images, c, p, shown in sample_images(gen, num, params, class_label=class_label, prompts=prompts, seed=seed,
                                               steps=steps, progress=progress):
         for i, img in enumerate(images):
-            Image.fromarray(img).save(out / f"{index:06d}.png")
-            if prompts is not None:
-                (out / f"{index:06d}.txt").write_text(shown[i] + "\n")
+            text = shown_text(shown[i], gen.tokenizer, gen.stackformer.shape.text_length) if prompts is not None else None
+            _write_sample(out, index, img, text)
             index += 1
         if npz:
             arrays.append(images)
@@ -230,4 +284,5 @@ def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *
         np.savez(out / "samples.npz", images=np.concatenate(arrays), codes=np.concatenate(codes), positions=np.concatenate(positions))
     elapsed = time.perf_counter() - t0
     return {"num": index, "out": str(out), "seconds": elapsed, "images_per_s": index / elapsed, "run_id": gen.run_id,
-            "sampling": to_dict(params)} | ({"prompts": prompts} if prompts is not None else {})
+            "sampling": to_dict(params)} | ({"prompts": used_prompts(prompts, num), "prompts_given": len(prompts)}
+                                            if prompts is not None else {})
