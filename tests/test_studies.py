@@ -65,6 +65,7 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
         assert row.data.tags["mqvq.eval.fd_vgg16.backend"] == "vgg16" and row.data.params["paper.rfid"] == "4.0"
         children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == row.info.run_id]
         assert sorted(c.data.tags["mqvq.stage"] for c in children) == ["stage1", "stage2"]
+        assert [d.dataset.name for d in row.inputs.dataset_inputs] == ["procedural train"]  # the data the row trained on
     r = _cli("study", "run", "two", "--no-progress", home=home)
     assert r.exit_code == 0 and "2 skipped" in r.stdout
     assert len(_runs(tracker)) == 7  # nothing new (the summary is refreshed only when a row finished)

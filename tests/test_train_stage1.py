@@ -149,3 +149,26 @@ def test_a_sigterm_while_the_run_is_being_created_still_ends_it_killed(tiny, tra
             sig.signal(s, h)
     [run] = tracker.find_runs(cfg.name)
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["mqvq.failure"]
+
+
+def test_the_run_records_its_datasets_for_mlflows_datasets_view(tiny, tracker):
+    """Training and evaluation data as MLflow inputs (name, split, size, resolution, mqvq's digest,
+    source), logged once: a resumed run does not add them again; stage 2 shows its stage-1 data."""
+    import json
+
+    from mqvq.data import build_dataset
+    from mqvq.stages.train_stage2 import train_stage2
+
+    cfg = tiny("vqgan-f16", "stage1.train.steps=4", "stage2.train.steps=2", "stage2.train.batch_size=8")
+    run_id = train_stage1(cfg, tracker, progress=False, stop_after=2)["run_id"]
+    train_stage1(cfg, tracker, progress=False, resume=True)
+    inputs = tracker.get_run(run_id).inputs.dataset_inputs
+    got = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in inputs}
+    assert sorted(got) == ["evaluation", "training"] and len(inputs) == 2
+    train = build_dataset(cfg.stage1.data, "train")
+    assert got["training"].name == "procedural train" and got["training"].digest == train.digest()
+    assert got["training"].source_type == "code" and "procedural generator" in got["training"].source
+    assert json.loads(got["training"].profile) == {"num_rows": len(train), "split": "train", "resolution": 16}
+    assert got["evaluation"].name == "procedural test"
+    s2 = train_stage2(cfg, tracker, progress=False)["run_id"]
+    assert {d.dataset.name for d in tracker.get_run(s2).inputs.dataset_inputs} == {"procedural train", "procedural test"}

@@ -343,3 +343,12 @@ def eval_batches(ds, batch_size: int, limit: int = 0, rank: int = 0, world: int 
         items = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else [ds[i] for i in idx]
         yield collate(items)
 
+
+def data_source(cfg: DataConfig) -> tuple[str, str]:
+    """(source type, source) of the data `cfg` describes, as a tracking store records it: a folder's
+    path (its pixels are never read for this), or the generator or package it comes from."""
+    if cfg.name == "procedural":
+        return "code", f"mqvq procedural generator (style {cfg.style}, {cfg.num_train} train / {cfg.num_test} test images)"
+    if cfg.name == "fashion-mnist":
+        return "local", str(Path(cfg.root or os.environ.get("MQVQ_FASHION_MNIST") or FASHION_MNIST_DIR).resolve())
+    return "local", str(Path(cfg.root).resolve())

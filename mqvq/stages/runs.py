@@ -17,7 +17,9 @@ from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.runtime import Dist, gather_rng_states, seed_all, set_rng_state
 from mqvq.stages.lookup import checkpoint_path
 from mqvq.timing import device_name
+from mqvq.data.datasets import data_source
 from mqvq.tracking import tags as T
+from mqvq.tracking.records import DatasetRecord
 from mqvq.tracking.store import Tracker
 
 
@@ -178,3 +180,21 @@ class MetricWindow:
         out[f"{prefix}{rate_name}"] = self.steps * self.items_per_step / max(elapsed, 1e-9)
         self.reset()
         return out
+
+
+def dataset_record(cfg, ds, split: str) -> DatasetRecord:
+    """What MLflow's Datasets show for one split of the data `cfg` (a DataConfig) describes."""
+    kind, source = data_source(cfg)
+    name = cfg.layout if cfg.name == "folder" else cfg.name
+    return DatasetRecord(name, split, len(ds), cfg.resolution, ds.digest(), kind, source)
+
+
+def log_datasets(tracker: Tracker, d: Dist, run_id: str, cfg, train_ds, test_ds) -> None:
+    """The run's training and evaluation data as MLflow inputs, once (a resumed run has them)."""
+    if not d.main:
+        return
+    inputs = tracker.get_run(run_id).inputs
+    if inputs is not None and inputs.dataset_inputs:
+        return
+    tracker.log_dataset(run_id, dataset_record(cfg, train_ds, "train"), "training")
+    tracker.log_dataset(run_id, dataset_record(cfg, test_ds, "test"), "evaluation")

@@ -27,7 +27,8 @@ from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
-from mqvq.stages.runs import LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, open_run, publish
+from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, open_run,
+                              publish)
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
@@ -103,6 +104,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
                 tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
                 params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
                 artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
+        log_datasets(tracker, d, run.run_id, s1.data, train_ds, test_ds)
         start_step = run.restore(cfg.seed)
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
         if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged

@@ -180,3 +180,19 @@ class TrialRecord:
         facts = next(iter(T.eval_facts(t).items()), ("", {}))
         return cls(t.get(T.SEARCH, ""), int(t.get(T.TRIAL, 0) or 0), t.get(T.MODEL_RUN, ""), t.get(T.SEARCH_STORAGE, ""),
                    facts[0], facts[1].get("backend", ""), facts[1].get("reference", ""), facts[1].get("split", ""))
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a run trained or was evaluated on, as MLflow's Datasets show it (`Tracker.log_dataset`)."""
+    name: str
+    split: str
+    size: int
+    resolution: int
+    digest: str
+    source_type: str        # local | code
+    source: str             # a folder path, or the generator / package
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} {self.split}"

@@ -226,6 +226,25 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_dataset(self, run_id: str, data, context: str) -> None:
+        """A `DatasetRecord` as the run's input (`context`: training or evaluation): the runs view's
+        Datasets filter then finds the run. Its digest is mqvq's; the pixels are never read here."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = json.dumps({"num_rows": data.size, "split": data.split, "resolution": data.resolution})
+        dataset = Dataset(data.title, data.digest, data.source_type, data.source, profile=profile)
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def copy_datasets(self, src_run: str, dst_run: str, context: str | None = None) -> None:
+        """The datasets logged on one run, logged on another (a row's parent shows its stage's data)."""
+        inputs = self.client.get_run(src_run).inputs
+        chosen = [d for d in (inputs.dataset_inputs if inputs else [])
+                  if context is None or any(t.key == "mlflow.data.context" and t.value == context for t in d.tags)]
+        if chosen:
+            self.client.log_inputs(dst_run, datasets=chosen)
+
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
