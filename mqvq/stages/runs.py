@@ -191,10 +191,7 @@ def dataset_record(cfg, ds, split: str) -> DatasetRecord:
 
 def log_datasets(tracker: Tracker, d: Dist, run_id: str, cfg, train_ds, test_ds) -> None:
     """The run's training and evaluation data as MLflow inputs, once (a resumed run has them)."""
-    if not d.main:
-        return
-    inputs = tracker.get_run(run_id).inputs
-    if inputs is not None and inputs.dataset_inputs:
+    if not d.main or tracker.has_datasets(run_id):
         return
     tracker.log_dataset(run_id, dataset_record(cfg, train_ds, "train"), "training")
     tracker.log_dataset(run_id, dataset_record(cfg, test_ds, "test"), "evaluation")

@@ -169,8 +169,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
                 artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
         if d.main:
             tracker.log_metrics(run.run_id, {"time/tokenize_seconds": tokenize_s}, 0)
-            inputs = tracker.get_run(run.run_id).inputs
-            if ref.run_id and not (inputs and inputs.dataset_inputs):  # its tokens are the stage-1 model's data
+            if ref.run_id:  # its tokens are the stage-1 model's data
                 tracker.copy_datasets(ref.run_id, run.run_id)
         run.restore(cfg.seed)
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model

@@ -241,9 +241,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
         data = DataRecord(data_cfg.name, data_cfg.resolution, s1_tags.get(T.DATA_DIGEST, "?"))
         tracker.set_tags(parent, {T.STAGE1_RUN: stage1_run, T.DATA_NAME: data.name, T.DATA_RESOLUTION: data.resolution,
                                   T.DATA_DIGEST: data.digest})
-        inputs = tracker.get_run(parent).inputs
-        if not (inputs and inputs.dataset_inputs):  # the row shows the data it was trained on
-            tracker.copy_datasets(stage1_run, parent, "training")
+        tracker.copy_datasets(stage1_run, parent, "training")  # the row shows the data it was trained on
         stage2_run = None
         if p.row.stage2:
             s2 = p.stages["stage2"]

@@ -237,8 +237,15 @@ class Tracker:
         dataset = Dataset(data.title, data.digest, data.source_type, data.source, profile=profile)
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
+    def has_datasets(self, run_id: str) -> bool:
+        inputs = self.client.get_run(run_id).inputs
+        return bool(inputs and inputs.dataset_inputs)
+
     def copy_datasets(self, src_run: str, dst_run: str, context: str | None = None) -> None:
-        """The datasets logged on one run, logged on another (a row's parent shows its stage's data)."""
+        """The datasets logged on one run, logged on another that has none yet (a row's parent, a
+        stage-2 run, show the stage-1 data; a resumed run is not given them twice)."""
+        if self.has_datasets(dst_run):
+            return
         inputs = self.client.get_run(src_run).inputs
         chosen = [d for d in (inputs.dataset_inputs if inputs else [])
                   if context is None or any(t.key == "mlflow.data.context" and t.value == context for t in d.tags)]
