@@ -34,6 +34,8 @@ def _isolated_env(weights_dir, monkeypatch, tmp_path):
     monkeypatch.delenv("MQVQ_HOME", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("MQVQ_OFFLINE", "1")  # no test reaches a real host; the download tests serve on 127.0.0.1
+    monkeypatch.delenv("MQVQ_WEIGHTS_MIRROR", raising=False)
 
 
 @pytest.fixture(scope="session")

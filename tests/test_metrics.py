@@ -91,7 +91,7 @@ def test_inception_backend_loads_the_exact_architecture(inception_file, monkeypa
 def test_inception_backend_errors_clearly_without_a_file(tmp_path, monkeypatch):
     monkeypatch.delenv("MQVQ_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(UserError, match=f"put {INCEPTION_FILE}.*never downloads.*--backend vgg16"):
+    with pytest.raises(UserError, match=f"{INCEPTION_FILE}, .*downloading is off.*put it there; or use --backend vgg16"):
         InceptionFeatures(torch.device("cpu"))
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)

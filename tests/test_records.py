@@ -3,6 +3,8 @@ filter strings built from tag names, on a real (SQLite) MLflow store."""
 import os
 import time
 
+import pytest
+
 from mqvq.tracking import tags as T
 from mqvq.tracking.records import DataRecord, RowRecord, StageRecord, TrialRecord, lease_is_live
 
@@ -52,3 +54,43 @@ def test_stage_and_trial_records_read_what_their_runs_carry(tracker):
     t_id = tracker.start_run("e", "trial-0003", trial.tags(), parent_run_id=run_id)
     assert TrialRecord.of(tracker.get_run(t_id)) == trial
     assert not StageRecord.is_stage(tracker.get_run(t_id))
+
+
+def _log_one_dataset_per_experiment(home: str, worker: int, start: float, n: int, errors) -> None:
+    from mqvq.tracking import Tracker
+    from mqvq.tracking.records import DatasetRecord
+
+    tracker = Tracker(None, home)
+    record = DatasetRecord("procedural", "train", 32, 16, "d1", "code", "mqvq")
+    for i in range(n):
+        run_id = tracker.start_run(f"e{i}", f"w{worker}", {})
+        while time.time() < start + 0.4 * i:  # both workers log the same dataset into e{i} at one instant
+            pass
+        try:
+            tracker.log_dataset(run_id, record, "training")
+        except Exception as e:  # noqa: BLE001  (reported to the test)
+            errors.put(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.integration
+def test_two_workers_logging_the_same_dataset_at_once_both_succeed(tracker):
+    """MLflow looks a dataset up and then inserts it; two study workers starting rows on the same data
+    at once used to collide on the insert and fail one row's stage-1 run (seen as a FAILED run)."""
+    import multiprocessing as mp
+
+    for i in range(8):
+        tracker.experiment_id(f"e{i}")
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    start = time.time() + 6  # after both processes have imported mqvq
+    procs = [ctx.Process(target=_log_one_dataset_per_experiment, args=(str(tracker.home), w, start, 8, errors)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == [] and all(p.exitcode == 0 for p in procs)
+    runs = tracker.find_runs_everywhere("")
+    assert len(runs) == 16 and all(r.inputs.dataset_inputs for r in runs)

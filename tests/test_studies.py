@@ -338,7 +338,7 @@ def _stop_a_background_study(studies, home, tracker, stop):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     for run in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'"):
-        assert run.info.status == "KILLED"  # ended as resumable, not left RUNNING
+        assert run.info.status == "KILLED", (run.data.tags.get("mqvq.failure"), err[-3000:])  # ended as resumable, not left RUNNING
         assert (home / "checkpoints" / run.info.run_id / "last.pt").is_file()
     rows = [r for r in _runs(tracker, "term/smoke") if r.data.tags.get("mqvq.kind") == "row"]
     assert [(r.info.status, r.data.tags["mqvq.status"]) for r in rows] == [("KILLED", "killed")] * 2  # resumable, not RUNNING

@@ -15,6 +15,7 @@ export PYTHONPATH=$PWD:$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$PWD/.gpu/site/bin:$PATH
 mkdir -p .gpu/weights && cp -n .gpu/extra/*.pth .gpu/weights/ 2>/dev/null
 export MQVQ_WEIGHTS_DIR=$PWD/.gpu/weights
+export MQVQ_OFFLINE=${MQVQ_OFFLINE:-1}  # an offline machine: a missing weights file is named, not tried
 [ -d .gpu/data/fashion-mnist ] && export MQVQ_FASHION_MNIST=$PWD/.gpu/data/fashion-mnist
 export MQVQ_HOME=${MQVQ_HOME:-$PWD/.gpu/mqvq}
 [ -f .gpu/data/commit ] && export MQVQ_GIT_COMMIT=${MQVQ_GIT_COMMIT:-$(cat .gpu/data/commit)}

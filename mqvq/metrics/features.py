@@ -3,7 +3,8 @@
 - `inception`: the standard FID Inception-v3 (pool3, 2048-d; logits for IS) through
   torch-fidelity, which resizes to 299x299 exactly as the original TensorFlow code. The weights
   file is `pt_inception-2015-12-05-6726825d.pth` (the pytorch-fid / torch-fidelity layout), found
-  at `eval.inception_weights`, `$MQVQ_INCEPTION_WEIGHTS`, or in the weights folder. Features are
+  at `eval.inception_weights`, `$MQVQ_INCEPTION_WEIGHTS`, or in the weights folder, where it is
+  fetched and verified on first use (`models.pretrained`). Features are
   computed in fp32 with TF32 off, as FID requires. Its metrics are `fid`, `rfid`, `is`.
 - `vgg16`: ImageNet VGG16 relu5_3, average-pooled (512-d), from the LPIPS-VGG16 trunk weights
   (usable offline). Never called FID: its metrics are `fd_vgg16` and `rfd_vgg16`.
@@ -19,25 +20,28 @@ import torch.nn.functional as F
 
 from mqvq.errors import UserError
 from mqvq.metrics import metric_names  # noqa: F401  (here since the metric names follow the backends)
-from mqvq.models.lpips import load_lpips, weights_dir
+from mqvq.models.lpips import load_lpips
+from mqvq.models.pretrained import CATALOG, ensure
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = CATALOG["inception"].file
 BACKENDS = ("inception", "vgg16")
 
 
 def resolve_inception_weights(path: str | None = None) -> Path:
-    candidates = [Path(path)] if path else []
-    env = os.environ.get("MQVQ_INCEPTION_WEIGHTS")
-    if env and not path:
-        candidates.append(Path(env))
-    if not candidates:
-        candidates.append(weights_dir() / INCEPTION_FILE)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise UserError(f"FID Inception weights not found at {candidates[0]}: put {INCEPTION_FILE} (the pytorch-fid / torch-fidelity "
-                    f"Inception-v3 file, ~91 MB) there or set MQVQ_INCEPTION_WEIGHTS=PATH (or eval.inception_weights); mqvq never "
-                    f"downloads it. Offline, use --backend vgg16 (reported as fd_vgg16, not FID).")
+    """A file named by the config or `$MQVQ_INCEPTION_WEIGHTS` is used as it is (never downloaded
+    over); otherwise the weights folder's copy, fetched on first use."""
+    named = path or os.environ.get("MQVQ_INCEPTION_WEIGHTS")
+    if named:
+        if Path(named).is_file():
+            return Path(named)
+        raise UserError(f"FID Inception weights not found at {named}: put {INCEPTION_FILE} (the pytorch-fid / torch-fidelity "
+                        f"Inception-v3 file, ~96 MB) there, or unset MQVQ_INCEPTION_WEIGHTS / eval.inception_weights to use the "
+                        f"weights folder, where mqvq fetches it.")
+    try:
+        return ensure("inception")
+    except UserError as e:
+        raise UserError(f"FID Inception weights not found: {str(e).rstrip('.')}; or use --backend vgg16 "
+                        f"(reported as fd_vgg16, not FID).") from None
 
 
 @contextlib.contextmanager

