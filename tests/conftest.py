@@ -6,8 +6,11 @@ dict is written once per session and MQVQ_WEIGHTS_DIR points at it, so the real 
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,47 @@ def tiny():
         return load_experiment(name, "smoke", [*TINY, *extra], seed)
 
     return make
+
+
+# --------------------------------------------------------------------------- a throwaway PostgreSQL
+def _bin(name: str) -> str | None:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    pytest.importorskip("psycopg2", reason='the PostgreSQL driver is not installed: pip install "mqvq[postgres]"')
+    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="mqvq-pg-"))  # not under pytest's 0700 root-owned folder
+    data = base / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: use the package's postgres user
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        base.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "mqvq", "--auth=trust"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
+                        f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not be started here: {getattr(e, 'stderr', b'') or e}")
+    try:
+        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "mlflow"],
+                       check=True, capture_output=True, timeout=60)
+        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "optuna"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql://mqvq@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)

@@ -185,3 +185,87 @@ def test_a_search_trial_and_eval_measure_one_metric_against_one_reference(split,
     for fact in ("reference", "split", "backend"):
         assert trial[f"mqvq.eval.fd_vgg16.{fact}"] == evaluated[f"mqvq.eval.fd_vgg16.{fact}"], fact
     assert evaluated["mqvq.eval.fd_vgg16.split"] == split
+
+
+def _kill_a_worker_mid_trial_then_rerun(run_id, home, tracker, storage: str | None, study_name: str):
+    """Start a search, SIGKILL it while a trial runs, wait out the grace period, run it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mqvq.studies.search import GRACE_BEATS
+
+    args = ["search", "sampling", run_id, "--home", str(home), "--trials", "3", "--sampler", "random", "--pruner", "none",
+            "--num-samples", "256", "--rungs", "128", "--no-progress", "--heartbeat", "1", "--study-name", study_name,
+            *(["--storage", storage] if storage else [])]
+    load = (lambda: optuna.load_study(study_name=study_name, storage=storage)) if storage else \
+        (lambda: _study(home, run_id, name=study_name))
+    p = subprocess.Popen([sys.executable, "-m", "mqvq", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, running = time.time() + 240, []
+    while time.time() < deadline and not running and p.poll() is None:
+        time.sleep(0.2)
+        try:
+            running = [t for t in load().trials if t.state.name == "RUNNING"]
+        except Exception:  # noqa: BLE001  (the study does not exist yet)
+            pass
+    assert running, p.stderr.read().decode()[-2000:] if p.poll() is not None else "no trial started"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed = load().trials[running[0].number]
+    assert killed.state.name == "RUNNING"  # what a dead worker leaves behind
+    time.sleep(GRACE_BEATS * 1 + 1.5)  # its heartbeat is now older than the grace period
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert f"trial {killed.number} had stopped without finishing" in r.output
+    trials = load().trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states and states.count("FAIL") == 1  # N finished, the dead one failed
+    assert trials[killed.number].state.name == "FAIL"
+    retry = [t for t in trials if t.number != killed.number and t.params == killed.params]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"  # its parameters were tried again
+    if storage:  # by Optuna's own heartbeat machinery, not by looking at processes
+        assert retry[0].system_attrs["failed_trial"] == killed.number
+    else:
+        assert retry[0].user_attrs["retry_of"] == killed.number
+    runs = tracker.find_runs(tracker.experiment_of(run_id), f"tags.\"mqvq.search\" = '{study_name}'")
+    by_trial = {int(r.data.tags["mqvq.trial"]): r.info.status for r in runs}
+    assert by_trial.pop(killed.number) == "KILLED" and set(by_trial.values()) == {"FINISHED"}  # no MLflow run left RUNNING
+    r = runner.invoke(app, args)  # a finished search starts nothing
+    assert r.exit_code == 0 and len(load().trials) == len(trials)
+
+
+@pytest.mark.integration
+def test_a_killed_search_worker_is_failed_and_retried_on_the_journal(model_run, tracker):
+    """The journal uses the rows' lease rule: on this machine the dead process is seen at once."""
+    run_id, _ = model_run
+    _kill_a_worker_mid_trial_then_rerun(run_id, tracker.home, tracker, None, "killed-journal")
+
+
+@pytest.mark.integration
+def test_a_killed_search_worker_is_failed_and_retried_on_postgresql(model_run, tracker, postgres_url):
+    """PostgreSQL uses Optuna's heartbeat and RetryHeartbeatStaleTrialCallback (a stale heartbeat,
+    whichever machine the worker ran on)."""
+    run_id, _ = model_run
+    _kill_a_worker_mid_trial_then_rerun(run_id, tracker.home, tracker, f"{postgres_url}/optuna", "killed-postgresql")
+
+
+def test_a_trial_of_a_worker_on_another_machine_is_failed_only_when_its_heartbeat_is_stale(tmp_path):
+    """The journal's rule across machines (a shared file system): no process to look at, only the heartbeat."""
+    import time
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from mqvq.studies.search import GRACE_BEATS, _reap_dead_trials, _retried
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.journal"))))
+    fresh, stale = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for t, age in ((fresh, 1.0), (stale, GRACE_BEATS * 2.0 + 1)):
+        t.set_user_attr("worker", "another-host:12345:abcd")
+        t.set_user_attr("heartbeat", time.time() - age)
+    assert _reap_dead_trials(study, heartbeat=2.0) == [stale.number]
+    trials = study.get_trials()
+    assert trials[fresh.number].state.name == "RUNNING" and trials[stale.number].state.name == "FAIL"
+    assert _retried(trials) == {stale.number} and trials[-1].state.name == "WAITING" and trials[-1].user_attrs["retry_of"] == stale.number

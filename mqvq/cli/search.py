@@ -43,6 +43,7 @@ def sampling(
     study_name: Annotated[Optional[str], typer.Option(help="Optuna study name (default: sampling/RUN/METRIC/N)")] = None,
     seed: Annotated[int, typer.Option(help="sampler and sampling seed")] = 0,
     worker_index: Annotated[int, typer.Option(hidden=True, help="set by --workers for the processes it starts")] = 0,
+    heartbeat: Annotated[Optional[float], typer.Option(help="seconds between a worker's heartbeats (default 30); a trial whose worker missed several (it died) is failed and its parameters retried")] = None,
     profile: Annotated[str, typer.Option("--profile", "-p", help="profile of STUDY:ROW")] = "smoke",
     device: Device = None,
     home: Home = None,
@@ -55,7 +56,7 @@ def sampling(
     from mqvq.models.checkpoint import read_checkpoint
     from mqvq.stages.generate import check_top_k
     from mqvq.stages.lookup import model_file
-    from mqvq.studies.search import SearchSpec, default_space, resolve_model_run, run_search
+    from mqvq.studies.search import HEARTBEAT_S, SearchSpec, default_space, resolve_model_run, run_search
 
     tracker = open_tracker(tracking_uri, home)
     run_id = resolve_model_run(tracker, spec, profile)
@@ -94,7 +95,7 @@ def sampling(
     if sampler not in ("tpe", "gp", "grid", "random"):
         raise UserError(f"--sampler {sampler!r} is invalid: use tpe, gp, grid or random.")
     result = run_search(tracker, s, storage=storage, workers=workers, device=device, pruner=pruner, progress=progress,
-                        worker_index=worker_index,
+                        worker_index=worker_index, heartbeat=HEARTBEAT_S if heartbeat is None else heartbeat,
                         log=lambda m: err_console.print(m, highlight=False))
     _print_summary(result)
 

@@ -8,6 +8,12 @@ of one trained stage-2 model, minimising a Fréchet distance on generated sample
   machine never exceed it, and a grid search never hands out a point twice.
 - Pruning on a growing sample count: the distance is reported at each rung (e.g. 1k -> 5k -> N
   samples, the statistics accumulate) and a pruner stops poor settings early.
+- Dead workers: a worker killed mid-trial (SIGKILL, a lost node) leaves its trial RUNNING. Each
+  worker proves it is alive every `heartbeat` seconds; a trial silent for `GRACE_BEATS` of them is
+  failed, does not count towards `trials`, and its parameters are tried again. On an RDB storage
+  this is Optuna's own heartbeat (`heartbeat_interval`, `grace_period`) with its
+  `RetryHeartbeatStaleTrialCallback`; on the journal file it is the lease rule study rows use
+  (`records.lease_is_live`: a fresh heartbeat, and a live process when it ran on this machine).
 - Every trial is an MLflow child run of the model's run (explicit parent id, so it works from any
   process); the best values are written back to the model's run as `tags.SAMPLING_BEST` tags,
   which `mqvq sample / eval --sampling best` use.
@@ -20,6 +26,9 @@ import json
 import math
 import subprocess
 import sys
+import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,12 +40,11 @@ from mqvq.config import DataConfig, from_dict, validate_sampling
 from mqvq.errors import UserError
 from mqvq.stages.generate import BEST_PREFIX, INT_PARAMS, load_generator, sample_images
 from mqvq.files import file_lock
-from mqvq.machine import HOST, pid_alive
 from mqvq.metrics.registry import backend_of
 from mqvq.stages.lookup import resolve
 from mqvq.studies.lease import worker_id
 from mqvq.tracking import tags as T
-from mqvq.tracking.records import TrialRecord
+from mqvq.tracking.records import TrialRecord, lease_is_live
 from mqvq.tracking.location import require_driver
 from mqvq.tracking.store import Tracker
 
@@ -99,10 +107,14 @@ def grid_points(name: str, r: Range, n: int) -> list:
 
 
 # --------------------------------------------------------------------------- storage
-def open_storage(spec: str | None, home: Path, workers: int):
+HEARTBEAT_S = 30     # default seconds between a search worker's heartbeats
+GRACE_BEATS = 4      # heartbeats a running trial may miss before it is failed and retried
+
+
+def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = HEARTBEAT_S):
     """The Optuna storage and a human-readable address for optuna-dashboard."""
     import optuna
-    from optuna.storages import JournalStorage
+    from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     if spec and "://" in spec:
@@ -110,8 +122,13 @@ def open_storage(spec: str | None, home: Path, workers: int):
             raise UserError("SQLite cannot serve parallel Optuna workers (no row locking): use the default journal file "
                             "or a PostgreSQL URL with --workers > 1.")
         require_driver(spec, "the Optuna storage")
+        interval = max(1, round(heartbeat))  # Optuna takes whole seconds
         try:
-            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}), spec
+            with warnings.catch_warnings():  # Optuna still calls its heartbeat experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
+                                                  grace_period=GRACE_BEATS * interval,
+                                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback()), spec
         except Exception as e:  # drivers raise their own types
             raise UserError(f"cannot open the Optuna storage {spec}: {str(e).splitlines()[0]}") from None
     path = Path(spec) if spec else home / "optuna" / "sampling.journal"
@@ -190,48 +207,105 @@ def _check_study(study, spec: SearchSpec) -> None:
                         f"or give this search another --study-name.")
 
 
-def _reap_dead_trials(study) -> None:
-    """RUNNING trials of workers that died on this machine are failed (marked `reaped`, so they do
-    not count towards --trials) and their points queued again."""
+def _uses_optuna_heartbeat(study) -> bool:
+    from optuna.storages import RDBStorage
+
+    return isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage)  # create_study wraps it in a cache
+
+
+def _reap_dead_trials(study, heartbeat: float) -> list[int]:
+    """Fail the RUNNING trials of dead workers and queue their parameters again (the failed trial
+    then counts for nothing, see `_retried`); their numbers."""
     import optuna
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("worker", "")
-        host, pid, *_ = (owner.split(":") + ["", ""])[:3]
-        if host == HOST and pid.isdigit() and not pid_alive(int(pid)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if _uses_optuna_heartbeat(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback re-queues each one
+        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return [t.number for t in running if t.number not in still and t.number in _retried(study.get_trials(deepcopy=False))]
+    reaped = []
+    for t in running:
+        if not lease_is_live(t.user_attrs.get("worker", ""), float(t.user_attrs.get("heartbeat", 0) or 0), GRACE_BEATS * heartbeat):
             optuna.trial.Trial(study, t._trial_id).set_user_attr("reaped", True)
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            reaped.append(t.number)
+    return reaped
+
+
+def _retried(trials) -> set[int]:
+    """Numbers of the failed trials that were retried (a dead worker's): they count for nothing."""
+    out = {t.number for t in trials if t.user_attrs.get("reaped")}
+    for t in trials:  # Optuna's retry callback records the history on the new trial
+        out |= set(t.system_attrs.get("retry_history", ()))
+    return out
+
+
+class TrialHeartbeat:
+    """Proves from a background thread, every `interval` seconds, that this worker still runs its
+    trial: Optuna's heartbeat on an RDB storage, a `heartbeat` user attribute on the journal."""
+
+    def __init__(self, study, trial, interval: float):
+        self.study, self.trial, self.interval = study, trial, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def beat(self) -> None:
+        if _uses_optuna_heartbeat(self.study):
+            self.study._storage.record_heartbeat(self.trial._trial_id)
+        else:
+            self.trial.set_user_attr("heartbeat", time.time())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # a missed beat only makes the trial look older; never stop the trial for it
+                pass
+
+    def __enter__(self) -> "TrialHeartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _remaining(study, spec: SearchSpec) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
     used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("reaped")) for t in trials)
+               or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
     left = max(0, spec.trials - used)
     if spec.sampler == "grid":
         searched = [grid_points(k, v, spec.grid_points) for k, v in spec.space.items() if not v.fixed]
-        left = min(left, max(0, math.prod(len(g) for g in searched) - sum(not t.user_attrs.get("reaped") for t in trials)))
+        left = min(left, max(0, math.prod(len(g) for g in searched) - sum(t.number not in retried for t in trials)))
     return left
 
 
-def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str):
-    """Ask for a trial unless `trials` are already done or running; grid points are handed out once."""
+def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str, heartbeat: float):
+    """(a trial, or None when `trials` are already done or running; the numbers of dead workers'
+    trials failed on the way). Grid points are handed out once."""
     from optuna.trial import TrialState
 
     with file_lock(lock_path):
-        _reap_dead_trials(study)
+        reaped = _reap_dead_trials(study, heartbeat)
         trials = study.get_trials(deepcopy=False)
+        retried = _retried(trials)
         live = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
-        failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("reaped")]
+        failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
         if len(live) + len(failed) >= spec.trials:
-            return None
+            return None, reaped
         if spec.sampler == "grid":
             taken = {json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)
-                     for t in trials if not t.user_attrs.get("reaped")}  # queued trials hold their point in fixed_params
+                     for t in trials if t.number not in retried}  # queued trials hold their point in fixed_params
             searched = {k: v for k, v in spec.space.items() if not v.fixed}
             names = list(searched)
             for combo in itertools.product(*(grid_points(n, searched[n], spec.grid_points) for n in names)):
@@ -240,15 +314,18 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str):
                     study.enqueue_trial(params)
                     break
             else:
-                return None  # every grid point is taken
-        trial = study.ask(_distributions(spec.space))
+                return None, reaped  # every grid point is taken
+        with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(); TrialHeartbeat records them for ask/tell
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = study.ask(_distributions(spec.space))
         trial.set_user_attr("worker", worker)
-        return trial
+        trial.set_user_attr("heartbeat", time.time())  # live from the moment it is handed out
+        return trial, reaped
 
 
 def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None, workers: int = 1, device: str | None = None,
                pruner: str = "median", progress: bool = True, log: Callable[[str], None] = print,
-               worker_index: int = 0) -> dict:
+               worker_index: int = 0, heartbeat: float = HEARTBEAT_S) -> dict:
     """Run (or continue) the search until `spec.trials` trials exist in total; returns a summary."""
     import optuna
 
@@ -263,11 +340,15 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
         check_range(name, r)
     if any(not 2 <= r <= spec.num_samples for r in spec.rungs):
         raise UserError(f"--rungs {spec.rungs} must lie between 2 and --num-samples {spec.num_samples}.")
-    store, address = open_storage(storage, tracker.home, workers)
+    if not 0 < heartbeat <= 3600:
+        raise UserError(f"--heartbeat {heartbeat:g} must be between 0 and 3600 seconds.")
+    store, address = open_storage(storage, tracker.home, workers, heartbeat)
     pr = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=spec.study_name, storage=store, direction="minimize", load_if_exists=True,
                                 sampler=_make_sampler(spec.sampler, spec.seed * 1000 + worker_index), pruner=pr)
     _check_study(study, spec)
+    if done := len(study.get_trials(deepcopy=False)):  # a continued search: a fresh seeded stream would redraw its first points
+        study.sampler = _make_sampler(spec.sampler, int(np.random.SeedSequence([spec.seed, worker_index, done]).generate_state(1)[0]))
 
     if _remaining(study, spec) == 0:  # a finished search starts nothing (not even a model load)
         summary = search_summary(study, spec, address)
@@ -275,9 +356,9 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
         return summary | {"evaluated_here": 0}
     children = []
     if workers > 1 and worker_index == 0:  # each worker's sampler gets its own seed; sampling seeds stay shared
-        children = [_spawn_worker(spec, storage or address, device, pruner, tracker, i) for i in range(1, workers)]
+        children = [_spawn_worker(spec, storage or address, device, pruner, tracker, i, heartbeat) for i in range(1, workers)]
     try:
-        evaluated = _worker_loop(tracker, study, spec, address, device, progress, log)
+        evaluated = _worker_loop(tracker, study, spec, address, device, progress, log, heartbeat)
     finally:
         for c in children:
             c.wait()
@@ -290,12 +371,12 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
     return summary
 
 
-def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index: int) -> subprocess.Popen:
+def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index: int, heartbeat: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mqvq", "search", "sampling", spec.run_id, "--trials", str(spec.trials), "--sampler", spec.sampler,
            "--storage", storage, "--num-samples", str(spec.num_samples), "--metric", spec.metric, "--workers", "1",
            "--study-name", spec.study_name, "--rungs", ",".join(map(str, spec.rungs)), "--grid-points", str(spec.grid_points),
            "--pruner", pruner, "--home", str(tracker.home), "--tracking-uri", tracker.uri, "--no-progress", "--seed", str(spec.seed),
-           "--worker-index", str(index)]
+           "--worker-index", str(index), "--heartbeat", str(heartbeat)]
     for name, r in spec.space.items():
         cmd += [f"--{name.replace('_', '-')}", f"{r.low}:{r.high}"]
     if device:
@@ -303,7 +384,7 @@ def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index
     return subprocess.Popen(cmd)
 
 
-def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progress, log) -> int:
+def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progress, log, heartbeat: float) -> int:
     from optuna.trial import TrialState
 
     from mqvq.runtime import setup
@@ -317,7 +398,12 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
     worker = worker_id()
     evaluated = 0
     while True:
-        trial = _next_trial(study, spec, lock, worker)
+        trial, reaped = _next_trial(study, spec, lock, worker, heartbeat)
+        for number in reaped:
+            log(f"[yellow]trial {number} had stopped without finishing (its worker died): failed, its parameters queued again[/]")
+            dead = T.where(T.running(), kind=T.Kind.SEARCH_TRIAL, search=spec.study_name, trial=number)
+            for run in tracker.find_runs(tracker.experiment_of(spec.run_id), dead):  # its MLflow run, left RUNNING too
+                tracker.end_run(run.info.run_id, "KILLED", "its worker stopped without finishing (no heartbeat): retried as a new trial")
         if trial is None:
             return evaluated
         fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
@@ -329,7 +415,8 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
                                    {k: v for k, v in values.items()}, parent_run_id=spec.run_id)
         log(f"trial {trial.number}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         try:
-            value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts)
+            with TrialHeartbeat(study, trial, heartbeat):
+                value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts)
         except BaseException as e:
             study.tell(trial, state=TrialState.FAIL)
             tracker.end_run(run_id, "FAILED", f"{type(e).__name__}: {e}")
