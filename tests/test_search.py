@@ -197,17 +197,19 @@ def _kill_a_worker_mid_trial_then_rerun(run_id, home, tracker, storage: str | No
 
     from mqvq.studies.search import GRACE_BEATS
 
-    args = ["search", "sampling", run_id, "--home", str(home), "--trials", "3", "--sampler", "random", "--pruner", "none",
+    args = ["search", "sampling", run_id, "--home", str(home), "--trials", "2", "--sampler", "random", "--pruner", "none",
             "--num-samples", "256", "--rungs", "128", "--no-progress", "--heartbeat", "1", "--study-name", study_name,
             *(["--storage", storage] if storage else [])]
     load = (lambda: optuna.load_study(study_name=study_name, storage=storage)) if storage else \
         (lambda: _study(home, run_id, name=study_name))
     p = subprocess.Popen([sys.executable, "-m", "mqvq", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, running = time.time() + 240, []
+    run_of = lambda t: tracker.find_runs(  # noqa: E731  (the killed trial's MLflow run exists: it must end KILLED)
+        tracker.experiment_of(run_id), f"tags.\"mqvq.search\" = '{study_name}' and tags.\"mqvq.trial\" = '{t.number}'")
     while time.time() < deadline and not running and p.poll() is None:
         time.sleep(0.2)
         try:
-            running = [t for t in load().trials if t.state.name == "RUNNING"]
+            running = [t for t in load().trials if t.state.name == "RUNNING" and "heartbeat" in t.user_attrs and run_of(t)]
         except Exception:  # noqa: BLE001  (the study does not exist yet)
             pass
     assert running, p.stderr.read().decode()[-2000:] if p.poll() is not None else "no trial started"
@@ -221,7 +223,7 @@ def _kill_a_worker_mid_trial_then_rerun(run_id, home, tracker, storage: str | No
     assert f"trial {killed.number} had stopped without finishing" in r.output
     trials = load().trials
     states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") == 3 and "RUNNING" not in states and states.count("FAIL") == 1  # N finished, the dead one failed
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states and states.count("FAIL") == 1  # N finished, the dead one failed
     assert trials[killed.number].state.name == "FAIL"
     retry = [t for t in trials if t.number != killed.number and t.params == killed.params]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE"  # its parameters were tried again
@@ -249,6 +251,30 @@ def test_a_killed_search_worker_is_failed_and_retried_on_postgresql(model_run, t
     whichever machine the worker ran on)."""
     run_id, _ = model_run
     _kill_a_worker_mid_trial_then_rerun(run_id, tracker.home, tracker, f"{postgres_url}/optuna", "killed-postgresql")
+
+
+@pytest.mark.integration
+def test_a_worker_killed_before_its_first_heartbeat_is_failed_and_retried_on_postgresql(tmp_path, postgres_url):
+    """Optuna never calls a trial stale that has no heartbeat row: a worker that died between `ask`
+    and its first beat would leave its trial RUNNING forever (found when the SIGKILL test killed a
+    worker in that window under load). The search fails it once it is older than the grace period."""
+    import time
+
+    from mqvq.studies.search import GRACE_BEATS, _reap_dead_trials, _retried, open_storage
+
+    storage, _ = open_storage(f"{postgres_url}/optuna", tmp_path, 1, heartbeat=1)
+    study = optuna.create_study(study_name="died-before-beating", storage=storage)
+    dead = study.ask({"top_k": optuna.distributions.IntDistribution(1, 64)})  # what a worker killed right after ask leaves
+    alive = study.ask({"top_k": optuna.distributions.IntDistribution(1, 64)})
+    assert _reap_dead_trials(study, 1) == []  # younger than the grace period: could be a worker still starting
+    time.sleep(GRACE_BEATS * 1 + 1.5)
+    study._storage.record_heartbeat(alive._trial_id)  # a live worker beating
+    optuna.trial.Trial(study, alive._trial_id).set_user_attr("heartbeat", time.time())
+    assert _reap_dead_trials(study, 1) == [dead.number]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]
+    assert trials[2].params == {} and trials[2].system_attrs["fixed_params"] == trials[0].params  # queued again
+    assert _retried(trials) == {dead.number}  # counts for nothing
 
 
 def test_a_trial_of_a_worker_on_another_machine_is_failed_only_when_its_heartbeat_is_stale(tmp_path):

@@ -216,24 +216,37 @@ def _uses_optuna_heartbeat(study) -> bool:
 def _reap_dead_trials(study, heartbeat: float) -> list[int]:
     """Fail the RUNNING trials of dead workers and queue their parameters again (the failed trial
     then counts for nothing, see `_retried`); their numbers."""
+    import datetime
+
     import optuna
     from optuna.trial import TrialState
 
+    grace = GRACE_BEATS * heartbeat
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if _uses_optuna_heartbeat(study):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback re-queues each one
-        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return [t.number for t in running if t.number not in still and t.number in _retried(study.get_trials(deepcopy=False))]
-    reaped = []
-    for t in running:
-        if not lease_is_live(t.user_attrs.get("worker", ""), float(t.user_attrs.get("heartbeat", 0) or 0), GRACE_BEATS * heartbeat):
-            optuna.trial.Trial(study, t._trial_id).set_user_attr("reaped", True)
-            study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            reaped.append(t.number)
-    return reaped
+    if not _uses_optuna_heartbeat(study):
+        return [_fail_and_retry(study, t) for t in running
+                if not lease_is_live(t.user_attrs.get("worker", ""), float(t.user_attrs.get("heartbeat", 0) or 0), grace)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback re-queues each one
+    still = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    reaped = [t.number for t in running if t.number not in {s.number for s in still} and t.number in _retried(study.get_trials(deepcopy=False))]
+    # Optuna never calls a trial stale that has no heartbeat yet: a worker killed between `ask` and
+    # its first beat (see `_next_trial`, which sets the `heartbeat` attribute only after that beat).
+    now = datetime.datetime.now()
+    return reaped + [_fail_and_retry(study, t) for t in still if "heartbeat" not in t.user_attrs
+                     and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace]
+
+
+def _fail_and_retry(study, t) -> int:
+    """Fail a dead worker's trial, queue its parameters again; its number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.trial.Trial(study, t._trial_id).set_user_attr("reaped", True)
+    study.tell(t.number, state=TrialState.FAIL)
+    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return t.number
 
 
 def _retried(trials) -> set[int]:
@@ -319,6 +332,8 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str, heartbeat
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
             trial = study.ask(_distributions(spec.space))
         trial.set_user_attr("worker", worker)
+        if _uses_optuna_heartbeat(study):  # beat before the attribute: a trial with it is one Optuna can see go stale
+            study._storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr("heartbeat", time.time())  # live from the moment it is handed out
         return trial, reaped
 
