@@ -23,7 +23,7 @@ from typing import Any
 
 from mqvq.config import (
     STACKFORMER_PRESETS, ExperimentConfig, MQVAEConfig, deep_merge, from_dict, get_dotted, parse_override, set_dotted,
-    validate_eval, validate_stage1, validate_stage2,
+    validate_eval, validate_stage1, validate_stage2, validate_tracking,
 )
 from mqvq.errors import UserError
 
@@ -106,7 +106,7 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "eval", "profiles"}
+TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "eval", "tracking", "profiles"}
 
 
 def experiments_dir() -> Path:
@@ -193,6 +193,7 @@ def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tu
     validate_stage1(cfg.stage1)
     validate_stage2(cfg.stage2, cfg.stage1)
     validate_eval(cfg.eval)
+    validate_tracking(cfg.tracking)
     return cfg
 
 

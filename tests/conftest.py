@@ -39,6 +39,7 @@ def _isolated_env(weights_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("MQVQ_OFFLINE", "1")  # no test reaches a real host; the download tests serve on 127.0.0.1
     monkeypatch.delenv("MQVQ_WEIGHTS_MIRROR", raising=False)
+    monkeypatch.delenv("MQVQ_SYSTEM_METRICS", raising=False)  # `--no-system-metrics` run in-process sets it
 
 
 @pytest.fixture(scope="session")

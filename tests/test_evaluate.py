@@ -1,5 +1,6 @@
 """`mqvq eval`: metrics logged to the evaluated run under backend-specific names, figures written."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -94,3 +95,29 @@ def test_eval_cli(runs, tracker):
     assert res.exit_code == 0, res.output
     out = __import__("json").loads(res.stdout)
     assert out["run_id"] == s1 and out["stage"] == "stage1" and "usage" in out["metrics"]
+
+
+def test_logged_models_are_accepted_wherever_a_run_is(runs, tracker, tmp_path):
+    """MLflow 3 users copy a model id (m-...) or a models:/ URI from the Models tab: sample, eval and
+    `train stage2 --stage1` take them as they take the run id."""
+    s1, s2 = runs
+    m1, m2 = tracker.model_of(s1), tracker.model_of(s2)
+    assert m1.startswith("m-") and m2.startswith("m-")
+    home = ["--home", str(tracker.home), "--no-progress"]
+    for spec in (m2, f"models:/{m2}"):
+        out = tmp_path / spec.replace(":", "_").replace("/", "_")
+        r = runner.invoke(app, ["sample", spec, "--num", "2", "--out", str(out), *home])
+        assert r.exit_code == 0, r.output
+        assert len(list(out.glob("*.png"))) == 2
+    r = runner.invoke(app, ["eval", f"models:/{m1}", "--metrics", "usage", "--json", *home])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["run_id"] == s1  # logged to the model's run
+    model = tracker.client.get_logged_model(m1)
+    assert "usage" in {m.key for m in model.metrics}  # and shown on the model's row
+    tracker.client.create_registered_model("mqvae")
+    tracker.client.create_model_version("mqvae", model.artifact_location, run_id=s1, model_id=m1)
+    r = runner.invoke(app, ["eval", "models:/mqvae/1", "--metrics", "usage", "--json", *home])
+    assert r.exit_code == 0 and json.loads(r.stdout)["run_id"] == s1, r.output
+    for spec in ("models:/m-" + "0" * 32, "m-" + "f" * 32, "models:/nope/3"):
+        r = runner.invoke(app, ["eval", spec, *home])
+        assert r.exit_code == 2 and "is not a logged model" in r.output and "Traceback" not in r.output, r.output

@@ -28,8 +28,13 @@ def test_smoke_run_finishes_logs_and_lowers_reconstruction_loss(tiny, tracker):
     assert run.data.params["stage1.model.mask.ratio"] == "0.5" and run.data.tags["mqvq.stage"] == "stage1"
     for key in ("train/l1", "train/lpips", "train/vq", "train/images_per_s", "train/d_loss", "val/l1", "val/codebook_usage"):
         assert key in run.data.metrics, key
-    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert "checkpoints/model.pt" in artifacts
+    model = tracker.client.get_logged_model(run.data.tags["mqvq.model_id"])  # MLflow 3's Models tab
+    assert model.source_run_id == run.info.run_id and model.status.to_proto() == 2 and model.model_type == "MQ-VAE"  # READY
+    assert {m.key for m in model.metrics} >= {"val/l1", "val/psnr"} and model.params["mask.ratio"] == "0.5"
+    assert [a.path for a in tracker.client.list_logged_model_artifacts(model.model_id)] == ["model.pt"]
+    assert tracker.client.list_artifacts(run.info.run_id, "checkpoints") == []  # the weights are stored once
+    assert result["model"].endswith(f"models/{model.model_id}/artifacts/model.pt")
+    assert [f.name for f in (tracker.home / "checkpoints" / run.info.run_id).iterdir()] == ["last.pt"]  # the working state only
     assert {a.path for a in tracker.client.list_artifacts(run.info.run_id, "figures")} == {"figures/reconstructions.png"}
     model = MQVAE.from_checkpoint(result["model"])
     after = _val_l1(model, cfg)

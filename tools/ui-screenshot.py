@@ -2,14 +2,19 @@
 
     pip install playwright          # a separate venv is fine; it drives the system Chromium
     mqvq ui ablation-mask --port 5078 &
-    python tools/ui-screenshot.py "URL that mqvq ui printed" reports/smoke/mlflow-ui-runs.png [WIDTH HEIGHT]
+    python tools/ui-screenshot.py "URL that mqvq ui printed" reports/smoke/mlflow-ui-runs.png [--size 1400x720]
+    python tools/ui-screenshot.py URL out.png --click Datasets --click "procedural train"   # a filter opened and chosen
+
+`--click TEXT` (repeatable) clicks the first visible element showing TEXT, in order, before the
+screenshot: a dropdown, then the entry in it.
 """
-import sys
+import argparse
 
 from playwright.sync_api import sync_playwright
 
 
-def main(url: str, out: str, width: int = 1400, height: int = 720, chromium: str = "/usr/bin/chromium") -> None:
+def main(url: str, out: str, width: int = 1400, height: int = 720, clicks: tuple[str, ...] = (),
+         chromium: str = "/usr/bin/chromium") -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -21,12 +26,20 @@ def main(url: str, out: str, width: int = 1400, height: int = 720, chromium: str
                 close.nth(i).click(timeout=1000)
             except Exception:  # noqa: BLE001  (a button that went away meanwhile)
                 pass
+        for text in clicks:
+            page.get_by_text(text, exact=True).locator("visible=true").first.click(timeout=10000)
+            page.wait_for_timeout(2000)
         page.wait_for_timeout(1500)
         page.screenshot(path=out)
         browser.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 5):
-        sys.exit("usage: python tools/ui-screenshot.py URL OUT.png [WIDTH HEIGHT]")
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("url")
+    ap.add_argument("out")
+    ap.add_argument("--size", default="1400x720", help="WIDTHxHEIGHT of the window")
+    ap.add_argument("--click", action="append", default=[], help="text of an element to click first (repeatable, in order)")
+    a = ap.parse_args()
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    main(a.url, a.out, w, h, tuple(a.click))

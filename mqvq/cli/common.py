@@ -24,6 +24,7 @@ TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLfl
 Profile = Annotated[str, typer.Option("--profile", "-p", help="size profile: smoke (CPU seconds), cpu (Fashion-MNIST on 2 CPU cores, about an hour per study), mini (one GPU, minutes), paper (paper sizes)")]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
+SystemMetricsFlag = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="log CPU, memory, disk, network and GPU use over time on the runs (config: tracking.system_metrics)")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config value, e.g. --set stage1.model.mask.ratio=0.5 (repeatable)")]
 
 
@@ -51,6 +52,14 @@ def print_json(payload) -> None:
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets print as written
     raise typer.Exit(code)
+
+
+def system_metrics_flag(on: bool) -> None:
+    """`--no-system-metrics`: off for this command and the processes it starts."""
+    if not on:
+        from mqvq.tracking.system import turn_off_here
+
+        turn_off_here()
 
 
 def open_tracker(tracking_uri: str | None, home: str | None, read_only: bool = False):

@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from mqvq.cli.common import AsJson, Device, Home, Progress, TrackingUri, cli_errors, console, open_tracker, print_json, table
+from mqvq.cli.common import (AsJson, Device, Home, Progress, SystemMetricsFlag, TrackingUri, cli_errors, console, open_tracker,
+                             print_json, table)
 
 
 @cli_errors
 def evaluate(
-    run: Annotated[str, typer.Argument(help="a finished stage-1 or stage-2 MLflow run id (or its model checkpoint)")],
+    run: Annotated[str, typer.Argument(help="a finished stage-1 or stage-2 MLflow run id, its logged model (m-..., models:/...) or its model checkpoint")],
     metrics: Annotated[Optional[str], typer.Option(help="comma-separated: stage 1 rfid,usage,psnr,lpips,mask,figures; stage 2 fid,is,speed,attr,figures (default: all but is; attr only for text models on procedural data)")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Fréchet features: inception (FID; needs the weights file) or vgg16 (FD-VGG16, offline); default: the run's eval.backend")] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="generated samples for FID / IS (paper: 50000)")] = None,
@@ -21,6 +22,7 @@ def evaluate(
     home: Home = None,
     tracking_uri: TrackingUri = None,
     progress: Progress = True,
+    system_metrics: SystemMetricsFlag = True,
     as_json: AsJson = False,
 ) -> None:
     """Compute a run's metrics and figures and log them to that run."""
@@ -31,7 +33,7 @@ def evaluate(
         raise typer.BadParameter("use inception or vgg16", param_hint="--backend")
     result = evaluate_run(open_tracker(tracking_uri, home), run, parse_metrics(metrics), backend=backend, num_samples=num_samples,
                           test_images=test_images, batch_size=batch_size, device=device, progress=progress,
-                          sampling_choice=sampling, cfg_scale=cfg_scale)
+                          sampling_choice=sampling, cfg_scale=cfg_scale, system_metrics=None if system_metrics else False)
     tags = result["tags"]
     if as_json:
         print_json({"run_id": result["run_id"], "stage": result["stage"], "metrics": result["metrics"],

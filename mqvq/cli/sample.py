@@ -13,7 +13,7 @@ from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, con
 
 @cli_errors
 def sample(
-    run: Annotated[str, typer.Argument(help="stage-2 MLflow run id or model checkpoint (.pt)")],
+    run: Annotated[str, typer.Argument(help="stage-2 MLflow run id, logged model (m-..., models:/...) or model checkpoint (.pt)")],
     num: Annotated[int, typer.Option("--num", "-n", help="number of images")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for 000000.png, 000001.png, ...")],
     batch_size: Annotated[Optional[int], typer.Option(help="images per batch (default: the run's stage2.sampling.batch_size)")] = None,

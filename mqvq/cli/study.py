@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, TrackingUri, cli_errors, console, err_console, open_tracker,
-                             print_json, read_only, table)
+from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, SystemMetricsFlag, TrackingUri, cli_errors, console, err_console,
+                             open_tracker, print_json, read_only, system_metrics_flag, table)
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -101,9 +101,11 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes sharing the rows (GPUs taken round-robin)")] = 1,
         nproc: Annotated[int, typer.Option("--nproc", min=1, max=64, help="processes per training stage, under torchrun (DDP: one per GPU)")] = 1,
         home: Home = None, tracking_uri: TrackingUri = None,
-        progress: Progress = True) -> None:
+        progress: Progress = True, system_metrics: SystemMetricsFlag = True) -> None:
     """Run every missing row: stage 1 -> tokens -> stage 2 -> eval. Safe to run several copies at once."""
     from mqvq.runtime import check_device
+
+    system_metrics_flag(system_metrics)
     from mqvq.studies.runner import exit_code, run_study
     from mqvq.studies.spec import load_study
 

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Device, Home, Profile, Progress, Sets, TrackingUri, cli_errors, console, open_tracker
+from mqvq.cli.common import (Device, Home, Profile, Progress, Sets, SystemMetricsFlag, TrackingUri, cli_errors, console, open_tracker,
+                             system_metrics_flag)
 
 app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
 
@@ -30,11 +31,13 @@ def stage1(
     tracking_uri: TrackingUri = None,
     mlflow_experiment: MlflowExperiment = None,
     progress: Progress = True,
+    system_metrics: SystemMetricsFlag = True,
 ) -> None:
     """Train an MQ-VAE (or a VQGAN baseline) and log it as an MLflow run."""
     from mqvq.experiments import load_experiment
     from mqvq.stages.train_stage1 import train_stage1
 
+    system_metrics_flag(system_metrics)
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)
     result = train_stage1(cfg, tracker, resume=resume, run_id=run_id, device=device, progress=progress,
@@ -46,7 +49,7 @@ def stage1(
 @cli_errors
 def stage2(
     experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ or a .toml path")],
-    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id or model checkpoint (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
+    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id, logged model (m-..., models:/...) or model checkpoint (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
     profile: Profile = "smoke",
     set_: Sets = None,
     seed: Seed = 0,
@@ -57,11 +60,13 @@ def stage2(
     tracking_uri: TrackingUri = None,
     mlflow_experiment: MlflowExperiment = None,
     progress: Progress = True,
+    system_metrics: SystemMetricsFlag = True,
 ) -> None:
     """Train a Stackformer (or the raster baseline) on a frozen stage-1 model's tokens."""
     from mqvq.experiments import load_experiment
     from mqvq.stages.train_stage2 import train_stage2
 
+    system_metrics_flag(system_metrics)
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)
     result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,

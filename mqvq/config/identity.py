@@ -10,12 +10,14 @@ from typing import Any
 
 
 def identity(cfg: Any) -> dict:
-    """`to_dict` without the `added` fields that hold their default: what config hashes read."""
+    """`to_dict` without the `added` fields that hold their default and without sections that are
+    not hashed (`sub(..., hashed=False)`): what config hashes read."""
     out = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
-            out[f.name] = identity(v)
+            if f.metadata.get("hashed", True):
+                out[f.name] = identity(v)
         elif not (f.metadata.get("added") and v == f.default):
             out[f.name] = json.loads(json.dumps(v))
     return out

@@ -18,8 +18,10 @@ def opt(default: Any, help: str, added: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "added": added})
 
 
-def sub(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help})
+def sub(cls: type, help: str, hashed: bool = True) -> Any:
+    """A nested section. `hashed=False`: what is logged, never what is trained or measured; left
+    out of config hashes whatever its values (turning it off must not make a run a new one)."""
+    return field(default_factory=cls, metadata={"help": help, "hashed": hashed})
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -223,6 +225,12 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    system_metrics: bool = opt(True, "log CPU, memory, disk, network and (with pynvml) GPU use over time on training and evaluation runs (MLflow's system metrics)")
+    system_metrics_interval: float = opt(10.0, "seconds between two system-metrics samples")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = opt("", "experiment name (file stem)")
     description: str = opt("", "one line: what this experiment is")
@@ -231,5 +239,6 @@ class ExperimentConfig:
     stage1: Stage1Config = sub(Stage1Config, "stage 1: MQ-VAE")
     stage2: Stage2Config = sub(Stage2Config, "stage 2: Stackformer")
     eval: EvalConfig = sub(EvalConfig, "evaluation (mqvq eval)")
+    tracking: TrackingConfig = sub(TrackingConfig, "what is logged beside the metrics (never part of a run's identity)", hashed=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mqvq.config.schema import EvalConfig, SamplingConfig, Stage1Config, Stage2Config
+from mqvq.config.schema import EvalConfig, SamplingConfig, Stage1Config, Stage2Config, TrackingConfig
 from mqvq.errors import UserError
 
 MAX_CFG_SCALE = 100.0  # guidance scales beyond this give the same samples as the largest ones (argmax of u + S (c - u))
@@ -148,3 +148,8 @@ def validate_eval(cfg: EvalConfig, prefix: str = "eval.") -> None:
         raise UserError(f"{prefix}test_images = {cfg.test_images} must be 0 (all) or positive.")
     if not math.isfinite(cfg.cfg_scale) or not 0.0 <= cfg.cfg_scale <= MAX_CFG_SCALE:
         raise UserError(f"{field_name(prefix, 'cfg_scale')} = {cfg.cfg_scale} must lie in [0, {MAX_CFG_SCALE:g}].")
+
+
+def validate_tracking(cfg: TrackingConfig, prefix: str = "tracking.") -> None:
+    if not 1.0 <= cfg.system_metrics_interval <= 3600.0:
+        raise UserError(f"{prefix}system_metrics_interval = {cfg.system_metrics_interval} must lie between 1 and 3600 seconds.")

@@ -34,6 +34,7 @@ from mqvq.stages.reference import reference_stats, sample_reference
 from mqvq.timing import device_name
 from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
+from mqvq.tracking.system import SystemMetrics
 
 STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
                  "stage2": ("fid", "is", "speed", "attr", "figures")}
@@ -53,8 +54,9 @@ def parse_metrics(text: str | None) -> list[str] | None:
 def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
                  num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
                  device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
-                 sampling_choice: str = "default", cfg_scale: float | None = None) -> dict:
-    """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged."""
+                 sampling_choice: str = "default", cfg_scale: float | None = None, system_metrics: bool | None = None) -> dict:
+    """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged.
+    `system_metrics`: sample them while evaluating (default: the run's `tracking.system_metrics`)."""
     ref = resolve(tracker, spec, need_run=True)  # evaluation logs to the run
     run, stage, cfg, path = tracker.get_run(ref.run_id), ref.stage, ref.experiment, ref.checkpoint
     ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
@@ -71,18 +73,20 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
         raise UserError(f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}.")
     d = setup(device)
     t0 = time.perf_counter()
-    if stage == "stage1":
-        values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
-    else:
-        values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice,
-                                    cfg_scale)
+    watch = cfg.tracking.system_metrics if system_metrics is None else system_metrics
+    with SystemMetrics(tracker, run.info.run_id, cfg.tracking.system_metrics_interval, enabled=watch):
+        if stage == "stage1":
+            values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
+        else:
+            values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice,
+                                        cfg_scale)
     env = environment(d.device)
     tags |= {T.EVAL_DEVICE: device_name(d.device), T.EVAL_TORCH: env["torch"],
              T.EVAL_TIME: env["time"], T.EVAL_SECONDS: f"{time.perf_counter() - t0:.1f}"}
     if "threads" in env:
         tags[T.EVAL_THREADS] = env["threads"]
     numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-    tracker.log_metrics(run.info.run_id, numeric, step=0)
+    tracker.log_metrics(run.info.run_id, numeric, step=0, model_id=tracker.model_of(run.info.run_id))  # the Models tab shows them
     tracker.set_tags(run.info.run_id, tags)
     return {"run_id": run.info.run_id, "stage": stage, "metrics": numeric, "tags": tags}
 

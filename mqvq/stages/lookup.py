@@ -1,8 +1,10 @@
-"""Which model does a user mean? `resolve` is the one answer, for every command: a checkpoint path
-or an MLflow run id (a study row, STUDY:ROW, is turned into its run id by the studies first);
+"""Which model does a user mean? `resolve` is the one answer, for every command: a checkpoint path,
+an MLflow run id or logged model (`m-...`, `models:/...`; a study row, STUDY:ROW, is turned into its
+run id by the studies first);
 `find_stage1` finds 'the finished stage-1 run of this config'."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +41,16 @@ def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
     return config_hash({"stage2": identity(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": identity(cfg.stage1.data)})
 
 
+MODEL_FILE = "model.pt"  # a finished run's final weights + config: what tokenizing, sampling and evaluation read
+
+
 def model_file(tracker: Tracker, run_id: str) -> Path:
-    """A finished run's `checkpoints/model.pt`: the local working copy, else downloaded from its artifacts."""
-    local = tracker.home / "checkpoints" / run_id / "model.pt"
+    """A finished run's final weights: its logged model's file (in place, or downloaded into the
+    home's checkpoints folder); for runs trained before logged models, the local working copy, else
+    the run's `checkpoints/model.pt` artifact."""
+    local = tracker.home / "checkpoints" / run_id / MODEL_FILE
+    if (model_id := tracker.model_of(run_id)) is not None:
+        return tracker.model_file(model_id, MODEL_FILE, local.parent)
     if local.is_file():
         return local
     try:
@@ -51,6 +60,7 @@ def model_file(tracker: Tracker, run_id: str) -> Path:
 
 
 STAGES = (T.Stage.STAGE1.value, T.Stage.STAGE2.value)
+LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 
 
 def resolve(tracker: Tracker, spec: str, stage: str | None = None, *, need_run: bool = False, why: str = "") -> ModelRef:
@@ -59,6 +69,8 @@ def resolve(tracker: Tracker, spec: str, stage: str | None = None, *, need_run: 
     finished run of this store; `why`: what the caller needs it for, said when the stage is wrong."""
     from mqvq.models.checkpoint import read_checkpoint  # torch: not for the commands that only plan
 
+    if spec.startswith("models:/") or LOGGED_MODEL_ID.fullmatch(spec):  # an MLflow logged model: its run
+        spec = tracker.model_source_run(spec)
     path = Path(spec)
     if path.suffix == ".pt" or path.is_file():
         if not path.is_file():

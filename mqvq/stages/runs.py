@@ -21,6 +21,7 @@ from mqvq.data.datasets import data_source
 from mqvq.tracking import tags as T
 from mqvq.tracking.records import DatasetRecord
 from mqvq.tracking.store import Tracker
+from mqvq.tracking.system import SystemMetrics
 
 
 def find_resumable(tracker: Tracker, experiment: str, stage: str, config_hash: str, seed: int) -> str | None:
@@ -67,6 +68,12 @@ class TrainingRun:
     parts: dict[str, Any]      # name -> a module or optimizer: what the checkpoint restores
     header: dict[str, Any]     # written into every checkpoint beside the parts
     step: int = 0
+    system: SystemMetrics | None = None  # sampling while the run trains (rank 0)
+
+    def watch_system(self, interval: float, enabled: bool) -> None:
+        """Log system metrics on the run until it ends (`closing_run` stops them)."""
+        if self.dist.main and enabled:
+            self.system = SystemMetrics(self.tracker, self.run_id, interval).__enter__()
 
     @property
     def checkpoint(self) -> Path:
@@ -114,6 +121,8 @@ def closing_run(run: TrainingRun):
         state["reason"] = f"{type(e).__name__}: {e}"
         raise
     finally:
+        if run.system is not None:
+            run.system.__exit__(None, None, None)
         if run.dist.main and run.run_id is not None:
             run.tracker.end_run(run.run_id, state["status"], state["reason"])
         runtime.teardown()

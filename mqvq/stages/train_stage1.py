@@ -29,6 +29,7 @@ from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
 from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, open_run,
                               publish)
+from mqvq.stages.lookup import MODEL_FILE
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
@@ -105,6 +106,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
                 params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
                 artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
         log_datasets(tracker, d, run.run_id, s1.data, train_ds, test_ds)
+        run.watch_system(cfg.tracking.system_metrics_interval, cfg.tracking.system_metrics)
         start_step = run.restore(cfg.seed)
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
         if s1.train.compile:  # compile the wrapper, so `model`'s state-dict keys stay unchanged
@@ -249,13 +251,18 @@ def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit
 def _finish(job: Stage1Job, test_ds) -> dict:
     """Validation on the test split, reconstruction grid, model artifact."""
     cfg, d, model, run = job.cfg, job.dist, job.model, job.run
-    tracker, run_id, ckpt_file, step = run.tracker, run.run_id, run.checkpoint, run.step
+    tracker, run_id, step = run.tracker, run.run_id, run.step
     t = cfg.stage1.train
     res, grid_img = validation_pass(model, test_ds, d.device, job.dtype, t.batch_size, t.eval_images, job.loss_fn.lpips, grid=True)
     metrics = {f"val/{k}": v for k, v in res.items()}
-    tracker.log_metrics(run_id, metrics, step)
-    model_file = save_model(ckpt_file.parent / "model.pt", cfg, model, step, run_id)
-    tracker.log_artifact(run_id, model_file, "checkpoints")
+    m = cfg.stage1.model
+    with tracker.new_model(run_id, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}", "VQGAN" if m.mask.type == "none" else "MQ-VAE",
+                           step, {"mask.type": m.mask.type, "mask.ratio": m.mask.ratio, "mask.selector": m.mask.selector,
+                                  "downsample": m.downsample, "codebook_size": m.quantizer.codebook_size,
+                                  "resolution": cfg.stage1.data.resolution, "params": sum(p.numel() for p in model.parameters())},
+                           {T.STAGE: STAGE, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed}) as (model_id, folder):
+        model_file = save_model(folder / MODEL_FILE, cfg, model, step, run_id)  # written once, where the logged model points
+    tracker.log_metrics(run_id, metrics, step, model_id=model_id)
     if grid_img is not None:
         tracker.log_image(run_id, grid_img, "figures/reconstructions.png")
     return {"val_metrics": metrics, "model": str(model_file)}

@@ -31,7 +31,7 @@ from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.models.text import WordTokenizer
 from mqvq.models.text import from_dict as tokenizer_from_dict
 from mqvq.runtime import Dist, autocast, autocast_dtype, progress_bar, seed_all
-from mqvq.stages.lookup import ModelRef, check_compatible, find_stage1, resolve, stage2_hash
+from mqvq.stages.lookup import MODEL_FILE, ModelRef, check_compatible, find_stage1, resolve, stage2_hash
 from mqvq.stages.runs import LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, open_run, publish
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.stages.tokenize import TokenSet, cached_tokens
@@ -171,6 +171,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
             tracker.log_metrics(run.run_id, {"time/tokenize_seconds": tokenize_s}, 0)
             if ref.run_id:  # its tokens are the stage-1 model's data
                 tracker.copy_datasets(ref.run_id, run.run_id)
+        run.watch_system(cfg.tracking.system_metrics_interval, cfg.tracking.system_metrics)
         run.restore(cfg.seed)
         net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.world > 1 else model
         if s2.train.compile:
@@ -278,8 +279,14 @@ def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: boo
 def _finish(job: Stage2Job, vae, stage1_info: dict) -> dict:
     cfg, d, model, dtype, conds, run = job.cfg, job.dist, job.model, job.dtype, job.conds, job.run
     tracker, run_id, step = run.tracker, run.run_id, run.step
-    model_file = save_model(run.checkpoint.parent / "model.pt", cfg, model, step, run_id, stage1_info, conds.tokenizer)
-    tracker.log_artifact(run_id, model_file, "checkpoints")
+    m = cfg.stage2.model
+    with tracker.new_model(run_id, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+                           "raster transformer" if m.kind == "raster" else "Stackformer", step,
+                           {"kind": m.kind, "conditioning": m.conditioning, "code_layers": m.code_layers, "position_layers": m.position_layers,
+                            "width": m.width,
+                            "params": model.num_params(), "stage1_run": stage1_info["run_id"] or ""},
+                           {T.STAGE: STAGE, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed}) as (model_id, folder):
+        model_file = save_model(folder / MODEL_FILE, cfg, model, step, run_id, stage1_info, conds.tokenizer)  # written once
     n = min(16, cfg.stage2.sampling.batch_size)
     cond = None
     if model.shape.num_classes:

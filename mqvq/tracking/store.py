@@ -11,6 +11,7 @@ Tag names are in `tags.py`; typed run records (row, stage, search trial) in `rec
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -189,6 +190,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         return None if exp is None else dict(exp.tags)
 
+    def run_start_time(self, run_id: str) -> float:
+        """When the run was created (seconds since the epoch)."""
+        return self.client.get_run(run_id).info.start_time / 1000.0
+
     def experiment_of(self, run_id: str) -> str:
         """The name of the MLflow experiment a run is in."""
         return self.client.get_experiment(self.get_run(run_id).info.experiment_id).name
@@ -213,11 +218,12 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
             self.client.log_batch(run_id, params=items[i: i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, model_id: str | None = None) -> None:
+        """`model_id`: the values also describe that logged model (its row in the Models tab)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i: i + 1000])
 
@@ -284,19 +290,91 @@ class Tracker:
             return None
         if run_id not in self._artifact_uris:  # fixed at the run's creation: one query per run, not per artifact
             self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
-        uri = self._artifact_uris[run_id]
+        local = self._local(self._artifact_uris[run_id], 2)  # <old home>/artifacts/<experiment>/<run id>/artifacts
+        return local[0] if local is not None and local[1] else None
+
+    def _local(self, uri: str, depth: int) -> tuple[Path, bool] | None:
+        """(the folder a file:// artifact URI names, under this home when the store was moved here;
+        whether it was moved), or None for a remote artifact store. `depth`: folders between the
+        store's `artifacts` root and the URI's last folder."""
         if not uri.startswith("file://"):
             return None
         from urllib.parse import unquote, urlparse
 
-        path = Path(unquote(urlparse(uri).path))  # <old home>/artifacts/<experiment>/<run id>/artifacts
-        if len(path.parents) < 3:
-            return None
-        root = path.parents[2]
-        here = self.home / "artifacts"
+        path = Path(unquote(urlparse(uri).path))
+        if sqlite_path(self.uri) is None or len(path.parents) <= depth:
+            return path, False
+        root, here = path.parents[depth], self.home / "artifacts"
         if root.name != "artifacts" or root == here:
-            return None
-        return here / path.relative_to(root)
+            return path, False
+        return here / path.relative_to(root), True
+
+    # ------------------------------------------------------------------ logged models (MLflow 3's Models tab)
+    @contextlib.contextmanager
+    def new_model(self, run_id: str, name: str, model_type: str, step: int, params: dict, tags: dict):
+        """A logged model of `run_id` for its final weights: yields (model id, the folder to write its
+        files into). With a local artifact store that folder *is* the model's, so the weights are
+        written once, where the model points; with a remote one the files are uploaded from a
+        temporary folder. READY when the body ends, FAILED if it raises."""
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+
+        exp = self.client.get_run(run_id).info.experiment_id
+        m = self.client.create_logged_model(exp, name=name, source_run_id=run_id, model_type=model_type,
+                                            params={k: str(v) for k, v in params.items()}, tags={k: str(v) for k, v in tags.items()})
+        self.client.log_outputs(run_id, [LoggedModelOutput(m.model_id, step)])  # the run's "Logged models"
+        local = self._local(m.artifact_location, 3)  # <home>/artifacts/<experiment>/models/<model id>/artifacts
+        try:
+            with contextlib.ExitStack() as stack:
+                folder = local[0] if local else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mqvq-model-")))
+                folder.mkdir(parents=True, exist_ok=True)
+                yield m.model_id, folder
+                if local is None:
+                    self.client.log_model_artifacts(m.model_id, str(folder))
+        except BaseException:
+            self.client.finalize_logged_model(m.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(m.model_id, "READY")
+        self.set_tags(run_id, {T.MODEL_ID: m.model_id})
+
+    def model_of(self, run_id: str) -> str | None:
+        """The id of the logged model holding a run's final weights (None for runs trained before)."""
+        run = self.find_run(run_id)
+        return run.data.tags.get(T.MODEL_ID) if run is not None else None
+
+    def model_source_run(self, spec: str) -> str:
+        """The run a logged model came from: `m-<id>`, `models:/m-<id>`, or a registered
+        `models:/NAME/VERSION`."""
+        from mlflow.exceptions import MlflowException
+
+        ref = spec[len("models:/"):] if spec.startswith("models:/") else spec
+        try:
+            if "/" in ref:
+                name, version = ref.split("/", 1)
+                v = self.client.get_model_version(name, version)
+                if v.run_id:
+                    return v.run_id
+                ref = v.model_id or ""
+            return self.client.get_logged_model(ref).source_run_id or ""
+        except MlflowException:
+            raise UserError(f"{spec!r} is not a logged model in {self.uri}: use a model id (m-...), models:/<id> or "
+                            f"models:/NAME/VERSION of a registered model.") from None
+
+    def model_file(self, model_id: str, name: str, dst: Path) -> Path:
+        """A logged model's file as a local path: in place for a local store, else downloaded to `dst`."""
+        m = self.client.get_logged_model(model_id)
+        local = self._local(m.artifact_location, 3)
+        if local is not None:
+            if not (local[0] / name).is_file():
+                raise UserError(f"{name} of logged model {model_id} is not under {local[0]} (the store was copied or moved "
+                                f"without its artifacts folder).")
+            return local[0] / name
+        import mlflow.artifacts
+
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{m.artifact_location}/{name}", dst_path=str(dst),
+                                                        tracking_uri=self.uri))
 
     def _write(self, run_id: str, name: str, write) -> bool:
         """Write one artifact into the moved store's folder; False when MLflow's own path is right."""

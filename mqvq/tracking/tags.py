@@ -49,6 +49,7 @@ STAGE1_RUN = "mqvq.stage1_run"        # on stage-2 runs (and row runs): the stag
 STAGE2_RUN = "mqvq.stage2_run"        # on row runs
 STAGE1_CHECKPOINT = "mqvq.stage1_checkpoint"  # the digest of that model's file
 CHECKPOINT = "mqvq.checkpoint"
+MODEL_ID = "mqvq.model_id"              # on finished stage runs: the MLflow logged model holding the final weights
 PARAMS_COUNT = "mqvq.params_count"
 RESUMED_FROM_STEP = "mqvq.resumed_from_step"
 WORLD_SIZE = "mqvq.world_size"
