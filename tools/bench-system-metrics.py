@@ -2,7 +2,8 @@
 """What logging system metrics costs a training step: stage-1 training runs with them off, on at
 the default interval and on at 1 s (ten times as often), interleaved, one at a time; the medians of
 the per-pair ratios of seconds per step (the run's `time/step_seconds`, validation excluded), with
-CPU time beside wall time and the torch thread count.
+CPU time beside wall time and the torch thread count; and what one sample costs on its own (the
+monitors' reading plus the MLflow write), which bounds the cost where the ratios are only noise.
 
     python tools/bench-system-metrics.py --pairs 7 --steps 60 --out reports/smoke/system-metrics-cost.json
 """
@@ -39,6 +40,21 @@ def one(tracker: Tracker, experiment: str, steps: int, extra: list[str], seed: i
             "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage"))}
 
 
+def sample_cost(tracker: Tracker, n: int = 30) -> dict:
+    """Median wall and CPU milliseconds of one sample (read the monitors, log to the run)."""
+    from mqvq.tracking.system import SystemMetrics
+
+    sampler = SystemMetrics(tracker, tracker.start_run("system-metrics-cost", "one sample", {}), interval=3600)
+    wall, cpu = [], []
+    with sampler:
+        for _ in range(n):
+            c, t = time.process_time(), time.perf_counter()
+            sampler.sample()
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu), "samples": n}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="mqvae-f16-adaptive-50")
@@ -55,6 +71,7 @@ def main() -> None:
             for name in order:
                 rows.append({"pair": i, "condition": name, **one(tracker, args.experiment, args.steps, CONDITIONS[name], i)})
                 print(json.dumps(rows[-1]), flush=True)
+        one_sample = sample_cost(tracker)
     by = {(r["pair"], r["condition"]): r for r in rows}
     summary = {}
     for name in CONDITIONS:
@@ -65,10 +82,11 @@ def main() -> None:
                          "median_step_seconds": statistics.median(by[(i, name)]["step_seconds"] for i in range(args.pairs))}
     summary["off"] = {"median_step_seconds": statistics.median(by[(i, "off")]["step_seconds"] for i in range(args.pairs))}
     out = {"experiment": args.experiment, "profile": "smoke", "steps": args.steps, "pairs": args.pairs,
-           "torch_threads": torch.get_num_threads(), "summary": summary, "runs": rows}
+           "torch_threads": torch.get_num_threads(), "summary": summary, "one_sample": one_sample,
+           "sampling_share_of_one_core": {f"every {i} s": one_sample["cpu_ms"] / 1e3 / i for i in (10, 1)}, "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({**summary, "one_sample": one_sample}, indent=2))
 
 
 if __name__ == "__main__":
