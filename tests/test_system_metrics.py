@@ -24,12 +24,15 @@ def _system(tracker, run_id) -> dict[str, float]:
 def test_samples_while_the_body_runs_and_once_at_the_end(tracker):
     run_id = tracker.start_run("e", "r", {})
     with SystemMetrics(tracker, run_id, interval=0.2) as s:
-        time.sleep(0.9)
+        end = time.monotonic() + 0.9
+        while time.monotonic() < end:  # busy, as training is
+            pass
     names = _system(tracker, run_id)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/disk_usage_percentage",
             "system/network_receive_megabytes"} <= set(names)
     history = tracker.metric_history(run_id, "system/cpu_utilization_percentage")
     assert len(history) == s.samples >= 3 and all(0 <= m.value <= 100 * 64 for m in history)
+    assert all(m.value > 0 for m in history)  # a busy CPU from the first sample (psutil's baseline is per thread)
     steps = [m.step for m in history]  # seconds since the run started: one axis across resumes and evaluations
     assert steps == sorted(steps) and steps[-1] <= 60
 

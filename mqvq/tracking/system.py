@@ -60,7 +60,7 @@ class SystemMetrics:
         if self.enabled:
             import psutil
 
-            psutil.cpu_percent()  # the first reading is always 0: prime it
+            psutil.cpu_percent()  # a thread's first reading is 0 (psutil keeps one per thread): this one for the last sample
             self._start = self.tracker.run_start_time(self.run_id)
             self._monitors = _monitors()
             self._thread = threading.Thread(target=self._loop, daemon=True, name="mqvq-system-metrics")
@@ -68,6 +68,9 @@ class SystemMetrics:
         return self
 
     def _loop(self) -> None:
+        import psutil
+
+        psutil.cpu_percent()  # and this one for the samples this thread takes
         while not self._stop.wait(self.interval):
             self.sample()
 
