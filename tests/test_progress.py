@@ -73,6 +73,30 @@ def test_tables_wrap_names_instead_of_cutting_them(home, columns, monkeypatch):
         assert max(len(x) for x in r.output.splitlines()) <= int(columns), args
 
 
+@pytest.mark.parametrize("width", [60, 70, 80, 90, 100, 110, 120])
+def test_a_table_never_breaks_a_word_and_leaves_out_the_metrics_that_do_not_fit(width):
+    """What `study status` printed for a SLURM study at 80 columns before: 'finish|ed', 'vqgan-f|32'
+    (Rich's own shrinking folds words); now headers wrap at spaces and metrics that do not fit go."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from mqvq.cli.common import columns_that_fit, table
+
+    headers = ["row", "seed", "status", "SLURM task", "SLURM state", "rFD-VGG16", "FD-VGG16", "usage (%)", "kept on foreground"]
+    numeric = ("seed", "rFD-VGG16", "FD-VGG16", "usage (%)", "kept on foreground")
+    rows = [["vqgan-f32", "0", "[green]finished[/]", "1_0", "completed", "307.4", "304.3", "98.44", "-"],
+            ["adaptive-10", "0", "[dim]missing[/]", "1_2", "not in the queue", "438.8", "357.7", "100", "0.1414"]]
+    shown = 5 + columns_that_fit(headers, rows, 5, width, numeric)
+    assert (shown >= 6) == (width >= 70) and (shown == len(headers)) == (width >= 100)
+    console = Console(width=width, record=True, force_terminal=False)
+    console.print(table(headers[:shown], [r[:shown] for r in rows], numeric, width=width))
+    text = console.export_text()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    words = text.split()
+    plain = [h for h in headers[:shown]] + [Text.from_markup(c).plain for r in rows for c in r[:shown]]
+    assert all(w in words for cell in plain for w in cell.split()), text  # every word whole
+
+
 def test_json_wherever_a_table_is_printed_with_whole_names(home):
     from mqvq.config import field_help
 

@@ -31,18 +31,67 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (names and values whole)")]
 
 
-def table(headers: list[str], rows: list[list[str]], numeric: tuple[str, ...] = ()) -> Table:
-    """A table whose long names wrap inside their cell instead of being cut with '…'; a numeric
-    column is right-aligned and at least as wide as its longest value, so a number never breaks."""
+def _narrowest(header: str, cells: list[str], numeric: bool) -> int:
+    """A column's narrowest width that breaks no word: its longest header word and its longest cell
+    word (a number is one word)."""
+    plain = [Text.from_markup(c).plain for c in cells]
+    words = plain if numeric else [w for c in plain for w in c.split()]
+    return max(len(w) for w in [*header.split(), *words, ""])
+
+
+GAP = 3  # `table`'s box between two columns: a padding space, the (blank) rule, a padding space; and 2 for the edges
+
+
+def table(headers: list[str], rows: list[list[str]], numeric: tuple[str, ...] = (), width: int | None = None) -> Table:
+    """A table whose long names wrap at their spaces inside their cell instead of being cut with
+    '…' or broken mid-word; a numeric column is right-aligned, so a number never breaks. When it is
+    wider than `width` (the console's), the columns with the most room to spare give it up first,
+    down to their longest word (Rich's own shrinking would fold words)."""
+    plain = [[Text.from_markup(c).plain for c in r] for r in rows]
+    natural = [max([len(h), *(len(r[i]) for r in plain)]) for i, h in enumerate(headers)]
+    narrow = [_narrowest(h, [r[i] for r in rows], h in numeric) for i, h in enumerate(headers)]
+    widths = _shrink(natural, narrow, (width or console.width) - GAP * max(0, len(headers) - 1) - 2)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for i, h in enumerate(headers):
-        if h in numeric:
-            t.add_column(h, justify="right", overflow="fold", min_width=max([len(Text.from_markup(r[i]).plain) for r in rows], default=1))
-        else:
-            t.add_column(h, overflow="fold")
+        t.add_column(h, justify="right" if h in numeric else "left", overflow="fold", min_width=narrow[i],
+                     width=None if widths is None else widths[i])
     for r in rows:
         t.add_row(*r)
     return t
+
+
+def _narrowest(header: str, cells: list[str], numeric: bool) -> int:
+    """A column's narrowest width that breaks no word: its longest header word and its longest cell
+    word (a number is one word)."""
+    plain = [Text.from_markup(c).plain for c in cells]
+    words = plain if numeric else [w for c in plain for w in c.split()]
+    return max(len(w) for w in [*header.split(), *words, ""])
+
+
+def _shrink(natural: list[int], narrow: list[int], room: int) -> list[int] | None:
+    """Column widths summing to at most `room`, each between its narrowest and natural width, taken
+    from the columns with the most to spare; None when the natural widths fit (or nothing does)."""
+    excess = sum(natural) - room
+    if excess <= 0 or sum(narrow) > room:
+        return None
+    widths = list(natural)
+    while excess > 0:
+        i = max(range(len(widths)), key=lambda j: widths[j] - narrow[j])
+        widths[i] -= 1
+        excess -= 1
+    return widths
+
+
+def columns_that_fit(headers: list[str], rows: list[list[str]], first_optional: int, width: int,
+                     numeric: tuple[str, ...] = ()) -> int:
+    """How many of the columns from `first_optional` on fit in `width` characters beside the ones
+    before it, none breaking a word: the rest are better left out than every cell folded."""
+    used = 2 - GAP
+    for i in range(len(headers)):
+        used += GAP + _narrowest(headers[i], [r[i] for r in rows], headers[i] in numeric)
+        if used > width:
+            return max(0, i - first_optional)
+    return len(headers) - first_optional
 
 
 def print_json(payload) -> None:

@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, SystemMetricsFlag, TrackingUri, cli_errors, console, err_console,
-                             open_tracker, print_json, read_only, system_metrics_flag, table)
+from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, SystemMetricsFlag, TrackingUri, cli_errors, columns_that_fit,
+                             console, err_console, open_tracker, print_json, read_only, system_metrics_flag, table)
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -196,7 +196,11 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
     cells = [[r["row"], str(r["seed"]), f"[{colour[r['status']]}]{r['status']}[/]",
               *([r["slurm"]["job"], r["slurm"]["state"]] if "slurm" in r else ["-", "-"] if jobs else []),
               *[f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "-" for k in columns]] for r in rows]
-    console.print(table(["row", "seed", "status", *job_columns, *columns.values()], cells, numeric=("seed", *columns.values())))
+    headers = ["row", "seed", "status", *job_columns, *columns.values()]
+    fixed = len(headers) - len(columns)
+    shown = columns_that_fit(headers, cells, fixed, console.width, ("seed", *columns.values()))  # the rest: "also measured"
+    columns = dict(list(columns.items())[:shown])
+    console.print(table(headers[:fixed + shown], [c[:fixed + shown] for c in cells], numeric=("seed", *columns.values())))
     others = sorted({k for r in rows for k in r["metrics"]} - set(columns))
     if others:
         console.print(f"[dim]also measured: {', '.join(others)} (--json, or `mqvq report {study.name} --profile {profile}`)[/]")
