@@ -26,6 +26,7 @@ def _is_clean_error(result, pattern):
     assert text.strip().startswith("error:")
 
 
+@pytest.mark.integration  # whole pipeline: train, eval and sample through the CLI
 def test_train_stage1_from_the_cli(home):
     r = _run(["train", "stage1", "mqvae-f16-adaptive-50", "--home", str(home), "--no-progress", *SETS])
     assert r.exit_code == 0, r.output

@@ -97,6 +97,7 @@ def test_eval_cli(runs, tracker):
     assert out["run_id"] == s1 and out["stage"] == "stage1" and "usage" in out["metrics"]
 
 
+@pytest.mark.integration  # both stages trained, then sample and eval by model
 def test_logged_models_are_accepted_wherever_a_run_is(runs, tracker, tmp_path):
     """MLflow 3 users copy a model id (m-...) or a models:/ URI from the Models tab: sample, eval and
     `train stage2 --stage1` take them as they take the run id."""
@@ -121,3 +122,6 @@ def test_logged_models_are_accepted_wherever_a_run_is(runs, tracker, tmp_path):
     for spec in ("models:/m-" + "0" * 32, "m-" + "f" * 32, "models:/nope/3"):
         r = runner.invoke(app, ["eval", spec, *home])
         assert r.exit_code == 2 and "is not a logged model" in r.output and "Traceback" not in r.output, r.output
+    orphan = tracker.client.create_logged_model(tracker.client.get_run(s1).info.experiment_id, name="logged by hand")
+    r = runner.invoke(app, ["eval", orphan.model_id, *home])  # a model some other code logged without a run
+    assert r.exit_code == 2 and "was not logged from a run" in r.output and "Traceback" not in r.output, r.output

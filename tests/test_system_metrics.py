@@ -61,6 +61,7 @@ def test_an_interval_out_of_range_is_one_sentence(value):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.integration  # trains three runs and evaluates one
 def test_training_and_evaluation_runs_carry_them_unless_turned_off(tiny, tracker, monkeypatch):
     s1 = train_stage1(tiny(), tracker, progress=False)["run_id"]
     assert "system/cpu_utilization_percentage" in _system(tracker, s1)

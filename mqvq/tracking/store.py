@@ -356,10 +356,14 @@ class Tracker:
                 if v.run_id:
                     return v.run_id
                 ref = v.model_id or ""
-            return self.client.get_logged_model(ref).source_run_id or ""
+            run_id = self.client.get_logged_model(ref).source_run_id
         except MlflowException:
             raise UserError(f"{spec!r} is not a logged model in {self.uri}: use a model id (m-...), models:/<id> or "
                             f"models:/NAME/VERSION of a registered model.") from None
+        if not run_id:
+            raise UserError(f"logged model {spec!r} was not logged from a run, so it is not one mqvq trained: give the "
+                            f"run id or the model of a stage-1 or stage-2 run.")
+        return run_id
 
     def model_file(self, model_id: str, name: str, dst: Path) -> Path:
         """A logged model's file as a local path: in place for a local store, else downloaded to `dst`."""
