@@ -31,14 +31,6 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (names and values whole)")]
 
 
-def _narrowest(header: str, cells: list[str], numeric: bool) -> int:
-    """A column's narrowest width that breaks no word: its longest header word and its longest cell
-    word (a number is one word)."""
-    plain = [Text.from_markup(c).plain for c in cells]
-    words = plain if numeric else [w for c in plain for w in c.split()]
-    return max(len(w) for w in [*header.split(), *words, ""])
-
-
 GAP = 3  # `table`'s box between two columns: a padding space, the (blank) rule, a padding space; and 2 for the edges
 
 

@@ -57,6 +57,17 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
     return runtime.broadcast_object(run_id)
 
 
+def stage_run_name(stage: str, cfg) -> str:
+    """A stage run's name, which its logged model shares: stage1-mqvae-f16-adaptive-50-smoke-s0."""
+    return f"{stage}-{cfg.name}-{cfg.profile}-s{cfg.seed}"
+
+
+def new_stage_model(run: "TrainingRun", cfg, stage: str, model_type: str, step: int, params: dict):
+    """`Tracker.new_model` for a stage run's final weights, named and tagged as the run is."""
+    return run.tracker.new_model(run.run_id, stage_run_name(stage, cfg), model_type, step, params,
+                                 {T.STAGE: stage, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed})
+
+
 @dataclass
 class TrainingRun:
     """A training stage's run while it trains: where it logs, its working checkpoint, the state that

@@ -27,8 +27,8 @@ from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
-from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, open_run,
-                              publish)
+from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, new_stage_model,
+                              open_run, publish, stage_run_name)
 from mqvq.stages.lookup import MODEL_FILE
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking import tags as T
@@ -101,7 +101,7 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
         with signals.deferred():  # an interrupt waits until `run` knows the run it would have to end
             run.run_id = open_run(
                 tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
-                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=stage_run_name(STAGE, cfg),
                 tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
                 params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
                 artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
@@ -256,11 +256,10 @@ def _finish(job: Stage1Job, test_ds) -> dict:
     res, grid_img = validation_pass(model, test_ds, d.device, job.dtype, t.batch_size, t.eval_images, job.loss_fn.lpips, grid=True)
     metrics = {f"val/{k}": v for k, v in res.items()}
     m = cfg.stage1.model
-    with tracker.new_model(run_id, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}", "VQGAN" if m.mask.type == "none" else "MQ-VAE",
-                           step, {"mask.type": m.mask.type, "mask.ratio": m.mask.ratio, "mask.selector": m.mask.selector,
-                                  "downsample": m.downsample, "codebook_size": m.quantizer.codebook_size,
-                                  "resolution": cfg.stage1.data.resolution, "params": sum(p.numel() for p in model.parameters())},
-                           {T.STAGE: STAGE, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed}) as (model_id, folder):
+    with new_stage_model(run, cfg, STAGE, "VQGAN" if m.mask.type == "none" else "MQ-VAE", step,
+                         {"mask.type": m.mask.type, "mask.ratio": m.mask.ratio, "mask.selector": m.mask.selector,
+                          "downsample": m.downsample, "codebook_size": m.quantizer.codebook_size,
+                          "resolution": cfg.stage1.data.resolution, "params": sum(p.numel() for p in model.parameters())}) as (model_id, folder):
         model_file = save_model(folder / MODEL_FILE, cfg, model, step, run_id)  # written once, where the logged model points
     tracker.log_metrics(run_id, metrics, step, model_id=model_id)
     if grid_img is not None:

@@ -32,7 +32,8 @@ from mqvq.models.text import WordTokenizer
 from mqvq.models.text import from_dict as tokenizer_from_dict
 from mqvq.runtime import Dist, autocast, autocast_dtype, progress_bar, seed_all
 from mqvq.stages.lookup import MODEL_FILE, ModelRef, check_compatible, find_stage1, resolve, stage2_hash
-from mqvq.stages.runs import LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, open_run, publish
+from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, new_stage_model, open_run,
+                              publish, stage_run_name)
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.stages.tokenize import TokenSet, cached_tokens
 from mqvq.tracking import tags as T
@@ -159,7 +160,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
             run.run_id = open_run(
                 tracker, d, experiment=experiment, stage=STAGE, config_hash=h, seed=cfg.seed,
                 what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed}) on this stage-1 checkpoint",
-                run_name=f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
+                run_name=stage_run_name(STAGE, cfg),
                 tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.STAGE1_RUN: ref.run_id or "",
                       T.STAGE1_CHECKPOINT: digest, T.PARAMS_COUNT: model.num_params(), **(tags or {})},
                 params=flatten(to_dict(s2), "stage2.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile,
@@ -280,12 +281,10 @@ def _finish(job: Stage2Job, vae, stage1_info: dict) -> dict:
     cfg, d, model, dtype, conds, run = job.cfg, job.dist, job.model, job.dtype, job.conds, job.run
     tracker, run_id, step = run.tracker, run.run_id, run.step
     m = cfg.stage2.model
-    with tracker.new_model(run_id, f"{STAGE}-{cfg.name}-{cfg.profile}-s{cfg.seed}",
-                           "raster transformer" if m.kind == "raster" else "Stackformer", step,
-                           {"kind": m.kind, "conditioning": m.conditioning, "code_layers": m.code_layers, "position_layers": m.position_layers,
-                            "width": m.width,
-                            "params": model.num_params(), "stage1_run": stage1_info["run_id"] or ""},
-                           {T.STAGE: STAGE, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed}) as (model_id, folder):
+    with new_stage_model(run, cfg, STAGE, "raster transformer" if m.kind == "raster" else "Stackformer", step,
+                         {"kind": m.kind, "conditioning": m.conditioning, "code_layers": m.code_layers,
+                          "position_layers": m.position_layers, "width": m.width, "params": model.num_params(),
+                          "stage1_run": stage1_info["run_id"] or ""}) as (model_id, folder):
         model_file = save_model(folder / MODEL_FILE, cfg, model, step, run_id, stage1_info, conds.tokenizer)  # written once
     n = min(16, cfg.stage2.sampling.batch_size)
     cond = None

@@ -230,7 +230,8 @@ def _reap_dead_trials(study, heartbeat: float) -> list[int]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback re-queues each one
     still = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    reaped = [t.number for t in running if t.number not in {s.number for s in still} and t.number in _retried(study.get_trials(deepcopy=False))]
+    gone = {t.number for t in running} - {t.number for t in still}
+    reaped = sorted(gone & _retried(study.get_trials(deepcopy=False))) if gone else []
     # Optuna never calls a trial stale that has no heartbeat yet: a worker killed between `ask` and
     # its first beat (see `_next_trial`, which sets the `heartbeat` attribute only after that beat).
     now = datetime.datetime.now()
