@@ -19,7 +19,7 @@ from mqvq.models.selectors import (
     pooled_error, ranking_loss,
 )
 
-SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground")
+SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground", "centre")
 
 
 def smoke_model(selector: str, ratio: float = 0.5) -> MQVAE:
@@ -84,7 +84,8 @@ def test_damage_target_ranks_the_costlier_token_higher():
     keep = torch.zeros(1, 16, dtype=torch.bool)
     keep[0, ::2] = True  # either half: the target does not depend on which
     for k in (keep, ~keep):
-        damage = damage_targets(decode, images, k, grid)
+        damage, valid = damage_targets(decode, images, k, ~k, grid)
+        assert valid.all()  # a mask and its complement: every token is dropped once and kept once
         assert damage[0, 5] > damage[0, 9] > 0
         assert damage[0, 2] == 0 and damage[0, 0] == 0
     assert pooled_error(images, decode(keep), grid)[0, 2] > 0.5  # the plain error would have ranked it high
@@ -238,7 +239,7 @@ def test_mask_tally_reports_the_mean_auroc_over_images():
 
 # --------------------------------------------------------------------------- config and data
 @pytest.mark.parametrize("override, message", [
-    (["stage1.model.mask.selector=magic"], "expected one of 'gain', 'damage', 'straight-through', 'entropy', 'oracle-foreground'"),
+    (["stage1.model.mask.selector=magic"], "expected one of 'gain', 'damage', 'straight-through', 'entropy', 'oracle-foreground', 'centre'"),
     (["stage1.model.mask.selector=oracle-foreground", "stage1.data.name=folder", "stage1.data.root=/tmp"],
      "needs foreground masks, which folder data does not have: allowed with procedural or fashion-mnist"),
     (["stage1.model.mask.type=random", "stage1.model.mask.selector=entropy"], "needs model.mask.type = 'adaptive'"),

@@ -41,7 +41,7 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
         print(json.dumps(info, indent=2))
         return
     head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
-    console.print(head + (f"  style {info['style']}" if info["style"] else "") + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  28 -> 32 px by {info['fit']}" if info["fit"] else "")
+    console.print(head + (f"  style {info['style']}" if info["style"] else "") + (f"  placement {info['placement']}" if info["placement"] else "") + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  fit {info['fit']}" if info["fit"] else "")
                   + f"  augment {info['augment']}", highlight=False)
     rows = []
     for split, s in info["splits"].items():
@@ -49,12 +49,21 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
         fg = f"{s['foreground_fraction']:.1%}" if "foreground_fraction" in s else "—"
         tokens = f"{s['foreground_token_fraction']:.1%}" if "foreground_token_fraction" in s else "—"
         bright = f"{s['brightness_foreground']:.2f} / {s['brightness_background']:.2f}" if "brightness_foreground" in s else "—"
-        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, tokens, bright, s["digest"]])
+        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, tokens, bright, _flatness(s), s["digest"]])
     f = stage1.model.downsample
-    console.print(table(["split", "images", "classes", "foreground", f"fg tokens (f = {f})", "brightness fg / bg", "digest"], rows,
-                        numeric=("images",)))
+    console.print(table(["split", "images", "classes", "foreground", f"fg tokens (f = {f})", "brightness fg / bg",
+                         "fg per position max / min", "digest"], rows, numeric=("images",)))
     if "preview" in info:
         console.print(f"preview: {info['preview']}", highlight=False)
+
+
+def _flatness(s: dict) -> str:
+    """'3.2 (0.41 / 0.13)': how much more often the likeliest position is foreground than the least
+    likely one (1.0: flat, position says nothing; ∞: some position never is)."""
+    if "foreground_frequency_max" not in s:
+        return "—"
+    ratio = s["foreground_frequency_ratio"]
+    return f"{'∞' if ratio is None else f'{ratio:.1f}'} ({s['foreground_frequency_max']:.2f} / {s['foreground_frequency_min']:.2f})"
 
 
 def _write_preview(cfg, train, path: Path, num: int) -> Path:

@@ -18,6 +18,9 @@ def identity(cfg: Any) -> dict:
         if dataclasses.is_dataclass(v):
             if f.metadata.get("hashed", True):
                 out[f.name] = identity(v)
+        elif "hashed_if" in f.metadata:
+            if f.metadata["hashed_if"](cfg):
+                out[f.name] = json.loads(json.dumps(v))
         elif not (f.metadata.get("added") and v == f.default):
             out[f.name] = json.loads(json.dumps(v))
     return out

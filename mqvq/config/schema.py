@@ -18,6 +18,16 @@ def opt(default: Any, help: str, added: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "added": added})
 
 
+def revised(default: int, help: str, when) -> Any:
+    """A revision of how some configs train: in their config hashes whenever `when(section)` holds, so
+    runs trained before the revision are never reused under the new code; left out of every other
+    config's hash (their training did not change)."""
+    return field(default=default, metadata={"help": help, "hashed_if": when})
+
+
+REVISED_SELECTORS = ("damage", "straight-through")  # whose training signal revision 2 changed
+
+
 def sub(cls: type, help: str, hashed: bool = True) -> Any:
     """A nested section. `hashed=False`: what is logged, never what is trained or measured; left
     out of config hashes whatever its values (turning it off must not make a run a new one)."""
@@ -28,7 +38,9 @@ def sub(cls: type, help: str, hashed: bool = True) -> Any:
 @dataclass(frozen=True)
 class DataConfig:
     name: Literal["procedural", "fashion-mnist", "folder"] = opt("procedural", "dataset: procedural (synthetic), fashion-mnist (Debian package) or an image folder")
-    style: Literal["mixed", "textured"] = opt("mixed", "procedural: mixed (plain, gradient or faint tiled backgrounds) or textured (only high-contrast stripes, checks or gradients, object and background colours from one range: importance is not brightness)", added=True)
+    style: Literal["mixed", "textured", "textured-objects", "textured-both", "flat"] = opt("mixed", "procedural: mixed (plain, gradient or faint tiled backgrounds) or textured (flat objects on only high-contrast stripes, checks or gradients, object and background colours from one range: importance is not brightness); textured-objects (textured objects on plain backgrounds), textured-both and flat complete the crossing object {textured, flat} x background {textured, flat}", added=True)
+    placement: Literal["inset", "uniform", "wrap"] = opt("inset", "procedural: inset (centres in [-0.9 + r, 0.9 - r]; the textured styles' large objects then sit near the middle), uniform (smaller objects, centres uniform over every position that keeps them wholly inside; objects still avoid the border) or wrap (smaller objects, centres uniform over the canvas on a torus: every position is as often foreground as any other); not with style mixed", added=True)
+    holdout: Literal["none", "top-left"] = opt("none", "procedural, uniform placement: top-left keeps every training object wholly out of the top-left quadrant and puts every test object's centre in it (a new-position test)", added=True)
     resolution: int = opt(256, "square image side in pixels")
     root: str = opt("", "dataset directory (folder datasets; fashion-mnist defaults to /usr/share/datasets/fashion-mnist)")
     layout: Literal["plain", "ffhq", "imagenet", "coco"] = opt("plain", "folder layout: plain/ffhq (images), imagenet (class subfolders), coco (captions JSON)")
@@ -38,7 +50,7 @@ class DataConfig:
     num_test: int = opt(512, "procedural: number of test images")
     seed: int = opt(0, "procedural: generator seed (part of the dataset's identity, not the run seed)")
     limit_train: int = opt(0, "use only the first N training images (0 = all)")
-    fit: Literal["pad", "resize"] = opt("pad", "fashion-mnist: 28 -> 32 px by padding the black background (2 px ring) or by resizing (64 px: resized from 32 either way)")
+    fit: Literal["pad", "resize", "translate"] = opt("pad", "fashion-mnist: 28 -> 32 px by padding the black background (2 px ring) or by resizing (64 px: resized from 32 either way), or translate: the 28 px garment at a uniformly random offset on a black canvas of data.resolution px (for instance 48; data.seed draws the offsets)")
     augment: bool = opt(True, "paper's training augmentation (random resized crop for FFHQ, random crop for ImageNet, horizontal flip)")
     workers: int = opt(0, "DataLoader worker processes for folder datasets")
 
@@ -49,14 +61,17 @@ class MaskConfig:
     ratio: float = opt(0.25, "masked fraction of the L tokens: N = (1 - ratio) * L are kept")
     scorer: Literal["mlp", "mlp-bn", "conv", "conv-nobn"] = opt("mlp", "scoring network of the gain, damage and straight-through selectors: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)")
     scorer_hidden: int = opt(256, "hidden width of the scoring network")
-    selector: Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground"] = opt(
+    selector: Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground", "centre"] = opt(
         "gain", "how the adaptive mask picks its N tokens: gain (the paper's: top-N of the scorer, kept features LayerNorm(z)*s), "
         "damage (the scorer predicts the reconstruction damage of dropping a token, HPM), straight-through (Gumbel top-N with a "
         "sigmoid surrogate gradient, DynamicViT / DQ-VAE), entropy (patch grey-level entropy, DQ-VAE's rule, no learning) or "
-        "oracle-foreground (largest ground-truth foreground share, a bound; needs data with foreground masks)", added=True)
+        "oracle-foreground (largest ground-truth foreground share, a bound; needs data with foreground masks) or centre (the N tokens "
+        "nearest the grid's centre in every image: the position prior, no parameters)", added=True)
     damage_random_share: float = opt(0.0, "damage: share of training images whose mask is drawn at random instead of by predicted damage (HPM's mix), so that the decoder does not learn to restore only what the selector drops", added=True)
     tau_start: float = opt(1.0, "straight-through: temperature of the sigmoid surrogate at step 0 (annealed geometrically to tau_end)", added=True)
     tau_end: float = opt(0.1, "straight-through: temperature at the last training step", added=True)
+    revision: Literal[2] = revised(2, "revision of the damage and straight-through selectors' training signal: 2 = surrogate centred on the top-N threshold, codes read before the EMA update, damage probes of the training mask's size (revision 1 runs are not reused; docs/faithfulness.md)",
+                                   lambda mask: mask.selector in REVISED_SELECTORS)
 
 
 def num_kept(length: int, ratio: float) -> int:

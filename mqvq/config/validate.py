@@ -67,8 +67,16 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
         raise UserError(f"{prefix}train.scorer_lr_scale = {cfg.train.scorer_lr_scale} must be positive.")
     if not 0.0 <= d.test_fraction < 1.0:
         raise UserError(f"{prefix}data.test_fraction = {d.test_fraction} must lie in [0, 1).")
-    if d.name == "fashion-mnist" and d.resolution not in (32, 64):
-        raise UserError(f"{prefix}data.resolution = {d.resolution} is not available for fashion-mnist: use 32 or 64.")
+    if d.name == "fashion-mnist" and d.fit == "translate" and not 32 <= d.resolution <= 256:
+        raise UserError(f"{prefix}data.resolution = {d.resolution} is the canvas of translated fashion-mnist: use 32 to 256 (48 with f = 4 gives 144 tokens).")
+    if d.name == "fashion-mnist" and d.fit != "translate" and d.resolution not in (32, 64):
+        raise UserError(f"{prefix}data.resolution = {d.resolution} is not available for fashion-mnist: use 32 or 64 (or data.fit = 'translate' for a larger canvas).")
+    if (d.placement != "inset" or d.holdout != "none") and d.name != "procedural":
+        raise UserError(f"{prefix}data.placement and data.holdout apply to procedural data only: leave them at 'inset' and 'none' for {d.name}.")
+    if d.placement == "uniform" and d.style == "mixed":
+        raise UserError(f"{prefix}data.placement = 'uniform' needs one of the styles textured, textured-objects, textured-both or flat (style mixed keeps its own placement).")
+    if d.holdout != "none" and d.placement != "uniform":
+        raise UserError(f"{prefix}data.holdout = {d.holdout!r} needs data.placement = 'uniform'.")
     if d.name == "procedural" and (d.resolution < 8 or d.resolution & (d.resolution - 1)):
         raise UserError(f"{prefix}data.resolution = {d.resolution} is invalid for procedural data: use a power of two of at least 8.")
     if d.name == "procedural" and (d.num_train < 1 or d.num_test < 1):

@@ -87,8 +87,11 @@ def collate(batch):
 def procedural_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     count = cfg.num_train if split == "train" else cfg.num_test
     start = 0 if split == "train" else cfg.num_train  # test images never overlap training images
-    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution, cfg.style)
+    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution, cfg.style, cfg.placement,
+                                                     cfg.holdout, split != "train")
     style = "" if cfg.style == "mixed" else f":{cfg.style}"  # the mixed style keeps its digest
+    if cfg.placement != "inset" or cfg.holdout != "none":  # and the original placement keeps every style's
+        style += f":{cfg.placement}:{cfg.holdout}"
     digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}{style}".encode()).hexdigest()[:16]
     return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs.copy()), torch.from_numpy(labels.copy()),
                           torch.from_numpy(fgs.copy()), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS,
@@ -118,14 +121,38 @@ def fashion_mnist_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     if images.size % (28 * 28) or images.size // (28 * 28) != labels.size:
         raise UserError(f"{img_path} and {lab_path.name} do not hold matching 28x28 images and labels.")
     images = torch.from_numpy(images.reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(labels.astype(np.int64))
+    if cfg.fit == "translate":
+        images = translate(images, cfg.resolution, cfg.seed, split)
+        digest = hashlib.sha256(img_path.read_bytes() + f"translate:{cfg.resolution}:{cfg.seed}".encode()).hexdigest()[:16]
+        return InMemoryImages(f"fashion-mnist-{split}", images, labels, images[:, 0] > 0, cfg.resolution, digest, 10,
+                              FASHION_MNIST_CLASSES)
     if cfg.fit == "resize":  # the garment fills the frame: no empty ring for a mask to latch onto
         images = F.interpolate(images.float(), size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
     else:
         images = F.pad(images, (2, 2, 2, 2))  # 28 -> 32 on the black background
     fg = images[:, 0] > 0
-    labels = torch.from_numpy(labels.astype(np.int64))
     digest = hashlib.sha256(img_path.read_bytes() + (b"resize" if cfg.fit == "resize" else b"")).hexdigest()[:16]
     return InMemoryImages(f"fashion-mnist-{split}", images, labels, fg, cfg.resolution, digest, 10, FASHION_MNIST_CLASSES)
+
+
+def translate(images: torch.Tensor, canvas: int, seed: int, split: str) -> torch.Tensor:
+    """(N, 1, 28, 28) -> (N, 1, canvas, canvas): each garment at a uniformly random offset on black
+    (translated MNIST's construction), the offset of image i drawn from (seed, split, i) so that the
+    same image always lands in the same place."""
+    n, side = images.shape[0], images.shape[-1]
+    g = torch.Generator().manual_seed(hash_seed(seed, split))
+    offsets = torch.randint(0, canvas - side + 1, (n, 2), generator=g)
+    out = torch.zeros(n, 1, canvas, canvas, dtype=images.dtype)
+    rows = offsets[:, 0, None] + torch.arange(side)  # (N, 28): the canvas rows each image occupies
+    cols = offsets[:, 1, None] + torch.arange(side)
+    idx = torch.arange(n)[:, None, None]
+    out[idx, 0, rows[:, :, None], cols[:, None, :]] = images[:, 0]  # one batched scatter, no loop over images
+    return out
+
+
+def hash_seed(seed: int, split: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{split}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------- image folders

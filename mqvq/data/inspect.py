@@ -32,7 +32,8 @@ def load_splits(cfg: DataConfig) -> dict:
 
 def describe(cfg: DataConfig, splits: dict | None = None) -> dict:
     """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`)."""
-    out = {"name": cfg.name, "style": cfg.style if cfg.name == "procedural" else "", "root": data_root(cfg), "resolution": cfg.resolution,
+    out = {"name": cfg.name, "style": cfg.style if cfg.name == "procedural" else "",
+           "placement": f"{cfg.placement}" + ("" if cfg.holdout == "none" else f", {cfg.holdout} held out") if cfg.name == "procedural" else "", "root": data_root(cfg), "resolution": cfg.resolution,
            "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment and cfg.name == "folder",
            "fit": cfg.fit if cfg.name == "fashion-mnist" else "", "splits": {}}
     for split, ds in (splits or load_splits(cfg)).items():

@@ -14,6 +14,9 @@ its f x f patch is. Over a split (or a validation subset during training) we cou
     mask_auroc          per-image AUROC of the score against the foreground tokens, averaged over
                         images with both kinds of token (1: every foreground token scores above
                         every background one; 0.5: blind; 0: the reverse; adaptive only)
+    mask_sauc           shuffled AUROC: the same, with the negatives of image i taken at the tokens that
+                        are foreground in the *other* images of the split (`shuffled_auroc`), so
+                        that a score which only knows where objects usually are scores 0.5
     mask_detail_ratio   mean pixel std of kept tokens / of all tokens (> 1: the mask keeps the
                         detailed regions, flat ones masked; random = 1; needs no foreground mask)
     mask_score_corr_brightness / _detail   Pearson correlation, over all tokens, of the score with
@@ -72,6 +75,38 @@ def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch
     return out, (npos > 0) & (npos < length)
 
 
+def shuffled_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """The shuffled AUROC of the saliency benchmarks (Borji, Sihite and Itti, IEEE TIP 2013; the
+    MIT/Tübingen benchmark's sAUC, Kümmerer, Wallis and Bethge, ECCV 2018), over a whole split.
+
+    scores (N, L), positive (N, L) bool. For image i the positives are i's scores at i's foreground
+    tokens; the negatives are i's scores at the tokens that are foreground in the *other* images,
+    each position counted as often as it is foreground there (pooled with multiplicity, the
+    Tübingen rule); ties count half. Every (image, positive, negative) triple weighs the same (the
+    pairs are pooled over images, not averaged per image), and then a score map that is the same for
+    every image, however it is shaped (a centre prior), scores exactly 0.5: with C the per-position
+    foreground counts, its wins and losses pair up symmetrically, sum_{p,l} C_p C_l K(p, l) = (sum C)^2 / 2,
+    less each image's own pairs, sum_{p,l} F_ip F_il K(p, l) = |F_i|^2 / 2, and the denominator is the same
+    difference without the halves. The per-image mean would only come out near 0.5. A score that
+    finds each image's own object scores near its AUROC on data where placement is uniform (the
+    other images' foreground is then spread everywhere). None when no image has a foreground token."""
+    s = scores.detach().float()
+    pos = positive.bool()
+    b, length = s.shape
+    counts = pos.sum(0).double()  # (L,) how often each position is foreground
+    num = torch.zeros((), dtype=torch.float64, device=s.device)
+    den = torch.zeros((), dtype=torch.float64, device=s.device)
+    chunk = max(1, (1 << 22) // (length * length))
+    for i in range(0, b, chunk):
+        sc, p = s[i: i + chunk], pos[i: i + chunk]
+        neg = counts[None] - p.double()  # (c, L) the other images' foreground at each position
+        diff = sc[:, :, None] - sc[:, None, :]  # [i, j]: positive i against negative j
+        wins = (diff > 0).double() + 0.5 * (diff == 0).double()
+        num += ((wins * neg[:, None, :]).sum(2) * p).sum()
+        den += (p.sum(1).double() * neg.sum(1)).sum()
+    return (num / den).item() if den > 0 else None
+
+
 def foreground_contrast(batches, downsample: int) -> dict:
     """Over batches of {"image", "fg"}: the mean brightness (grey level in [0, 1]) of foreground and
     background pixels, and the share of latent tokens (f = `downsample`) that are foreground, which
@@ -107,6 +142,7 @@ class MaskTally:
         self.kept_edge, self.edge, self.detail_kept, self.detail_all = z(), z(), z(), z()
         self.detail_tokens = z()
         self.auroc_sum, self.auroc_images = z(), z()
+        self.scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scores, foreground tokens) per batch, for the shuffled AUROC
         self.with_fg = False
         # score vs brightness / detail: n, sum s, sum b, sum d, sum s^2, sum b^2, sum d^2; then sum sb, sum sd
         self.moments = torch.zeros(7, dtype=torch.float64, device=device)
@@ -151,6 +187,7 @@ class MaskTally:
             auroc, defined = per_image_auroc(scores.to(dev), fg_tokens)
             self.auroc_sum += (auroc * defined).sum()
             self.auroc_images += defined.sum()
+            self.scored.append((scores.detach().to(dev).float(), fg_tokens))
             s = scores.detach().to(self.keep_count).float()
             self.score_fg += (s * fg_tokens).sum()
             self.score_bg += (s * ~fg_tokens).sum()
@@ -191,6 +228,10 @@ class MaskTally:
                 "edge_token_fraction": (self.edge / self.tokens.clamp_min(1)).item()}
         if self.auroc_images > 0:
             out["mask_auroc"] = (self.auroc_sum / self.auroc_images).item()
+        if self.scored:
+            sauc = shuffled_auroc(torch.cat([s for s, _ in self.scored]), torch.cat([f for _, f in self.scored]))
+            if sauc is not None:
+                out["mask_sauc"] = sauc
         if self.scored_fg + self.scored_bg > 0:
             if self.scored_fg > 0:
                 out["mask_score_fg"] = (self.score_fg / self.scored_fg).item()
@@ -199,6 +240,6 @@ class MaskTally:
         return out
 
 
-MASK_METRICS = ("mask_fg_precision", "mask_auroc", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
+MASK_METRICS = ("mask_fg_precision", "mask_auroc", "mask_sauc", "mask_damage_fg", "mask_damage_bg", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
                 "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio",
                 "mask_score_corr_brightness", "mask_score_corr_detail")

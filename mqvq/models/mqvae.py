@@ -27,11 +27,11 @@ from mqvq.models.autoencoder import Decoder, Encoder, MidBlock
 from mqvq.models.demask import DeMask
 from mqvq.models.masking import (
     AdaptiveMask, NoMask, RandomMask, gather_tokens, keep_from_positions, layer_norm_tokens, positions_from_keep,
-    scatter_to_grid, select_top,
+    scatter_to_grid,
 )
 from mqvq.models.quantizer import VectorQuantizer
 from mqvq.models.selectors import (
-    DamageMask, EntropyMask, OracleForegroundMask, StraightThroughMask, damage_targets, ranking_loss,
+    CentreMask, DamageMask, EntropyMask, OracleForegroundMask, StraightThroughMask, damage_targets, probe_masks, ranking_loss,
 )
 
 
@@ -67,6 +67,7 @@ class MQVAE(nn.Module):
                 "straight-through": lambda: StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start),
                 "entropy": lambda: EntropyMask(mk.ratio),
                 "oracle-foreground": lambda: OracleForegroundMask(mk.ratio),
+                "centre": lambda: CentreMask(mk.ratio),
             }[mk.selector]()
         elif c.mask.type == "random":
             self.mask = RandomMask(c.mask.ratio)
@@ -101,12 +102,13 @@ class MQVAE(nn.Module):
         grid = self._grid(images)
         z = self.encoder(images)
         m = self.mask(z, images=images, fg=fg)
-        zq, codes, vq_loss, stats = self.quantizer(self.quant_proj(m.features))
-        relax = None
-        if m.relaxed is not None:  # straight-through: what each token would be if kept, for the surrogate's gradient
+        every = None  # what each token would be if kept, read before the quantizer's EMA update and restarts
+        if m.relaxed is not None or (self.training and getattr(self.mask, "learns_from_damage", False)):
             with torch.no_grad():
-                relax = (m.relaxed, self._lookup(layer_norm_tokens(z)))
-        return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (z, relax)
+                every = self._lookup(layer_norm_tokens(z))
+        zq, codes, vq_loss, stats = self.quantizer(self.quant_proj(m.features))
+        relax = (m.relaxed, every) if m.relaxed is not None else None  # straight-through: the surrogate's gradient
+        return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (every, relax)
 
     def _decode_vectors(self, zq: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
                         relax: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -128,27 +130,46 @@ class MQVAE(nn.Module):
     def forward(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Stage1Output:
         """images (B, 3, H, W) in [-1, 1] -> reconstruction, quantizer loss, codes and positions.
         `fg` (B, H, W): the foreground masks, needed only by the oracle-foreground selector."""
-        zq, enc, vq_loss, counts, (z, relax) = self._quantize(images, fg)
+        zq, enc, vq_loss, counts, (every, relax) = self._quantize(images, fg)
         recon = self._decode_vectors(zq, enc.positions, enc.keep, enc.grid, relax)
         out = Stage1Output(recon, vq_loss, enc, counts)
         if self.training and getattr(self.mask, "learns_from_damage", False):
-            out.selector_loss = self._damage_loss(images, z, enc)
+            out.selector_loss = self._damage_loss(images, every, enc)
         return out
 
-    def _damage_loss(self, images: torch.Tensor, z: torch.Tensor, enc: Encoded) -> torch.Tensor:
-        """The damage selector's ranking loss against `damage_targets` under a fresh random mask
-        (decoded without gradient and without a codebook update)."""
+    def _damage_loss(self, images: torch.Tensor, every: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """The damage selector's ranking loss against `damage_targets` under two fresh random probe
+        masks of the training mask's size (decoded without gradient, from codes read before this
+        step's codebook update)."""
         b, length = enc.keep.shape
         with torch.no_grad():
-            keep = select_top(torch.rand(b, length, device=z.device), enc.positions.shape[1])[1]
-            damage = damage_targets(lambda k: self._decode_kept(z, k, enc.grid), images, keep, enc.grid)
-        return ranking_loss(enc.scores.float(), damage, torch.ones_like(keep))
+            keep_a, keep_b = probe_masks(b, length, enc.positions.shape[1], every.device)
+            damage, valid = damage_targets(lambda k: self._decode_kept(every, k, enc.grid), images, keep_a, keep_b, enc.grid)
+        return ranking_loss(enc.scores.float(), damage, valid)
 
-    def _decode_kept(self, z: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Decode the encoder features `z` keeping the tokens `keep` (B, L) marks (the same count in every
-        row), with unit-gain features and a nearest-code lookup that leaves the codebook alone."""
+    @torch.no_grad()
+    def probe_damage(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, L) damage, (B, L) valid): what this model's own decoder loses when each token is dropped,
+        measured as the damage selector's target is (`damage_targets` under two random probe masks of
+        this model's kept count), whatever the selector. A decoder co-trained with a selector learns to
+        restore what that selector drops, so this tells whether the model finds the object or the
+        background costlier to lose."""
+        z = self.encoder(images)
+        grid = self._grid(images)
+        length = grid[0] * grid[1]
+        every = self.code_vectors(z)
+        keep_a, keep_b = probe_masks(images.shape[0], length, num_kept(length, self.config.mask.ratio), z.device, generator)
+        return damage_targets(lambda k: self._decode_kept(every, k, grid), images, keep_a, keep_b, grid)
+
+    def code_vectors(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, L, D): every token's nearest code vector as if kept (unit gain), codebook untouched."""
+        return self._lookup(layer_norm_tokens(z))
+
+    def _decode_kept(self, every: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Decode keeping the tokens `keep` (B, L) marks (the same count in every row), each kept token as
+        its code vector in `every` (B, L, D) (`code_vectors`)."""
         positions = positions_from_keep(keep)
-        return self._decode_vectors(self._lookup(gather_tokens(layer_norm_tokens(z), positions)), positions, keep, grid)
+        return self._decode_vectors(gather_tokens(every, positions), positions, keep, grid)
 
     def _lookup(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, Cz) unit-gain tokens -> their nearest code vectors (B, N, D), leaving the codebook alone."""

@@ -9,10 +9,17 @@ choice a learning signal, or replace learning by a rule, as bounds:
     damage            a scorer predicts the reconstruction damage of dropping each token (HPM,
                       Wang et al., CVPR 2023; AdapTok): its target comes from a random mask and its
                       complement (`damage_targets`), its loss is a pairwise ranking loss (`ranking_loss`)
-    straight-through  hard top-N of s + Gumbel noise forward, sigmoid((s + g) / tau) backward
+    straight-through  hard top-N of s + Gumbel noise forward, sigmoid((s + g - t) / tau) backward with
+                      t the detached midpoint between the N-th and (N+1)-th values of s + g
                       (DynamicViT, Rao et al., NeurIPS 2021; DQ-VAE's router, Huang et al., CVPR 2023)
     entropy           grey-level histogram entropy of each token's patch, 32 bins (DQ-VAE's rule)
     oracle-foreground the share of each token's patch on the ground-truth foreground (a bound)
+    centre            the N tokens nearest the grid's centre, the same for every image (the position
+                      prior: the bar a learned selector must beat where objects sit in the middle)
+
+Revision 2 (MaskConfig.revision): the straight-through surrogate is centred on the top-N threshold
+instead of 0, and the damage and straight-through signals read the codebook before the step's EMA
+update; the damage probes are two masks of the training mask's size (docs/faithfulness.md).
 """
 from __future__ import annotations
 
@@ -64,13 +71,30 @@ def pooled_error(images: torch.Tensor, recon: torch.Tensor, grid: tuple[int, int
     return F.adaptive_avg_pool2d(err, grid).flatten(1)
 
 
-def damage_targets(decode, images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, L): what dropping each token costs, as a counterfactual. `decode(keep)` reconstructs the
-    images keeping the tokens `keep` marks; it runs under a random mask and under its complement, so
-    every token is dropped once and kept once, and its damage is its patch error when dropped minus
-    its patch error when kept (a token whose patch no decoder gets right is not important for that)."""
-    a, b = pooled_error(images, decode(keep), grid), pooled_error(images, decode(~keep), grid)
-    return torch.where(keep, b - a, a - b)
+def probe_masks(batch: int, length: int, kept: int, device=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random keep masks of `kept` tokens each (the size the decoder trains at) that differ on
+    2 min(kept, L - kept) tokens: each of those is kept by one mask and dropped by the other. At a 50 %
+    mask they are a mask and its complement; at other ratios a mask and its complement would keep
+    different counts, and the decoder restores a token worse under the sparser one whatever it is."""
+    m = min(kept, length - kept)
+    order = torch.rand(batch, length, generator=generator, device=generator.device if generator is not None else device).argsort(1).to(device)
+    first, second = order[:, :m], order[:, m: 2 * m]
+    if kept <= length - kept:  # two disjoint kept sets
+        base = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        return base.scatter(1, first, True), base.scatter(1, second, True)
+    base = torch.ones(batch, length, dtype=torch.bool, device=device)  # two disjoint dropped sets
+    return base.scatter(1, first, False), base.scatter(1, second, False)
+
+
+def damage_targets(decode, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor,
+                   grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, L) damage, (B, L) valid): what dropping each token costs, as a counterfactual. `decode(keep)`
+    reconstructs the images keeping the tokens `keep` marks; it runs under two probe masks of one size
+    (`probe_masks`), and a token kept by one and dropped by the other gets its patch error when dropped
+    minus its patch error when kept (a token whose patch no decoder gets right is not important for
+    that). Tokens both masks treat alike have no target (valid False)."""
+    a, b = pooled_error(images, decode(keep_a), grid), pooled_error(images, decode(keep_b), grid)
+    return torch.where(keep_a, b - a, a - b), keep_a ^ keep_b
 
 
 def ranking_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -116,10 +140,23 @@ class DamageMask(nn.Module):
         return out
 
 
+def topn_threshold(values: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, L) -> (B, 1), detached: the midpoint between the n-th and (n+1)-th largest values, the
+    boundary the hard top-n choice draws (with every token kept, 1 below the smallest)."""
+    v = values.detach()
+    if n >= v.shape[1]:
+        return v.min(1, keepdim=True).values - 1.0
+    top = v.topk(n + 1, dim=1).values
+    return (top[:, n - 1: n] + top[:, n: n + 1]) / 2
+
+
 class StraightThroughMask(nn.Module):
     """Gumbel top-N with a straight-through keep mask (DynamicViT; DQ-VAE's router). While training,
-    the kept set is the hard top-N of s + g (g ~ Gumbel(0, 1)) and `relaxed` = sigmoid((s + g) / tau)
-    is the surrogate whose gradient the decoder input carries: `MQVAE` adds
+    the kept set is the hard top-N of s + g (g ~ Gumbel(0, 1)) and `relaxed` = sigmoid((s + g - t) / tau)
+    is the surrogate whose gradient the decoder input carries, centred on t, the detached midpoint
+    between the N-th and (N+1)-th values of s + g: centred at 0 instead, its gradient would change when
+    every logit shifts by a constant while the choice does not, and vanish for every token far from 0
+    as tau anneals, however close to the boundary. `MQVAE` adds
     (relaxed - sg(relaxed)) * (VQ(z) - e_mask) to the grid, which is zero forward, so the scorer's
     gradient is the value of keeping each token. No gain on the kept features; at N fixed no ratio
     loss is needed. In eval, the top-N of s (no noise). `tau` is set by the training loop
@@ -137,7 +174,8 @@ class StraightThroughMask(nn.Module):
             return _kept(z, s, self.ratio)
         u = torch.rand_like(s).clamp(1e-9, 1.0 - 1e-9)
         noisy = s - torch.log(-torch.log(u))
-        out = _kept(z, noisy, self.ratio, torch.sigmoid(noisy / self.tau))
+        threshold = topn_threshold(noisy, num_kept(noisy.shape[1], self.ratio))
+        out = _kept(z, noisy, self.ratio, torch.sigmoid((noisy - threshold) / self.tau))
         out.scores = s.detach()
         return out
 
@@ -178,3 +216,28 @@ class OracleForegroundMask(nn.Module):
         share = foreground_share(fg.to(z.device), z.shape[-2:])
         patch = (fg.shape[-2] // z.shape[-2]) * (fg.shape[-1] // z.shape[-1])
         return _kept(z, share + torch.rand_like(share) * (0.5 / patch), self.ratio)
+
+
+def centre_scores(grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """(L,): minus the squared distance of each grid position to the grid's centre, plus a tie-break
+    drawn once (a fixed generator, so every run, seed and image gets the same order): squared
+    distances on a grid differ by at least 0.25, the noise is below 0.1."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    noise = torch.rand(h * w, generator=torch.Generator().manual_seed(seed)) * 0.1
+    return -(ys * ys + xs * xs).flatten() + noise
+
+
+class CentreMask(nn.Module):
+    """The position prior as a selector: keep the N tokens nearest the grid's centre, the same set in
+    every image, ties broken once at random. No parameters and nothing learned: the bar any learned
+    selector must beat on data where the object sits in the middle, and 0.5 in shuffled AUROC."""
+
+    def __init__(self, ratio: float):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+        b, _, h, w = z.shape
+        scores = centre_scores((h, w)).to(z.device, torch.float32).expand(b, -1)
+        return _kept(z, scores, self.ratio)

@@ -1,6 +1,7 @@
 """One pass of a trained stage-1 model over a test split, collecting every stage-1 metric at once:
 rFID features, codebook usage (Table 6's definition), perplexity, PSNR, LPIPS, and mask quality on
-datasets with foreground masks."""
+datasets with foreground masks, with the damage the model's own decoder measures when a foreground
+or a background token is dropped (`MQVAE.probe_damage`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from mqvq.data import eval_batches
 from mqvq.images import to_uint8
 from mqvq.metrics.codebook import codebook_usage, effective_usage
 from mqvq.metrics.frechet import FeatureStats, RunningStats
-from mqvq.metrics.mask import MaskTally
+from mqvq.metrics.mask import MaskTally, token_foreground
 from mqvq.models.quantizer import perplexity
 from mqvq.runtime import autocast, progress_bar
 
@@ -47,6 +48,8 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
     tally = None
     has_mask = model.config.mask.type != "none"
     n, examples = 0, {}
+    damage = torch.zeros(4, dtype=torch.float64, device=device)  # summed damage and count on foreground, background tokens
+    probes = torch.Generator(device=device).manual_seed(0)  # the same probe masks for every model measured
     total = len(dataset) if not limit else min(limit, len(dataset))
     with progress_bar(progress) as bar:
         task = bar.add_task("reconstructing", total=total, info="")
@@ -68,6 +71,12 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
             if has_mask:
                 tally = tally or MaskTally(enc.grid, device)
                 tally.add(enc.keep, batch["fg"].to(device) if "fg" in batch else None, enc.scores, x)
+                if "fg" in batch:
+                    with autocast(device, dtype):
+                        dmg, valid = model.probe_damage(x, probes)
+                    t = token_foreground(batch["fg"].to(device), enc.grid)
+                    dmg = dmg.double()
+                    damage += torch.stack([(dmg * (valid & t)).sum(), (valid & t).sum(), (dmg * (valid & ~t)).sum(), (valid & ~t).sum()])
             if not examples:
                 examples = {"images": x[:8].cpu(), "recon": recon[:8].cpu(), "keep": enc.keep[:8].cpu(),
                             "scores": None if enc.scores is None else enc.scores[:8].float().cpu(), "grid": enc.grid,
@@ -82,5 +91,7 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
         metrics["lpips"] = sums["lpips"] / n
     if tally is not None:
         metrics |= tally.result()
+    if damage[1] > 0 and damage[3] > 0:
+        metrics |= {"mask_damage_fg": (damage[0] / damage[1]).item(), "mask_damage_bg": (damage[2] / damage[3]).item()}
     return ReconResult(metrics, counts.cpu(), stats.finalize() if stats is not None and stats.n > 1 else None, examples,
                        *((tally.keep_frequency(), tally.fg_frequency() if tally.with_fg else None) if tally is not None else (None, None)))

@@ -185,9 +185,12 @@ def expected_metrics(study: StudyConfig, cfg: ExperimentConfig, backend: str | N
                     out += [name("keep_border"), name("keep_centre")]
                     if cfg.stage1.model.mask.type == "adaptive":
                         out += [name("score_brightness")]
-        elif m == "auroc":  # a score to rank: adaptive masks, on data with foreground masks
+        elif m in ("auroc", "sauc"):  # a score to rank: adaptive masks, on data with foreground masks
             if masked and cfg.stage1.model.mask.type == "adaptive":
-                out.append(name("auroc"))
+                out.append(name(m))
+        elif m in ("damage_fg", "damage_bg"):  # any masked model's own decoder, on data with foreground masks
+            if masked:
+                out.append(name(m))
         elif m == "cost":  # measured by training, copied when present, never a reason to rerun a row
             continue
         elif m == "usage":

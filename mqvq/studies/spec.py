@@ -25,8 +25,8 @@ from mqvq.errors import UserError
 
 # mask_detail: the mask diagnostics as table columns; auroc: the score against the foreground (computed by `mask`);
 # cost: the stage-1 training seconds per step, as the run measured it (nothing to evaluate)
-STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail", "auroc", "cost"}
-EVAL_AS = {"mask_detail": "mask", "auroc": "mask", "cost": None}  # study metric -> the `mqvq eval` metric that computes it
+STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail", "auroc", "sauc", "damage_fg", "damage_bg", "cost"}
+EVAL_AS = {"mask_detail": "mask", "auroc": "mask", "sauc": "mask", "damage_fg": "mask", "damage_bg": "mask", "cost": None}  # study metric -> the `mqvq eval` metric that computes it
 STAGE2_METRICS = {"fid", "is", "speed", "attr"}  # attr: caption-following accuracy (text models on procedural data)
 DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
