@@ -79,6 +79,44 @@ def keep_frequency_figure(keep_freq: torch.Tensor, fg_freq: torch.Tensor | None 
     return fig
 
 
+def keep_frequency_overview(beds: dict[str, list[tuple[str, np.ndarray]]], title: str = ""):
+    """One line per data set: where the object is (its first panel, the foreground frequency) beside
+    where each selector keeps tokens (keep frequency over the test split), on one colour scale, so a
+    reader sees at a glance whether a mask follows the object or a fixed region."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(p) for p in beds.values())
+    fig, axes = plt.subplots(len(beds), cols, figsize=(1.55 * cols + 0.6, 1.75 * len(beds) + 0.5), dpi=110, squeeze=False)
+    im = None
+    for i, (bed, panels) in enumerate(beds.items()):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(panels):
+                ax.axis("off")
+                continue
+            label, m = panels[j]
+            m = np.asarray(m, dtype=float)
+            vmax = max(float(m.max()), 1e-6) if j == 0 else 1.0  # the foreground map on its own scale: it is often faint
+            im_j = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            im = im if j == 0 else im_j
+            if j == 0:
+                label += f" (scale 0-{m.max():.2f}; max/min {m.max() / m.min():.1f})" if m.min() > 0 else f" (scale 0-{m.max():.2f}; min 0)"
+                ax.set_ylabel("\n".join(textwrap.wrap(bed, 22)), fontsize=6.5)
+            ax.set_title("\n".join(textwrap.wrap(label, 24)), fontsize=6)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="share of test images keeping the token")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def codebook_pca(embed: torch.Tensor) -> np.ndarray:
     """(K, 2): the codebook on its first two principal components (float64 SVD)."""
     e = embed.detach().double().cpu()

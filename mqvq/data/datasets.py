@@ -141,14 +141,20 @@ def translate(images: torch.Tensor, canvas: int, seed: int, split: str) -> torch
     (translated MNIST's construction), the offset of image i drawn from (seed, split, i) so that the
     same image always lands in the same place."""
     n, side = images.shape[0], images.shape[-1]
-    g = torch.Generator().manual_seed(hash_seed(seed, split))
-    offsets = torch.randint(0, canvas - side + 1, (n, 2), generator=g)
+    offsets = translate_offsets(n, canvas, side, seed, split)
     out = torch.zeros(n, 1, canvas, canvas, dtype=images.dtype)
     rows = offsets[:, 0, None] + torch.arange(side)  # (N, 28): the canvas rows each image occupies
     cols = offsets[:, 1, None] + torch.arange(side)
     idx = torch.arange(n)[:, None, None]
     out[idx, 0, rows[:, :, None], cols[:, None, :]] = images[:, 0]  # one batched scatter, no loop over images
     return out
+
+
+def translate_offsets(n: int, canvas: int, side: int, seed: int, split: str) -> torch.Tensor:
+    """(n, 2) int64 (row, column) of each image's top-left corner on the canvas, uniform over every
+    offset that keeps the whole image inside."""
+    g = torch.Generator().manual_seed(hash_seed(seed, split))
+    return torch.randint(0, canvas - side + 1, (n, 2), generator=g)
 
 
 def hash_seed(seed: int, split: str) -> int:

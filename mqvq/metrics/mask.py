@@ -110,17 +110,26 @@ def shuffled_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None
 def foreground_contrast(batches, downsample: int) -> dict:
     """Over batches of {"image", "fg"}: the mean brightness (grey level in [0, 1]) of foreground and
     background pixels, and the share of latent tokens (f = `downsample`) that are foreground, which
-    is what a mask blind to content keeps on the foreground."""
+    is what a mask blind to content keeps on the foreground; and how much position tells: the
+    per-position foreground frequency over the grid, its largest and smallest value and their ratio
+    (1.0: a flat map, where position says nothing; None when some position is never foreground)."""
     sums = torch.zeros(4, dtype=torch.float64)  # brightness on fg, fg pixels, brightness on bg, bg pixels
     tokens = torch.zeros(2, dtype=torch.float64)
+    per_position, images = None, 0
     for batch in batches:
         grey, fg = (batch["image"].float().mean(1) + 1) / 2, batch["fg"]
         sums += torch.stack([(grey * fg).sum(), fg.sum(), (grey * ~fg).sum(), (~fg).sum()]).double()
         t = token_foreground(fg, (fg.shape[-2] // downsample, fg.shape[-1] // downsample))
         tokens += torch.tensor([t.sum().item(), t.numel()], dtype=torch.float64)
+        per_position = t.sum(0).double() if per_position is None else per_position + t.sum(0)
+        images += t.shape[0]
+    freq = per_position / max(images, 1) if per_position is not None else torch.zeros(1, dtype=torch.float64)
+    high, low = float(freq.max()), float(freq.min())
     return {"brightness_foreground": round(float(sums[0] / sums[1].clamp_min(1)), 4),
             "brightness_background": round(float(sums[2] / sums[3].clamp_min(1)), 4),
-            "foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4), "downsample": downsample}
+            "foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4), "downsample": downsample,
+            "foreground_frequency_max": round(high, 4), "foreground_frequency_min": round(low, 4),
+            "foreground_frequency_ratio": round(high / low, 3) if low > 0 else None}
 
 
 def border_positions(grid: tuple[int, int], device=None) -> torch.Tensor:

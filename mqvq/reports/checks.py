@@ -106,7 +106,8 @@ def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
     out = [_adaptive_beats_random(table, rows, meta), _mask_keeps_foreground(table, rows, meta), _mask_keeps_detail(table, rows, meta),
            _usage_rises(table, rows, meta), _small_mask_improves_fid(table, rows, meta),
            _demask_components(table, rows, meta), _full_model_beats_vqgan(table, rows, meta), _speed_rises(table, rows, meta),
-           _samples_follow_captions(table, rows), _guidance_helps(table, rows), *_learned_selectors(table, rows, meta)]
+           _samples_follow_captions(table, rows), _guidance_helps(table, rows), *_learned_selectors(table, rows, meta),
+           *_beyond_position(table, rows, meta)]
     return [v for v in out if v is not None]
 
 
@@ -265,6 +266,34 @@ def _learned_selectors(table, rows, meta) -> list[Verdict]:
             out.append(_missing(claim, "needs finished rows of this selector, a random mask and the paper's MLP on the same data"))
             continue
         out.append(judge(claim, [Comparison("vs blind", done, blind, key, False), Comparison("vs the paper's MLP", done, paper, key, False)]))
+    return out
+
+
+def _beyond_position(table, rows, meta) -> list[Verdict]:
+    """Beyond the paper (issue 33): a selector that learned the object, not where objects usually are,
+    has a shuffled AUROC above the position prior's (the `centre` row: exactly 0.5, `shuffled_auroc`)
+    and keeps more foreground than the centre row on the same data. Judged for every selector with
+    something to learn (gain, damage, straight-through) on data that has a centre row."""
+    if not _metric_columns(table, "sauc"):
+        return []
+    out = []
+    for row in table.rows:
+        m = meta[row.name]
+        if m["mask_type"] != "adaptive" or m.get("selector") not in ("gain", *LEARNED):
+            continue
+        centre = next((r for r in rows if meta[r.name].get("selector") == "centre" and meta[r.name].get("data") == m["data"]
+                       and meta[r.name]["ratio"] == m["ratio"]), None)
+        if centre is None and not any(meta[r.name].get("selector") == "centre" and meta[r.name].get("data") == m["data"] for r in table.rows):
+            continue
+        label = row.descriptors.get("label", row.name)
+        claim = f"{label}: the object, not its usual place (shuffled AUROC above the centre prior's 0.5, foreground share above its)"
+        done = next((r for r in rows if r.name == row.name), None)
+        keys = ("mask_sauc", "mask_fg_precision")
+        if done is None or centre is None or any(k not in done.values or k not in centre.values for k in keys):
+            out.append(_missing(claim, "needs finished rows of this selector and of the centre prior on the same data"))
+            continue
+        out.append(judge(claim, [Comparison("shuffled AUROC vs the centre prior", done, centre, "mask_sauc", False),
+                                 Comparison("foreground share vs the centre prior", done, centre, "mask_fg_precision", False)]))
     return out
 
 

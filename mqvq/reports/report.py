@@ -47,7 +47,7 @@ def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
         d1 = cfg.stage1.data
         meta[row.name] = {"mask_type": m.mask.type, "ratio": m.mask.ratio, "f": f_paper, "demask": m.demask.type,
                           "selector": m.mask.selector, "scorer": m.mask.scorer,
-                          "data": f"{d1.name}/{d1.style}/{d1.fit}/{d1.resolution}"}  # rows compare only on the same data
+                          "data": f"{d1.name}/{d1.style}/{d1.fit}/{d1.resolution}/{d1.placement}/{d1.holdout}"}  # rows compare only on the same data
         paper[row.name] = paper_values(study.table, row.experiment, row.paper)
     return descriptors, meta, paper
 
@@ -160,6 +160,9 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
             if src:
                 shutil.copy(src, folder / name)
                 written.append(str(folder / name))
+    fig = _keep_overview(tracker, table, meta, study)
+    if fig is not None:
+        written.append(_save(fig, folder / "keep-frequency-overview.png"))
     # each row's test-split reconstructions and samples, as its evaluation drew them
     for row, runs in stage_runs.items():
         for stage, artifact, name in (("stage1", "figures/reconstructions_test.png", f"reconstructions-{row}.png"),
@@ -229,6 +232,42 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
         return None
     return F.mask_curves_figure(curves, fractions,
                                 f"{study.name} ({table.profile}): share of kept tokens on the foreground during training")
+
+
+def _keep_overview(tracker: Tracker, table: Table, meta: dict, study: StudyConfig):
+    """Per data set, the foreground frequency per position beside every masked row's keep frequency,
+    both averaged over the row's finished seeds (the `metrics/keep_frequency.json` its evaluation
+    logged). None for a study with a single masked row per data set (each row's own map is enough)."""
+    import numpy as np
+
+    from mqvq import figures as F
+
+    beds: dict[str, list] = {}
+    fg_maps: dict[str, list] = {}
+    for row in table.rows:
+        if meta[row.name]["mask_type"] == "none" or row.status != "finished":
+            continue
+        keeps = []
+        for run_id in row.run_ids:
+            rec = RowRecord.of(tracker.get_run(run_id))
+            src = _artifact(tracker, rec.stage1_run, "metrics/keep_frequency.json") if rec.stage1_run and rec.state() == T.Status.FINISHED.value else None
+            if src:
+                data = json.loads(Path(src).read_text())
+                keeps.append(np.asarray(data["keep"]))
+                if data.get("foreground") is not None:
+                    fg_maps.setdefault(meta[row.name]["data"], []).append(np.asarray(data["foreground"]))
+        if keeps:
+            label = row.descriptors.get("label", row.name)
+            bed, _, selector = label.rpartition(": ")
+            beds.setdefault(meta[row.name]["data"], []).append((selector or label, np.mean(keeps, 0), bed or label))
+    if not beds or max(len(v) for v in beds.values()) < 2:
+        return None
+    panels = {}
+    for data, rows in beds.items():
+        name = rows[0][2]
+        first = [("foreground frequency", np.mean(fg_maps[data], 0))] if data in fg_maps else []
+        panels[name] = first + [(sel, m) for sel, m, _ in rows]
+    return F.keep_frequency_overview(panels, f"{study.name} ({table.profile}): where each mask keeps tokens, mean over seeds")
 
 
 def _stage_runs(tracker: Tracker, row) -> dict:
