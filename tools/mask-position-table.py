@@ -1,0 +1,81 @@
+"""The selector table of reports/cpu/README.md's "Importance or position?", from the mask-position
+report's JSON (no store needed):
+
+    python tools/mask-position-table.py reports/cpu/mask-position.json
+
+Rows are named `<bed>-<selector>`. Per data set, each selector's foreground share of kept tokens and
+its excess over blind (share minus the foreground token fraction), Welch over seeds against the centre
+prior's share; the per-image AUROC and the shuffled AUROC of its score (the centre prior scores exactly
+0.5 in the latter; p of a one-sample t-test against 0.5); the damage its own decoder measures when a
+foreground / a background token is dropped; rFD-VGG16; how often it keeps the grid's outer ring; and
+the training seconds per step as the runs measured them (two workers on two cores: rough).
+"""
+import json
+import statistics as st
+import sys
+
+from scipy import stats
+
+FG, AUC, SAUC, RFD = "mask_fg_precision", "mask_auroc", "mask_sauc", "rfd_vgg16"
+DFG, DBG, BORDER, COST = "mask_damage_fg", "mask_damage_bg", "mask_keep_border", "time/step_seconds"
+
+
+def seeds(row: dict, key: str) -> list[float]:
+    if f"{key}_per_seed" in row:
+        return [v for v in row[f"{key}_per_seed"].values() if v is not None]
+    return [row[key]] if row.get(key) is not None else []
+
+
+def mean_sd(v: list[float], d: int) -> str:
+    if not v:
+        return "–"
+    return f"{st.mean(v):.{d}f} ± {st.stdev(v):.{d}f}" if len(v) > 1 else f"{v[0]:.{d}f}"
+
+
+def welch(a: list[float], b: list[float]) -> str:
+    if len(a) < 2 or len(b) < 2:
+        return "–"
+    if st.pstdev(a) == 0 and st.pstdev(b) == 0:
+        return "0.000" if st.mean(a) != st.mean(b) else "1.000"
+    return f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+
+
+def above_half(a: list[float]) -> str:
+    if len(a) < 2:
+        return "–"
+    if st.pstdev(a) == 0:
+        return "0.000" if st.mean(a) != 0.5 else "1.000"
+    return f"{stats.ttest_1samp(a, 0.5).pvalue:.3f}"
+
+
+def main(path: str) -> None:
+    rows = json.load(open(path))["rows"]
+    by_bed: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        bed, _, selector = r["row"].partition("-")
+        by_bed.setdefault(bed, {})[selector] = r
+    print("| data | selector | seeds | foreground share | excess over blind | vs centre p | AUROC | shuffled AUROC | vs 0.5 p "
+          "| damage: drop fg | drop bg | rFD-VGG16 | kept at border | s / step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for bed, sel in by_bed.items():
+        blind, centre = sel.get("random"), sel.get("centre")
+        frac = next((r.get("fg_token_fraction") for r in sel.values() if r.get("fg_token_fraction") is not None), None)
+        for name, r in sel.items():
+            fg = seeds(r, FG)
+            label = r["label"].split(": ", 1)[-1]
+            if not fg:
+                print(f"| {bed} | {label} | 0 | not run |" + " |" * 10)
+                continue
+            excess = f"{st.mean(fg) - frac:+.3f}" if frac is not None else "–"
+            sauc = seeds(r, SAUC)
+            cells = [bed, label, str(len(fg)), mean_sd(fg, 3), excess,
+                     welch(fg, seeds(centre, FG)) if centre and name != "centre" else "–",
+                     mean_sd(seeds(r, AUC), 3) if seeds(r, AUC) else "no score",
+                     mean_sd(sauc, 3) if sauc else "no score", above_half(sauc) if sauc and name != "centre" else "–",
+                     mean_sd(seeds(r, DFG), 4), mean_sd(seeds(r, DBG), 4), mean_sd(seeds(r, RFD), 1),
+                     mean_sd(seeds(r, BORDER), 3), mean_sd(seeds(r, COST), 2)]
+            print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
