@@ -105,3 +105,33 @@ def test_mask_learning_table_compares_each_selector_with_its_own_datas_blind_mas
     assert float(damage[5]) < 0.01 and float(damage[6]) < 0.05  # beyond blind and beyond the MLP
     assert damage[-1].rstrip(" |") == "0.180"  # the oracle's excess (+0.400) minus damage's
     assert "| textured | random | 2 | 0.300 ± 0.000 | +0.000 |" in out
+
+
+def test_mask_position_table_judges_each_selector_against_its_own_beds_centre_prior(tmp_path):
+    """tools/mask-position-table.py: excess over blind, Welch against the centre row, a one-sample test of the
+    shuffled AUROC against 0.5, the damage of dropping foreground and background tokens."""
+    import json
+    import subprocess
+    import sys
+
+    def row(name, fg, sauc=None, frac=0.12):
+        r = {"row": name, "label": f"bed: {name.split('-', 1)[1]}", "fg_token_fraction": frac,
+             "mask_fg_precision_per_seed": {str(i): v for i, v in enumerate(fg)},
+             "mask_damage_fg_per_seed": {str(i): 0.02 for i in range(len(fg))},
+             "mask_damage_bg_per_seed": {str(i): 0.001 for i in range(len(fg))}}
+        if sauc:
+            r["mask_sauc_per_seed"] = {str(i): v for i, v in enumerate(sauc)}
+        return r
+
+    rows = [row("wrap-random", [0.12, 0.12, 0.12]), row("wrap-centre", [0.125] * 3, [0.5] * 3),
+            row("wrap-straight-through", [0.20, 0.22, 0.21], [0.70, 0.72, 0.71]), row("heldout-centre", [0.9, 0.9], [0.5, 0.5])]
+    path = tmp_path / "mp.json"
+    path.write_text(json.dumps({"rows": rows}))
+    tool = Path(__file__).resolve().parent.parent / "tools" / "mask-position-table.py"
+    out = subprocess.run([sys.executable, str(tool), str(path)], capture_output=True, text=True, check=True).stdout
+    st = next(line for line in out.splitlines() if "| straight-through |" in line).split(" | ")
+    assert st[3] == "0.210 ± 0.010" and st[4] == "+0.090" and float(st[5]) < 0.01  # beyond its own bed's centre row
+    assert st[7] == "0.710 ± 0.010" and float(st[8]) < 0.01 and st[9] == "0.0200 ± 0.0000"
+    centre = next(line for line in out.splitlines() if line.startswith("| wrap | centre |")).split(" | ")
+    assert centre[7] == "0.500 ± 0.000" and centre[8] == "–"
+    assert "| heldout | centre | 2 | 0.900 ± 0.000 |" in out

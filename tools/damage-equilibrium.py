@@ -3,9 +3,10 @@
     python tools/damage-equilibrium.py HOME [ROW ...]      (default rows: every *-damage* row)
 
 For each finished stage-1 run of the mask-learning study's damage rows in the store at HOME: its
-decoder reconstructs 512 test images under a random 50 % mask and its complement (the target the
-damage selector learns from, `selectors.damage_targets`), and the mean damage of foreground and of
-background tokens is printed beside the run's foreground share of kept tokens. A decoder co-trained
+decoder reconstructs 512 test images under two random probe masks of its kept count (the target the
+damage selector learns from, `MQVAE.probe_damage`; a mask and its complement at 50 %), and the mean
+damage of foreground and of background tokens is printed beside the run's foreground share of kept
+tokens. `mqvq eval` logs the same measure as `mask_damage_fg` / `mask_damage_bg` for every masked model. A decoder co-trained
 with a selector learns to restore what that selector drops; if the damage it measures favours the
 tokens the selector already keeps, whichever they are, the selection confirms itself.
 """
@@ -16,9 +17,7 @@ import torch
 
 from mqvq.data import build_dataset, eval_batches
 from mqvq.metrics.mask import token_foreground
-from mqvq.models.masking import select_top
 from mqvq.models.mqvae import MQVAE
-from mqvq.models.selectors import damage_targets
 from mqvq.stages.lookup import model_file
 from mqvq.studies.spec import load_study, row_config
 from mqvq.tracking.store import Tracker
@@ -40,19 +39,16 @@ def main(home: str, rows: list[str]) -> None:
             f"tags.`mqvq.row` = '{row.name}' and tags.`mqvq.stage` = 'stage1' and attributes.status = 'FINISHED'")
         for run in sorted(runs, key=lambda r: int(r.data.tags.get("mqvq.seed", 0))):
             model = MQVAE.from_checkpoint(model_file(tracker, run.info.run_id))
-            torch.manual_seed(0)
+            probes = torch.Generator().manual_seed(0)
             fg_damage, bg_damage = [], []
             with torch.no_grad():
                 for batch in eval_batches(data, 256, 512):
                     x = batch["image"]
-                    z = model.encoder(x)
-                    grid = (z.shape[-2], z.shape[-1])
-                    length = grid[0] * grid[1]
-                    keep = select_top(torch.rand(x.shape[0], length), length // 2)[1]
-                    d = damage_targets(lambda k: model._decode_kept(z, k, grid), x, keep, grid)
-                    t = token_foreground(batch["fg"], grid)
-                    fg_damage.append(d[t])
-                    bg_damage.append(d[~t])
+                    d, valid = model.probe_damage(x, probes)
+                    f = model.config.downsample
+                    t = token_foreground(batch["fg"], (x.shape[-2] // f, x.shape[-1] // f))
+                    fg_damage.append(d[t & valid])
+                    bg_damage.append(d[~t & valid])
             share = run.data.metrics.get("mask_fg_precision", run.data.metrics.get("val/mask_fg_precision", float("nan")))
             print(f"| {row.name} | {run.data.tags.get('mqvq.seed')} | {share:.3f} | {torch.cat(fg_damage).mean():.4f} "
                   f"| {torch.cat(bg_damage).mean():.4f} |")
