@@ -161,14 +161,15 @@ def test_the_crossed_styles_put_the_texture_on_the_object_or_the_background():
         inner = torch.nn.functional.adaptive_avg_pool2d(ds.fg[:, None].float(), (8, 8)).flatten(1)
         return d[inner == 1].mean().item(), d[inner == 0].mean().item()  # whole-object tokens, whole-background tokens
 
-    obj, bg = detail("textured-objects")
-    assert obj > 0.1 and bg < 0.01  # plain backgrounds (an anti-aliased edge at most), textured objects
-    obj, bg = detail("textured")
-    assert bg > 0.05 and obj < bg  # flat objects (their anti-aliased rims pick up the stripes) on textured backgrounds
-    obj, bg = detail("flat")
-    assert bg < 0.01 and obj < 0.05
-    obj, bg = detail("textured-both")
-    assert obj > 0.1 and bg > 0.05
+    d = {style: detail(style) for style in ("flat", "textured", "textured-objects", "textured-both")}
+    # (small objects: every whole-object token has an anti-aliased rim, so flat objects show some detail too)
+    for obj_textured in ("textured-objects", "textured-both"):
+        assert d[obj_textured][0] > 1.5 * d["flat"][0]  # textured objects carry more detail than flat ones
+    for bg_textured in ("textured", "textured-both"):
+        assert d[bg_textured][1] > 0.1  # textured backgrounds
+    for bg_plain in ("flat", "textured-objects"):
+        assert d[bg_plain][1] < 0.01  # plain backgrounds
+    assert d["textured"][0] < d["textured"][1] and d["textured-objects"][0] > d["textured-objects"][1]  # the texture swaps sides
 
 
 def test_existing_data_keeps_its_bytes_and_digests():

@@ -22,7 +22,16 @@ from mqvq.studies.spec import load_study, row_config
 
 
 def main(studies: list[str]) -> None:
+    import datetime
+
+    from mqvq.tracking.provenance import git_commit
+
     torch.set_num_threads(1)
+    print(f"Model-free selectors on every data set of {', '.join(studies)} (`python tools/rule-selectors.py`, git {git_commit()}, "
+          f"{datetime.date.today()}, CPU, torch {torch.__version__}, 1 thread): 50 % mask at the `cpu` profile's grid (8 x 8; "
+          "translated Fashion-MNIST 12 x 12), on the test images each study evaluates on. These selectors choose from position, "
+          "pixels or the foreground mask alone, so nothing is trained. 'fg per position max / min': how much more often the "
+          "likeliest grid position is foreground than the least likely one (1 = flat; ∞: some position never is).\n")
     print("| study | data | fg per position max / min | selector | foreground share | AUROC | shuffled AUROC |")
     print("|---|---|---|---|---|---|---|")
     for name in studies:
