@@ -47,7 +47,8 @@ def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
         d1 = cfg.stage1.data
         meta[row.name] = {"mask_type": m.mask.type, "ratio": m.mask.ratio, "f": f_paper, "demask": m.demask.type,
                           "selector": m.mask.selector, "scorer": m.mask.scorer,
-                          "data": f"{d1.name}/{d1.style}/{d1.fit}/{d1.resolution}/{d1.placement}/{d1.holdout}"}  # rows compare only on the same data
+                          # rows compare only on the same data, trained as long
+                          "data": f"{d1.name}/{d1.style}/{d1.fit}/{d1.resolution}/{d1.placement}/{d1.holdout}/{cfg.stage1.train.steps}"}
         paper[row.name] = paper_values(study.table, row.experiment, row.paper)
     return descriptors, meta, paper
 
