@@ -238,7 +238,10 @@ def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], b
         base = (baselines or {}).get(label)
         if base is not None:
             ax.axhline(base, color="black", linestyle=":", linewidth=1)
-        ax.set_title(f"{label} (n={len(runs)})" + (f"\nforeground fraction {base:.2f}" if base is not None else ""), fontsize=7)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(f"{label} (n={len(runs)})", 44)) + (f"\nforeground fraction {base:.2f}" if base is not None else ""),
+                     fontsize=7)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
