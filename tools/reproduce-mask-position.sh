@@ -3,7 +3,7 @@
 # per command so that each fits a sitting on a 2-core CPU with two workers (`mqvq study plan` says how long):
 #   bash tools/reproduce-mask-position.sh [HOME] [BED ...]     (default home ./.mqvq-mp; beds: wrap long heldout objects translated)
 # In the background: nohup bash tools/reproduce-mask-position.sh > mp.log 2>&1 &
-#   wrap        textured objects on a torus (position says nothing), 8 selectors x 5 seeds   ~85 min
+#   wrap        textured objects on a torus (position says nothing), 8 selectors x 5 seeds   ~70 min
 #   heldout     top-left quadrant held out, 5 selectors x 3 seeds                            ~35 min
 #   objects     textured objects on plain backgrounds, 8 selectors x 3 seeds                 ~50 min
 #   long        the torus bed at 800 steps, 6 selectors x 3 seeds                            ~75 min
