@@ -13,29 +13,14 @@ import json
 import statistics as st
 import sys
 
-from scipy import stats
-
-FG, AUC, RFD, COST = "mask_fg_precision", "mask_auroc", "rfd_vgg16", "time/step_seconds"
-
-
-def seeds(row: dict, key: str) -> list[float]:
-    if f"{key}_per_seed" in row:
-        return list(row[f"{key}_per_seed"].values())
-    return [row[key]] if row.get(key) is not None else []
-
-
-def mean_sd(v: list[float], d: int) -> str:
-    if not v:
-        return "–"
-    return f"{st.mean(v):.{d}f} ± {st.stdev(v):.{d}f}" if len(v) > 1 else f"{v[0]:.{d}f}"
+from seed_stats import mean_sd, seeds
+from seed_stats import welch as _welch
 
 
 def welch(a: list[float], b: list[float]) -> str:
-    if len(a) < 2 or len(b) < 2:
-        return "–"
-    if st.pstdev(a) == 0 and st.pstdev(b) == 0:
-        return "0.00" if st.mean(a) != st.mean(b) else "1.00"
-    return f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+    return _welch(a, b, tie_digits=2)
+
+FG, AUC, RFD, COST = "mask_fg_precision", "mask_auroc", "rfd_vgg16", "time/step_seconds"
 
 
 def main(path: str) -> None:

@@ -16,28 +16,10 @@ import sys
 
 from scipy import stats
 
+from seed_stats import mean_sd, seeds, welch
+
 FG, AUC, SAUC, RFD = "mask_fg_precision", "mask_auroc", "mask_sauc", "rfd_vgg16"
 DFG, DBG, BORDER, COST = "mask_damage_fg", "mask_damage_bg", "mask_keep_border", "time/step_seconds"
-
-
-def seeds(row: dict, key: str) -> list[float]:
-    if f"{key}_per_seed" in row:
-        return [v for v in row[f"{key}_per_seed"].values() if v is not None]
-    return [row[key]] if row.get(key) is not None else []
-
-
-def mean_sd(v: list[float], d: int) -> str:
-    if not v:
-        return "–"
-    return f"{st.mean(v):.{d}f} ± {st.stdev(v):.{d}f}" if len(v) > 1 else f"{v[0]:.{d}f}"
-
-
-def welch(a: list[float], b: list[float]) -> str:
-    if len(a) < 2 or len(b) < 2:
-        return "–"
-    if st.pstdev(a) == 0 and st.pstdev(b) == 0:
-        return "0.000" if st.mean(a) != st.mean(b) else "1.000"
-    return f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3f}"
 
 
 def above_half(a: list[float]) -> str:

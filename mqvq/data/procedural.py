@@ -192,6 +192,15 @@ def _face_features(img: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy:
     img[(np.abs(d - 0.55) <= 0.08) & (v > 0.25)] = dark
 
 
+def _downsample(img: np.ndarray, fg: np.ndarray, resolution: int, clip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Box-filter the supersampled picture and mask down to the requested resolution: uint8 pixels,
+    and foreground where at least half the fine pixels are. `clip` (the crossed styles) clips to
+    [0, 1] first; the original styles never did, and keep their bytes."""
+    img = img.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
+    fg = fg.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
+    return np.round((np.clip(img, 0, 1) if clip else img) * 255.0).astype(np.uint8), fg
+
+
 def _pattern(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, int]:
     """Stripes or checks between `base` and a second colour 0.25-0.45 away per channel (the textured
     background's contrast and period), as (image, index into BACKGROUNDS)."""
@@ -267,9 +276,7 @@ def _render_crossed(seed: int, index: int, resolution: int, style: str, placemen
         if kind == "face":
             _face_features(img, x, y, cx, cy, r, angle, colour, wrap)
         fg |= cover
-    img = img.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
-    fg = fg.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
-    return np.round(np.clip(img, 0, 1) * 255.0).astype(np.uint8), fg, label, attrs
+    return (*_downsample(img, fg, resolution, clip=True), label, attrs)
 
 
 def render(seed: int, index: int, resolution: int, style: str = "mixed", placement: str = "inset", holdout: str = "none",
@@ -308,10 +315,7 @@ def render(seed: int, index: int, resolution: int, style: str = "mixed", placeme
         if kind == "face":
             _face_features(img, x, y, cx, cy, r, angle, colour)
         fg |= cover
-    # box-filter down to the requested resolution
-    img = img.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
-    fg = fg.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
-    return np.round(img * 255.0).astype(np.uint8), fg, label, attrs
+    return (*_downsample(img, fg, resolution, clip=False), label, attrs)
 
 
 @functools.lru_cache(maxsize=8)

@@ -54,6 +54,12 @@ def token_detail(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return var.mean(1).sqrt().flatten(1)
 
 
+def _wins(scores: torch.Tensor) -> torch.Tensor:
+    """(c, L) -> (c, L, L): [b, i, j] = 1 when token i outscores token j in image b, 1/2 on a tie."""
+    diff = scores[:, :, None] - scores[:, None, :]
+    return (diff > 0).double() + 0.5 * (diff == 0).double()
+
+
 def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """scores (B, L), positive (B, L) bool -> (AUROC per image (B,), defined (B,) bool).
 
@@ -67,8 +73,7 @@ def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch
     chunk = max(1, (1 << 22) // (length * length))
     for i in range(0, b, chunk):
         sc, p = s[i: i + chunk], pos[i: i + chunk]
-        diff = sc[:, :, None] - sc[:, None, :]  # [i, j]: positive i against negative j
-        wins = (diff > 0).double() + 0.5 * (diff == 0).double()
+        wins = _wins(sc)
         pairs = p[:, :, None] & ~p[:, None, :]
         out[i: i + chunk] = (wins * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
     npos = pos.sum(1)
@@ -100,9 +105,7 @@ def shuffled_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None
     for i in range(0, b, chunk):
         sc, p = s[i: i + chunk], pos[i: i + chunk]
         neg = counts[None] - p.double()  # (c, L) the other images' foreground at each position
-        diff = sc[:, :, None] - sc[:, None, :]  # [i, j]: positive i against negative j
-        wins = (diff > 0).double() + 0.5 * (diff == 0).double()
-        num += ((wins * neg[:, None, :]).sum(2) * p).sum()
+        num += ((_wins(sc) * neg[:, None, :]).sum(2) * p).sum()
         den += (p.sum(1).double() * neg.sum(1)).sum()
     return (num / den).item() if den > 0 else None
 
