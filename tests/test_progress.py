@@ -24,6 +24,24 @@ def test_durations_read_as_people_say_them():
         ["0 s", "8 s", "1 min 00 s", "1 min 05 s", "59 min 59 s", "1 h 02 min", "?"]
 
 
+def test_a_borrowed_stage1_step_time_scales_with_image_area():
+    # measured on 16 px rows of another config: a 32 px row's step costs (32/16)^2 as much, its own
+    # measured config's exactly what was measured
+    from mqvq.config import config_hash, identity
+    from mqvq.experiments import load_experiment
+    from mqvq.studies.plan import Costs
+
+    small = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.data.resolution=16"], 0)
+    large = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.data.resolution=32"], 0)
+    costs = Costs("cpu", step_s={("stage1", config_hash(identity(small.stage1))): 0.5, ("stage1", small.name): 0.5},
+                  pixels={("stage1", config_hash(identity(small.stage1))): 256.0, ("stage1", small.name): 256.0})
+    steps = small.stage1.train.steps
+    assert costs.stage_seconds("stage1", small) == pytest.approx(0.5 * steps)
+    assert costs.stage_seconds("stage1", large) == pytest.approx(0.5 * 4 * steps)
+    costs.step_s[("stage1", config_hash(identity(large.stage1)))] = 0.9  # measured itself: no scaling
+    assert costs.stage_seconds("stage1", large) == pytest.approx(0.9 * steps)
+
+
 def test_eta_scales_the_plans_estimates_by_what_the_rows_took():
     eta = Eta([0.0, 10.0, 10.0, 10.0])  # the first row was already finished
     assert eta.describe(0).startswith("3 rows to go, about 30 s (until about ")
