@@ -135,3 +135,27 @@ def test_mask_position_table_judges_each_selector_against_its_own_beds_centre_pr
     centre = next(line for line in out.splitlines() if line.startswith("| wrap | centre |")).split(" | ")
     assert centre[7] == "0.500 ± 0.000" and centre[8] == "–"
     assert "| heldout | centre | 2 | 0.900 ± 0.000 |" in out
+
+
+def test_mask_position_table_reads_object_or_detail_from_the_two_crossed_beds(tmp_path):
+    """The torus bed has its detail on the background, the crossed bed on the object: a selector that keeps less
+    foreground than blind on the first and more on the second follows restorability, more on both the object."""
+    import json
+    import subprocess
+    import sys
+
+    def row(name, fg):
+        return {"row": name, "label": f"bed: {name.split('-', 1)[1]}", "fg_token_fraction": 0.12,
+                "mask_fg_precision_per_seed": {str(i): v for i, v in enumerate(fg)}}
+
+    rows = [row("wrap-random", [0.120, 0.121, 0.119]), row("wrap-entropy", [0.090, 0.092, 0.091]), row("wrap-mlp", [0.20, 0.21, 0.22]),
+            row("wrap-conv", [0.118, 0.123, 0.120]),
+            row("objects-random", [0.120, 0.121, 0.119]), row("objects-entropy", [0.24, 0.23, 0.235]), row("objects-mlp", [0.20, 0.22, 0.21]),
+            row("objects-conv", [0.121, 0.119, 0.122])]
+    path = tmp_path / "mp.json"
+    path.write_text(json.dumps({"rows": rows}))
+    tool = Path(__file__).resolve().parent.parent / "tools" / "mask-position-table.py"
+    out = subprocess.run([sys.executable, str(tool), str(path)], capture_output=True, text=True, check=True).stdout
+    reading = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |") for line in out.splitlines() if line.count(", p = ") == 2}
+    assert reading == {"entropy": "keeps the detail (restorability)", "mlp": "keeps the object on both",
+                       "conv": "no difference from blind on either"}

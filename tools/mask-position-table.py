@@ -8,7 +8,8 @@ its excess over blind (share minus the foreground token fraction), Welch over se
 prior's share; the per-image AUROC and the shuffled AUROC of its score (the centre prior scores exactly
 0.5 in the latter; p of a one-sample t-test against 0.5); the damage its own decoder measures when a
 foreground / a background token is dropped; rFD-VGG16; how often it keeps the grid's outer ring; and
-the training seconds per step as the runs measured them (two workers on two cores: rough).
+the training seconds per step as the runs measured them (two workers on two cores: rough). Then,
+where both ran, each selector on the torus bed and on the crossed bed side by side (object or detail?).
 """
 import json
 import statistics as st
@@ -57,6 +58,38 @@ def main(path: str) -> None:
                      mean_sd(seeds(r, DFG), 4), mean_sd(seeds(r, DBG), 4), mean_sd(seeds(r, RFD), 1),
                      mean_sd(seeds(r, BORDER), 3), mean_sd(seeds(r, COST), 2)]
             print("| " + " | ".join(cells) + " |")
+    crossed(by_bed)
+
+
+def crossed(by_bed: dict[str, dict[str, dict]]) -> None:
+    """Object or detail? The same selectors on the torus bed, where the detail is on the background
+    (flat objects on stripes and checks), and on the crossed bed, where it is on the object (textured
+    objects on plain backgrounds): one that follows restorability keeps less foreground than blind on
+    the first and more on the second; one that follows the object keeps more on both."""
+    wrap, objects = by_bed.get("wrap", {}), by_bed.get("objects", {})
+    if not wrap or not objects:
+        return
+    print("\n| selector | torus bed (detail on the background): share − blind, p | crossed bed (detail on the object): share − blind, p | reading |")
+    print("|---|---|---|---|")
+    for name in [n for n in wrap if n in objects and n != "random"]:
+        cells, signs = [], []
+        for bed in (wrap, objects):
+            fg, blind = seeds(bed[name], FG), seeds(bed.get("random", {}), FG)
+            if not fg or not blind:
+                cells.append("not run")
+                signs.append(None)
+                continue
+            p = welch(fg, blind)
+            diff = st.mean(fg) - st.mean(blind)
+            cells.append(f"{diff:+.3f}, p = {p}")
+            signs.append(0 if p == "–" or float(p) >= 0.05 else (1 if diff > 0 else -1))
+        reading = {(1, 1): "keeps the object on both", (-1, 1): "keeps the detail (restorability)",
+                   (1, -1): "keeps the flat part", (-1, -1): "avoids the object on both"}.get(tuple(signs))
+        if reading is None:
+            reading = "not run" if None in signs else ("no difference from blind on either" if signs == [0, 0] else
+                      "keeps more object only where the object has the detail" if signs == [0, 1] else "one bed only")
+        label = wrap[name]["label"].split(": ", 1)[-1]
+        print(f"| {label} | {cells[0]} | {cells[1]} | {reading} |")
 
 
 if __name__ == "__main__":
