@@ -212,6 +212,36 @@ def speed_fid_figure(points: list[tuple[str, float, float]], metric: str = "FID"
     return fig
 
 
+def ratio_curves_figure(panels: dict[str, dict[str, list[tuple[float, float, float]]]], title: str = ""):
+    """Table 6 as curves: per metric (a panel), one line per mask (the paper's, a learned one, random,
+    the oracle) over the mask ratio, each point a mean over seeds with its std as an error bar; VQGAN
+    sits at 0 % on every line that starts from it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.4), dpi=120, squeeze=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax, (metric, lines) in zip(axes.flat, panels.items()):
+        for i, (label, points) in enumerate(lines.items()):
+            points = sorted(points)
+            x, y, e = (np.array([p[k] for p in points]) for k in range(3))
+            ax.errorbar(100 * x + (i - len(lines) / 2) * 0.6, y, yerr=e, marker="o", markersize=3.5, linewidth=1.2, capsize=2, label=label)
+        ax.set_xlabel("mask ratio (%)", fontsize=8)
+        ax.set_title(metric, fontsize=8.5)
+        ax.tick_params(labelsize=7)
+        ax.set_xticks(sorted({round(100 * p[0]) for pts in lines.values() for p in pts}))
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def mask_curves_figure(curves: dict[str, list[tuple[list[int], list[float]]]], baselines: dict[str, float] | None = None,
                        title: str = "", ylabel: str = "kept tokens on the foreground"):
     """Foreground share over training, one panel per row: every seed as a thin line (a mask that locks

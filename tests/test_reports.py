@@ -422,3 +422,50 @@ def test_a_selector_beats_the_position_prior_only_with_shuffled_auroc_and_foregr
     assert held.status == "fails" and "0.9" in held.evidence[1]
     assert v["textured objects anywhere (wrap): conv + BN gain (released)"].status == "not assessable"  # never run
     assert not any("centre prior (no model)" in k or "oracle" in k for k in v)  # judged: selectors with something to learn
+
+
+def test_table_6_claims_are_judged_for_each_selector_that_sweeps_the_ratio():
+    """ablation-mask-learned (issue 34): the paper's MLP, the learned selector and the oracle each get Table 6's
+    claims, each against the same random and VQGAN rows, named in the verdict; the speed-up is over the VQGAN of
+    the same f (not the f = 32 one that comes first)."""
+    def row(rfd, fd, usage, fg, speed):
+        return {"rfd_vgg16": [rfd, rfd + 0.1, rfd - 0.1], "fd_vgg16": [fd, fd + 0.1, fd - 0.1], "usage": [usage, usage + 0.1, usage - 0.1],
+                "mask_fg_precision": [fg, fg + 0.001, fg - 0.001], "speed_images_per_s": [speed, speed + 1, speed - 1]}
+
+    rows = {"vqgan-f32": row(9.0, 15.0, 50.0, 0.39, 400.0), "vqgan-f16": row(5.0, 12.0, 60.0, 0.39, 100.0),
+            "random-25": row(6.5, 12.5, 66.0, 0.39, 110.0), "random-50": row(8.0, 15.5, 69.0, 0.39, 150.0),
+            "adaptive-25": row(7.0, 13.0, 70.0, 0.30, 110.0), "adaptive-50": row(9.0, 16.5, 65.0, 0.25, 150.0),   # loses to random
+            "learned-25": row(5.5, 9.0, 70.0, 0.60, 110.0), "learned-50": row(6.0, 10.0, 80.0, 0.65, 150.0),     # beats it
+            "oracle-25": row(5.4, 8.0, 72.0, 0.75, 110.0)}
+    table, meta = _table(_records(rows), "ablation-mask-learned")
+    verdicts = check_claims(table, meta)
+    v = {x.claim: x for x in verdicts}
+    beats = {k.rsplit("[", 1)[1].rstrip("]"): x for k, x in v.items() if k.startswith("adaptive beats random at every mask ratio")}
+    assert set(beats) == {"the paper's scorer", "damage prediction", "the foreground oracle"}
+    assert beats["the paper's scorer"].status == "fails" and beats["damage prediction"].status == "holds"
+    assert beats["the foreground oracle"].status == "holds" and all("25%" in e for e in beats["the foreground oracle"].evidence)
+    assert all("learned" not in e and "MLP" not in e for e in beats["the foreground oracle"].evidence)  # its own rows only
+    usage = next(x for k, x in v.items() if k.startswith("codebook usage rises") and k.endswith("[damage prediction]"))
+    assert usage.status == "holds" and "0 % (VQGAN), f = 16" in usage.evidence[0]
+    small = next(x for k, x in v.items() if k.startswith("10-25 % adaptive mask improves") and k.endswith("[damage prediction]"))
+    assert small.status == "holds"
+    speed = next(x for k, x in v.items() if k.startswith("sampling speed rises") and k.endswith("[damage prediction]"))
+    assert speed.status == "holds" and "f = 32" not in " ".join(speed.evidence)
+    by_name = {r.name: r for r in table.rows}
+    assert by_name["learned-50"].values["speedup"][0] == pytest.approx(1.5)   # over VQGAN f = 16, not f = 32
+    assert by_name["vqgan-f32"].values["speedup"][0] == pytest.approx(1.0)
+    # the per-row foreground claim of the learned selector: more than blind and than the paper's MLP at its ratio
+    fg = [x for x in verdicts if "keeps the foreground more often than a blind mask and than the paper's MLP" in x.claim]
+    assert {x.claim.split(" keeps")[0]: x.status for x in fg} == {
+        "10 % adaptive, damage (half the masks random)": "not assessable", "25 % adaptive, damage (half the masks random)": "holds",
+        "50 % adaptive, damage (half the masks random)": "holds", "75 % adaptive, damage (half the masks random)": "not assessable"}
+    # the curves: one line per mask over the ratio, from VQGAN at the masks' f; a table with one sweep draws none
+    from mqvq.reports.report import _ratio_curves
+
+    fig = _ratio_curves(table, meta, load_study("ablation-mask-learned"))
+    usage = next(ax for ax in fig.axes if ax.get_title().startswith("usage (%)"))
+    lines = {t.get_text(): None for t in fig.axes[0].get_legend().get_texts()}
+    assert set(lines) == {"the paper's scorer", "random", "damage prediction"}  # the oracle ran at one ratio here: no line
+    assert len(usage.containers) == 3 and all(c.lines[0].get_ydata()[0] == pytest.approx(60.0) for c in usage.containers)  # VQGAN f = 16
+    one_sweep = {k: v for k, v in rows.items() if k.startswith(("vqgan", "adaptive"))}
+    assert _ratio_curves(*_table(_records(one_sweep), "ablation-mask-learned"), load_study("ablation-mask-learned")) is None

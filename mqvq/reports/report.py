@@ -172,6 +172,10 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
             if src:
                 shutil.copy(src, folder / name)
                 written.append(str(folder / name))
+    # Table 6 as curves: each mask's usage (and Fréchet distances) over the ratio, when several masks sweep it
+    fig = _ratio_curves(table, meta, study)
+    if fig is not None:
+        written.append(_save(fig, folder / "mask-ratio-curves.png"))
     # foreground share over training, every seed of every masked row
     fig = _mask_curves(tracker, table, meta, study)
     if fig is not None:
@@ -204,6 +208,45 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     if len(points) >= 2:
         written.append(_save(F.speed_fid_figure(points, "FID" if fd_key == "fid" else "FD-VGG16"), folder / "fig6b-speed-vs-fid.png"))
     return written
+
+
+def _ratio_curves(table: Table, meta: dict, study: StudyConfig):
+    """Per mask (the paper's MLP, each other selector, random) a line over the mask ratio, starting at
+    VQGAN of the same f, for usage, the foreground share and the Fréchet distances; None unless at
+    least two masks each sweep two ratios or more."""
+    from mqvq import figures as F
+    from mqvq.reports.checks import GROUP_NAMES
+
+    def mask(m):
+        return "random" if m["mask_type"] == "random" else GROUP_NAMES.get(m.get("selector", "gain"), m.get("selector"))
+
+    done = [r for r in table.rows if r.status == "finished"]
+    masked = [r for r in done if meta[r.name]["mask_type"] != "none"]
+    ratios: dict[str, set] = {}
+    for r in masked:
+        ratios.setdefault(mask(meta[r.name]), set()).add(meta[r.name]["ratio"])
+    sweeps = [k for k, v in ratios.items() if len(v) >= 2]
+    if len(sweeps) < 2:
+        return None
+    f = meta[masked[0].name]["f"]
+    base = next((r for r in done if meta[r.name]["mask_type"] == "none" and meta[r.name]["f"] == f), None)
+    panels = {}
+    for col in [c for c in table.columns if not c.is_paper and c.family in ("usage", "usage_effective", "mask", "rfid", "fid")]:
+        lines = {}
+        for name in sweeps:
+            pts = [(meta[r.name]["ratio"], r.values[col.key][0], r.values[col.key][1]) for r in masked
+                   if mask(meta[r.name]) == name and meta[r.name]["f"] == f and col.key in r.values]
+            if base is not None and col.key in base.values and col.family != "mask":
+                pts.append((0.0, base.values[col.key][0], base.values[col.key][1]))
+            if len(pts) >= 2:
+                lines[name] = pts
+        if lines:
+            arrow = "" if col.lower is None else (" (lower is better)" if col.lower else " (higher is better)")
+            panels[col.label + arrow] = lines
+    if not panels:
+        return None
+    return F.ratio_curves_figure(panels, f"{study.name} ({table.profile}): each mask over the ratio, mean ± std over seeds"
+                                         + (f"; 0 %: VQGAN, f = {f}" if base is not None else ""))
 
 
 def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig):
