@@ -7,9 +7,9 @@
 #   heldout            top-left quadrant held out, 5 selectors x 3 seeds                                     ~25 min
 #   objects            textured objects on plain backgrounds, 8 selectors x 3 seeds                          ~40 min
 #   long               the torus bed at 800 steps, 6 selectors x 3 seeds                                     ~75 min
-#   translated         translated Fashion-MNIST 48 px (12 x 12 tokens): blind, centre, damage-mixed,
-#                      straight-through and the oracle, 5 seeds                                             ~80 min
-#   translated-scorers the same data: the paper's two gain scorers and the entropy rule, 5 seeds             ~50 min
+#   translated         translated Fashion-MNIST 48 px (12 x 12 tokens): blind, centre, damage-mixed and
+#                      straight-through, 5 seeds                                                            ~65 min
+#   translated-scorers the same data: the oracle, the paper's two gain scorers and the entropy rule, 5 seeds ~65 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home=${1:-.mqvq-mp}
@@ -23,7 +23,7 @@ rows() {  # the bed's rows: every row whose name starts with "$1-", but translat
 import sys
 from mqvq.studies.spec import load_study
 bed = sys.argv[1]
-scorers = ["translated-mlp", "translated-conv", "translated-entropy"]
+scorers = ["translated-oracle", "translated-mlp", "translated-conv", "translated-entropy"]
 names = [r.name for r in load_study("mask-position").rows]
 if bed == "translated-scorers":
     chosen = scorers
