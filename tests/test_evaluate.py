@@ -12,7 +12,7 @@ from mqvq.errors import UserError
 from mqvq.stages.evaluate import evaluate_run
 from mqvq.stages.train_stage1 import train_stage1
 from mqvq.stages.train_stage2 import train_stage2
-from tests.test_metrics import inception_file  # noqa: F401  (session fixture)
+from tests.test_metrics import accept_stand_in, inception_file  # noqa: F401  (session fixture)
 
 runner = CliRunner()
 EVAL = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
@@ -61,6 +61,7 @@ def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception
 
     # the inception backend (a random-weight file of the exact architecture here) gives fid / rfid / is
     monkeypatch.setenv("MQVQ_INCEPTION_WEIGHTS", str(inception_file))
+    accept_stand_in(monkeypatch, inception_file)
     evaluate_run(tracker, s2, ["fid", "is"], backend="inception", progress=False)
     evaluate_run(tracker, s1, ["rfid"], backend="inception", progress=False)
     m1, m2 = tracker.get_run(s1).data, tracker.get_run(s2).data

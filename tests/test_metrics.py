@@ -80,8 +80,21 @@ def inception_file(tmp_path_factory):
     return path
 
 
+def accept_stand_in(monkeypatch, path) -> None:
+    """A stub for what the test environment cannot hold: the real 96 MB Inception file. The random-weight
+    stand-in passes the SHA-256 check because the catalog's digest and size are swapped for its own."""
+    import hashlib
+
+    from mqvq.models import pretrained as P
+
+    w = P.CATALOG["inception"]
+    monkeypatch.setitem(P.CATALOG, "inception", P.Weights(w.key, w.file, w.urls, hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                          path.stat().st_size, w.what))
+
+
 def test_inception_backend_loads_the_exact_architecture(inception_file, monkeypatch):
     monkeypatch.setenv("MQVQ_INCEPTION_WEIGHTS", str(inception_file))
+    accept_stand_in(monkeypatch, inception_file)
     backend = InceptionFeatures(torch.device("cpu"))
     assert sum(v.numel() for v in backend.model.state_dict().values() if v.dtype.is_floating_point) > 23_000_000
     feats, logits = backend(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
@@ -95,6 +108,9 @@ def test_inception_backend_errors_clearly_without_a_file(tmp_path, monkeypatch):
         InceptionFeatures(torch.device("cpu"))
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)
+    with pytest.raises(UserError, match=f"bad.pth is .* bytes, not the 95,628,359 of {INCEPTION_FILE} .*SHA-256 6726825d"):
+        InceptionFeatures(torch.device("cpu"), str(bad))  # refused before torch reads it
+    accept_stand_in(monkeypatch, bad)  # the right size and digest, but not Inception's tensors
     with pytest.raises(UserError, match="is not an FID Inception-v3 state dict"):
         InceptionFeatures(torch.device("cpu"), str(bad))
 

@@ -83,7 +83,8 @@ def online(tmp_path, monkeypatch):
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
+    """What a fetch left under the folder, besides locks and the record of files found right."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name != P.VERIFIED_FILE) if folder.exists() else []
 
 
 def test_a_missing_file_is_fetched_verified_and_said_once(online, server, monkeypatch):
@@ -94,6 +95,43 @@ def test_a_missing_file_is_fetched_verified_and_said_once(online, server, monkey
     assert path == online / w.file and path.read_bytes() == body and _leftovers(online) == [w.file]
     assert len(said) == 1 and w.file in said[0] and str(path) in said[0] and "SHA-256 verified" in said[0]
     assert P.ensure("inception", tell=said.append) == path and len(said) == 1 and len(server.hits) == 1  # not again
+
+
+def test_a_file_already_in_place_is_checked_once_and_a_wrong_one_is_refused_in_one_sentence(tmp_path, server, monkeypatch):
+    """Put there by hand (as the docs say for an offline machine) or named by MQVQ_INCEPTION_WEIGHTS: its size and
+    SHA-256 are checked before anything reads it, once per (path, size, mtime)."""
+    import os
+
+    from mqvq.metrics.features import resolve_inception_weights
+
+    monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
+    body = b"the right bytes" * 100
+    w = _stand_in(monkeypatch, server, "inception", body)  # offline: never fetched
+    path = tmp_path / w.file
+    path.write_bytes(body[:-7])
+    with pytest.raises(UserError, match=rf"{w.file} is 1,493 bytes, not the 1,500 of {w.file} .*SHA-256 {w.sha256}\): it is truncated") as e:
+        P.ensure("inception")
+    assert "\n" not in str(e.value) and "delete it (mqvq fetches it again)" in str(e.value)
+    path.write_bytes(b"X" * len(body))
+    with pytest.raises(UserError, match=rf"has SHA-256 [0-9a-f]{{64}}, not {w.sha256} of {w.file}"):
+        P.ensure("inception")
+    res = runner.invoke(app, ["weights", "--json"])
+    row = next(r for r in __import__("json").loads(res.stdout)["weights"] if r["weights"] == "inception")
+    assert res.exit_code == 0 and row["status"] == "wrong" and "has SHA-256" in row["problem"]
+    monkeypatch.setenv("MQVQ_INCEPTION_WEIGHTS", str(path))
+    with pytest.raises(UserError, match="has SHA-256"):  # a named file too
+        resolve_inception_weights()
+    path.write_bytes(body)
+    assert P.ensure("inception") == path and resolve_inception_weights() == path
+    # remembered by size and mtime: the same size and mtime are not hashed again; a new mtime is
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"Y" * len(body))
+    os.utime(path, ns=(stamp, stamp))
+    assert P.ensure("inception") == path
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    with pytest.raises(UserError, match="has SHA-256"):
+        P.ensure("inception")
+    assert server.hits == []
 
 
 def test_a_wrong_digest_is_rejected_and_nothing_is_kept(online, server, monkeypatch):

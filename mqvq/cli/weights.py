@@ -27,8 +27,9 @@ def _rows() -> list[dict]:
     for key, w in CATALOG.items():
         try:
             rows.append({"weights": key, "file": str(ensure(key, download=False)), "status": "ready", "problem": None})
-        except UserError as e:
-            rows.append({"weights": key, "file": str(weights_dir() / w.file), "status": "missing", "problem": str(e)})
+        except UserError as e:  # absent, or there but not the published file (its size or SHA-256)
+            there = (weights_dir() / w.file).is_file()
+            rows.append({"weights": key, "file": str(weights_dir() / w.file), "status": "wrong" if there else "missing", "problem": str(e)})
     return rows
 
 
@@ -37,7 +38,7 @@ def _show(rows: list[dict], as_json: bool) -> None:
         print_json({"weights": rows})
         return
     console.print(table(["weights", "file", "status"], [[r["weights"], r["file"], "[green]ready[/]" if r["status"] == "ready"
-                                                         else f"[yellow]missing[/]: {escape(r['problem'])}"] for r in rows]))
+                                                         else f"[yellow]{r['status']}[/]: {escape(r['problem'])}"] for r in rows]))
 
 
 @app.callback(invoke_without_command=True)

@@ -21,19 +21,19 @@ import torch.nn.functional as F
 from mqvq.errors import UserError
 from mqvq.metrics import metric_names  # noqa: F401  (here since the metric names follow the backends)
 from mqvq.models.lpips import load_lpips
-from mqvq.models.pretrained import CATALOG, ensure
+from mqvq.models.pretrained import CATALOG, ensure, verified
 
 INCEPTION_FILE = CATALOG["inception"].file
 BACKENDS = ("inception", "vgg16")
 
 
 def resolve_inception_weights(path: str | None = None) -> Path:
-    """A file named by the config or `$MQVQ_INCEPTION_WEIGHTS` is used as it is (never downloaded
-    over); otherwise the weights folder's copy, fetched on first use."""
+    """A file named by the config or `$MQVQ_INCEPTION_WEIGHTS` is used where it is (never downloaded
+    over), once its SHA-256 is checked; otherwise the weights folder's copy, fetched on first use."""
     named = path or os.environ.get("MQVQ_INCEPTION_WEIGHTS")
     if named:
         if Path(named).is_file():
-            return Path(named)
+            return verified("inception", Path(named))
         raise UserError(f"FID Inception weights not found at {named}: put {INCEPTION_FILE} (the pytorch-fid / torch-fidelity "
                         f"Inception-v3 file, ~96 MB) there, or unset MQVQ_INCEPTION_WEIGHTS / eval.inception_weights to use the "
                         f"weights folder, where mqvq fetches it.")

@@ -76,13 +76,66 @@ class _Refused(Exception):
     """A download that must not be kept (not an OSError: `atomic_write` would call it a write error)."""
 
 
+VERIFIED_FILE = ".verified.json"  # in the weights folder: path -> [size, mtime_ns, sha256] of files found to be right
+
+
+def verified(key: str, path: Path) -> Path:
+    """`path` if it is `CATALOG[key]`'s exact file: its size, then its SHA-256, checked once per
+    (path, size, mtime) and remembered in the weights folder, so a truncated or wrong file put in
+    place by hand (or named by an environment variable) is refused in one sentence instead of failing
+    somewhere inside a model, and a right one costs one hash per machine, not one per process."""
+    w = CATALOG[key]
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, w.sha256]
+    memo = _memo()
+    if memo.get(str(path.resolve())) == stamp:
+        return path
+    fix = f"delete it (mqvq fetches it again) or replace it with {w.urls[0]}"
+    if st.st_size != w.size:
+        raise UserError(f"{path} is {st.st_size:,} bytes, not the {w.size:,} of {w.file} ({w.what}, SHA-256 {w.sha256}): "
+                        f"it is truncated or another file; {fix}.")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != w.sha256:
+        raise UserError(f"{path} has SHA-256 {digest.hexdigest()}, not {w.sha256} of {w.file} ({w.what}): "
+                        f"it is damaged or another file; {fix}.")
+    _remember(str(path.resolve()), stamp)
+    return path
+
+
+def _memo() -> dict:
+    import json
+
+    try:
+        data = json.loads((weights_dir() / VERIFIED_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(path: str, stamp: list) -> None:
+    """Best effort: a read-only weights folder (a shared copy) just means hashing again next time."""
+    import json
+
+    memo_file = weights_dir() / VERIFIED_FILE
+    try:
+        with file_lock(memo_file.parent / f".{VERIFIED_FILE}.lock"):
+            memo = _memo() | {path: stamp}
+            atomic_write(memo_file, lambda f: f.write(json.dumps(memo, indent=1).encode()))
+    except (OSError, UserError):
+        pass
+
+
 def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -> Path:
-    """The path of `CATALOG[key]` in the weights folder, downloaded and verified if it is not there
-    (`download=False`: only where it is, for a status that must not start a download)."""
+    """The path of `CATALOG[key]` in the weights folder, downloaded and verified if it is not there,
+    verified once if it is (`download=False`: only where it is, for a status that must not start a
+    download)."""
     w = CATALOG[key]
     target = weights_dir() / w.file
     if target.is_file():
-        return target
+        return verified(key, target)
     if not download:
         raise UserError(f"{w.file}, {w.what}, is not in {target.parent}: it is fetched on first use, or now with "
                         f"`mqvq weights fetch {key}`.")
@@ -91,7 +144,7 @@ def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -
                         f"download {w.urls[0]} and put it there.")
     with file_lock(target.parent / f".{w.file}.lock"):  # study workers needing it at once: one downloads
         if target.is_file():
-            return target
+            return verified(key, target)
         for stale in target.parent.glob(f".{w.file}.*.tmp"):  # left by a download killed outright (we hold the lock)
             stale.unlink(missing_ok=True)
         problems = []
@@ -103,6 +156,8 @@ def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -
                 problems.append(f"{url}: {e}")
                 continue
             tell(f"fetched {w.file}, {w.what} ({w.size / 1e6:.1f} MB), from {url} to {target} (SHA-256 verified)")
+            st = target.stat()
+            _remember(str(target.resolve()), [st.st_size, st.st_mtime_ns, w.sha256])
             return target
     raise UserError(f"cannot download {w.file}, {w.what}: {'; '.join(problems)}. Download {w.urls[0]} and put it in "
                     f"{target.parent} (or set {OFFLINE_ENV}=1 to stop trying).")
