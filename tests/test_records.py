@@ -94,3 +94,40 @@ def test_two_workers_logging_the_same_dataset_at_once_both_succeed(tracker):
     assert found == [] and all(p.exitcode == 0 for p in procs)
     runs = tracker.find_runs_everywhere("")
     assert len(runs) == 16 and all(r.inputs.dataset_inputs for r in runs)
+
+
+def test_a_history_has_one_value_per_step_the_one_logged_last(tracker):
+    """A run resumed from its last checkpoint trains the steps after it again: Fig. 6a and the mask curves read
+    each step once, with the value the finished run continued from."""
+    run_id = tracker.start_run("e", "resumed", {T.STAGE: "stage2"})
+    for step, value, ms in [(1, 3.0, 1000), (2, 2.5, 2000), (3, 2.4, 3000),    # the first process, killed after step 3
+                            (3, 2.3, 9000), (2, 2.6, 8000), (4, 2.0, 10000)]:  # resumed from the checkpoint at step 1
+        tracker.client.log_metric(run_id, "train/loss", value, timestamp=ms, step=step)
+    assert len(tracker.client.get_metric_history(run_id, "train/loss")) == 6
+    hist = tracker.metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in hist] == [(1, 3.0), (2, 2.6), (3, 2.3), (4, 2.0)]
+
+
+def test_each_stage_logs_its_step_time_under_its_own_name_and_older_runs_read_under_theirs(tracker):
+    from mqvq.metrics.registry import LEGACY_STEP_SECONDS, REGISTRY, STEP_SECONDS, named_step_seconds
+    from mqvq.studies.plan import measured_costs
+
+    assert STEP_SECONDS["stage1"] != STEP_SECONDS["stage2"] and REGISTRY["cost"].name() == STEP_SECONDS["stage1"]
+    assert named_step_seconds({LEGACY_STEP_SECONDS: 0.5}, "stage1")[STEP_SECONDS["stage1"]] == 0.5
+    assert named_step_seconds({LEGACY_STEP_SECONDS: 0.5, STEP_SECONDS["stage2"]: 0.2}, "stage2")[STEP_SECONDS["stage2"]] == 0.2
+    # measured costs: an old run's step time counts; a resumed run's wall time (which may include time queued
+    # between a preemption and its requeue) does not count as overhead
+    from mqvq.machine import cpu_name, torch_threads
+
+    tags = {T.STAGE: "stage1", T.CONFIG_HASH: "h", T.EXPERIMENT: "vqgan-f16", T.PROFILE: "smoke", T.DEVICE_NAME: cpu_name(),
+            T.TORCH_THREADS: torch_threads(tracker.home)}
+    for name, metric, resumed, wall_s in [("old", LEGACY_STEP_SECONDS, False, 15.0), ("new", STEP_SECONDS["stage1"], False, 25.0),
+                                          ("requeued", STEP_SECONDS["stage1"], True, 4000.0)]:
+        run_id = tracker.start_run("e", name, tags | ({T.RESUMED_FROM_STEP: 5} if resumed else {}), {"stage1.train.steps": 10})
+        tracker.log_metrics(run_id, {metric: 1.0}, 10)
+        tracker.end_run(run_id)
+        info = tracker.get_run(run_id).info
+        tracker.client.set_terminated(run_id, "FINISHED", end_time=info.start_time + int(wall_s * 1000))
+    costs = measured_costs(tracker, "smoke", "cpu")
+    assert costs.runs == 3 and costs.step_s[("stage1", "h")] == 1.0
+    assert costs.overhead_s["stage1"] == pytest.approx(10.0)  # the median of 5 s and 15 s; the requeued run's 3990 s are not

@@ -84,7 +84,7 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
     assert plan["estimate"]["measured_runs"] == 4  # two stage-1 and two stage-2 runs
     costs = measured_costs(tracker, "smoke")
     stage1_runs = [x for x in runs if x.data.tags.get("mqvq.stage") == "stage1"]
-    step_s = {x.data.tags["mqvq.experiment"]: x.data.metrics["time/step_seconds"] for x in stage1_runs}
+    step_s = {x.data.tags["mqvq.experiment"]: x.data.metrics["time/stage1_step_seconds"] for x in stage1_runs}
     assert costs.step_s[("stage1", "vqgan-f16")] == step_s["vqgan-f16"]
     a = next(x for x in plan["rows"] if x["row"] == "a")
     from mqvq.studies.spec import load_study as _load, row_config

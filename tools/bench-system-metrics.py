@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What logging system metrics costs a training step: stage-1 training runs with them off, on at
 the default interval and on at 1 s (ten times as often), interleaved, one at a time; the medians of
-the per-pair ratios of seconds per step (the run's `time/step_seconds`, validation excluded), with
+the per-pair ratios of seconds per step (the run's `time/stage1_step_seconds`, validation excluded), with
 CPU time beside wall time and the torch thread count; and what one sample costs on its own (the
 monitors' reading plus the MLflow write), which bounds the cost where the ratios are only noise.
 
@@ -35,7 +35,7 @@ def one(tracker: Tracker, experiment: str, steps: int, extra: list[str], seed: i
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run_id = train_stage1(cfg, tracker, progress=False)["run_id"]
     cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
-    return {"step_seconds": tracker.get_run(run_id).data.metrics["time/step_seconds"], "wall_s": wall,
+    return {"step_seconds": tracker.get_run(run_id).data.metrics["time/stage1_step_seconds"], "wall_s": wall,
             "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
             "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage"))}
 

@@ -20,7 +20,8 @@ from seed_stats import welch as _welch
 def welch(a: list[float], b: list[float]) -> str:
     return _welch(a, b, tie_digits=2)
 
-FG, AUC, RFD, COST = "mask_fg_precision", "mask_auroc", "rfd_vgg16", "time/step_seconds"
+FG, AUC, RFD = "mask_fg_precision", "mask_auroc", "rfd_vgg16"
+COST, LEGACY_COST = "time/stage1_step_seconds", "time/step_seconds"  # reports of runs trained before the per-stage name
 
 
 def main(path: str) -> None:
@@ -49,7 +50,7 @@ def main(path: str) -> None:
                      "0.5 (no score)" if name == "random" else mean_sd(seeds(r, AUC), 3),
                      mean_sd(seeds(r, RFD), 1),
                      "–" if name == "mlp" or not mlp else welch(seeds(r, RFD), seeds(mlp, RFD)),
-                     mean_sd(seeds(r, COST), 2),
+                     mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2),
                      "–" if oracle_excess is None or excess is None or name == "oracle" else f"{oracle_excess - excess:.3f}"]
             print("| " + " | ".join(cells) + " |")
 

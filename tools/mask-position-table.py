@@ -20,7 +20,8 @@ from scipy import stats
 from seed_stats import mean_sd, seeds, welch
 
 FG, AUC, SAUC, RFD = "mask_fg_precision", "mask_auroc", "mask_sauc", "rfd_vgg16"
-DFG, DBG, BORDER, COST = "mask_damage_fg", "mask_damage_bg", "mask_keep_border", "time/step_seconds"
+DFG, DBG, BORDER = "mask_damage_fg", "mask_damage_bg", "mask_keep_border"
+COST, LEGACY_COST = "time/stage1_step_seconds", "time/step_seconds"  # reports of runs trained before the per-stage name
 
 
 def above_half(a: list[float]) -> str:
@@ -56,7 +57,7 @@ def main(path: str) -> None:
                      mean_sd(seeds(r, AUC), 3) if seeds(r, AUC) else "no score",
                      mean_sd(sauc, 3) if sauc else "no score", above_half(sauc) if sauc and name != "centre" else "–",
                      mean_sd(seeds(r, DFG), 4), mean_sd(seeds(r, DBG), 4), mean_sd(seeds(r, RFD), 1),
-                     mean_sd(seeds(r, BORDER), 3), mean_sd(seeds(r, COST), 2)]
+                     mean_sd(seeds(r, BORDER), 3), mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2)]
             print("| " + " | ".join(cells) + " |")
     crossed(by_bed)
 

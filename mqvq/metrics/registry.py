@@ -45,6 +45,20 @@ def _one(key, name, label, short, lower, decimals, stage, paper=None, auto=False
     return Metric(key, {"": name}, {"": label}, short, lower, decimals, stage, paper, auto)
 
 
+# the seconds per training step a stage run logs, one name per stage (a row copies both stages' metrics
+# into one place); runs logged before had one name for both, read through `named_step_seconds`
+STEP_SECONDS = {"stage1": "time/stage1_step_seconds", "stage2": "time/stage2_step_seconds"}
+LEGACY_STEP_SECONDS = "time/step_seconds"
+
+
+def named_step_seconds(metrics: dict[str, float], stage: str) -> dict[str, float]:
+    """`metrics` with an older run's `time/step_seconds` also under its stage's name: on a stage run
+    it was that stage's; on a row, the last stage copied (stage 2 when the row has one)."""
+    if LEGACY_STEP_SECONDS in metrics and stage in STEP_SECONDS and STEP_SECONDS[stage] not in metrics:
+        return metrics | {STEP_SECONDS[stage]: metrics[LEGACY_STEP_SECONDS]}
+    return metrics
+
+
 REGISTRY: dict[str, Metric] = {m.key: m for m in (
     _fd("rfid", "rfid", "rfd_vgg16", "rFID", "rFD-VGG16", "rFID", "rFD", "stage1", "rfid"),
     _fd("fid", "fid", "fd_vgg16", "FID", "FD-VGG16", "FID", "FD", "stage2", "fid", (GUIDED_SUFFIX, BEST_SUFFIX)),
@@ -63,7 +77,7 @@ REGISTRY: dict[str, Metric] = {m.key: m for m in (
     _one("sauc", "mask_sauc", "shuffled AUROC (0.5: position only)", "sAUC", False, 3, "stage1"),
     _one("damage_fg", "mask_damage_fg", "damage: drop a foreground token", "Dmg FG", None, 4, "stage1"),
     _one("damage_bg", "mask_damage_bg", "damage: drop a background token", "Dmg BG", None, 4, "stage1"),
-    _one("cost", "time/step_seconds", "train s / step", "s/step", None, 3, "stage1"),
+    _one("cost", STEP_SECONDS["stage1"], "stage-1 s / step", "s/step", None, 3, "stage1"),
     _one("fg_fraction", "fg_token_fraction", "foreground tokens", "FG tok.", None, 3, "stage1"),
     _one("keep_border", "mask_keep_border", "kept at border", "Border", None, 3, "stage1"),
     _one("keep_centre", "mask_keep_centre", "kept in centre", "Centre", None, 3, "stage1"),

@@ -260,11 +260,8 @@ def _mask_curves(tracker: Tracker, table: Table, meta: dict, study: StudyConfig)
         for rid in row.run_ids:
             s1 = RowRecord.of(tracker.get_run(rid)).stage1_run
             hist = tracker.metric_history(s1, "val/mask_fg_precision") if s1 else []
-            if len(hist) > 1:
-                first = {}
-                for m in sorted(hist, key=lambda m: m.timestamp):  # one point per step (older runs logged the last twice)
-                    first.setdefault(m.step, m.value)
-                runs.append((sorted(first), [first[k] for k in sorted(first)]))
+            if len(hist) > 1:  # one point per step (`metric_history`)
+                runs.append(([m.step for m in hist], [m.value for m in hist]))
                 frac = tracker.metric_history(s1, "val/fg_token_fraction")
                 row_fractions += [m.value for m in frac[-1:]]
         if runs:

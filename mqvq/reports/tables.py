@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mqvq.errors import UserError
-from mqvq.metrics.registry import GUIDED, REGISTRY
+from mqvq.metrics.registry import GUIDED, REGISTRY, named_step_seconds
 from mqvq.tracking import tags as T
 from mqvq.tracking.records import RowRecord
 
@@ -93,6 +93,7 @@ def describe(cfg) -> dict[str, str]:
 def build_table(study, profile: str, records: list[RowRecord], descriptors: dict[str, dict], paper: dict[str, dict]) -> Table:
     """`records`: one per row run (row x seed)."""
     by_row: dict[str, list[RowRecord]] = {}
+    records = [replace(r, metrics=named_step_seconds(r.metrics, "stage2" if r.stage2_run else "stage1")) for r in records]  # rows trained before
     for r in records:
         by_row.setdefault(r.row, []).append(r)
     metric_keys = list(study.metrics) + (["fid_best"] if getattr(study, "search", None) and study.search.trials else [])

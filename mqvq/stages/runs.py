@@ -159,7 +159,7 @@ def checkpoint_on_exit(save):
 
 class LoopClock:
     """Seconds per training step in this process, validation passes excluded: what `study plan`
-    multiplies by a row's steps to estimate its time (logged as `time/step_seconds`)."""
+    multiplies by a row's steps to estimate its time (logged as the registry's `STEP_SECONDS[stage]`)."""
 
     def __init__(self, start_step: int):
         self.start_step, self.t0, self.paused = start_step, time.perf_counter(), 0.0

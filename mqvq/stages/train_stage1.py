@@ -21,6 +21,7 @@ from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
 from mqvq.images import reconstruction_grid
 from mqvq.metrics.mask import MaskTally
+from mqvq.metrics.registry import STEP_SECONDS
 from mqvq.models.checkpoint import FORMAT, atomic_save
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
@@ -204,7 +205,7 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
                 if step % t.ckpt_every == 0 and step < end:
                     run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
-        tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
+        tracker.log_metrics(run_id, {STEP_SECONDS["stage1"]: sec}, step)
     return last_logs
 
 

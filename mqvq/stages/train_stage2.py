@@ -24,6 +24,7 @@ from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.images import sample_grid, to_pixels
+from mqvq.metrics.registry import STEP_SECONDS
 from mqvq.models.checkpoint import FORMAT, atomic_save, read_checkpoint
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
@@ -272,7 +273,7 @@ def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: boo
                 if step % t.ckpt_every == 0 and step < end:
                     run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
-        tracker.log_metrics(run_id, {"time/step_seconds": sec}, step)
+        tracker.log_metrics(run_id, {STEP_SECONDS["stage2"]: sec}, step)
     return last
 
 

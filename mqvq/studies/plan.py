@@ -15,7 +15,7 @@ from mqvq.config import ExperimentConfig, config_hash, identity
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.machine import cpu_name, may_have_gpu, torch_threads
-from mqvq.metrics.registry import REGISTRY, best, frechet, guided, metric_stage
+from mqvq.metrics.registry import REGISTRY, STEP_SECONDS, best, frechet, guided, metric_stage, named_step_seconds
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
 from mqvq.tracking import tags as T
@@ -327,7 +327,8 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
     over: dict[str, list[float]] = {}
     evals = []
     for r in map(StageRecord.of, runs):
-        stage, sec = r.stage, r.metrics.get("time/step_seconds")
+        stage = r.stage
+        sec = named_step_seconds(r.metrics, stage).get(STEP_SECONDS.get(stage, ""))
         if stage not in ("stage1", "stage2") or sec is None or (threads and r.torch_threads not in (None, threads)):
             continue
         costs.runs += 1
@@ -337,7 +338,9 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
             if resolution:
                 area.setdefault((stage, key), []).append(float(resolution) ** 2)
         steps = float(r.params.get(f"{stage}.train.steps", 0) or 0)
-        if r.end_time and steps:  # set-up, checkpoints, the final validation, and stage 2's tokenizing
+        # set-up, checkpoints, the final validation, and stage 2's tokenizing; not from a resumed run, whose
+        # wall time may include hours queued between a preemption and its requeue
+        if r.end_time and steps and not r.resumed:
             wall = (r.end_time - r.start_time) / 1000 + r.metrics.get("time/tokenize_seconds", 0.0)
             over.setdefault(stage, []).append(max(0.0, wall - steps * sec))
         if r.eval_seconds is not None:

@@ -20,7 +20,7 @@ from mqvq import signals
 from mqvq.config import config_hash, identity
 from mqvq.errors import UserError
 from mqvq.metrics import metric_family, metric_stage
-from mqvq.metrics.registry import backend_of, best
+from mqvq.metrics.registry import backend_of, best, named_step_seconds
 from mqvq.runtime import duration
 from mqvq.studies import lease
 from mqvq.studies.plan import (RowPlan, Step, expected_metrics, find_row_runs, optional_metrics, plan_study, replan_row,
@@ -288,13 +288,14 @@ def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_ru
             w.log(f"  evaluating {stage}: {', '.join(todo)}")
             evaluate_run(tracker, run_id, [*todo, "figures"], backend=w.backend, device=w.device, progress=w.progress)
     values, tags = {}, {}
-    for run_id in (stage1_run, stage2_run):
+    for stage, run_id in (("stage1", stage1_run), ("stage2", stage2_run)):
         if run_id is None:
             continue
         run = tracker.get_run(run_id).data
+        have = named_step_seconds(run.metrics, stage)  # a stage run trained before the per-stage name
         for name in [*want, *optional_metrics(study)]:
-            if name in run.metrics:
-                values[name] = run.metrics[name]
+            if name in have:
+                values[name] = have[name]
                 tags |= {k: v for k, v in run.tags.items() if k.startswith(T.eval_tag(name, "")) or k in T.EVAL_ENVIRONMENT}
     if values:
         tracker.log_metrics(parent, values, step=0)

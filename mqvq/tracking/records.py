@@ -131,6 +131,7 @@ class StageRecord:
     params: dict[str, str] = field(default_factory=dict)
     start_time: int | None = None
     end_time: int | None = None
+    resumed: bool = False               # trained by more than one process: its wall time may include time queued
 
     @property
     def finished(self) -> bool:
@@ -145,7 +146,8 @@ class StageRecord:
                    stage1_run=t.get(T.STAGE1_RUN) or None, stage1_checkpoint=t.get(T.STAGE1_CHECKPOINT) or None,
                    heartbeat=_float(t.get(T.HEARTBEAT)), device_name=t.get(T.DEVICE_NAME, ""), torch_threads=t.get(T.TORCH_THREADS),
                    eval_seconds=float(t[T.EVAL_SECONDS]) if t.get(T.EVAL_SECONDS) else None, metrics=dict(run.data.metrics),
-                   params=dict(run.data.params), start_time=run.info.start_time, end_time=run.info.end_time)
+                   params=dict(run.data.params), start_time=run.info.start_time, end_time=run.info.end_time,
+                   resumed=bool(t.get(T.RESUMED_FROM_STEP)))
 
     @staticmethod
     def is_stage(run) -> bool:
@@ -196,3 +198,4 @@ class DatasetRecord:
     @property
     def title(self) -> str:
         return f"{self.name} {self.split}"
+

@@ -199,8 +199,14 @@ class Tracker:
         return self.client.get_experiment(self.get_run(run_id).info.experiment_id).name
 
     def metric_history(self, run_id: str, key: str) -> list:
-        """Every logged value of one metric (MLflow Metric entities: step, value, timestamp)."""
-        return list(self.client.get_metric_history(run_id, key))
+        """One value per step of one metric, in step order (MLflow Metric entities: step, value,
+        timestamp): a run resumed from its last checkpoint trains the steps after it again and logs
+        them twice, and the later value is the one the finished run continued from."""
+        latest = {}
+        for i, m in enumerate(self.client.get_metric_history(run_id, key)):
+            if m.step not in latest or (m.timestamp, i) >= latest[m.step][0]:
+                latest[m.step] = ((m.timestamp, i), m)
+        return [latest[s][1] for s in sorted(latest)]
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
