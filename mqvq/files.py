@@ -18,10 +18,19 @@ def file_in_the_way(path: Path) -> Path | None:
     return blocker if blocker is not None and not blocker.is_dir() else None
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+def _temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """A new hidden temp file `.<name>.<random>.tmp` in `folder`, as `tempfile.mkstemp` makes one but
+    with mode 0666, so that the kernel applies this process's umask (mkstemp's 0600 would need the
+    umask read, and reading it means setting it, for a moment, for every thread of the process)."""
+    import secrets
+
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: str = "") -> Path:
@@ -34,14 +43,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], hint: st
         raise UserError(f"cannot write {path}: {blocker} is a file, not a folder{hint}.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temp_file(path.parent, path.name)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}{hint}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shared outputs get the usual modes
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -127,6 +127,21 @@ def test_written_files_get_the_usual_umask_modes(tmp_path):
         os.umask(old)
 
 
+def test_an_atomic_write_never_touches_the_process_umask(tmp_path, monkeypatch):
+    """Reading the umask means setting it: for that moment every other thread (a heartbeat, MLflow's
+    system-metrics sampler) would create world-writable files."""
+    import os
+
+    from mqvq.files import atomic_write
+
+    def umask(mask):
+        raise AssertionError(f"os.umask({mask:o}) called")
+
+    monkeypatch.setattr(os, "umask", umask)
+    p = atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+    assert p.read_bytes() == b"{}" and [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_undecodable_images_are_named_before_anything_is_written(tmp_path, home, tracker):
     from PIL import Image
 

@@ -76,6 +76,17 @@ def test_stage2_input_errors(stage1_run, tracker, tiny):
         train_stage2(bigger, tracker, stage1=s1["model"], progress=False)
     with pytest.raises(UserError, match="no finished stage-1 run"):
         train_stage2(tiny("mqvae-f16-adaptive-75", *S2), tracker, progress=False)
+    # the selector chooses the kept tokens: a stage-2 run must not record one it did not read
+    damage = tiny("mqvae-f16-adaptive-50", *S2, "stage1.model.mask.selector=damage")
+    with pytest.raises(UserError, match="stage1.model.mask.selector = 'gain', but .* declares 'damage'"):
+        train_stage2(damage, tracker, stage1=s1["run_id"], progress=False)
+    from mqvq.stages.lookup import check_compatible, resolve
+
+    ref = resolve(tracker, s1["run_id"])
+    del ref.config["stage1"]["model"]["mask"]["selector"]  # a checkpoint older than the selector: it used the gain
+    check_compatible(ref, cfg)
+    with pytest.raises(UserError, match="selector = 'gain'"):
+        check_compatible(ref, damage)
     with pytest.raises(UserError, match="captions name left and right"):
         tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'")  # procedural captions with flipped copies
     with pytest.raises(UserError, match="needs captions, which fashion-mnist has none of"):

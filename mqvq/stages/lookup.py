@@ -14,8 +14,10 @@ from mqvq.tracking import tags as T
 from mqvq.tracking.records import stage_of
 from mqvq.tracking.store import Tracker
 
-# stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake
-TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.quantizer.codebook_size", "model.downsample", "data.resolution")
+# stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake (the
+# selector and its scorer choose the kept tokens: a stage-2 run must not record one it did not read)
+TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.mask.selector", "model.mask.scorer", "model.quantizer.codebook_size",
+                "model.downsample", "data.resolution")
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,11 @@ def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> Mod
 
 def check_compatible(ref: ModelRef, cfg: ExperimentConfig) -> None:
     """The stage-1 checkpoint must produce the tokens this experiment's stage 2 expects."""
-    have, want = ref.config["stage1"], to_dict(cfg.stage1)
-    for key in TOKEN_FIELDS:
-        a, b = get_dotted(have, key), get_dotted(want, key)
+    from mqvq.config.schema import Stage1Config
+
+    have, want, default = ref.config["stage1"], to_dict(cfg.stage1), to_dict(Stage1Config())
+    for key in TOKEN_FIELDS:  # a field a checkpoint predates had its default then (the selector: the paper's gain)
+        a, b = get_dotted(have, key, get_dotted(default, key)), get_dotted(want, key)
         if a != b:
             raise UserError(f"stage-1 checkpoint {ref.checkpoint} was trained with stage1.{key} = {a!r}, but {cfg.name} "
                             f"(profile {cfg.profile}) declares {b!r}: pass a matching --stage1 or --set stage1.{key}={a!r}.")
