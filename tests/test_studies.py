@@ -424,3 +424,14 @@ def test_two_workers_and_a_third_killed_mid_row_then_a_rerun(studies, home, trac
     finished_s1 = [x for x in runs if x.data.tags.get("mqvq.stage") == "stage1" and x.info.status == "FINISHED"]
     assert sorted(x.data.tags["mqvq.row"] for x in finished_s1) == ["a", "b", "c"]  # each exactly once
     assert owned[1] in {x.info.run_id for x in finished_s1}  # the killed stage was resumed, not restarted
+
+
+def test_a_study_given_as_a_toml_path_gets_its_summary(tmp_path, home, tracker):
+    """`mqvq study run path/to/own-study.toml`: the summary run is drawn from the study loaded from that path,
+    not looked up by its name among the declared studies (where it is not)."""
+    own = write_study(tmp_path / "mine", "own", [("a", "vqgan-f16")], metrics='["usage"]') / "own.toml"
+    r = _cli("study", "run", str(own), "--no-progress", home=home)
+    assert r.exit_code == 0, r.output
+    assert "summary in MLflow" in r.output and "was not updated" not in r.output
+    summaries = [x for x in tracker.find_runs("own/smoke") if x.data.tags.get("mqvq.kind") == "summary"]
+    assert len(summaries) == 1

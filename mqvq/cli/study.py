@@ -135,7 +135,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         from mqvq.reports.summary import publish_summary
 
         try:
-            publish_summary(tracker, study.name, profile)
+            publish_summary(tracker, study, profile)  # the loaded study: one given as a path is not found by its name
             console.print(f"summary in MLflow: `mqvq ui {study.name} --profile {profile}`", highlight=False)
         except Exception as e:  # noqa: BLE001  (the rows are done and recorded; the summary is a view of them)
             err_console.print(f"[yellow]the study's summary run was not updated: {escape(str(e))}[/]", highlight=False)

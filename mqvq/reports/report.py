@@ -53,8 +53,9 @@ def row_meta(study: StudyConfig, profile: str) -> tuple[dict, dict, dict]:
     return descriptors, meta, paper
 
 
-def make_table(tracker: Tracker, name: str, profile: str) -> tuple[Table, StudyConfig, dict]:
-    study = load_study(name)
+def make_table(tracker: Tracker, name: str | StudyConfig, profile: str) -> tuple[Table, StudyConfig, dict]:
+    """`name`: a study's name or .toml path, or the study already loaded (a path's study is not found by its name)."""
+    study = load_study(name) if isinstance(name, str) else name
     records = collect(tracker, study, profile)
     descriptors, meta, paper = row_meta(study, profile)
     return build_table(study, profile, records, descriptors, paper), study, meta

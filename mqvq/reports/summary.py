@@ -11,15 +11,17 @@ from pathlib import Path
 from mqvq.reports.report import make_table, render, write_figures
 from mqvq.reports.render import glance, to_glance
 from mqvq.studies.plan import study_experiment
+from mqvq.studies.spec import StudyConfig
 from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 
 VIEW_KEY = "mqvq"
 
 
-def publish_summary(tracker: Tracker, name: str, profile: str, figures: bool = True) -> str:
-    """Create or refresh the study's summary run; returns its id."""
-    table, study, meta = make_table(tracker, name, profile)
+def publish_summary(tracker: Tracker, study: str | StudyConfig, profile: str, figures: bool = True) -> str:
+    """Create or refresh the study's summary run (`study`: its name, .toml path or loaded config); returns its id."""
+    table, study, meta = make_table(tracker, study, profile)
+    name = study.name
     experiment = study_experiment(name, profile)
     older = tracker.find_runs(experiment, T.where(kind=T.Kind.SUMMARY))
     tags = {T.KIND: T.Kind.SUMMARY.value, T.STUDY: name, T.PROFILE: profile, T.TABLE: study.table,
