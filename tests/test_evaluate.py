@@ -76,6 +76,13 @@ def test_eval_input_errors(runs, tracker, tmp_path, monkeypatch):
         evaluate_run(tracker, s1, ["fid"], progress=False)
     with pytest.raises(UserError, match="IS needs class logits"):
         evaluate_run(tracker, s2, ["is"], backend="vgg16", progress=False)
+    # a refused request writes nothing into the run: no system metrics from a sampler started before the check
+    before = dict(tracker.get_run(s2).data.metrics)
+    for metrics, scale, msg in [(["attr"], None, "needs a text-conditional model"), (["fid"], 3.0, "needs a class- or text-conditional model"),
+                                (["is"], None, "IS needs class logits")]:
+        with pytest.raises(UserError, match=msg):
+            evaluate_run(tracker, s2, metrics, backend="vgg16", cfg_scale=scale, progress=False, system_metrics=True)
+    assert tracker.get_run(s2).data.metrics == before
     monkeypatch.delenv("MQVQ_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(UserError, match="FID Inception weights not found"):

@@ -73,13 +73,16 @@ def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, 
         raise UserError(f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}.")
     d = setup(device)
     t0 = time.perf_counter()
+    # every refusal before the system-metrics sampler starts: a refused command writes nothing to the run
+    request = _stage2_request(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, sampling_choice, cfg_scale) \
+        if stage == "stage2" else None
     watch = cfg.tracking.system_metrics if system_metrics is None else system_metrics
     with SystemMetrics(tracker, run.info.run_id, cfg.tracking.system_metrics_interval, enabled=watch):
         if stage == "stage1":
             values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
         else:
-            values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, progress, sampling_choice,
-                                        cfg_scale)
+            values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, progress, sampling_choice, *request,
+                                        searched=sampling is None and sampling_choice == "best")
     env = environment(d.device)
     tags |= {T.EVAL_DEVICE: device_name(d.device), T.EVAL_TORCH: env["torch"],
              T.EVAL_TIME: env["time"], T.EVAL_SECONDS: f"{time.perf_counter() - t0:.1f}"}
@@ -155,24 +158,31 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     return values, tags
 
 
-def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, sampling_choice="default", cfg_scale=None):
-    from mqvq.stages.attributes import attribute_classifier, caption_accuracy
+def _stage2_request(tracker, run_id, cfg, ev, wanted, device, sampling, sampling_choice, cfg_scale):
+    """The generator and the sampling settings, once what was asked for is known to fit the model."""
     from mqvq.stages.generate import check_guidance, load_generator, resolve_sampling
-    from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
 
-    gen = load_generator(tracker, run_id, device)
-    params = sampling or resolve_sampling(tracker, gen, sampling_choice)
     if "attr" in wanted and not _captioned(cfg):
         kind = {"none": "an unconditional", "class": "a class-conditional", "text": "a text-conditional"}[cfg.stage2.model.conditioning]
         raise UserError("attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
                         f"this run is {kind} model trained on {cfg.stage1.data.name!r} data.")
+    if "is" in wanted and ev.backend != "inception":
+        raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
+    gen = load_generator(tracker, run_id, device)
+    params = sampling or resolve_sampling(tracker, gen, sampling_choice)
     for scale in (params.cfg_scale, cfg_scale if cfg_scale is not None else 1.0):  # what was asked for fits the model
         check_guidance(gen, scale)
+    return gen, params
+
+
+def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_choice, gen, params, searched):
+    from mqvq.stages.attributes import attribute_classifier, caption_accuracy
+    from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
+
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
     values, tags = {}, {T.EVAL_SAMPLING: settings, T.EVAL_SAMPLING_CHOICE: sampling_choice}
-    # the searched settings' distance is its own metric (as a study's search rows log it), so the
-    # run's default-sampling number, which studies and reports show, is never silently replaced
-    searched = sampling is None and sampling_choice == "best"
+    # `searched`: the searched settings' distance is its own metric (as a study's search rows log it), so
+    # the run's default-sampling number, which studies and reports show, is never silently replaced
     first = None
     prompts = targets = None
     if gen.conditioning == "text":  # the test split's captions, cycled
@@ -189,8 +199,6 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, sampling, progress, s
         backend = ref = key = None
         if "fid" in wanted or "is" in wanted:
             backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
-            if "is" in wanted and not backend.has_logits:
-                raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
             ref, key, split = sample_reference(cfg, backend, tracker.home, ev.batch_size, ev.workers, progress)
         clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
         for tail, p in variants:
