@@ -131,3 +131,17 @@ def test_each_stage_logs_its_step_time_under_its_own_name_and_older_runs_read_un
     costs = measured_costs(tracker, "smoke", "cpu")
     assert costs.runs == 3 and costs.step_s[("stage1", "h")] == 1.0
     assert costs.overhead_s["stage1"] == pytest.approx(10.0)  # the median of 5 s and 15 s; the requeued run's 3990 s are not
+
+
+def test_a_cancelled_rows_runs_end_at_every_depth_and_in_every_experiment(tracker):
+    """`study cancel` ends what a killed task left RUNNING: the stage runs under its row, and the sampling-search
+    trials under a stage-2 run, which live in an experiment of their own."""
+    from mqvq.studies.cluster import _end_running_below
+
+    row = tracker.start_run("s/smoke", "row", {T.KIND: T.Kind.ROW.value})
+    stage2 = tracker.start_run("s/smoke", "stage2", {T.STAGE: "stage2"}, parent_run_id=row)
+    trial = tracker.start_run("sampling/x", "trial-0001", {T.KIND: "trial"}, parent_run_id=stage2)
+    other = tracker.start_run("s/smoke", "another row's", {T.STAGE: "stage1"})
+    _end_running_below(tracker, row, "cancelled (SLURM task 7_0)")
+    assert [tracker.get_run(r).info.status for r in (stage2, trial, other)] == ["KILLED", "KILLED", "RUNNING"]
+    assert tracker.get_run(trial).data.tags[T.FAILURE] == "cancelled (SLURM task 7_0)"

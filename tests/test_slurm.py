@@ -67,10 +67,9 @@ def test_submit_queues_every_missing_row_and_returns(cluster, site):
         assert line in dry.stdout, line
     assert cluster.run("squeue", "-h").stdout == ""  # a dry run queues nothing
 
-    t = time.monotonic()
     p = mqvq("study", "submit", "two", "--slurm", "--time", "30", *ONE_THREAD)
     assert p.returncode == 0, p.stderr
-    assert time.monotonic() - t < 60 and "queued SLURM job" in p.stdout  # returns once queued, not when done
+    assert "queued SLURM job" in p.stdout  # returns once queued, not when done: its tasks are still queued or running
     job = p.stdout.split("queued SLURM job ")[1].split(":")[0]
     assert {r["slurm"]["state"] for r in status("two")} <= {"queued", "running"}
     cluster.wait_idle()

@@ -225,7 +225,7 @@ def submit(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: On
            mem: Annotated[Optional[str], typer.Option(help="memory per task, e.g. 16G")] = None,
            array_parallelism: Annotated[int, typer.Option(min=1, help="tasks of the array running at once")] = 1,
            setup: Annotated[Optional[list[str]], typer.Option("--setup", help="a shell line before each task, e.g. 'module load cuda' (repeatable)")] = None,
-           max_requeues: Annotated[int, typer.Option(min=0, help="requeues of a task after preemption or time-out")] = 3,
+           max_requeues: Annotated[int, typer.Option(min=0, help="requeues of a task after it reached its time limit (a preempted task is always requeued)")] = 3,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script and what would be queued; queue nothing")] = False,
            home: Home = None, tracking_uri: TrackingUri = None) -> None:
     """Queue one SLURM array task per missing row x seed and return: each runs `study run --only ROW --seeds S`."""

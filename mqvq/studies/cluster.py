@@ -4,8 +4,9 @@ One job array per submission, built with submitit: one task per missing row x se
 exactly `mqvq study run STUDY --profile P --only ROW --seeds S` in a child process, so leases,
 reuse of shared stage-1 models and resume work as they do by hand. The command returns as soon as
 the array is queued. A task that SLURM preempts or that nears its time limit gets SIGUSR2 (its
-child checkpoints, ends its runs KILLED and exits) and submitit requeues it, at most `max_requeues`
-times; a task requeued by hand (`scontrol requeue`) or cancelled gets SIGTERM, which ends the same
+child checkpoints, ends its runs KILLED and exits) and submitit requeues it: after a time-out at most
+`max_requeues` times (submitit's `max_num_timeout`), after a preemption every time (submitit counts
+only time-outs: a preempted task did nothing wrong and comes back); a task requeued by hand (`scontrol requeue`) or cancelled gets SIGTERM, which ends the same
 way. The requeued task runs the same command, which resumes the row from its last checkpoint.
 
 Where things are: each row's parent run carries the task's job id (`<array job>_<task>`) and its log
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqvq.errors import UserError
-from mqvq.studies.plan import RowPlan, plan_study, study_experiment
+from mqvq.studies.plan import RowPlan, plan_study
 from mqvq.studies.runner import ensure_row_run
 from mqvq.studies.spec import StudyConfig
 from mqvq.tracking import tags as T
@@ -356,11 +357,17 @@ def cancel(tracker: Tracker, study: StudyConfig, profile: str, wait_s: float = 9
     while time.monotonic() < deadline and any(s in ("running", "queued", "requeued")
                                               for s in slurm_states([r.slurm_job for r in mine]).values()):
         time.sleep(1.0)
-    experiment = study_experiment(study.name, profile)
     for r in mine:  # a task cancelled before it started, or killed before it could end its runs, leaves them to us
         reason = f"cancelled (SLURM task {r.slurm_job})"
-        for run in tracker.find_runs(experiment, f'{T.running()} and tags."mlflow.parentRunId" = {T.quote(r.run_id)}'):
-            tracker.end_run(run.info.run_id, "KILLED", reason)
+        _end_running_below(tracker, r.run_id, reason)
         if tracker.get_run(r.run_id).info.status in ("RUNNING", "SCHEDULED"):
             tracker.end_run(r.run_id, "KILLED", reason)
     return [(r.row, r.seed, r.slurm_job) for r in mine]
+
+
+def _end_running_below(tracker: Tracker, run_id: str, reason: str) -> None:
+    """End KILLED every RUNNING run below `run_id`, at any depth and in any experiment: the stage runs
+    under a row, and the sampling-search trials under a stage-2 run (in their own experiment)."""
+    for run in tracker.find_runs_everywhere(f'{T.running()} and tags."mlflow.parentRunId" = {T.quote(run_id)}'):
+        _end_running_below(tracker, run.info.run_id, reason)
+        tracker.end_run(run.info.run_id, "KILLED", reason)
