@@ -295,3 +295,31 @@ def test_a_trial_of_a_worker_on_another_machine_is_failed_only_when_its_heartbea
     trials = study.get_trials()
     assert trials[fresh.number].state.name == "RUNNING" and trials[stale.number].state.name == "FAIL"
     assert _retried(trials) == {stale.number} and trials[-1].state.name == "WAITING" and trials[-1].user_attrs["retry_of"] == stale.number
+
+
+def test_a_stalled_worker_whose_trial_was_failed_meanwhile_tells_nothing_and_ends_its_run(tmp_path, tracker):
+    """A worker stopped past the heartbeat grace is reaped: its trial failed and its parameters queued again by
+    another worker. When it wakes with a result, telling Optuna would raise (a finished trial cannot be told
+    again) and hide the result's fate; instead it drops the result, ends its MLflow run KILLED and says why."""
+    import time
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from mqvq.studies.search import GRACE_BEATS, _reap_dead_trials, finish_trial
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.journal"))))
+    stalled = study.ask({"top_k": optuna.distributions.IntDistribution(1, 64)})
+    stalled.set_user_attr("worker", "another-host:1:x")
+    stalled.set_user_attr("heartbeat", time.time() - GRACE_BEATS * 2.0 - 1)
+    assert _reap_dead_trials(study, heartbeat=2.0) == [stalled.number]  # what another worker's next ask does
+    run_id = tracker.start_run("e", f"trial-{stalled.number:04d}", {})
+    said = []
+    assert finish_trial(study, stalled, tracker, run_id, 12.5, "complete", "fd_vgg16", said.append) is False
+    run = tracker.get_run(run_id)
+    assert run.info.status == "KILLED" and "result was dropped" in run.data.tags["mqvq.failure"] and "dropped" in said[0]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]  # its retry is what counts
+    fine = study.ask({"top_k": optuna.distributions.IntDistribution(1, 64)})
+    other = tracker.start_run("e", "trial-fine", {})
+    assert finish_trial(study, fine, tracker, other, 10.0, "complete", "fd_vgg16", said.append) is True
+    assert study.get_trials()[fine.number].value == 10.0 and tracker.get_run(other).info.status == "FINISHED"

@@ -435,3 +435,40 @@ def test_a_study_given_as_a_toml_path_gets_its_summary(tmp_path, home, tracker):
     assert "summary in MLflow" in r.output and "was not updated" not in r.output
     summaries = [x for x in tracker.find_runs("own/smoke") if x.data.tags.get("mqvq.kind") == "summary"]
     assert len(summaries) == 1
+
+
+def test_a_worker_stopped_past_its_lease_is_taken_over_and_writes_nothing_after_it_wakes(studies, home, tracker):
+    """Fencing: SIGSTOP a worker past the lease timeout (Ctrl-Z, a suspended SLURM job, a paused VM), let a second
+    worker take the row over, SIGCONT the first: it stops at once, says why, and writes nothing more; the row ends
+    with exactly one FINISHED run per stage."""
+    write_study(studies, "stall", [("a", "mqvae-f16-adaptive-50")],
+                extra=["stage1.train.steps=400", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"], metrics='["usage"]')
+    a = _spawn(home, "stall", "--lease-timeout", "4")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(home.glob("checkpoints/*/last.pt")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(a.pid, signal.SIGSTOP)
+    (stage1,) = tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")
+    run_id = stage1.info.run_id
+    stalled_at = max(m.step for m in tracker.client.get_metric_history(run_id, "train/loss"))
+    time.sleep(6)  # past the 4 s lease
+    b = _spawn(home, "stall", "--lease-timeout", "4")
+    deadline = time.time() + 60
+    while time.time() < deadline and tracker.get_run(run_id).data.tags.get("mqvq.trainer", "").split(":")[1:2] != [str(b.pid)]:
+        time.sleep(0.2)  # until the second worker resumed the stage run
+    os.kill(a.pid, signal.SIGCONT)
+    out_a, err_a = a.communicate(timeout=300)
+    out_b, err_b = b.communicate(timeout=600)
+    assert b.returncode == 0, err_b[-3000:]
+    assert a.returncode == 1 and "lost the row's lease" in out_a + err_a and "Traceback" not in err_a, (out_a, err_a[-3000:])
+    runs = tracker.find_runs("stall/smoke")
+    stages = [r for r in runs if r.data.tags.get("mqvq.stage") in ("stage1", "stage2") and r.data.tags.get("mqvq.kind") != "row"]
+    assert sorted(r.data.tags["mqvq.stage"] for r in stages if r.info.status == "FINISHED") == ["stage1", "stage2"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (row,) = [r for r in runs if r.data.tags.get("mqvq.kind") == "row"]
+    assert row.info.status == "FINISHED" and row.data.tags.get("mqvq.failure", "") == ""
+    # after it woke, the first worker logged nothing: every step past where it stalled has one value, the second's
+    history = tracker.client.get_metric_history(run_id, "train/loss")
+    later = [m.step for m in history if m.step > stalled_at]
+    assert later and len(later) == len(set(later))

@@ -129,7 +129,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         errors = []
         results = run_study(tracker, study, device=device, progress=progress,
                             log=lambda m: err_console.print(m, highlight=False), **options)
-    counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed")}
+    counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed", "lost")}
     console.print(f"{study.name} ({profile}): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if counts["finished"]:  # something new: refresh the study's summary run (the table and figures in the MLflow UI)
         from mqvq.reports.summary import publish_summary

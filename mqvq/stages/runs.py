@@ -4,6 +4,7 @@ with the device once per log."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 
 from mqvq import runtime
-from mqvq.errors import UserError
+from mqvq.errors import LeaseLost, UserError
+from mqvq.machine import HOST
 from mqvq.models.checkpoint import FORMAT, atomic_save, load_checkpoint
 from mqvq.runtime import Dist, gather_rng_states, seed_all, set_rng_state
 from mqvq.stages.lookup import checkpoint_path
@@ -47,8 +49,10 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
             if run.info.status == "FINISHED":
                 raise UserError(f"run {run_id} already finished; nothing to resume.")
             tracker.resume_run(run_id)
+            tracker.set_tags(run_id, {T.TRAINER: f"{HOST}:{os.getpid()}"})
         else:
             tags = {T.STAGE: stage, T.CONFIG_HASH: config_hash, T.SEED: seed, T.WORLD_SIZE: d.world, T.DEVICE: str(d.device),
+                    T.TRAINER: f"{HOST}:{os.getpid()}",
                     T.DEVICE_NAME: device_name(d.device), T.TORCH_THREADS: torch.get_num_threads(), **tags}
             run_id = tracker.start_run(experiment, run_name, tags, params, parent_run_id=parent_run_id)
             for name, data in artifacts.items():
@@ -108,6 +112,7 @@ class TrainingRun:
         """Write the working checkpoint (every rank calls it: the RNG states are gathered)."""
         rng = gather_rng_states(self.dist.device)
         if self.dist.main:
+            self.tracker.check_fence()  # a worker that lost its row's lease writes no checkpoint
             atomic_save({"format": FORMAT, **self.header, "step": self.step, "run_id": self.run_id,
                          **{name: part.state_dict() for name, part in self.parts.items()}, "rng": rng}, self.checkpoint)
 
@@ -128,13 +133,16 @@ def closing_run(run: TrainingRun):
     except KeyboardInterrupt:
         state.update(status="KILLED", reason=f"interrupted at step {run.step}")
         raise
+    except LeaseLost:
+        state["status"] = None  # the run is another worker's now: end nothing
+        raise
     except BaseException as e:
         state["reason"] = f"{type(e).__name__}: {e}"
         raise
     finally:
         if run.system is not None:
             run.system.__exit__(None, None, None)
-        if run.dist.main and run.run_id is not None:
+        if run.dist.main and run.run_id is not None and state["status"] is not None:
             run.tracker.end_run(run.run_id, state["status"], state["reason"])
         runtime.teardown()
 

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+from mqvq.errors import LeaseLost
 from mqvq.files import file_lock
 from mqvq.machine import HOST
 from mqvq.tracking import tags as T
@@ -55,28 +56,63 @@ def release(tracker: Tracker, run_id: str, worker: str) -> None:
 
 
 class Heartbeat:
-    """Refresh a run's heartbeat every `interval` seconds from a background thread (own client)."""
+    """Refresh a row's heartbeat every `interval` seconds from a background thread, each time only
+    after reading that the lease is still `worker`'s, and fence the tracker while it runs: every
+    write first calls `check`, which raises `LeaseLost` once the row is another worker's. A worker
+    that stalled (Ctrl-Z, a suspended job, a paused machine) past the lease timeout has been taken
+    over: its thread finds another owner at the next beat, and a write it attempts on waking, after
+    a silence longer than two beats, checks the lease first; either way it writes nothing more."""
 
-    def __init__(self, tracker: Tracker, run_id: str, interval: float = 15.0):
+    def __init__(self, tracker: Tracker, run_id: str, interval: float = 15.0, worker: str | None = None):
         self.tracker = tracker  # MlflowClient opens a session per call, so one client serves both threads
-        self.run_id, self.interval = run_id, interval
+        self.run_id, self.interval, self.worker = run_id, interval, worker
+        self.lost: str | None = None
+        self._last_ok = time.time()
+        self._checking = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def check(self, beat: bool = False) -> None:
+        """Raise `LeaseLost` if the row is no longer this worker's; with `beat`, or after a silence of
+        two beats, read the lease (and refresh the heartbeat while it is ours)."""
+        if self.lost:
+            raise LeaseLost(self.lost)
+        if self.worker is None or not (beat or time.time() - self._last_ok > 2 * self.interval):
+            return
+        with self._checking, lease_lock(self.tracker):  # atomic with another worker's claim on this machine
+            owner, _ = current_lease(self.tracker, self.run_id)
+            if owner != self.worker:
+                self.lost = (f"this worker ({self.worker}) lost the row's lease to {owner or 'nobody'} after "
+                             f"{time.time() - self._last_ok:.0f} s without a heartbeat (stopped or suspended?): it stopped "
+                             f"without writing anything more, and the row goes on in that worker")
+                raise LeaseLost(self.lost)
+            now = time.time()
+            self.tracker.client.set_tag(self.run_id, T.HEARTBEAT, str(now))  # ours, just read: past the fence
+            self._last_ok = now
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.tracker.heartbeat(self.run_id)
+                if self.worker is None:
+                    self.tracker.heartbeat(self.run_id)
+                else:
+                    self.check(beat=True)
+            except LeaseLost:
+                return
             except Exception:  # a missed beat only makes the lease look older; never kill the worker for it
                 pass
 
     def __enter__(self) -> "Heartbeat":
+        if self.worker is not None:
+            self.tracker.fence = self.check
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.tracker.fence == self.check:
+            self.tracker.fence = None
 
 
 def reap_stale_runs(tracker: Tracker, experiment: str, timeout: float, now: float | None = None) -> list[str]:

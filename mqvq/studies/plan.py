@@ -19,7 +19,7 @@ from mqvq.metrics.registry import REGISTRY, STEP_SECONDS, best, frechet, guided,
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
 from mqvq.tracking import tags as T
-from mqvq.tracking.records import LEASE_TIMEOUT_S, RowRecord, StageRecord
+from mqvq.tracking.records import LEASE_TIMEOUT_S, RowRecord, StageRecord, lease_is_live
 from mqvq.tracking.store import Tracker
 
 # guesses for a device with no finished runs of the profile yet
@@ -38,6 +38,7 @@ class Step(str, enum.Enum):
     RESUMABLE = "resumable"           # an unfinished run of this study with a checkpoint
     RUN = "run"
     AFTER_STAGE1 = "after stage 1"    # stage 2's identity needs the stage-1 checkpoint, not trained yet
+    BUSY = "running elsewhere"        # an unfinished run that a live process is training (a fresh heartbeat)
     SKIP = "skip"                     # a stage-1-only row
 
     def __str__(self) -> str:
@@ -154,6 +155,8 @@ def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str |
                           "" if mine else f"finished run in {view.names.get(run.experiment_id, '?')}")
     for run in view.stage_runs(stage, h, seed, finished=False):
         if view.experiment_id is not None and run.experiment_id == view.experiment_id:
+            if run.mlflow_status == "RUNNING" and lease_is_live(run.trainer, run.heartbeat):
+                return StageState(Step.BUSY, run.run_id, "a live process is training it")  # resuming it would make two writers
             if checkpoint_path(view.tracker.home, run.run_id).is_file():
                 return StageState(Step.RESUMABLE, run.run_id, "from its last checkpoint")
     return StageState(Step.RUN)

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from mqvq import signals
 from mqvq.config import config_hash, identity
-from mqvq.errors import UserError
+from mqvq.errors import LeaseLost, UserError
 from mqvq.metrics import metric_family, metric_stage
 from mqvq.metrics.registry import backend_of, best, named_step_seconds
 from mqvq.runtime import duration
@@ -54,7 +54,7 @@ class Worker:
 class RowResult:
     row: str
     seed: int
-    status: str          # finished | failed | skipped (done) | busy (another worker holds it)
+    status: str          # finished | failed | skipped (done) | busy (another worker holds it) | lost (taken over while stalled)
     detail: str = ""
     metrics: dict = field(default_factory=dict)
 
@@ -86,6 +86,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
     """`workers`: how many processes share the rows (the ETA divides what is left between them);
     `nproc`: processes per training stage, launched with torchrun (one per GPU: DDP)."""
     worker = lease.worker_id()
+    heartbeat = min(heartbeat, lease_timeout / 4)  # several beats inside the timeout, however short it is set
     if settle is None:  # claims are only racy across machines, i.e. with a server store
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
     for rid in lease.reap_stale_runs(tracker, study_experiment(study.name, profile), lease_timeout):
@@ -118,11 +119,21 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             if not fresh.todo and fresh.status == "finished":
                 results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
                 continue
-            with lease.Heartbeat(tracker, parent, heartbeat):
+            if any(st.state == Step.BUSY for st in fresh.stages.values()):  # a stage run with a live trainer elsewhere
+                results.append(RowResult(p.row.name, p.seed, "busy", "a stage of it is being trained by a live process"))
+                log(f"[yellow]{label}: a stage run of it is still being trained elsewhere (fresh heartbeat), skipped[/]")
+                eta.finished(i, None)
+                continue
+            with lease.Heartbeat(tracker, parent, heartbeat, worker):
                 results.append(_run_row(Worker(tracker, study, profile, backend, device, progress, log, nproc), fresh, parent, label))
             eta.finished(i, time.monotonic() - started)
             if any(e != 0 for e in eta.estimates[i + 1:]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
+        except LeaseLost as e:  # taken over while stalled: the row is the other worker's; write nothing, stop
+            claimed = False
+            results.append(RowResult(p.row.name, p.seed, "lost", str(e)))
+            log(f"[red]{label}: {escape(str(e))}[/]")
+            break
         except KeyboardInterrupt:
             if claimed:  # resumable: the next `study run` (or a requeued task) continues it
                 tracker.end_run(parent, "KILLED", "interrupted")
@@ -260,7 +271,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
         tracker.end_run(parent, "FINISHED")
         log(f"[green]{label}: finished[/] in {duration(time.monotonic() - started)}: {metrics_line(metrics)}")
         return RowResult(p.row.name, p.seed, "finished", "", metrics)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, LeaseLost):
         raise
     except Exception as e:
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -326,5 +337,5 @@ def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
 
 
 def exit_code(results: list[RowResult]) -> int:
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status in ("failed", "lost") for r in results) else 0
 

@@ -434,18 +434,42 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
             with TrialHeartbeat(study, trial, heartbeat):
                 value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts)
         except BaseException as e:
-            study.tell(trial, state=TrialState.FAIL)
+            if not _taken_back(study, trial):
+                study.tell(trial, state=TrialState.FAIL)
             tracker.end_run(run_id, "FAILED", f"{type(e).__name__}: {e}")
             raise
-        if state == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-            log(f"trial {trial.number}: pruned at {value:.4g}")
-        else:
-            study.tell(trial, value)
-            log(f"trial {trial.number}: {spec.metric} {value:.4g}")
-        tracker.set_tags(run_id, {T.TRIAL_STATE: state})
-        tracker.end_run(run_id, "FINISHED")
-        evaluated += 1
+        if finish_trial(study, trial, tracker, run_id, value, state, spec.metric, log):
+            evaluated += 1
+
+
+def _taken_back(study, trial) -> bool:
+    """The trial is no longer running: another worker failed it (and queued its parameters again)
+    while this one was stalled past the heartbeat grace."""
+    from optuna.trial import TrialState
+
+    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+
+
+def finish_trial(study, trial, tracker, run_id: str, value: float, state: str, metric: str, log) -> bool:
+    """Tell Optuna the trial's result and end its MLflow run; False, telling nothing, when the trial
+    was taken back from this worker meanwhile (Optuna refuses to be told twice: its retry owns the
+    parameters now), with its MLflow run ended KILLED and the reason said."""
+    from optuna.trial import TrialState
+
+    if _taken_back(study, trial):
+        reason = "failed by another worker while this one was stalled (no heartbeat): its result was dropped, its retry counts"
+        tracker.end_run(run_id, "KILLED", reason)
+        log(f"[yellow]trial {trial.number}: {reason}[/]")
+        return False
+    if state == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        log(f"trial {trial.number}: pruned at {value:.4g}")
+    else:
+        study.tell(trial, value)
+        log(f"trial {trial.number}: {metric} {value:.4g}")
+    tracker.set_tags(run_id, {T.TRIAL_STATE: state})
+    tracker.end_run(run_id, "FINISHED")
+    return True
 
 
 def _test_captions(cfg: dict) -> list[str]:

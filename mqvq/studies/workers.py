@@ -15,7 +15,7 @@ import queue as queue_lib
 from mqvq.studies.runner import RowResult, run_study
 
 # when workers disagree about a row, the most informative report wins
-_RANK = {"finished": 3, "failed": 2, "skipped": 1, "busy": 0}
+_RANK = {"finished": 3, "failed": 2, "skipped": 1, "busy": 0, "lost": 0}  # a row one worker lost, another ran
 
 
 def worker_devices(workers: int, device: str | None) -> list[str | None]:

@@ -132,6 +132,7 @@ class StageRecord:
     start_time: int | None = None
     end_time: int | None = None
     resumed: bool = False               # trained by more than one process: its wall time may include time queued
+    trainer: str = ""                   # host:pid of the process training it (runs since 2026-12)
 
     @property
     def finished(self) -> bool:
@@ -147,7 +148,7 @@ class StageRecord:
                    heartbeat=_float(t.get(T.HEARTBEAT)), device_name=t.get(T.DEVICE_NAME, ""), torch_threads=t.get(T.TORCH_THREADS),
                    eval_seconds=float(t[T.EVAL_SECONDS]) if t.get(T.EVAL_SECONDS) else None, metrics=dict(run.data.metrics),
                    params=dict(run.data.params), start_time=run.info.start_time, end_time=run.info.end_time,
-                   resumed=bool(t.get(T.RESUMED_FROM_STEP)))
+                   resumed=bool(t.get(T.RESUMED_FROM_STEP)), trainer=t.get(T.TRAINER, ""))
 
     @staticmethod
     def is_stage(run) -> bool:

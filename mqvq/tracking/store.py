@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mqvq import signals
 from mqvq.errors import UserError
@@ -58,6 +58,15 @@ def _held(fn):
 @_whole_calls
 class Tracker:
     """A thin, explicit wrapper over MlflowClient for one store."""
+
+    # set by a study worker while it holds a row's lease (`lease.Heartbeat.check`): called before every
+    # write, it raises `LeaseLost` once the row is another worker's, so a worker that stalled past the
+    # lease timeout writes nothing after it wakes
+    fence: Callable[[], None] | None = None
+
+    def check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def __init__(self, uri: str | None = None, home: str | os.PathLike | None = None, must_exist: bool = False):
         """`must_exist` (commands that only read): refuse a SQLite store that is not there instead of
@@ -117,6 +126,7 @@ class Tracker:
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
                   parent_run_id: str | None = None) -> str:
+        self.check_fence()
         tags = {k: str(v) for k, v in tags.items()}
         tags.setdefault(T.GIT_COMMIT, git_commit())
         tags["mlflow.source.git.commit"] = tags[T.GIT_COMMIT]
@@ -132,6 +142,7 @@ class Tracker:
     def resume_run(self, run_id: str) -> None:
         """Running again: the reason it stopped no longer describes it (a finished run must not keep
         'interrupted at step 5')."""
+        self.check_fence()
         self.client.update_run(run_id, status="RUNNING")
         self.set_tags(run_id, {T.STATUS: T.Status.RUNNING.value, T.HEARTBEAT: time.time(), T.FAILURE: ""})
 
@@ -141,6 +152,7 @@ class Tracker:
         self.set_tags(run_id, {T.FAILURE: ""})
 
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+        self.check_fence()
         tags: dict[str, Any] = {T.STATUS: status.lower()}
         if reason:
             tags[T.FAILURE] = reason[:4000]
@@ -218,6 +230,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ logging
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self.check_fence()
         from mlflow.entities import Param
 
         items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
@@ -226,6 +239,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, model_id: str | None = None) -> None:
         """`model_id`: the values also describe that logged model (its row in the Models tab)."""
+        self.check_fence()
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -234,6 +248,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i: i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.check_fence()
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -241,6 +256,7 @@ class Tracker:
     def log_dataset(self, run_id: str, data, context: str) -> None:
         """A `DatasetRecord` as the run's input (`context`: training or evaluation): the runs view's
         Datasets filter then finds the run. Its digest is mqvq's; the pixels are never read here."""
+        self.check_fence()
         import json
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -271,6 +287,7 @@ class Tracker:
     def copy_datasets(self, src_run: str, dst_run: str, context: str | None = None) -> None:
         """The datasets logged on one run, logged on another that has none yet (a row's parent, a
         stage-2 run, show the stage-1 data; a resumed run is not given them twice)."""
+        self.check_fence()
         if self.has_datasets(dst_run):
             return
         inputs = self.client.get_run(src_run).inputs
@@ -280,12 +297,15 @@ class Tracker:
             self._log_inputs(dst_run, chosen)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.check_fence()
         self.client.log_text(run_id, text, name)
 
     def log_table(self, run_id: str, data: dict, name: str) -> None:
+        self.check_fence()
         self.client.log_table(run_id, data, name)
 
     def heartbeat(self, run_id: str) -> None:
+        self.check_fence()
         self.client.set_tag(run_id, T.HEARTBEAT, str(time.time()))
 
     def _moved_artifacts(self, run_id: str) -> Path | None:
@@ -322,6 +342,7 @@ class Tracker:
         files into). With a local artifact store that folder *is* the model's, so the weights are
         written once, where the model points; with a remote one the files are uploaded from a
         temporary folder. READY when the body ends, FAILED if it raises."""
+        self.check_fence()
         import tempfile
 
         from mlflow.entities import LoggedModelOutput
@@ -388,6 +409,7 @@ class Tracker:
 
     def _write(self, run_id: str, name: str, write) -> bool:
         """Write one artifact into the moved store's folder; False when MLflow's own path is right."""
+        self.check_fence()
         target = self._moved_artifacts(run_id)
         if target is None:
             return False
@@ -397,6 +419,7 @@ class Tracker:
         return True
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.check_fence()
         import shutil
 
         name = f"{artifact_path}/{Path(path).name}" if artifact_path else Path(path).name
@@ -404,12 +427,14 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_dict(self, run_id: str, data: dict, name: str) -> None:
+        self.check_fence()
         import json
 
         if not self._write(run_id, name, lambda out: out.write_text(json.dumps(data, indent=2))):
             self.client.log_dict(run_id, data, name)
 
     def log_image(self, run_id: str, image, name: str) -> None:
+        self.check_fence()
         def save(out: Path) -> None:
             import numpy as np
             from PIL import Image
@@ -421,6 +446,7 @@ class Tracker:
 
     def log_figure(self, run_id: str, fig, name: str) -> None:
         """A matplotlib figure as a PNG artifact; the figure is closed (long runs draw many)."""
+        self.check_fence()
         import matplotlib.pyplot as plt
 
         try:

@@ -52,6 +52,7 @@ CHECKPOINT = "mqvq.checkpoint"
 MODEL_ID = "mqvq.model_id"              # on finished stage runs: the MLflow logged model holding the final weights
 PARAMS_COUNT = "mqvq.params_count"
 RESUMED_FROM_STEP = "mqvq.resumed_from_step"
+TRAINER = "mqvq.trainer"              # the process training the run (host:pid): with a fresh heartbeat and alive, not resumable
 WORLD_SIZE = "mqvq.world_size"
 DEVICE = "mqvq.device"
 DEVICE_NAME = "mqvq.device_name"
