@@ -30,7 +30,7 @@ def test_samples_while_the_body_runs_and_once_at_the_end(tracker):
     names = _system(tracker, run_id)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/disk_usage_percentage",
             "system/network_receive_megabytes"} <= set(names)
-    history = tracker.metric_history(run_id, "system/cpu_utilization_percentage")
+    history = tracker.metric_history(run_id, "system/cpu_utilization_percentage", every=True)
     assert len(history) == s.samples >= 3 and all(0 <= m.value <= 100 * 64 for m in history)
     assert all(m.value > 0 for m in history)  # a busy CPU from the first sample (psutil's baseline is per thread)
     steps = [m.step for m in history]  # seconds since the run started: one axis across resumes and evaluations
@@ -70,7 +70,7 @@ def test_training_and_evaluation_runs_carry_them_unless_turned_off(tiny, tracker
     r = runner.invoke(app, ["eval", quiet, "--metrics", "usage", "--home", str(tracker.home), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert _system(tracker, quiet) == {}  # the run's own setting
-    points = lambda: len(tracker.metric_history(s1, "system/cpu_utilization_percentage"))  # noqa: E731
+    points = lambda: len(tracker.metric_history(s1, "system/cpu_utilization_percentage", every=True))  # noqa: E731
     before = points()
     r = runner.invoke(app, ["eval", s1, "--metrics", "usage", "--home", str(tracker.home), "--no-progress", "--no-system-metrics"])
     assert r.exit_code == 0, r.output

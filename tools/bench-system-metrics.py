@@ -37,7 +37,7 @@ def one(tracker: Tracker, experiment: str, steps: int, extra: list[str], seed: i
     cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
     return {"step_seconds": tracker.get_run(run_id).data.metrics["time/stage1_step_seconds"], "wall_s": wall,
             "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-            "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage"))}
+            "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage", every=True))}
 
 
 def sample_cost(tracker: Tracker, n: int = 30) -> dict:

@@ -86,9 +86,7 @@ class Heartbeat:
                              f"{time.time() - self._last_ok:.0f} s without a heartbeat (stopped or suspended?): it stopped "
                              f"without writing anything more, and the row goes on in that worker")
                 raise LeaseLost(self.lost)
-            now = time.time()
-            self.tracker.client.set_tag(self.run_id, T.HEARTBEAT, str(now))  # ours, just read: past the fence
-            self._last_ok = now
+            self._last_ok = self.tracker.heartbeat(self.run_id, fenced=False)  # ours, just read: past the fence
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):

@@ -210,10 +210,13 @@ class Tracker:
         """The name of the MLflow experiment a run is in."""
         return self.client.get_experiment(self.get_run(run_id).info.experiment_id).name
 
-    def metric_history(self, run_id: str, key: str) -> list:
+    def metric_history(self, run_id: str, key: str, every: bool = False) -> list:
         """One value per step of one metric, in step order (MLflow Metric entities: step, value,
         timestamp): a run resumed from its last checkpoint trains the steps after it again and logs
-        them twice, and the later value is the one the finished run continued from."""
+        them twice, and the later value is the one the finished run continued from. `every`: each
+        logged value, in the order logged (system metrics: several samples share a second's step)."""
+        if every:
+            return list(self.client.get_metric_history(run_id, key))
         latest = {}
         for i, m in enumerate(self.client.get_metric_history(run_id, key)):
             if m.step not in latest or (m.timestamp, i) >= latest[m.step][0]:
@@ -304,9 +307,14 @@ class Tracker:
         self.check_fence()
         self.client.log_table(run_id, data, name)
 
-    def heartbeat(self, run_id: str) -> None:
-        self.check_fence()
-        self.client.set_tag(run_id, T.HEARTBEAT, str(time.time()))
+    def heartbeat(self, run_id: str, fenced: bool = True) -> float:
+        """Refresh the run's heartbeat; returns its time. `fenced=False`: the fence's own beat, right
+        after it read the lease as this worker's."""
+        if fenced:
+            self.check_fence()
+        now = time.time()
+        self.client.set_tag(run_id, T.HEARTBEAT, str(now))
+        return now
 
     def _moved_artifacts(self, run_id: str) -> Path | None:
         """Where this run's artifacts live under *this* home when the store was copied or moved from
