@@ -68,11 +68,16 @@ def file_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _digest(path: str, size: int, mtime: int) -> str:
+    return sha256_of(path)[:16]
+
+
+def sha256_of(path: str | Path) -> str:
+    """The full SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

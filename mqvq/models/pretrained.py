@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from mqvq.errors import UserError
-from mqvq.files import atomic_write, file_lock
+from mqvq.files import atomic_write, file_lock, sha256_of
 
 OFFLINE_ENV = "MQVQ_OFFLINE"
 MIRROR_ENV = "MQVQ_WEIGHTS_MIRROR"
@@ -85,24 +85,24 @@ def verified(key: str, path: Path) -> Path:
     place by hand (or named by an environment variable) is refused in one sentence instead of failing
     somewhere inside a model, and a right one costs one hash per machine, not one per process."""
     w = CATALOG[key]
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns, w.sha256]
-    memo = _memo()
-    if memo.get(str(path.resolve())) == stamp:
+    st, stamp = path.stat(), _stamp(w, path)
+    if _memo().get(str(path.resolve())) == stamp:
         return path
     fix = f"delete it (mqvq fetches it again) or replace it with {w.urls[0]}"
     if st.st_size != w.size:
         raise UserError(f"{path} is {st.st_size:,} bytes, not the {w.size:,} of {w.file} ({w.what}, SHA-256 {w.sha256}): "
                         f"it is truncated or another file; {fix}.")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != w.sha256:
-        raise UserError(f"{path} has SHA-256 {digest.hexdigest()}, not {w.sha256} of {w.file} ({w.what}): "
-                        f"it is damaged or another file; {fix}.")
+    digest = sha256_of(path)
+    if digest != w.sha256:
+        raise UserError(f"{path} has SHA-256 {digest}, not {w.sha256} of {w.file} ({w.what}): it is damaged or another file; {fix}.")
     _remember(str(path.resolve()), stamp)
     return path
+
+
+def _stamp(w: Weights, path: Path) -> list:
+    """What the record of a right file holds: its size and mtime, and the digest it was found to have."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, w.sha256]
 
 
 def _memo() -> dict:
@@ -156,8 +156,7 @@ def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -
                 problems.append(f"{url}: {e}")
                 continue
             tell(f"fetched {w.file}, {w.what} ({w.size / 1e6:.1f} MB), from {url} to {target} (SHA-256 verified)")
-            st = target.stat()
-            _remember(str(target.resolve()), [st.st_size, st.st_mtime_ns, w.sha256])
+            _remember(str(target.resolve()), _stamp(w, target))  # verified while it streamed
             return target
     raise UserError(f"cannot download {w.file}, {w.what}: {'; '.join(problems)}. Download {w.urls[0]} and put it in "
                     f"{target.parent} (or set {OFFLINE_ENV}=1 to stop trying).")

@@ -63,7 +63,7 @@ class Heartbeat:
     over: its thread finds another owner at the next beat, and a write it attempts on waking, after
     a silence longer than two beats, checks the lease first; either way it writes nothing more."""
 
-    def __init__(self, tracker: Tracker, run_id: str, interval: float = 15.0, worker: str | None = None):
+    def __init__(self, tracker: Tracker, run_id: str, interval: float, worker: str):
         self.tracker = tracker  # MlflowClient opens a session per call, so one client serves both threads
         self.run_id, self.interval, self.worker = run_id, interval, worker
         self.lost: str | None = None
@@ -77,7 +77,7 @@ class Heartbeat:
         two beats, read the lease (and refresh the heartbeat while it is ours)."""
         if self.lost:
             raise LeaseLost(self.lost)
-        if self.worker is None or not (beat or time.time() - self._last_ok > 2 * self.interval):
+        if not (beat or time.time() - self._last_ok > 2 * self.interval):
             return
         with self._checking, lease_lock(self.tracker):  # atomic with another worker's claim on this machine
             owner, _ = current_lease(self.tracker, self.run_id)
@@ -91,18 +91,14 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if self.worker is None:
-                    self.tracker.heartbeat(self.run_id)
-                else:
-                    self.check(beat=True)
+                self.check(beat=True)
             except LeaseLost:
                 return
             except Exception:  # a missed beat only makes the lease look older; never kill the worker for it
                 pass
 
     def __enter__(self) -> "Heartbeat":
-        if self.worker is not None:
-            self.tracker.fence = self.check
+        self.tracker.fence = self.check
         self._thread.start()
         return self
 
