@@ -109,15 +109,22 @@ PROFILES: dict[str, Profile] = {
 TOP_LEVEL_KEYS = {"description", "seed", "stage1", "stage2", "eval", "tracking", "profiles"}
 
 
-def experiments_dir() -> Path:
-    """$MQVQ_EXPERIMENTS, else ./experiments, else the checkout's experiments/ folder."""
-    env = os.environ.get("MQVQ_EXPERIMENTS")
+def declared_dir(kind: str) -> Path:
+    """Where the declared `kind` ("experiments" or "studies") are: $MQVQ_EXPERIMENTS / $MQVQ_STUDIES, else
+    ./<kind> in the working folder, else the checkout's <kind>/ folder, else the copy an installed wheel
+    carries (package data `mqvq/_declared/<kind>`, mapped from the same folders in pyproject.toml)."""
+    env = os.environ.get(f"MQVQ_{kind.upper()}")
     if env:
         return Path(env)
-    local = Path.cwd() / "experiments"
+    local = Path.cwd() / kind
     if local.is_dir():
         return local
-    return Path(__file__).resolve().parent.parent / "experiments"
+    checkout = Path(__file__).resolve().parent.parent / kind
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_declared" / kind
+
+
+def experiments_dir() -> Path:
+    return declared_dir("experiments")
 
 
 def list_experiments() -> dict[str, str]:

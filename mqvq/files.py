@@ -5,7 +5,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 

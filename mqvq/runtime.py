@@ -132,14 +132,31 @@ def setup(device: str | None = None) -> Dist:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    global _flags
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # beside NCCL, a CPU group for the per-step stop flag: agreeing on it never waits for the GPU
+        _flags = dist.new_group(backend="gloo") if dev.type == "cuda" else None
     return Dist(rank, world, local, dev)
 
 
+_flags = None  # the process group `any_rank` uses (None: the default one)
+
+
 def teardown() -> None:
+    global _flags
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _flags = None
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank (a collective: every rank calls it at the same point)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_flags)
+    return bool(t.item())
 
 
 def all_reduce_mean_(tensors) -> None:

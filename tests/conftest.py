@@ -61,6 +61,14 @@ def home(tmp_path, _store_template) -> Path:
 
 
 @pytest.fixture
+def studies(tmp_path, monkeypatch):
+    """A studies folder of this test's own (`MQVQ_STUDIES`), for `tests.test_studies.write_study`."""
+    folder = tmp_path / "studies"
+    monkeypatch.setenv("MQVQ_STUDIES", str(folder))
+    return folder
+
+
+@pytest.fixture
 def tracker(home):
     from mqvq.tracking import Tracker
 

@@ -48,3 +48,64 @@ def test_a_study_row_trains_each_stage_under_torchrun(tmp_path):
         assert run.data.tags["mqvq.world_size"] == "2" and run.data.tags["mlflow.parentRunId"] == row.info.run_id
         assert run.data.tags["mqvq.row"] == "a" and run.info.status == "FINISHED"
     assert row.data.tags["mqvq.stage1_run"] == stages["stage1"].info.run_id
+
+
+def test_sigusr2_stops_both_ranks_of_a_torchrun_row_at_one_step_and_the_resume_is_exact(tmp_path):
+    """SLURM's `--signal=USR2@90` reaches every process of the job (here: the process group): the two
+    ranks agree on one step, write the checkpoint, end the stage run KILLED with the reason, nothing
+    is left running, and the rerun resumes the same run to the numbers of an uninterrupted one."""
+    import signal
+    import time
+
+    import torch
+
+    from mqvq.tracking import Tracker
+    from tests.test_studies import write_study
+
+    write_study(tmp_path / "studies", "ddp", [("a", "mqvae-f16-adaptive-25")], metrics='["usage"]',
+                extra=["stage1.train.steps=40", "stage1.train.ckpt_every=4", "stage1.train.log_every=4"])
+    env = {**os.environ, "MQVQ_STUDIES": str(tmp_path / "studies"), "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).parent.parent
+
+    def study(home, **kw):
+        cmd = [sys.executable, "-m", "mqvq", "study", "run", "ddp", "--nproc", "2", "--no-progress", "--home", str(home)]
+        return subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+    home = tmp_path / "h"
+    job = study(home, start_new_session=True)  # a process group of its own, as a SLURM job step is
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(home.glob("checkpoints/*/last.pt")) and job.poll() is None:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGUSR2)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 130, err[-3000:]
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # no rank trains on as an orphan
+        os.killpg(job.pid, 0)
+    [stage1] = [r for r in Tracker(None, home).find_runs("ddp/smoke") if r.data.tags.get("mqvq.stage") == "stage1"]
+    assert stage1.info.status == "KILLED", err[-3000:]
+    reason = stage1.data.tags["mqvq.failure"]
+    stopped = int(reason.rsplit(" ", 1)[1])
+    assert reason == f"interrupted at step {stopped}" and 0 < stopped < 40
+    [ckpt] = list(home.glob("checkpoints/*/last.pt"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["step"] == stopped and len(saved["rng"]) == 2  # both ranks took part in the save
+
+    again = study(home)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    ref = study(tmp_path / "ref")
+    out, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-3000:]
+
+    def numbers(h):
+        runs = Tracker(None, h).find_runs("ddp/smoke")
+        [s1] = [r for r in runs if r.data.tags.get("mqvq.stage") == "stage1"]
+        [row] = [r for r in runs if r.data.tags.get("mqvq.kind") == "row"]
+        return s1, {k: v for k, v in s1.data.metrics.items() if k.startswith("val/")} | {"usage": row.data.metrics["usage"]}
+
+    resumed, mine = numbers(home)
+    _, theirs = numbers(tmp_path / "ref")
+    assert resumed.info.run_id == stage1.info.run_id and resumed.info.status == "FINISHED"
+    assert int(resumed.data.tags["mqvq.resumed_from_step"]) == stopped
+    assert len(mine) > 1 and mine == theirs

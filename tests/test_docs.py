@@ -47,6 +47,41 @@ def test_the_readme_links_pages_that_exist():
     assert {p.name for p in (ROOT / "docs").glob("*.md")} <= {Path(link).name for link in links}  # every page is linked
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_readme_and_docs_resolves_to_a_file_or_an_anchor():
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links in code blocks are code
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), flags=re.M)}
+                if anchor not in slugs:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_heading_anchors_follow_githubs_rule():
+    assert _slug("4. Preemption, time limits, requeue") == "4-preemption-time-limits-requeue"
+    assert _slug("`mqvq study run`") == "mqvq-study-run"
+
+
+def test_the_cli_reference_is_current():
+    """docs/cli.md is generated from the CLI: a changed option, default or help text without it is stale."""
+    from mqvq.cli.reference import reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == reference(), "docs/cli.md is stale: python -m mqvq.cli.reference > docs/cli.md"
+
+
 def test_the_readme_is_a_front_page():
     assert len((ROOT / "README.md").read_bytes()) <= 12 * 1024
 

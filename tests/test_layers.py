@@ -160,7 +160,10 @@ def test_the_checks_catch_what_they_guard_against():
 
 # --------------------------------------------------------------------------- one owner per fact
 TAG_MODULE = PACKAGE / "tracking" / "tags.py"
-TAG_LITERAL = re.compile(r"(?<![\w/])mqvq\.[a-z_]+(\.|\b)")
+TAG_LITERAL = re.compile(r"(?<![\w/])mqvq\.[a-z_]+(\.|\b)"
+                         r"|\bmlflow\.(parentRunId|note\.content|data\.context|source\.git|experimentKind|sharedViewState)")
+REGISTRY_MODULE = PACKAGE / "metrics" / "registry.py"
+METRIC_LITERAL = re.compile(r"(time/\w+|train/loss|val/loss)")  # metric names the registry owns
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -180,6 +183,13 @@ def tag_literals(path: Path) -> list[str]:
     docs = _docstrings(tree)
     return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and TAG_LITERAL.search(n.value)]
+
+
+def metric_literals(path: Path) -> list[str]:
+    """A string literal that is exactly one of the registry's metric names (`time/...`, the loss curves)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and METRIC_LITERAL.fullmatch(n.value)]
 
 
 def client_calls(path: Path) -> list[str]:
@@ -216,6 +226,11 @@ def test_tag_names_are_spelled_only_in_the_tag_module():
     assert found == []
 
 
+def test_metric_names_are_spelled_only_in_the_registry():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if p != REGISTRY_MODULE for hit in metric_literals(p)]
+    assert found == []
+
+
 def test_only_tracking_talks_to_the_mlflow_client():
     found = [hit for p in sorted(PACKAGE.rglob("*.py")) if "tracking" not in p.relative_to(PACKAGE).parts
              for hit in client_calls(p)]
@@ -234,7 +249,9 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
                    'x = {"mqvq.status": 1}\n'
                    'y = f"tags.\\"mqvq.seed\\" = {1}"\n'
                    'lease._pid_alive(1)\n'
-                   'tracker.client.get_run("r")\n')
+                   'tracker.client.get_run("r")\n'
+                   'z = {"time/tokenize_seconds": 1.0, "val/loss": 2.0}\n'
+                   'w = {"mlflow.parentRunId": "p", "mlflow.note.content": "n"}\n')
     real = PACKAGE.parent
     try:
         globals()["PACKAGE"] = tmp_path / "mqvq"
@@ -242,7 +259,8 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         (tmp_path / "mqvq" / "studies" / "lease.py").write_text("")
         moved = tmp_path / "mqvq" / "bad.py"
         bad.rename(moved)
-        assert len(tag_literals(moved)) == 2
+        assert len(tag_literals(moved)) == 4
+        assert len(metric_literals(moved)) == 2
         assert len(client_calls(moved)) == 1
         assert [h.split(": ", 1)[1] for h in private_imports(moved)] == ["_file_lock from mqvq.tracking.store", "lease._pid_alive"]
     finally:

@@ -13,7 +13,7 @@ from mqvq.cli import app
 from mqvq.machine import may_have_gpu
 from mqvq.runtime import duration
 from mqvq.studies.runner import Eta, metrics_line
-from tests.test_studies import studies, write_study  # noqa: F401  (a fixture)
+from tests.test_studies import write_study
 
 runner = CliRunner()
 ROOT = Path(__file__).parent.parent

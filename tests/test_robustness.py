@@ -76,6 +76,13 @@ def test_ui_refuses_a_taken_port_and_an_impossible_one(home):
     assert "http://" not in r.output  # no URL that would show whatever else listens there
     r = runner.invoke(app, ["ui", "--port", "70000", "--home", str(home)])
     assert r.exit_code != 0 and "Traceback" not in r.output and "--port" in r.output and "65535" in r.output
+    with socket.socket() as taken:  # serving to the network without a password is said, before anything starts
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(app, ["ui", "--host", "0.0.0.0", "--port", str(port), "--home", str(home)])
+    said = " ".join(r.output.split())
+    assert r.exit_code != 0 and "anyone there can read and delete runs. Pass --auth to require one." in said
 
 
 def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, monkeypatch):

@@ -62,6 +62,8 @@ def test_submit_queues_every_missing_row_and_returns(cluster, site):
     write_study(studies, "two", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50")], metrics='["rfid", "usage"]')
     dry = mqvq("study", "submit", "two", "--slurm", "--dry-run", "--time", "0:30:00", *ONE_THREAD)
     assert dry.returncode == 0, dry.stderr
+    assert not home.exists()  # a dry run writes nothing: no store, no folder
+    assert f"--output={home}/slurm/" in dry.stdout  # the script names where the logs will be
     assert "would queue 2 tasks: a (seed 0), b (seed 0)" in dry.stdout
     for line in ("#SBATCH --array=0-1%1", "#SBATCH --time=30", "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "export OMP_NUM_THREADS=1"):
         assert line in dry.stdout, line
@@ -167,7 +169,9 @@ def test_cancel_leaves_nothing_queued_and_no_run_running(cluster, site):
     every = runs(home, "slow/smoke")
     assert not [r for r in every if r.info.status in ("RUNNING", "SCHEDULED")]
     assert sorted(r.info.status for r in every if r.data.tags.get("mqvq.kind") == "row") == ["KILLED", "KILLED"]
-    assert [r["status"] for r in status("slow")] == ["missing", "missing"]  # resumable by the next submit or run
+    after = status("slow")
+    assert [r["status"] for r in after] == ["missing", "missing"]  # resumable by the next submit or run
+    assert [r["slurm"]["state"] for r in after] == ["cancelled", "cancelled"]  # this cluster keeps no accounting
     assert "no queued or running SLURM task" in mqvq("study", "cancel", "slow").stdout
 
 
@@ -227,3 +231,73 @@ def test_a_sqlite_store_is_refused_for_several_nodes_unless_shared(tmp_path):
     assert two_gpus[3:] == ["study", "run", "ablation-mask", "--profile", "mini", "--only", "adaptive-25", "--seeds", "1",
                             "--home", str(tracker.home), "--no-progress", "--nproc", "2"]
     assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]
+
+
+@pytest.mark.parametrize("moment", ["before sbatch", "during sbatch"])
+def test_ctrl_c_during_submit_leaves_no_run_scheduled_without_a_task(cluster, site, monkeypatch, moment):
+    """Before the array is queued, Ctrl-C ends the rows' runs KILLED (no task would ever run them); during
+    sbatch it is held until the array is queued and its job ids are on the runs, which stay SCHEDULED."""
+    import signal
+
+    import mqvq.studies.cluster as cluster_mod
+    from mqvq.studies.cluster import SlurmOptions, submit
+    from mqvq.studies.spec import load_study
+    from mqvq.tracking import Tracker
+
+    studies, home = site
+    write_study(studies, "two", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50")], metrics='["usage"]')
+    if moment == "before sbatch":
+        real = cluster_mod.ensure_row_run
+        made = []
+
+        def ensure_row_run(*a, **k):  # the Ctrl-C lands after the first row's run exists
+            if made:
+                raise KeyboardInterrupt
+            made.append(real(*a, **k))
+            return made[-1]
+        monkeypatch.setattr(cluster_mod, "ensure_row_run", ensure_row_run)
+    else:
+        real_executor = cluster_mod._executor
+
+        def executor(*a, **k):  # a real executor whose first submit gets a SIGINT, as a Ctrl-C would
+            ex = real_executor(*a, **k)
+            real_submit = ex.submit
+
+            def submit_one(*sa, **sk):
+                os.kill(os.getpid(), signal.SIGINT)
+                return real_submit(*sa, **sk)
+            ex.submit = submit_one
+            return ex
+        monkeypatch.setattr(cluster_mod, "_executor", executor)
+    tracker = Tracker(None, home)
+    with pytest.raises(KeyboardInterrupt):
+        submit(tracker, load_study("two"), "two", "smoke", SlurmOptions(time="5"))
+    rows = runs(home, "two/smoke")
+    queued = cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    if moment == "before sbatch":
+        assert [r.info.status for r in rows] == ["KILLED"] and queued == []
+        assert rows[0].data.tags["mqvq.failure"] == "the submission was interrupted"
+    else:
+        assert sorted(r.info.status for r in rows) == ["SCHEDULED", "SCHEDULED"] and queued
+        assert all(r.data.tags.get("mqvq.slurm.job") for r in rows)
+
+
+def test_a_task_carries_mlflow_settings_by_name_only(tmp_path, monkeypatch):
+    """The pickled task lies on a shared file system: MLflow credentials must not be in it. The task
+    reads them where it runs, and says in one sentence when the job's environment lacks one."""
+    import pickle
+
+    from mqvq.studies.cluster import RowTask, task_environment
+
+    env, needs = task_environment({"MQVQ_STUDIES": "/s", "MLFLOW_TRACKING_PASSWORD": "hunter2", "PATH": "/bin"})
+    assert env == {"MQVQ_STUDIES": "/s"} and needs == ("MLFLOW_TRACKING_PASSWORD",)
+    out = tmp_path / "seen"
+    task = RowTask([sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['MLFLOW_TRACKING_PASSWORD'])"],
+                   env, needs)
+    blob = pickle.dumps(task)
+    assert b"hunter2" not in blob
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(RuntimeError, match="MLFLOW_TRACKING_PASSWORD was set where the study was submitted but is not in this task"):
+        pickle.loads(blob)()
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    assert pickle.loads(blob)() == 0 and out.read_text() == "hunter2"

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,13 +33,6 @@ def write_study(folder: Path, name: str, rows: list[tuple[str, str]], extra: lis
         overrides = json.dumps([*FAST, *extra])
         text += f'\n[[rows]]\nname = "{row}"\nexperiment = "{exp}"\noverrides = {overrides}\npaper = {{ rfid = 4.0, fid = 7.5 }}\n'
     (folder / f"{name}.toml").write_text(text)
-    return folder
-
-
-@pytest.fixture
-def studies(tmp_path, monkeypatch):
-    folder = tmp_path / "studies"
-    monkeypatch.setenv("MQVQ_STUDIES", str(folder))
     return folder
 
 
@@ -264,6 +258,40 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
     assert p.returncode in (0, 130, -15), out[-2000:]
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(base + "/health", timeout=2)
+
+
+def test_ui_with_auth_refuses_a_request_without_the_password(home, tracker):
+    """`mqvq ui --auth`: MLflow's basic-auth app, on 127.0.0.1 here: no credentials, no runs; the
+    admin's password (made on the first start, in a file only its owner reads) opens them."""
+    import base64
+
+    pytest.importorskip("flask_wtf")
+    tracker.start_run("seen", "r", {}, {})
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_AUTH")} | {"MQVQ_HOME": str(home)}
+    p = subprocess.Popen([sys.executable, "-m", "mqvq", "ui", "--auth", "--port", str(port)], env=env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base, timeout=10)
+        assert refused.value.code == 401
+        secret = home / "ui-auth" / "admin-password"
+        assert secret.stat().st_mode & 0o077 == 0 or (home / "ui-auth").stat().st_mode & 0o077 == 0
+        token = base64.b64encode(f"admin:{secret.read_text().strip()}".encode()).decode()
+        req = urllib.request.Request(base, headers={"Authorization": f"Basic {token}"})
+        assert json.loads(urllib.request.urlopen(req, timeout=10).read())["experiment"]["name"] == "seen"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0]
+    assert f"sign in as admin with the password in {secret}" in " ".join(out.split()), out[-2000:]
 
 
 def test_readme_main_job_ablation_mask_at_smoke(tmp_path):

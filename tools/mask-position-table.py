@@ -42,7 +42,7 @@ def main(path: str) -> None:
           "| damage: drop fg | drop bg | rFD-VGG16 | kept at border | s / step |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for bed, sel in by_bed.items():
-        blind, centre = sel.get("random"), sel.get("centre")
+        centre = sel.get("centre")
         frac = next((r.get("fg_token_fraction") for r in sel.values() if r.get("fg_token_fraction") is not None), None)
         for name, r in sel.items():
             fg = seeds(r, FG)

@@ -114,6 +114,14 @@ def open_tracker(tracking_uri: str | None, home: str | None, read_only: bool = F
     return tracker
 
 
+def store_exists(tracking_uri: str | None, home: str | None) -> bool:
+    """Whether the store a command would open is there (a server or database is taken to be)."""
+    from mqvq.tracking.location import home_path, resolve_tracking_uri, sqlite_path
+
+    db = sqlite_path(resolve_tracking_uri(tracking_uri, home_path(home)))
+    return db is None or db.is_file()
+
+
 QUICK_EXIT = False  # set by main(): a real process, not a test's CliRunner
 
 
@@ -148,7 +156,8 @@ def cli_errors(fn):
         except UserError as e:
             fail(str(e))
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: the last checkpoint is kept; rerun with --resume to continue.")
+            err_console.print("[yellow]interrupted[/]: the last checkpoint is kept; the same command continues from it "
+                              "(`train` with --resume).")
             raise typer.Exit(130) from None
 
     return wrapper

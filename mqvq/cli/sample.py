@@ -13,7 +13,7 @@ from mqvq.cli.common import Device, Home, Progress, TrackingUri, cli_errors, con
 
 @cli_errors
 def sample(
-    run: Annotated[str, typer.Argument(help="stage-2 MLflow run id, logged model (m-..., models:/...) or model checkpoint (.pt)")],
+    run: Annotated[str, typer.Argument(help="stage-2 MLflow run id, logged model (m-..., models:/...), model checkpoint (.pt) or STUDY:ROW (that row's stage-2 run)")],
     num: Annotated[int, typer.Option("--num", "-n", help="number of images")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for 000000.png, 000001.png, ...")],
     batch_size: Annotated[Optional[int], typer.Option(help="images per batch (default: the run's stage2.sampling.batch_size)")] = None,
@@ -32,6 +32,7 @@ def sample(
     sampling: Annotated[str, typer.Option(help="default (the run's stage2.sampling) or best (the best settings a `mqvq search sampling` found)")] = "default",
     npz: Annotated[bool, typer.Option("--npz", help="also write samples.npz (images, codes, positions)")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace samples already in --out")] = False,
+    profile: Annotated[str, typer.Option("--profile", help="the profile of a STUDY:ROW run")] = "smoke",
     device: Device = None,
     home: Home = None,
     tracking_uri: TrackingUri = None,
@@ -39,13 +40,14 @@ def sample(
 ) -> None:
     """Sample images with Algorithm 1 (KV-cached, batched) and write them as PNGs."""
     from mqvq.runtime import setup
+    from mqvq.studies.plan import run_spec
     from mqvq.stages.generate import (check_top_k, load_generator, read_prompts, resolve_sampling, sampling_params, unknown_words_note,
                                       write_samples)
 
     texts = read_prompts(prompt, prompts)  # before any model is loaded: a missing file is the user's first answer
     d = setup(device)
     tracker = open_tracker(tracking_uri, home)
-    gen = load_generator(tracker, run, d.device)
+    gen = load_generator(tracker, run_spec(tracker, run, profile, "stage2"), d.device)
     base = resolve_sampling(tracker, gen, sampling)
     shape = gen.stackformer.shape
     for name, value in (("top_k", top_k), ("top_k_pos", top_k_pos)):

@@ -27,7 +27,7 @@ def sampling(
     trials: Annotated[int, typer.Option(help="trials in total (a rerun continues; a finished search starts nothing)")] = 20,
     sampler: Annotated[str, typer.Option(help="tpe, gp, grid or random")] = "tpe",
     storage: Storage = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="samples per trial (default: the run's eval.num_samples, at most 10000)")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="samples per trial (default: the run's eval.num_samples, at most 10,000)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="fid (inception backend) or fd_vgg16 (default: the run's eval backend)")] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes on this machine")] = 1,
     rungs: Annotated[Optional[str], typer.Option(help="sample counts at which poor trials may be pruned, e.g. 1000,5000")] = None,
@@ -56,7 +56,7 @@ def sampling(
     from mqvq.models.checkpoint import read_checkpoint
     from mqvq.stages.generate import check_top_k
     from mqvq.stages.lookup import model_file
-    from mqvq.studies.search import HEARTBEAT_S, SearchSpec, default_space, resolve_model_run, run_search
+    from mqvq.studies.search import HEARTBEAT_S, MAX_SAMPLES, SearchSpec, default_space, resolve_model_run, run_search, trial_size
 
     tracker = open_tracker(tracking_uri, home)
     run_id = resolve_model_run(tracker, spec, profile)
@@ -85,12 +85,12 @@ def sampling(
             if name in ("top_k", "top_k_pos"):
                 check_top_k(name, int(space[name].high), shape["codebook_size"], grid_len)
     ev = cfg.get("eval", {})
-    n = num_samples or min(int(ev.get("num_samples", 10_000)), 10_000)
     metric = metric or frechet("fid", ev.get("backend", "inception"))
     try:
-        rung_list = [int(r) for r in rungs.split(",")] if rungs else [r for r in (1000, 5000) if r < n]
+        asked_rungs = [int(r) for r in rungs.split(",")] if rungs else []
     except ValueError:
         raise UserError(f"--rungs {rungs!r} is invalid: use comma-separated sample counts, e.g. 1000,5000.") from None
+    n, rung_list = trial_size(num_samples, int(ev.get("num_samples", MAX_SAMPLES)), asked_rungs)
     s = SearchSpec(run_id, metric, n, trials, sampler, space, rung_list, grid_points, seed, study_name or "")
     if sampler not in ("tpe", "gp", "grid", "random"):
         raise UserError(f"--sampler {sampler!r} is invalid: use tpe, gp, grid or random.")

@@ -5,8 +5,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+
 from mqvq.cli.common import (AsJson, Device, Home, Profile, Progress, SystemMetricsFlag, TrackingUri, cli_errors, columns_that_fit,
-                             console, err_console, open_tracker, print_json, read_only, system_metrics_flag, table)
+                             console, err_console, open_tracker, print_json, read_only, store_exists, system_metrics_flag, table)
+from mqvq.studies.scheduler import SlurmOptions
+from mqvq.tracking.records import LEASE_TIMEOUT_S
+
+SLURM = SlurmOptions()  # the defaults of `study submit --slurm`
 
 app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
 
@@ -97,7 +102,7 @@ def plan(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only
 @cli_errors
 def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only = None, backend: Backend = None,
         device: Device = None,
-        lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = 120.0,
+        lease_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat after which a row is taken over")] = LEASE_TIMEOUT_S,
         workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker processes sharing the rows (GPUs taken round-robin)")] = 1,
         nproc: Annotated[int, typer.Option("--nproc", min=1, max=64, help="processes per training stage, under torchrun (DDP: one per GPU)")] = 1,
         home: Home = None, tracking_uri: TrackingUri = None,
@@ -106,7 +111,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
     from mqvq.runtime import check_device
 
     system_metrics_flag(system_metrics)
-    from mqvq.studies.runner import exit_code, run_study
+    from mqvq.studies.runner import Outcome, exit_code, run_study
     from mqvq.studies.spec import load_study
 
     _check_backend(backend)
@@ -129,7 +134,7 @@ def run(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: Only 
         errors = []
         results = run_study(tracker, study, device=device, progress=progress,
                             log=lambda m: err_console.print(m, highlight=False), **options)
-    counts = {s: sum(r.status == s for r in results) for s in ("finished", "skipped", "busy", "failed", "lost")}
+    counts = {str(s): sum(r.status == s for r in results) for s in Outcome}
     console.print(f"{study.name} ({profile}): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if counts["finished"]:  # something new: refresh the study's summary run (the table and figures in the MLflow UI)
         from mqvq.reports.summary import publish_summary
@@ -172,7 +177,7 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
     jobs = [p.parent.slurm_job for p in plans if p.parent is not None and p.parent.slurm_job]
     slurm = {}
     if jobs:  # rows submitted to SLURM: what the scheduler says of their tasks
-        from mqvq.studies.cluster import slurm_states, task_log
+        from mqvq.studies.cluster import slurm_states, task_log, task_state
 
         slurm = slurm_states(jobs)
     rows = []
@@ -184,7 +189,7 @@ def status(name: Name, profile: Profile = "smoke", home: Home = None, tracking_u
                "metrics": p.metrics, "paper": row_paper(study, p.row)}
         if rec is not None and rec.slurm_job:
             log = task_log(rec)
-            state = slurm.get(rec.slurm_job) or ("completed" if p.status == "finished" else "not in the queue")
+            state = task_state(rec, p.status == "finished", slurm)
             row["slurm"] = {"job": rec.slurm_job, "state": state, "log": str(log) if log else None}
         rows.append(row)
     if as_json:
@@ -219,20 +224,22 @@ def submit(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: On
            partition: Annotated[Optional[str], typer.Option(help="SLURM partition (default: the cluster's)")] = None,
            account: Annotated[Optional[str], typer.Option(help="SLURM account to charge")] = None,
            qos: Annotated[Optional[str], typer.Option(help="SLURM quality of service")] = None,
-           time_limit: Annotated[str, typer.Option("--time", help="time limit per task: MINUTES, HH:MM:SS, D-HH or D-HH:MM:SS")] = "60",
-           gpus_per_task: Annotated[int, typer.Option(min=0, max=64, help="GPUs per task")] = 0,
+           time_limit: Annotated[str, typer.Option("--time", help="time limit per task: MINUTES, HH:MM:SS, D-HH or D-HH:MM:SS")] = SLURM.time,
+           gpus_per_task: Annotated[int, typer.Option(min=0, max=64, help="GPUs per task")] = SLURM.gpus_per_task,
            cpus_per_task: Annotated[Optional[int], typer.Option(min=1, help="CPU cores per task")] = None,
            mem: Annotated[Optional[str], typer.Option(help="memory per task, e.g. 16G")] = None,
-           array_parallelism: Annotated[int, typer.Option(min=1, help="tasks of the array running at once")] = 1,
+           array_parallelism: Annotated[int, typer.Option(min=1, help="tasks of the array running at once")] = SLURM.array_parallelism,
            setup: Annotated[Optional[list[str]], typer.Option("--setup", help="a shell line before each task, e.g. 'module load cuda' (repeatable)")] = None,
-           max_requeues: Annotated[int, typer.Option(min=0, help="requeues of a task after it reached its time limit (a preempted task is always requeued)")] = 3,
+           max_requeues: Annotated[int, typer.Option(min=0, help="requeues of a task after it reached its time limit (a preempted task is always requeued)")] = SLURM.max_requeues,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="print the sbatch script and what would be queued; queue nothing")] = False,
            home: Home = None, tracking_uri: TrackingUri = None) -> None:
     """Queue one SLURM array task per missing row x seed and return: each runs `study run --only ROW --seeds S`."""
+    import contextlib
+    import tempfile
     from pathlib import Path
 
     from mqvq.errors import UserError
-    from mqvq.studies.cluster import SlurmOptions, submit as submit_array
+    from mqvq.studies.cluster import submit as submit_array
     from mqvq.studies.spec import load_study
 
     _check_backend(backend)
@@ -243,8 +250,18 @@ def submit(name: Name, profile: Profile = "smoke", seeds: Seeds = None, only: On
     ref = str(Path(name).resolve()) if name.endswith(".toml") else name
     options = SlurmOptions(partition, account, qos, time_limit, gpus_per_task, cpus_per_task, mem, array_parallelism,
                            tuple(setup or ()), max_requeues)
-    tracker = open_tracker(tracking_uri, home)
-    sub = submit_array(tracker, study, ref, profile, options, seeds=seeds, only=only, backend=backend, dry_run=dry_run)
+    with contextlib.ExitStack() as stack:
+        logs_home = None
+        if dry_run and not store_exists(tracking_uri, home):  # a dry run writes nothing, a store included: plan on an empty one
+            from mqvq.tracking import Tracker
+            from mqvq.tracking.location import home_path
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mqvq-dry-run-"))
+            tracker, logs_home = Tracker(None, tmp), home_path(home)
+        else:
+            tracker = open_tracker(tracking_uri, home)
+        sub = submit_array(tracker, study, ref, profile, options, seeds=seeds, only=only, backend=backend, dry_run=dry_run,
+                           logs_home=logs_home)
     for row, seed, why in sub.skipped:
         console.print(f"[dim]{row} (seed {seed}): {escape(why)}, not submitted[/]")
     if not sub.tasks:
@@ -296,7 +313,10 @@ def stage(name: Name, profile: Profile = "smoke",
     study = load_study(name)
     (spec,) = select_rows(study, [row])
     w = Worker(open_tracker(tracking_uri, home), study, profile, None, device, progress, row=row)
-    run = train_row_stage(w, row_config(spec, profile, seed), stage_name, parent, run_id, stage1)
+    try:
+        outcome = {"run_id": train_row_stage(w, row_config(spec, profile, seed), stage_name, parent, run_id, stage1)}
+    except KeyboardInterrupt:  # checkpointed and ended KILLED on every rank: not a failure for torchrun to report
+        outcome = {"interrupted": True}
     if result and int(__import__("os").environ.get("RANK", "0")) == 0:
         with open(result, "w") as f:
-            json.dump({"run_id": run}, f)
+            json.dump(outcome, f)

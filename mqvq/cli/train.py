@@ -49,7 +49,7 @@ def stage1(
 @cli_errors
 def stage2(
     experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ or a .toml path")],
-    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id, logged model (m-..., models:/...) or model checkpoint (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
+    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id, logged model (m-..., models:/...), model checkpoint or STUDY:ROW (that row's stage-1 run at --profile) (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
     profile: Profile = "smoke",
     set_: Sets = None,
     seed: Seed = 0,
@@ -69,11 +69,17 @@ def stage2(
     system_metrics_flag(system_metrics)
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)
+    if stage1 is not None:
+        from mqvq.studies.plan import run_spec
+
+        stage1 = run_spec(tracker, stage1, profile, "stage1")
     result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,
                           mlflow_experiment=mlflow_experiment)
+    from mqvq.metrics.registry import TRAIN_LOSS
+
     m = result.get("train_metrics", {})
     _report(result, f"stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}",
-            {k: v for k, v in m.items() if k.startswith(("train/loss", "val/"))})
+            {k: v for k, v in m.items() if k.startswith((TRAIN_LOSS, "val/"))})
 
 
 def _report(result: dict, what: str, metrics: dict) -> None:
@@ -83,4 +89,4 @@ def _report(result: dict, what: str, metrics: dict) -> None:
     console.print(f"[green]finished[/] {what}{resumed}")
     if metrics:
         console.print("  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    console.print(f"  model checkpoint: {result.get('model', result['checkpoint'])}")
+    console.print(f"  model: {result.get('model', result['checkpoint'])}")

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Home, TrackingUri, cli_errors, console, open_tracker
+from mqvq.cli.common import Home, TrackingUri, cli_errors, console, err_console, open_tracker
 
 
 @cli_errors
@@ -21,6 +22,7 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
        host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for remote access)")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 5000,
        start_timeout: Annotated[float, typer.Option(help="seconds to wait for the server to answer", min=1)] = 120.0,
+       auth: Annotated[bool, typer.Option("--auth", help="require a user name and password (MLflow's basic-auth app; needs pip install 'mlflow[auth]')")] = False,
        home: Home = None, tracking_uri: TrackingUri = None) -> None:
     """Start the MLflow UI on the store and print the URL (Ctrl-C stops it)."""
     from mqvq.errors import UserError
@@ -42,12 +44,22 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
         url += f"/#/experiments/{tracker.experiment_id(name)}/runs?workflowType=machine_learning"  # not the GenAI side bar
         if SHARED_VIEW_TAG + VIEW_KEY in exp_tags:
             url += f"&viewStateShareKey={VIEW_KEY}"  # the study's metric columns, saved by its summary
+    if host not in LOOPBACK and not auth:
+        err_console.print(f"[yellow]warning[/]: --host {host} serves the store to everyone who can reach port {port}, with no "
+                          "password: anyone there can read and delete runs. Pass --auth to require one.", highlight=False)
     _check_port_free(host, port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", host, "--port", str(port)]
+    env = dict(os.environ)
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+        env |= auth_settings(tracker.home)
     console.print(f"starting the MLflow UI on {host}:{port} (store {tracker.uri}) ...", highlight=False)
+    if auth:
+        console.print(f"sign in as admin with the password in {tracker.home / AUTH_DIR / 'admin-password'} (created on the first "
+                      "--auth start unless MLFLOW_AUTH_ADMIN_PASSWORD was set)", highlight=False, soft_wrap=True)
     # the server (and the workers it forks) get a process group of their own, which is stopped as
     # a whole however this command ends: Ctrl-C, `kill`, or a shell that ignores SIGINT
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         _wait_until_it_answers(proc, "127.0.0.1" if host in ("0.0.0.0", "::") else host, port, start_timeout)
@@ -61,6 +73,38 @@ def ui(study: Annotated[Optional[str], typer.Argument(help="open this study's ex
             raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+AUTH_DIR = "ui-auth"  # in the home: the auth app's settings, its user database and the admin's first password
+
+
+def auth_settings(home: Path) -> dict[str, str]:
+    """The environment of MLflow's basic-auth app for this home: its settings file (users in
+    <home>/ui-auth/users.db, every signed-in user may read), the admin's first password (from
+    MLFLOW_AUTH_ADMIN_PASSWORD, else made once and kept in a file only its owner reads) and the secret
+    key its CSRF protection needs."""
+    import importlib.util
+    import secrets
+
+    from mqvq.errors import UserError
+    from mqvq.files import atomic_write
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise UserError("--auth runs MLflow's basic-auth app, which needs Flask-WTF: pip install 'mlflow[auth]'.")
+    folder = home / AUTH_DIR
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o700)  # the password file and the user database: the owner's alone
+    password = folder / "admin-password"
+    if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not password.is_file():
+        atomic_write(password, lambda f: f.write(secrets.token_urlsafe(18).encode() + b"\n"))
+    settings = folder / "basic_auth.ini"
+    text = (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'users.db'}\nadmin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    atomic_write(settings, lambda f: f.write(text.encode()))
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(settings),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or password.read_text().strip(),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
 
 
 def _check_port_free(host: str, port: int) -> None:

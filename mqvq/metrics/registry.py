@@ -49,6 +49,8 @@ def _one(key, name, label, short, lower, decimals, stage, paper=None, auto=False
 # into one place); runs logged before had one name for both, read through `named_step_seconds`
 STEP_SECONDS = {"stage1": "time/stage1_step_seconds", "stage2": "time/stage2_step_seconds"}
 LEGACY_STEP_SECONDS = "time/step_seconds"
+TOKENIZE_SECONDS = "time/tokenize_seconds"  # stage 2's one-off tokenizing of its data: part of the row's cost
+TRAIN_LOSS, VAL_LOSS = "train/loss", "val/loss"  # the loss curves (Fig. 6a) and the loss a trainer prints
 
 
 def named_step_seconds(metrics: dict[str, float], stage: str) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mqvq.errors import UserError
 from mqvq.files import atomic_write
+from mqvq.metrics.registry import TRAIN_LOSS, VAL_LOSS
 from mqvq.paper import paper_values
 from mqvq.reports.checks import check_claims
 from mqvq.reports.latex import COLUMN_PT, fit_one_column, table_width, to_latex
@@ -194,7 +195,7 @@ def write_figures(tracker: Tracker, table: Table, study: StudyConfig, meta: dict
     for row, runs in stage_runs.items():
         if runs.get("stage2"):
             label = next(r.descriptors["label"] for r in table.rows if r.name == row)
-            for key, kind in (("val/loss", "validation"), ("train/loss", "train")):
+            for key, kind in ((VAL_LOSS, "validation"), (TRAIN_LOSS, "train")):
                 hist = tracker.metric_history(runs["stage2"], key)
                 if hist:
                     curves.setdefault(label, {})[kind] = ([m.step for m in hist], [m.value for m in hist])

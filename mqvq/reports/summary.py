@@ -29,7 +29,7 @@ def publish_summary(tracker: Tracker, study: str | StudyConfig, profile: str, fi
     run_id = tracker.start_run(experiment, f"summary: {name} ({profile})", tags)
     note = (f"{to_glance(table)}\n\nThe whole table with its provenance: artifact `summary/{name}.md` (also `.tex`, "
             f"`.json` and `figures/`), or `mqvq report {name} --profile {profile}`.")
-    tracker.set_tags(run_id, {"mlflow.note.content": note})
+    tracker.set_tags(run_id, {T.MLFLOW_NOTE: note})
     head, rows = glance(table)
     tracker.log_table(run_id, {h: [r[i] for r in rows] for i, h in enumerate(head)}, "summary/table.json")
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ from mqvq.metrics.features import make_backend
 from mqvq.metrics.frechet import frechet_distance
 from mqvq.metrics.mask import MASK_METRICS
 from mqvq.runtime import autocast_dtype, environment, setup
-from mqvq.metrics.registry import best, frechet, guided
+from mqvq.metrics.registry import TRAIN_LOSS, VAL_LOSS, best, frechet, guided
 from mqvq.stages.lookup import resolve
 from mqvq.stages.reconstruction import reconstruction_metrics
 from mqvq.stages.reference import reference_stats, sample_reference
@@ -235,7 +235,7 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_ch
             tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
                               "figures/samples_eval.png")
         curves = {}
-        for curve, label in (("train/loss", "train"), ("val/loss", "validation")):
+        for curve, label in ((TRAIN_LOSS, "train"), (VAL_LOSS, "validation")):
             hist = tracker.metric_history(run_id, curve)
             if hist:
                 curves[label] = ([m.step for m in hist], [m.value for m in hist])

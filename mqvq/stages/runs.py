@@ -72,6 +72,12 @@ def new_stage_model(run: "TrainingRun", cfg, stage: str, model_type: str, step: 
                                  {T.STAGE: stage, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed})
 
 
+def model_location(model_id: str, file: Path) -> str:
+    """Where a stage's final weights are, for the summary: the file in a local store, else (uploaded from a
+    temporary folder to a remote artifact store) the logged model's URI, which `sample` / `eval` accept."""
+    return str(file) if file.is_file() else f"models:/{model_id}"
+
+
 @dataclass
 class TrainingRun:
     """A training stage's run while it trains: where it logs, its working checkpoint, the state that

@@ -21,14 +21,14 @@ from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
 from mqvq.images import reconstruction_grid
 from mqvq.metrics.mask import MaskTally
-from mqvq.metrics.registry import STEP_SECONDS
+from mqvq.metrics.registry import STEP_SECONDS, TRAIN_LOSS
 from mqvq.models.checkpoint import FORMAT, atomic_save
 from mqvq.models.losses import Stage1Loss
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
-from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, new_stage_model,
+from mqvq.stages.runs import (LoopClock, MetricWindow, model_location, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, new_stage_model,
                               open_run, publish, stage_run_name)
 from mqvq.stages.lookup import MODEL_FILE
 from mqvq.stages.schedule import lr_at, set_lr
@@ -150,13 +150,16 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
                 metrics, _ = validation_pass(model, val_ds, d.device, dtype, t.batch_size, t.val_images)
                 publish(tracker, d, run_id, {f"val/{k}": v for k, v in metrics.items()}, step)
 
-    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(run.save):
+    # stop signals wait for a step's end, on every rank the same one (outermost: the checkpoint written
+    # on the way out is covered too)
+    with signals.stops_between_steps(runtime.any_rank) as stops, progress_bar(progress and d.main) as bar, \
+            checkpoint_on_exit(run.save):
         task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
         if t.val_every and step == 0:  # the untrained model: where the curves start
             validate()
         batches = iter(loader)
         while step < end:
-            with signals.deferred():  # a step is whole: an interrupt waits for its end, so the checkpoint
+            with stops.step():  # a step is whole: an interrupt waits for its end, so the checkpoint
                 # written on the way out holds a consistent state and a resume continues exactly
                 batch = next(batches)
                 x = batch["image"].to(d.device, non_blocking=True, memory_format=layout)
@@ -198,7 +201,7 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
                     metrics["train/lr"] = lr
                     last_logs = metrics
                     publish(tracker, d, run_id, metrics, step)
-                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.4f}  {metrics['train/images_per_s']:.1f} img/s")
+                    bar.update(task, completed=step, info=f"loss {metrics[TRAIN_LOSS]:.4f}  {metrics['train/images_per_s']:.1f} img/s")
                     counts.zero_()
                 if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
                     validate()
@@ -265,4 +268,4 @@ def _finish(job: Stage1Job, test_ds) -> dict:
     tracker.log_metrics(run_id, metrics, step, model_id=model_id)
     if grid_img is not None:
         tracker.log_image(run_id, grid_img, "figures/reconstructions.png")
-    return {"val_metrics": metrics, "model": str(model_file)}
+    return {"val_metrics": metrics, "model": model_location(model_id, model_file)}

@@ -24,7 +24,7 @@ from mqvq.data import StepSampler, build_dataset
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.images import sample_grid, to_pixels
-from mqvq.metrics.registry import STEP_SECONDS
+from mqvq.metrics.registry import STEP_SECONDS, TOKENIZE_SECONDS, TRAIN_LOSS
 from mqvq.models.checkpoint import FORMAT, atomic_save, read_checkpoint
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.sampling import generate
@@ -33,7 +33,7 @@ from mqvq.models.text import WordTokenizer
 from mqvq.models.text import from_dict as tokenizer_from_dict
 from mqvq.runtime import Dist, autocast, autocast_dtype, progress_bar, seed_all
 from mqvq.stages.lookup import MODEL_FILE, ModelRef, check_compatible, find_stage1, resolve, stage2_hash
-from mqvq.stages.runs import (LoopClock, MetricWindow, TrainingRun, checkpoint_on_exit, closing_run, new_stage_model, open_run,
+from mqvq.stages.runs import (LoopClock, MetricWindow, model_location, TrainingRun, checkpoint_on_exit, closing_run, new_stage_model, open_run,
                               publish, stage_run_name)
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.stages.tokenize import TokenSet, cached_tokens
@@ -170,7 +170,7 @@ def train_stage2(cfg: ExperimentConfig, tracker: Tracker, *, stage1: str | None 
                        | ({"text_vocab_size": shape.text_vocab} if shape.text_vocab else {}),
                 artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
         if d.main:
-            tracker.log_metrics(run.run_id, {"time/tokenize_seconds": tokenize_s}, 0)
+            tracker.log_metrics(run.run_id, {TOKENIZE_SECONDS: tokenize_s}, 0)
             if ref.run_id:  # its tokens are the stage-1 model's data
                 tracker.copy_datasets(ref.run_id, run.run_id)
         run.watch_system(cfg.tracking.system_metrics_interval, cfg.tracking.system_metrics)
@@ -243,10 +243,13 @@ def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: boo
     last: dict[str, float] = {}
     model.train()
     clock = LoopClock(start_step)
-    with progress_bar(progress and d.main) as bar, checkpoint_on_exit(run.save):
+    # stop signals wait for a step's end, on every rank the same one (outermost: the checkpoint written
+    # on the way out is covered too)
+    with signals.stops_between_steps(runtime.any_rank) as stops, progress_bar(progress and d.main) as bar, \
+            checkpoint_on_exit(run.save):
         task = bar.add_task(f"stage 2 {cfg.name}", total=t.steps, completed=step, info="")
         while step < end:
-            with signals.deferred():  # a step is whole: an interrupt waits for its end, so the checkpoint
+            with stops.step():  # a step is whole: an interrupt waits for its end, so the checkpoint
                 # written on the way out holds a consistent state and a resume continues exactly
                 codes, positions, cond = _batch(train_tok, conds.train, next(sampler), d.device)
                 drop = torch.rand(codes.shape[0], device=d.device) < t.cond_dropout if t.cond_dropout > 0 else None
@@ -269,7 +272,7 @@ def _loop(job: Stage2Job, train_tok: TokenSet, test_tok: TokenSet, progress: boo
                             metrics |= validation_loss(model, test_tok, t.batch_size, d.device, dtype, conds.test)
                     publish(tracker, d, run_id, metrics, step)
                     last = metrics
-                    bar.update(task, completed=step, info=f"loss {metrics['train/loss']:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
+                    bar.update(task, completed=step, info=f"loss {metrics[TRAIN_LOSS]:.3f}  {metrics['train/tokens_per_s']:,.0f} tok/s")
                 if step % t.ckpt_every == 0 and step < end:
                     run.save()
     if (sec := clock.step_seconds(step)) is not None and d.main:
@@ -298,4 +301,4 @@ def _finish(job: Stage2Job, vae, stage1_info: dict) -> dict:
     images = vae.decode(s.codes, s.positions, model.shape.grid)
     title = f"{cfg.name}: samples at step {step}"
     tracker.log_image(run_id, sample_grid(to_pixels(images), title), "figures/samples.png")
-    return {"model": str(model_file)}
+    return {"model": model_location(model_id, model_file)}

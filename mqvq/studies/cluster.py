@@ -26,16 +26,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mqvq import signals
 from mqvq.errors import UserError
 from mqvq.studies.plan import RowPlan, plan_study
 from mqvq.studies.runner import ensure_row_run
+from mqvq.studies.scheduler import SlurmOptions, parse_time  # noqa: F401  (part of this module's API)
 from mqvq.studies.spec import StudyConfig
 from mqvq.tracking import tags as T
 from mqvq.tracking.location import sqlite_path
 from mqvq.tracking.records import RowRecord
 from mqvq.tracking.store import Tracker
 
-TIME_FORMATS = "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS"
 SHARED_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",
                       "panfs", "wekafs", "fuse.sshfs", "fuse.juicefs", "orangefs", "pvfs2", "afs", "9p"}
 # SLURM job states -> what `study status` says
@@ -43,45 +44,6 @@ STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "C
           "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "RESIZING": "running",
           "PREEMPTED": "requeued", "COMPLETED": "completed", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
           "OUT_OF_MEMORY": "failed", "TIMEOUT": "timeout", "DEADLINE": "timeout", "CANCELLED": "cancelled"}
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What `--slurm` asks of the scheduler (None: the cluster's default)."""
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str = "60"                  # SLURM's formats (TIME_FORMATS)
-    gpus_per_task: int = 0
-    cpus_per_task: int | None = None
-    mem: str | None = None            # e.g. 16G
-    array_parallelism: int = 1
-    setup: tuple[str, ...] = ()       # shell lines before each task (module load cuda, ...)
-    max_requeues: int = 3
-    signal_delay_s: int = 90          # SIGUSR2 this long before the time limit
-
-    @property
-    def minutes(self) -> int:
-        return parse_time(self.time)
-
-
-def parse_time(text: str) -> int:
-    """A SLURM time limit in whole minutes (seconds round up)."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
-    if not m or not text.strip():
-        raise UserError(f"--time {text!r} is not a SLURM time: use {TIME_FORMATS}.")
-    days, a, b, c = m.groups()
-    if days is None:  # MM, MM:SS, HH:MM:SS
-        if c is not None:
-            hours, minutes, seconds = int(a), int(b), int(c)
-        else:
-            hours, minutes, seconds = 0, int(a), int(b or 0)
-    else:  # D-HH, D-HH:MM, D-HH:MM:SS
-        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
-    total = (int(days or 0) * 24 + hours) * 60 + minutes + (seconds > 0)
-    if total < 1:
-        raise UserError(f"--time {text!r} is shorter than a minute: use {TIME_FORMATS}.")
-    return total
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -162,13 +124,17 @@ class RowTask:
     """What one array task runs: `mqvq study run` for one row and seed, in a child process (so the
     training code handles SLURM's signals itself). submitit requeues it through `checkpoint`."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
-        self.argv, self.env = argv, env
+    def __init__(self, argv: list[str], env: dict[str, str], needs: tuple[str, ...] = ()):
+        self.argv, self.env, self.needs = argv, env, needs
         self.child: subprocess.Popen | None = None
 
     def __call__(self) -> int:
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID", "")
+        missing = [name for name in self.needs if name not in os.environ]
+        if missing:  # sbatch passes the submitting shell's environment unless the site says --export=NONE
+            raise RuntimeError(f"{', '.join(missing)} was set where the study was submitted but is not in this task's "
+                               "environment: export it in the job (sbatch --export=ALL, or --setup 'export NAME=...').")
         env = {**os.environ, **self.env, "MQVQ_SLURM_JOB": job_id}
         self.child = subprocess.Popen(self.argv, env=env)
         # polled, not wait(): submitit's SIGUSR2 handler runs in this thread and waits for the child
@@ -196,10 +162,19 @@ class RowTask:
                 child.kill()
         print("mqvq: stopped for preemption or the time limit; the row resumes from its last checkpoint when this task "
               "is requeued.", flush=True)
-        return DelayedSubmission(RowTask(self.argv, self.env), *args, **kwargs)
+        return DelayedSubmission(RowTask(self.argv, self.env, self.needs), *args, **kwargs)
 
     def __getstate__(self):
-        return {"argv": self.argv, "env": self.env, "child": None}
+        return {"argv": self.argv, "env": self.env, "needs": self.needs, "child": None}
+
+
+def task_environment(environ: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """What a task carries of the submitting environment: mqvq's own settings by value, MLflow's by
+    name only. The task is pickled into the job folder on a shared file system, and MLflow's values
+    include credentials (MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN); the task reads them from
+    its own environment, which sbatch copies from the submitting shell."""
+    return ({k: v for k, v in environ.items() if k.startswith("MQVQ_")},
+            tuple(sorted(k for k in environ if k.startswith("MLFLOW_"))))
 
 
 def task_command(study: StudyConfig, study_ref: str, profile: str, row: str, seed: int, tracker: Tracker,
@@ -275,36 +250,47 @@ def sbatch_script(executor, tasks: int) -> str:
 
 def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, options: SlurmOptions, *,
            seeds: list[int] | None = None, only: list[str] | None = None, backend: str | None = None,
-           dry_run: bool = False) -> Submission:
-    """Queue one array task per missing row x seed; returns at once (None job id for a dry run)."""
+           dry_run: bool = False, logs_home: Path | None = None) -> Submission:
+    """Queue one array task per missing row x seed; returns at once (None job id for a dry run).
+    `logs_home`: the home whose `slurm/` folder the script names, when `tracker` is not its store (a dry
+    run on a home without one plans against an empty store rather than create it)."""
     require_slurm()
     options.minutes  # a bad --time is refused before anything else
     nodes = check_partition(options)
     check_shared_store(tracker, options, nodes)
     plans = plan_study(tracker, study, profile, seeds, only, backend, estimate=False)
     todo, skipped = missing_tasks(plans)
-    folder = tracker.home / "slurm"
+    folder = (logs_home or tracker.home) / "slurm"
     executor = _executor(folder, study, options)
     tasks = [(p.row.name, p.seed) for p in todo]
     script = sbatch_script(executor, len(tasks)) if tasks else ""
     if dry_run or not tasks:
         return Submission(None, tasks, script, folder, skipped)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("MQVQ_", "MLFLOW_"))}
-    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend, max(1, options.gpus_per_task)), env)
-             for p in todo]
-    parents = [ensure_row_run(tracker, study, p, profile) for p in todo]  # before the tasks can start and claim them
-    for parent in parents:
-        tracker.schedule_run(parent)
+    env, needs = task_environment(dict(os.environ))
+    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend, max(1, options.gpus_per_task)),
+                     env, needs) for p in todo]
+    parents: list[str] = []
+    queued = False
     try:
-        with executor.batch():
-            jobs = [executor.submit(call) for call in calls]
-    except Exception as e:  # submitit raises its own types for sbatch's refusals
-        for parent in parents:
-            tracker.end_run(parent, "KILLED", "SLURM refused the submission")
-        text = getattr(e, "stderr", None) or str(e)
-        raise UserError(f"SLURM refused the array: {slurm_refusal(text if isinstance(text, str) else str(text))}.") from None
-    for parent, job in zip(parents, jobs):
-        tracker.set_tags(parent, {T.SLURM_JOB: job.job_id, T.SLURM_LOG: str(folder / job.job_id)})
+        for p in todo:  # before the tasks can start and claim them
+            parents.append(ensure_row_run(tracker, study, p, profile))
+            tracker.schedule_run(parents[-1])
+        with signals.deferred():  # sbatch queues the whole array or nothing, and its job ids reach the runs
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(call) for call in calls]
+            except Exception as e:  # submitit raises its own types for sbatch's refusals
+                text = getattr(e, "stderr", None) or str(e)
+                raise UserError(f"SLURM refused the array: {slurm_refusal(text if isinstance(text, str) else str(text))}.") from None
+            for parent, job in zip(parents, jobs):
+                tracker.set_tags(parent, {T.SLURM_JOB: job.job_id, T.SLURM_LOG: str(folder / job.job_id), T.SLURM_CANCELLED: ""})
+            queued = True
+    except (UserError, KeyboardInterrupt) as e:
+        if not queued:  # no task will ever run these rows: not SCHEDULED for good
+            why = "SLURM refused the submission" if isinstance(e, UserError) else "the submission was interrupted"
+            for parent in parents:
+                tracker.end_run(parent, "KILLED", why)
+        raise
     return Submission(jobs[0].job_id.split("_")[0], tasks, script, folder, skipped)
 
 
@@ -330,6 +316,14 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
                 if job and job not in out:
                     out[job] = STATES.get(state, state.lower())
     return {j: out[j] for j in job_ids if j in out}
+
+
+def task_state(rec: RowRecord, finished: bool, live: dict[str, str]) -> str:
+    """What became of a row's task: the scheduler's word while it knows the task (`slurm_states`), else
+    what mqvq recorded (a cluster without accounting forgets ended tasks at once)."""
+    if rec.slurm_job in live:
+        return live[rec.slurm_job]
+    return "completed" if finished else "cancelled" if rec.slurm_cancelled else "not in the queue"
 
 
 def task_log(rec: RowRecord) -> Path | None:
@@ -359,6 +353,7 @@ def cancel(tracker: Tracker, study: StudyConfig, profile: str, wait_s: float = 9
         time.sleep(1.0)
     for r in mine:  # a task cancelled before it started, or killed before it could end its runs, leaves them to us
         reason = f"cancelled (SLURM task {r.slurm_job})"
+        tracker.set_tags(r.run_id, {T.SLURM_CANCELLED: "true"})
         _end_running_below(tracker, r.run_id, reason)
         if tracker.get_run(r.run_id).info.status in ("RUNNING", "SCHEDULED"):
             tracker.end_run(r.run_id, "KILLED", reason)
@@ -368,6 +363,6 @@ def cancel(tracker: Tracker, study: StudyConfig, profile: str, wait_s: float = 9
 def _end_running_below(tracker: Tracker, run_id: str, reason: str) -> None:
     """End KILLED every RUNNING run below `run_id`, at any depth and in any experiment: the stage runs
     under a row, and the sampling-search trials under a stage-2 run (in their own experiment)."""
-    for run in tracker.find_runs_everywhere(f'{T.running()} and tags."mlflow.parentRunId" = {T.quote(run_id)}'):
+    for run in tracker.find_runs_everywhere(f'{T.running()} and tags."{T.MLFLOW_PARENT}" = {T.quote(run_id)}'):
         _end_running_below(tracker, run.info.run_id, reason)
         tracker.end_run(run.info.run_id, "KILLED", reason)

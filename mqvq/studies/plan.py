@@ -8,14 +8,16 @@ resolved config and seed (Table 7's full model is Table 6's 50 % adaptive row).
 from __future__ import annotations
 
 import enum
+import re
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mqvq.config import ExperimentConfig, config_hash, identity
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.machine import cpu_name, may_have_gpu, torch_threads
-from mqvq.metrics.registry import REGISTRY, STEP_SECONDS, best, frechet, guided, metric_stage, named_step_seconds
+from mqvq.metrics.registry import REGISTRY, STEP_SECONDS, TOKENIZE_SECONDS, best, frechet, guided, metric_stage, named_step_seconds
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
 from mqvq.tracking import tags as T
@@ -79,18 +81,33 @@ def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed:
     return [RowRecord.of(r) for r in runs]
 
 
-def row_stage_run(tracker: Tracker, study_name: str, row: str, profile: str, stage: str) -> str:
-    """The `stage` run of a study row (STUDY:ROW on the command line) at `profile`, first seed."""
+def row_stage_run(tracker: Tracker, study_name: str, row: str, profile: str, stage: str | None) -> str:
+    """The `stage` run of a study row (STUDY:ROW on the command line) at `profile`, first seed; with
+    `stage` None, its stage-2 run when the row has one, else its stage-1 run."""
     from mqvq.studies.spec import load_study
 
     study = load_study(study_name)
     select_rows(study, [row])
     parents = find_row_runs(tracker, study_experiment(study.name, profile), study.name, row, study.seeds[0])
-    run_id = (parents[0].stage2_run if stage == "stage2" else parents[0].stage1_run) if parents else None
+    run_id = None
+    if parents:
+        run_id = parents[0].stage1_run if stage == "stage1" else parents[0].stage2_run
+        run_id = run_id or (parents[0].stage1_run if stage is None else None)
     if not run_id:
-        raise UserError(f"row {row} of {study.name} (profile {profile}) has no {stage} model yet: run "
+        raise UserError(f"row {row} of {study.name} (profile {profile}) has no {stage or 'finished'} model yet: run "
                         f"`mqvq study run {study.name} --profile {profile} --only {row}` first.")
     return run_id
+
+
+STUDY_ROW = re.compile(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+")  # a study row on the command line, STUDY:ROW
+
+
+def run_spec(tracker: Tracker, spec: str, profile: str, stage: str | None) -> str:
+    """What a command was given as a model: STUDY:ROW becomes that row's run id (`row_stage_run`), any
+    other spec (a run id, a logged model, a checkpoint file) is returned as it is."""
+    if STUDY_ROW.fullmatch(spec) and not Path(spec).exists():
+        return row_stage_run(tracker, *spec.split(":", 1), profile, stage)
+    return spec
 
 
 class StoreView:
@@ -344,7 +361,7 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
         # set-up, checkpoints, the final validation, and stage 2's tokenizing; not from a resumed run, whose
         # wall time may include hours queued between a preemption and its requeue
         if r.end_time and steps and not r.resumed:
-            wall = (r.end_time - r.start_time) / 1000 + r.metrics.get("time/tokenize_seconds", 0.0)
+            wall = (r.end_time - r.start_time) / 1000 + r.metrics.get(TOKENIZE_SECONDS, 0.0)
             over.setdefault(stage, []).append(max(0.0, wall - steps * sec))
         if r.eval_seconds is not None:
             evals.append(r.eval_seconds)

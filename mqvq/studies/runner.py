@@ -8,6 +8,8 @@ lease (see `lease.py`), so it runs exactly once and a killed worker's row is tak
 """
 from __future__ import annotations
 
+import contextlib
+import enum
 import os
 import time
 import traceback
@@ -28,7 +30,7 @@ from mqvq.studies.plan import (RowPlan, Step, expected_metrics, find_row_runs, o
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking import tags as T
 from mqvq.tracking.provenance import git_commit
-from mqvq.tracking.records import LEASE_TIMEOUT_S, DataRecord, RowRecord
+from mqvq.tracking.records import HEARTBEAT_S, LEASE_TIMEOUT_S, DataRecord, RowRecord
 from mqvq.tracking.store import Tracker
 
 
@@ -50,11 +52,23 @@ class Worker:
         return study_experiment(self.study.name, self.profile)
 
 
+class Outcome(str, enum.Enum):
+    """What `study run` did with a row."""
+    FINISHED = "finished"
+    SKIPPED = "skipped"   # already done
+    BUSY = "busy"         # another worker holds it
+    FAILED = "failed"
+    LOST = "lost"         # taken over while this worker was stalled
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class RowResult:
     row: str
     seed: int
-    status: str          # finished | failed | skipped (done) | busy (another worker holds it) | lost (taken over while stalled)
+    status: Outcome
     detail: str = ""
     metrics: dict = field(default_factory=dict)
 
@@ -81,7 +95,7 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
 
 def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
               only: list[str] | None = None, backend: str | None = None, device: str | None = None,
-              progress: bool = True, lease_timeout: float = LEASE_TIMEOUT_S, heartbeat: float = 15.0, settle: float | None = None,
+              progress: bool = True, lease_timeout: float = LEASE_TIMEOUT_S, heartbeat: float = HEARTBEAT_S, settle: float | None = None,
               log: Callable[[str], None] = print, workers: int = 1, nproc: int = 1) -> list[RowResult]:
     """`workers`: how many processes share the rows (the ETA divides what is left between them);
     `nproc`: processes per training stage, launched with torchrun (one per GPU: DDP)."""
@@ -94,12 +108,12 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
     plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout, device=device)
     results = []
     eta = Eta([p.estimate_s for p in plans], workers)
-    if any(p.todo or p.status != "finished" for p in plans):
+    if any(p.todo or p.status != T.Status.FINISHED for p in plans):
         log(f"{study.name} ({profile}): {eta.describe(0)}")
     for i, p in enumerate(plans):
         label = f"[{i + 1}/{len(plans)}] {p.row.name} (seed {p.seed})"
-        if not p.todo and p.status == "finished":
-            results.append(RowResult(p.row.name, p.seed, "skipped", "already finished", p.metrics))
+        if not p.todo and p.status == T.Status.FINISHED:
+            results.append(RowResult(p.row.name, p.seed, Outcome.SKIPPED, "already finished", p.metrics))
             log(f"[dim]{label}: done[/]")
             eta.finished(i, None)
             continue
@@ -110,17 +124,17 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
                 parent = ensure_row_run(tracker, study, p, profile)
                 claimed = lease.claim(tracker, parent, worker, lease_timeout, settle)
             if not claimed:
-                results.append(RowResult(p.row.name, p.seed, "busy", "claimed by another worker"))
+                results.append(RowResult(p.row.name, p.seed, Outcome.BUSY, "claimed by another worker"))
                 log(f"[yellow]{label}: running in another worker, skipped[/]")
                 eta.finished(i, None)
                 continue
             # re-plan under the lease: another worker may have finished it in the meantime
             fresh = replan_row(tracker, study, p, profile, backend, lease_timeout)
-            if not fresh.todo and fresh.status == "finished":
-                results.append(RowResult(p.row.name, p.seed, "skipped", "finished by another worker", fresh.metrics))
+            if not fresh.todo and fresh.status == T.Status.FINISHED:
+                results.append(RowResult(p.row.name, p.seed, Outcome.SKIPPED, "finished by another worker", fresh.metrics))
                 continue
             if any(st.state == Step.BUSY for st in fresh.stages.values()):  # a stage run with a live trainer elsewhere
-                results.append(RowResult(p.row.name, p.seed, "busy", "a stage of it is being trained by a live process"))
+                results.append(RowResult(p.row.name, p.seed, Outcome.BUSY, "a stage of it is being trained by a live process"))
                 log(f"[yellow]{label}: a stage run of it is still being trained elsewhere (fresh heartbeat), skipped[/]")
                 eta.finished(i, None)
                 continue
@@ -131,7 +145,7 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
                 log(f"[dim]{eta.describe(i + 1)}[/]")
         except LeaseLost as e:  # taken over while stalled: the row is the other worker's; write nothing, stop
             claimed = False
-            results.append(RowResult(p.row.name, p.seed, "lost", str(e)))
+            results.append(RowResult(p.row.name, p.seed, Outcome.LOST, str(e)))
             log(f"[red]{label}: {escape(str(e))}[/]")
             break
         except KeyboardInterrupt:
@@ -210,27 +224,55 @@ def _train(w: Worker, p: RowPlan, stage: str, parent: str, run_id: str | None, s
     import sys
     import tempfile
 
+    from mqvq.studies import launch
     from mqvq.studies.spec import find_study
 
     with tempfile.TemporaryDirectory() as tmp:
         result = f"{tmp}/result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(w.nproc), "-m", "mqvq",
+        cmd = [sys.executable, "-m", launch.__name__, "--standalone", "--nproc_per_node", str(w.nproc), "-m", "mqvq",
                "study", "stage", str(find_study(w.study.name)), "--profile", w.profile, "--row", p.row.name, "--seed", str(p.seed),
                "--stage", stage, "--parent", parent, "--result", result, "--home", str(w.tracker.home),
                "--tracking-uri", w.tracker.uri, *(["--run-id", run_id] if run_id else []),
                *(["--stage1", stage1_run] if stage1_run else []), *(["--device", w.device] if w.device else []),
                *([] if w.progress else ["--no-progress"])]
-        child = subprocess.Popen(cmd)
+        child = subprocess.Popen(cmd, env=TORCHRUN_ENV | dict(os.environ))
         try:
             code = child.wait()
-        except KeyboardInterrupt:  # the ranks checkpoint and end the run KILLED; wait for them
-            child.terminate()
+        except KeyboardInterrupt:  # the ranks agree on a step, checkpoint and end the run KILLED; wait for them
+            stop_ranks(child.pid)
             child.wait()
             raise
-        if code != 0 or not os.path.exists(result):
+        outcome = {}
+        if os.path.exists(result):
+            with open(result) as f:
+                outcome = json.load(f)
+        if outcome.get("interrupted"):  # a stop signal reached the ranks (only): the row stops as on Ctrl-C here
+            raise KeyboardInterrupt
+        if code != 0 or "run_id" not in outcome:
             raise UserError(f"{stage} under torchrun ({w.nproc} processes) exited with {code}: see its messages above.")
-        with open(result) as f:
-            return json.load(f)["run_id"]
+        return outcome["run_id"]
+
+
+# torchrun's agent dies of SIGUSR2 (SLURM's warning before the time limit) unless it handles it: it then
+# passes it to the ranks and waits for them (a checkpoint, the run's end) before SIGKILL. Environment
+# values rather than flags, which torch releases before 2.8 do not know (they ignore these).
+TORCHRUN_ENV = {"PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2", "PET_SHUTDOWN_TIMEOUT": "120"}
+
+
+def stop_ranks(agent: int) -> None:
+    """Ask the ranks below torchrun's agent to stop (SIGUSR2; they ignore a repeat): sent to the agent,
+    a second signal while it already shuts them down would make it quit waiting for them."""
+    import signal
+
+    import psutil
+
+    try:
+        ranks = psutil.Process(agent).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for rank in ranks:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank.send_signal(signal.SIGUSR2)
 
 
 def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
@@ -270,7 +312,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
             metrics |= _search_row(w, p, parent, stage2_run)
         tracker.end_run(parent, "FINISHED")
         log(f"[green]{label}: finished[/] in {duration(time.monotonic() - started)}: {metrics_line(metrics)}")
-        return RowResult(p.row.name, p.seed, "finished", "", metrics)
+        return RowResult(p.row.name, p.seed, Outcome.FINISHED, "", metrics)
     except (KeyboardInterrupt, LeaseLost):
         raise
     except Exception as e:
@@ -279,7 +321,7 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
         if not isinstance(e, UserError):
             tracker.log_text(parent, traceback.format_exc(), "failure.txt")
         log(f"[red]{label}: failed[/]: {escape(reason)}")
-        return RowResult(p.row.name, p.seed, "failed", reason)
+        return RowResult(p.row.name, p.seed, Outcome.FAILED, reason)
 
 
 def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_run: str | None) -> dict:
@@ -316,12 +358,11 @@ def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_ru
 
 def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
     """The sampling-search study: best distance over top-k / top-p for the row's model (Table 1's protocol)."""
-    from mqvq.studies.search import SearchSpec, default_space, run_search
+    from mqvq.studies.search import SearchSpec, default_space, run_search, trial_size
 
     tracker, s = w.tracker, w.study.search
-    n = s.num_samples or min(p.cfg.eval.num_samples, 10_000)
+    n, rungs = trial_size(s.num_samples, p.cfg.eval.num_samples, s.rungs)
     metric = searched_metric(p.cfg, w.backend)
-    rungs = list(s.rungs) or [r for r in (1000, 5000) if r < n]
     shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
                           p.cfg.stage2.model.kind == "raster", p.cfg.stage2.train.cond_dropout > 0)
     w.log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
@@ -337,5 +378,5 @@ def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
 
 
 def exit_code(results: list[RowResult]) -> int:
-    return 1 if any(r.status in ("failed", "lost") for r in results) else 0
+    return 1 if any(r.status in (Outcome.FAILED, Outcome.LOST) for r in results) else 0
 

@@ -107,6 +107,16 @@ def grid_points(name: str, r: Range, n: int) -> list:
 
 
 # --------------------------------------------------------------------------- storage
+MAX_SAMPLES = 10_000          # a trial's samples at most, unless asked for more (eval.num_samples is often the paper's 50,000)
+DEFAULT_RUNGS = (1000, 5000)  # sample counts at which a trial may be pruned, those below its total
+
+
+def trial_size(asked: int | None, eval_num_samples: int, rungs=()) -> tuple[int, list[int]]:
+    """A search's samples per trial and its pruning rungs: as asked, else the defaults above."""
+    n = asked or min(eval_num_samples, MAX_SAMPLES)
+    return n, list(rungs) or [r for r in DEFAULT_RUNGS if r < n]
+
+
 HEARTBEAT_S = 30     # default seconds between a search worker's heartbeats
 GRACE_BEATS = 4      # heartbeats a running trial may miss before it is failed and retried
 
@@ -146,10 +156,9 @@ def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = 
 # --------------------------------------------------------------------------- model lookup
 def resolve_model_run(tracker: Tracker, spec: str, profile: str) -> str:
     """A stage-2 run id, or STUDY:ROW (that row's stage-2 run at `profile`)."""
-    if ":" in spec and not spec.endswith(".pt"):
-        from mqvq.studies.plan import row_stage_run
+    from mqvq.studies.plan import run_spec
 
-        spec = row_stage_run(tracker, *spec.split(":", 1), profile, "stage2")
+    spec = run_spec(tracker, spec, profile, "stage2")
     return resolve(tracker, spec, "stage2", need_run=True, why="searches need a stage-2 model").run_id
 
 

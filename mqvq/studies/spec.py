@@ -15,7 +15,6 @@ the paper's tables, each row naming the paper values it mirrors.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +69,9 @@ class StudyConfig:
 
 
 def studies_dir() -> Path:
-    env = os.environ.get("MQVQ_STUDIES")
-    if env:
-        return Path(env)
-    local = Path.cwd() / "studies"
-    return local if local.is_dir() else Path(__file__).resolve().parent.parent.parent / "studies"
+    from mqvq.experiments import declared_dir
+
+    return declared_dir("studies")
 
 
 def list_studies() -> dict[str, str]:

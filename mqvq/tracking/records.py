@@ -16,6 +16,7 @@ from mqvq.machine import HOST, pid_alive
 from mqvq.tracking import tags as T
 
 LEASE_TIMEOUT_S = 120.0  # a row whose lease has not beaten for this long is free (study run --lease-timeout)
+HEARTBEAT_S = 15.0       # a row's lease beats this often (at most a quarter of the timeout)
 
 
 def lease_is_live(owner: str, heartbeat: float, timeout: float = LEASE_TIMEOUT_S, now: float | None = None) -> bool:
@@ -78,6 +79,7 @@ class RowRecord:
     git_commit: str = ""
     slurm_job: str | None = None        # the SLURM task that runs (or ran) it
     slurm_log: str | None = None
+    slurm_cancelled: bool = False       # `study cancel` cancelled that task
     metrics: dict[str, float] = field(default_factory=dict)
     eval_tags: dict[str, str] = field(default_factory=dict)   # how each copied metric was measured
     start_time: int | None = None
@@ -97,6 +99,7 @@ class RowRecord:
                    lease=t.get(T.LEASE, ""), heartbeat=_float(t.get(T.HEARTBEAT)), failure=t.get(T.FAILURE, ""),
                    stage1_run=t.get(T.STAGE1_RUN) or None, stage2_run=t.get(T.STAGE2_RUN) or None, data=DataRecord.of(t),
                    git_commit=t.get(T.GIT_COMMIT, ""), slurm_job=t.get(T.SLURM_JOB) or None, slurm_log=t.get(T.SLURM_LOG) or None,
+                   slurm_cancelled=t.get(T.SLURM_CANCELLED) == "true",
                    metrics=dict(run.data.metrics),
                    eval_tags={k: v for k, v in t.items() if k in T.EVAL_ENVIRONMENT or T.is_eval_tag(k)},
                    start_time=run.info.start_time, end_time=run.info.end_time)
@@ -143,7 +146,7 @@ class StageRecord:
         t = run.data.tags
         return cls(stage=t.get(T.STAGE, ""), config_hash=t.get(T.CONFIG_HASH, ""), seed=int(t.get(T.SEED, 0) or 0),
                    run_id=run.info.run_id, experiment_id=run.info.experiment_id, mlflow_status=run.info.status,
-                   experiment=t.get(T.EXPERIMENT, ""), profile=t.get(T.PROFILE, ""), parent_run_id=t.get("mlflow.parentRunId"),
+                   experiment=t.get(T.EXPERIMENT, ""), profile=t.get(T.PROFILE, ""), parent_run_id=t.get(T.MLFLOW_PARENT),
                    stage1_run=t.get(T.STAGE1_RUN) or None, stage1_checkpoint=t.get(T.STAGE1_CHECKPOINT) or None,
                    heartbeat=_float(t.get(T.HEARTBEAT)), device_name=t.get(T.DEVICE_NAME, ""), torch_threads=t.get(T.TORCH_THREADS),
                    eval_seconds=float(t[T.EVAL_SECONDS]) if t.get(T.EVAL_SECONDS) else None, metrics=dict(run.data.metrics),

@@ -26,12 +26,15 @@ from mqvq.tracking import tags as T
 from mqvq.tracking.location import check_reachable, home_dir, home_path, resolve_tracking_uri, sqlite_path
 from mqvq.tracking.provenance import git_commit
 
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a runs view the UI loads from ?viewStateShareKey=<key>
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = T.MLFLOW_EXPERIMENT_KIND, "custom_model_development"
+SHARED_VIEW_TAG = T.MLFLOW_SHARED_VIEW
 
 
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for our own progress
+    # against a tracking server MLflow prints "View run ..." / "View experiment ..." at every run's end
+    # (several per study row, between mqvq's lines): mqvq says where its runs are itself
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -129,11 +132,11 @@ class Tracker:
         self.check_fence()
         tags = {k: str(v) for k, v in tags.items()}
         tags.setdefault(T.GIT_COMMIT, git_commit())
-        tags["mlflow.source.git.commit"] = tags[T.GIT_COMMIT]
+        tags[T.MLFLOW_GIT_COMMIT] = tags[T.GIT_COMMIT]
         tags[T.STATUS] = T.Status.RUNNING.value
         tags[T.HEARTBEAT] = str(time.time())
         if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[T.MLFLOW_PARENT] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
         if params:
             self.log_params(run.info.run_id, params)
@@ -266,7 +269,7 @@ class Tracker:
 
         profile = json.dumps({"num_rows": data.size, "split": data.split, "resolution": data.resolution})
         dataset = Dataset(data.title, data.digest, data.source_type, data.source, profile=profile)
-        self._log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        self._log_inputs(run_id, [DatasetInput(dataset, [InputTag(T.MLFLOW_DATA_CONTEXT, context)])])
 
     def _log_inputs(self, run_id: str, inputs: list) -> None:
         """MLflow looks a dataset up, then inserts it: two workers logging the same data into one
@@ -295,7 +298,7 @@ class Tracker:
             return
         inputs = self.client.get_run(src_run).inputs
         chosen = [d for d in (inputs.dataset_inputs if inputs else [])
-                  if context is None or any(t.key == "mlflow.data.context" and t.value == context for t in d.tags)]
+                  if context is None or any(t.key == T.MLFLOW_DATA_CONTEXT and t.value == context for t in d.tags)]
         if chosen:
             self._log_inputs(dst_run, chosen)
 
@@ -356,11 +359,14 @@ class Tracker:
         from mlflow.entities import LoggedModelOutput
 
         exp = self.client.get_run(run_id).info.experiment_id
-        m = self.client.create_logged_model(exp, name=name, source_run_id=run_id, model_type=model_type,
-                                            params={k: str(v) for k, v in params.items()}, tags={k: str(v) for k, v in tags.items()})
-        self.client.log_outputs(run_id, [LoggedModelOutput(m.model_id, step)])  # the run's "Logged models"
-        local = self._local(m.artifact_location, 3)  # <home>/artifacts/<experiment>/models/<model id>/artifacts
+        m = None
         try:
+            with signals.deferred():  # the model exists only together with the code that marks it FAILED
+                m = self.client.create_logged_model(exp, name=name, source_run_id=run_id, model_type=model_type,
+                                                    params={k: str(v) for k, v in params.items()},
+                                                    tags={k: str(v) for k, v in tags.items()})
+            self.client.log_outputs(run_id, [LoggedModelOutput(m.model_id, step)])  # the run's "Logged models"
+            local = self._local(m.artifact_location, 3)  # <home>/artifacts/<experiment>/models/<model id>/artifacts
             with contextlib.ExitStack() as stack:
                 folder = local[0] if local else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mqvq-model-")))
                 folder.mkdir(parents=True, exist_ok=True)
@@ -368,7 +374,8 @@ class Tracker:
                 if local is None:
                     self.client.log_model_artifacts(m.model_id, str(folder))
         except BaseException:
-            self.client.finalize_logged_model(m.model_id, "FAILED")
+            if m is not None:
+                self.client.finalize_logged_model(m.model_id, "FAILED")
             raise
         self.client.finalize_logged_model(m.model_id, "READY")
         self.set_tags(run_id, {T.MODEL_ID: m.model_id})

@@ -67,8 +67,18 @@ LEASE = "mqvq.lease"                  # the worker holding the row ("" when free
 DATA_NAME = "mqvq.data.name"
 DATA_RESOLUTION = "mqvq.data.resolution"
 DATA_LEGACY = "mqvq.data"             # "name 32px (digest)": written before the three tags above; read only
+# MLflow's own tags and input tags that mqvq sets or reads
+MLFLOW_PARENT = "mlflow.parentRunId"          # a nested run's parent (a row's stage runs, a stage run's trials)
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_NOTE = "mlflow.note.content"           # a run's description in the UI
+MLFLOW_DATA_CONTEXT = "mlflow.data.context"   # a dataset input's role: training / evaluation
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+MLFLOW_SHARED_VIEW = "mlflow.sharedViewState."  # + a key: a runs view the UI loads from ?viewStateShareKey=<key>
+
 SLURM_JOB = "mqvq.slurm.job"          # the SLURM task running the row: <array job id>_<task id>
 SLURM_LOG = "mqvq.slurm.log"          # that task's log folder
+SLURM_CANCELLED = "mqvq.slurm.cancelled"  # "true" once `study cancel` cancelled that task (a cluster without
+                                          # accounting forgets an ended task: this is how status still knows)
 
 # ---------------------------------------------------------------- summary runs
 ROWS = "mqvq.rows"
