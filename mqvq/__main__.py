@@ -1,4 +1,5 @@
 """`python -m mqvq`: the same as the `mqvq` command."""
+
 from mqvq.cli import main
 
 main()

@@ -1,5 +1,6 @@
 """Benchmarks (not timed tests): warm-up, device synchronisation, medians of repeats, peak memory,
 device and software versions. Random weights: speed does not depend on them."""
+
 from __future__ import annotations
 
 import functools
@@ -17,9 +18,18 @@ from mqvq.timing import interleaved, medians, paired_ratio, sync
 from mqvq.tracking.provenance import git_commit
 
 
-def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ratios=(0.0, 0.25, 0.5),
-                 cache_modes=(True, False), device: str | None = None, precision: str = "auto", repeats: int = 3,
-                 codebook_size: int = 1024, compile: bool = False) -> dict:
+def bench_sample(
+    preset: str = "small",
+    grid: int = 16,
+    batch_size: int = 64,
+    ratios=(0.0, 0.25, 0.5),
+    cache_modes=(True, False),
+    device: str | None = None,
+    precision: str = "auto",
+    repeats: int = 3,
+    codebook_size: int = 1024,
+    compile: bool = False,
+) -> dict:
     """Images/s of Algorithm 1 for Stackformer (ratio > 0) and the raster baseline (ratio 0); the
     ratios of one cache mode are timed interleaved, and the 50 % vs 0 % speed-up is the median of
     paired ratios."""
@@ -39,20 +49,45 @@ def bench_sample(preset: str = "small", grid: int = 16, batch_size: int = 64, ra
         models[ratio] = model.to(dtype) if dtype is not None else model
     rows, times = [], {}
     for cache in cache_modes:
-        runs = {ratio: (functools.partial(generate_compiled, m, batch_size, params, device=dev) if compile and cache else
-                        functools.partial(generate, m, batch_size, params, use_cache=cache, device=dev))
-                for ratio, m in models.items()}
+        runs = {
+            ratio: (
+                functools.partial(generate_compiled, m, batch_size, params, device=dev)
+                if compile and cache
+                else functools.partial(generate, m, batch_size, params, use_cache=cache, device=dev)
+            )
+            for ratio, m in models.items()
+        }
         times[cache], peak = interleaved(runs, dev, rounds=repeats)
         for ratio, model in models.items():
             wall, cpu = medians(times[cache][ratio])
             n = model.shape.length
-            rows.append({"model": model.cfg.kind, "mask_ratio": ratio, "tokens": n, "cache": cache, "compiled": compile and cache,
-                         "batch_size": batch_size, "seconds_per_batch": wall, "images_per_s": batch_size / wall,
-                         "cpu_seconds_per_batch": cpu, "ms_per_step": 1000 * wall / n, "peak_memory_gb": peak,
-                         "params_m": model.num_params() / 1e6})
-    result = {"benchmark": "sample", "preset": preset, "grid": f"{grid}x{grid}", "precision": str(dtype or torch.float32),
-              "codebook_size": codebook_size, "rounds": repeats, "timing": "interleaved rounds, medians (of paired ratios for ratios)",
-              "rows": rows, "environment": environment(dev)}
+            rows.append(
+                {
+                    "model": model.cfg.kind,
+                    "mask_ratio": ratio,
+                    "tokens": n,
+                    "cache": cache,
+                    "compiled": compile and cache,
+                    "batch_size": batch_size,
+                    "seconds_per_batch": wall,
+                    "images_per_s": batch_size / wall,
+                    "cpu_seconds_per_batch": cpu,
+                    "ms_per_step": 1000 * wall / n,
+                    "peak_memory_gb": peak,
+                    "params_m": model.num_params() / 1e6,
+                }
+            )
+    result = {
+        "benchmark": "sample",
+        "preset": preset,
+        "grid": f"{grid}x{grid}",
+        "precision": str(dtype or torch.float32),
+        "codebook_size": codebook_size,
+        "rounds": repeats,
+        "timing": "interleaved rounds, medians (of paired ratios for ratios)",
+        "rows": rows,
+        "environment": environment(dev),
+    }
     first = cache_modes[0]
     if 0.5 in models and 0.0 in models:
         result["sample_speedup_50_vs_0"] = paired_ratio(times[first][0.0]["wall"], times[first][0.5]["wall"])
@@ -66,8 +101,14 @@ def _device(device: str | None) -> torch.device:
     return torch.device(check_device(device))
 
 
-def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, device: str | None = None, steps: int = 10,
-                       warmup: int = 3, compile: bool | None = None) -> dict:
+def bench_train_stage1(
+    profile: str = "paper",
+    batch_size: int | None = None,
+    device: str | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    compile: bool | None = None,
+) -> dict:
     """Full stage-1 training step (G + D, LPIPS-VGG16, adaptive weight) img/s, MQ-VAE 25 % vs its VQGAN
     path, the two steps timed in interleaved rounds (`steps` each); the overhead is a median of paired ratios."""
     from mqvq.experiments import load_experiment
@@ -85,20 +126,38 @@ def bench_train_stage1(profile: str = "paper", batch_size: int | None = None, de
         loss_fn = Stage1Loss(cfg.loss, LPIPS("vgg")).to(dev)  # random LPIPS weights: speed does not depend on them
         use_compile = cfg.train.compile if compile is None else compile
         runs[name] = stage1_step(model, loss_fn, cfg, dev, use_compile)
-        rows.append({"experiment": name, "batch_size": cfg.train.batch_size, "resolution": cfg.data.resolution,
-                     "precision": str(autocast_dtype(cfg.train.precision, dev) or torch.float32), "compiled": use_compile,
-                     "memory_format": str(conv_layout(dev)).removeprefix("torch."),
-                     "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
+        rows.append(
+            {
+                "experiment": name,
+                "batch_size": cfg.train.batch_size,
+                "resolution": cfg.data.resolution,
+                "precision": str(autocast_dtype(cfg.train.precision, dev) or torch.float32),
+                "compiled": use_compile,
+                "memory_format": str(conv_layout(dev)).removeprefix("torch."),
+                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            }
+        )
     times, peak = interleaved(runs, dev, rounds=steps, warmup=warmup)
     for row in rows:
         wall, cpu = medians(times[row["experiment"]])
-        row |= {"images_per_s": row["batch_size"] / wall, "ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * cpu,
-                "peak_memory_gb": peak}
+        row |= {
+            "images_per_s": row["batch_size"] / wall,
+            "ms_per_step": 1000 * wall,
+            "cpu_ms_per_step": 1000 * cpu,
+            "peak_memory_gb": peak,
+        }
     mq, vq = times["mqvae-f16-adaptive-25"], times["vqgan-f16"]
-    return {"benchmark": "train-stage1", "profile": profile, "rounds": steps, "timing": "interleaved rounds, medians",
-            "rows": rows, "stage1_train_images_per_s": rows[0]["images_per_s"],
-            "stage1_masking_overhead": paired_ratio(mq["wall"], vq["wall"]),
-            "stage1_masking_overhead_cpu": paired_ratio(mq["cpu"], vq["cpu"]), "environment": environment(dev)}
+    return {
+        "benchmark": "train-stage1",
+        "profile": profile,
+        "rounds": steps,
+        "timing": "interleaved rounds, medians",
+        "rows": rows,
+        "stage1_train_images_per_s": rows[0]["images_per_s"],
+        "stage1_masking_overhead": paired_ratio(mq["wall"], vq["wall"]),
+        "stage1_masking_overhead_cpu": paired_ratio(mq["cpu"], vq["cpu"]),
+        "environment": environment(dev),
+    }
 
 
 def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layout: torch.memory_format | None = None):
@@ -133,14 +192,21 @@ def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layou
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
+
     return step
 
 
 SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground")
 
 
-def bench_selectors(profile: str = "cpu", experiment: str = "mqvae-f16-adaptive-50", selectors=SELECTORS,
-                    device: str | None = None, steps: int = 10, warmup: int = 2) -> dict:
+def bench_selectors(
+    profile: str = "cpu",
+    experiment: str = "mqvae-f16-adaptive-50",
+    selectors=SELECTORS,
+    device: str | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+) -> dict:
     """The stage-1 training step under each token selector, timed in interleaved rounds; each
     selector's cost is the median of its paired ratios against the paper's (`gain`) step. What the
     damage selector's second, random-mask decoder pass and the straight-through surrogate cost."""
@@ -157,23 +223,43 @@ def bench_selectors(profile: str = "cpu", experiment: str = "mqvae-f16-adaptive-
         lpips = None
         if cfg.loss.perceptual_weight > 0:
             from mqvq.models.lpips import LPIPS
+
             lpips = LPIPS("vgg")  # random weights: speed does not depend on them
         runs[sel] = stage1_step(model, Stage1Loss(cfg.loss, lpips).to(dev), cfg, dev, False)
         rows.append({"selector": sel, "batch_size": cfg.train.batch_size, "resolution": cfg.data.resolution})
     times, peak = interleaved(runs, dev, rounds=steps, warmup=warmup)
     for row in rows:
         wall, cpu = medians(times[row["selector"]])
-        row |= {"ms_per_step": 1000 * wall, "cpu_ms_per_step": 1000 * cpu,
-                "vs_gain": paired_ratio(times[row["selector"]]["wall"], times["gain"]["wall"]),
-                "vs_gain_cpu": paired_ratio(times[row["selector"]]["cpu"], times["gain"]["cpu"])}
-    return {"benchmark": "selectors", "profile": profile, "experiment": experiment, "rounds": steps,
-            "timing": "interleaved rounds, medians of paired ratios against gain", "threads": torch.get_num_threads(),
-            "rows": rows, "peak_memory_gb": peak, "environment": environment(dev)}
+        row |= {
+            "ms_per_step": 1000 * wall,
+            "cpu_ms_per_step": 1000 * cpu,
+            "vs_gain": paired_ratio(times[row["selector"]]["wall"], times["gain"]["wall"]),
+            "vs_gain_cpu": paired_ratio(times[row["selector"]]["cpu"], times["gain"]["cpu"]),
+        }
+    return {
+        "benchmark": "selectors",
+        "profile": profile,
+        "experiment": experiment,
+        "rounds": steps,
+        "timing": "interleaved rounds, medians of paired ratios against gain",
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "peak_memory_gb": peak,
+        "environment": environment(dev),
+    }
 
 
-def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 16,
-                       device: str | None = None, steps: int = 10, warmup: int = 3, compile: bool = False,
-                       codebook_size: int = 1024) -> dict:
+def bench_train_stage2(
+    preset: str = "small",
+    grid: int = 16,
+    mask_ratio: float = 0.25,
+    batch_size: int = 16,
+    device: str | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    compile: bool = False,
+    codebook_size: int = 1024,
+) -> dict:
     """Full Stackformer training step (forward, CE_code + CE_position, backward, AdamW) tokens/s."""
     from mqvq.stages.train_stage2 import make_optimizer
 
@@ -182,8 +268,14 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
     dev = _device(device)
     n, length = num_kept(grid * grid, mask_ratio), grid * grid
     torch.manual_seed(0)
-    model = Stackformer(StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.1),
-                        TokenShape(codebook_size, (grid, grid), n)).to(dev).train()
+    model = (
+        Stackformer(
+            StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.1),
+            TokenShape(codebook_size, (grid, grid), n),
+        )
+        .to(dev)
+        .train()
+    )
     opt = make_optimizer(model, 5e-4, 0.01, dev.type == "cuda")
     net = torch.compile(model) if compile else model
     codes = torch.randint(0, codebook_size, (batch_size, n), device=dev)
@@ -191,7 +283,7 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
     dtype = torch.bfloat16 if dev.type == "cuda" else None
 
     def step():
-        with (torch.autocast(dev.type, dtype=dtype) if dtype else _null()):
+        with torch.autocast(dev.type, dtype=dtype) if dtype else _null():
             loss, _ = sequence_loss(*net(codes, positions), codes, positions)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,11 +292,20 @@ def bench_train_stage2(preset: str = "small", grid: int = 16, mask_ratio: float 
 
     times, peak = interleaved({"step": step}, dev, rounds=steps, warmup=warmup)
     sec, cpu = medians(times["step"])
-    return {"benchmark": "train-stage2", "preset": preset, "params_m": model.num_params() / 1e6, "tokens": n,
-            "batch_size": batch_size, "ms_per_step": 1000 * sec, "cpu_ms_per_step": 1000 * cpu,
-            "peak_memory_gb": peak, "compiled": compile,
-            "precision": str(dtype or torch.float32), "stage2_train_tokens_per_s": batch_size * n / sec,
-            "environment": environment(dev)}
+    return {
+        "benchmark": "train-stage2",
+        "preset": preset,
+        "params_m": model.num_params() / 1e6,
+        "tokens": n,
+        "batch_size": batch_size,
+        "ms_per_step": 1000 * sec,
+        "cpu_ms_per_step": 1000 * cpu,
+        "peak_memory_gb": peak,
+        "compiled": compile,
+        "precision": str(dtype or torch.float32),
+        "stage2_train_tokens_per_s": batch_size * n / sec,
+        "environment": environment(dev),
+    }
 
 
 def _null():
@@ -213,8 +314,17 @@ def _null():
     return contextlib.nullcontext()
 
 
-def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, batch_size: int = 256, num: int = 2048,
-              device: str | None = None, backend: str = "inception", profile: str = "paper", compile: bool = False) -> dict:
+def bench_fid(
+    preset: str = "small",
+    grid: int = 16,
+    mask_ratio: float = 0.25,
+    batch_size: int = 256,
+    num: int = 2048,
+    device: str | None = None,
+    backend: str = "inception",
+    profile: str = "paper",
+    compile: bool = False,
+) -> dict:
     """FID-50k wall clock, projected from measured end-to-end throughput: sample codes -> stage-1
     decoder -> feature backend (fp32) for `num` images. Random weights everywhere (a random-weight
     FID Inception is built when no weights file is given: speed does not depend on the values)."""
@@ -228,8 +338,14 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
     torch.manual_seed(0)
     vae = MQVAE(cfg.model).to(dev).eval()
     grid = cfg.data.resolution // cfg.model.downsample
-    model = Stackformer(StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.0),
-                        TokenShape(cfg.model.quantizer.codebook_size, (grid, grid), num_kept(grid * grid, mask_ratio))).to(dev).eval()
+    model = (
+        Stackformer(
+            StackformerConfig(preset=preset, **STACKFORMER_PRESETS[preset], dropout=0.0),
+            TokenShape(cfg.model.quantizer.codebook_size, (grid, grid), num_kept(grid * grid, mask_ratio)),
+        )
+        .to(dev)
+        .eval()
+    )
     dtype = torch.bfloat16 if dev.type == "cuda" else None
     if dtype is not None:
         model = model.to(dtype)
@@ -246,7 +362,7 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
 
     def batch(b):
         s = gen(model, b, params, device=dev)
-        with torch.no_grad(), (torch.autocast(dev.type, dtype=dtype) if dtype else _null()):
+        with torch.no_grad(), torch.autocast(dev.type, dtype=dtype) if dtype else _null():
             images = vae.decode(s.codes, s.positions, (grid, grid))
         x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         stats.update(feats(x)[0])
@@ -261,10 +377,19 @@ def bench_fid(preset: str = "small", grid: int = 16, mask_ratio: float = 0.25, b
         done += b
     sync(dev)
     sec = time.perf_counter() - t0
-    return {"benchmark": "fid", "backend": backend, "measured_images": num, "seconds": sec, "cpu_seconds": time.process_time() - c0,
-            "images_per_s": num / sec,
-            "fid50k_seconds": 50_000 * sec / num, "fid50k_projected": num < 50_000, "batch_size": batch_size,
-            "tokens": model.shape.length, "environment": environment(dev)}
+    return {
+        "benchmark": "fid",
+        "backend": backend,
+        "measured_images": num,
+        "seconds": sec,
+        "cpu_seconds": time.process_time() - c0,
+        "images_per_s": num / sec,
+        "fid50k_seconds": 50_000 * sec / num,
+        "fid50k_projected": num < 50_000,
+        "batch_size": batch_size,
+        "tokens": model.shape.length,
+        "environment": environment(dev),
+    }
 
 
 def _random_inception(dev: torch.device):
@@ -274,25 +399,49 @@ def _random_inception(dev: torch.device):
 
     from mqvq.metrics.features import InceptionFeatures
 
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None),
+    ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
     obj = InceptionFeatures.__new__(InceptionFeatures)
     obj.model, obj.device, obj.resolution = net.to(dev).eval(), dev, 299
     return obj
 
 
-HEADLINE = ("stage1_train_images_per_s", "stage1_masking_overhead", "stage2_train_tokens_per_s", "sample_images_per_s",
-            "sample_speedup_50_vs_0", "fid50k_seconds")
+HEADLINE = (
+    "stage1_train_images_per_s",
+    "stage1_masking_overhead",
+    "stage2_train_tokens_per_s",
+    "sample_images_per_s",
+    "sample_speedup_50_vs_0",
+    "fid50k_seconds",
+)
 
 # `bench all --quick`: the smallest sizes that still give every headline figure (a CPU check in minutes)
-QUICK = {"profile": "smoke", "preset": "tiny", "steps": 3, "grid": 8, "sample_batch_size": 16, "repeats": 3,
-         "fid_num": 64, "fid_batch_size": 32}
+QUICK = {
+    "profile": "smoke",
+    "preset": "tiny",
+    "steps": 3,
+    "grid": 8,
+    "sample_batch_size": 16,
+    "repeats": 3,
+    "fid_num": 64,
+    "fid_batch_size": 32,
+}
 
 
-def bench_all(profile: str = "paper", preset: str = "small", *, compile: bool = False, fid_num: int = 2048,
-              sample_batch_size: int = 64, device: str | None = None, quick: bool = False,
-              on_section: Callable[[str, dict], None] | None = None) -> dict:
+def bench_all(
+    profile: str = "paper",
+    preset: str = "small",
+    *,
+    compile: bool = False,
+    fid_num: int = 2048,
+    sample_batch_size: int = 64,
+    device: str | None = None,
+    quick: bool = False,
+    on_section: Callable[[str, dict], None] | None = None,
+) -> dict:
     """Every benchmark at the anchor configuration (or QUICK's sizes), the headline figures at the top
     level; `on_section(name, partial_result)` runs before and after each section so a caller can show
     progress and write what is finished (an interrupted run keeps its sections)."""
@@ -302,14 +451,33 @@ def bench_all(profile: str = "paper", preset: str = "small", *, compile: bool = 
     steps, grid = q.get("steps", 10), q.get("grid", 16)
     fid_num, sample_batch_size = q.get("fid_num", fid_num), q.get("sample_batch_size", sample_batch_size)
     sections = {
-        "train_stage1": lambda: bench_train_stage1(profile, device=device, steps=steps, warmup=min(3, steps), compile=compile or None),
-        "train_stage2": lambda: bench_train_stage2(preset, grid=grid, device=device, steps=steps, warmup=min(3, steps), compile=compile),
-        "sample": lambda: bench_sample(preset, grid=grid, batch_size=sample_batch_size, device=device, compile=compile,
-                                       repeats=q.get("repeats", 3)),
-        "fid": lambda: bench_fid(preset, num=fid_num, batch_size=q.get("fid_batch_size", min(256, fid_num)), device=device,
-                                 profile=profile, compile=compile)}
-    result = {"benchmark": "all", "profile": profile, "preset": preset, "quick": quick, "compiled": compile, "complete": False,
-              "git_commit": git_commit()}
+        "train_stage1": lambda: bench_train_stage1(
+            profile, device=device, steps=steps, warmup=min(3, steps), compile=compile or None
+        ),
+        "train_stage2": lambda: bench_train_stage2(
+            preset, grid=grid, device=device, steps=steps, warmup=min(3, steps), compile=compile
+        ),
+        "sample": lambda: bench_sample(
+            preset, grid=grid, batch_size=sample_batch_size, device=device, compile=compile, repeats=q.get("repeats", 3)
+        ),
+        "fid": lambda: bench_fid(
+            preset,
+            num=fid_num,
+            batch_size=q.get("fid_batch_size", min(256, fid_num)),
+            device=device,
+            profile=profile,
+            compile=compile,
+        ),
+    }
+    result = {
+        "benchmark": "all",
+        "profile": profile,
+        "preset": preset,
+        "quick": quick,
+        "compiled": compile,
+        "complete": False,
+        "git_commit": git_commit(),
+    }
     for name, run in sections.items():
         if on_section:
             on_section(name, result)

@@ -13,6 +13,7 @@ Profiles `smoke` and `mini` also divide the experiment's f by 4, keeping the pap
 grids at mini's 64² (f = 8, 16, 32 at 256² give 32x32, 16x16, 8x8; at 64² f = 2, 4, 8 give the
 same) and halving them at smoke's 32².
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from mqvq.config import (
-    STACKFORMER_PRESETS, ExperimentConfig, MQVAEConfig, deep_merge, from_dict, get_dotted, parse_override, set_dotted,
-    validate_eval, validate_stage1, validate_stage2, validate_tracking,
+    STACKFORMER_PRESETS,
+    ExperimentConfig,
+    MQVAEConfig,
+    deep_merge,
+    from_dict,
+    get_dotted,
+    parse_override,
+    set_dotted,
+    validate_eval,
+    validate_stage1,
+    validate_stage2,
+    validate_tracking,
 )
 from mqvq.errors import UserError
 
@@ -40,20 +51,41 @@ PROFILES: dict[str, Profile] = {
         "CPU in seconds: tiny model, procedural 32x32 images (synthetic), a few dozen steps",
         downsample_divisor=4,
         overrides={
-            "stage1.data.name": "procedural", "stage1.data.resolution": 32,
-            "stage1.data.num_train": 256, "stage1.data.num_test": 64,
-            "stage1.model.channels": 16, "stage1.model.num_res_blocks": 1, "stage1.model.z_channels": 32,
-            "stage1.model.mask.scorer_hidden": 32, "stage1.model.demask.layers": 2,
-            "stage1.model.quantizer.codebook_size": 64, "stage1.model.quantizer.dim": 16,
-            "stage1.loss.disc_layers": 2, "stage1.loss.disc_channels": 16, "stage1.loss.disc_start": 8,
-            "stage1.train.steps": 16, "stage1.train.batch_size": 4, "stage1.train.lr": 3e-3,
-            "stage1.train.warmup_steps": 2, "stage1.train.log_every": 8, "stage1.train.ckpt_every": 1000,
+            "stage1.data.name": "procedural",
+            "stage1.data.resolution": 32,
+            "stage1.data.num_train": 256,
+            "stage1.data.num_test": 64,
+            "stage1.model.channels": 16,
+            "stage1.model.num_res_blocks": 1,
+            "stage1.model.z_channels": 32,
+            "stage1.model.mask.scorer_hidden": 32,
+            "stage1.model.demask.layers": 2,
+            "stage1.model.quantizer.codebook_size": 64,
+            "stage1.model.quantizer.dim": 16,
+            "stage1.loss.disc_layers": 2,
+            "stage1.loss.disc_channels": 16,
+            "stage1.loss.disc_start": 8,
+            "stage1.train.steps": 16,
+            "stage1.train.batch_size": 4,
+            "stage1.train.lr": 3e-3,
+            "stage1.train.warmup_steps": 2,
+            "stage1.train.log_every": 8,
+            "stage1.train.ckpt_every": 1000,
             "stage1.train.eval_images": 32,
-            "stage2.model.preset": "tiny", "stage2.model.dropout": 0.0,
-            "stage2.train.steps": 60, "stage2.train.batch_size": 16, "stage2.train.lr": 3e-3, "stage2.train.warmup_steps": 5,
-            "stage2.train.log_every": 10, "stage2.train.val_every": 30, "stage2.train.ckpt_every": 1000,
+            "stage2.model.preset": "tiny",
+            "stage2.model.dropout": 0.0,
+            "stage2.train.steps": 60,
+            "stage2.train.batch_size": 16,
+            "stage2.train.lr": 3e-3,
+            "stage2.train.warmup_steps": 5,
+            "stage2.train.log_every": 10,
+            "stage2.train.val_every": 30,
+            "stage2.train.ckpt_every": 1000,
             "stage2.sampling.batch_size": 16,
-            "eval.backend": "vgg16", "eval.num_samples": 64, "eval.batch_size": 32, "eval.speed_batch_size": 16,
+            "eval.backend": "vgg16",
+            "eval.num_samples": 64,
+            "eval.batch_size": 32,
+            "eval.speed_batch_size": 16,
             "eval.speed_repeats": 1,
         },
     ),
@@ -61,19 +93,41 @@ PROFILES: dict[str, Profile] = {
         "one GPU, minutes per row: Fashion-MNIST 64x64, K = 512, H = 4",
         downsample_divisor=4,
         overrides={
-            "stage1.data.name": "fashion-mnist", "stage1.data.resolution": 64,
-            "stage1.model.channels": 64, "stage1.model.num_res_blocks": 1, "stage1.model.z_channels": 128,
-            "stage1.model.mask.scorer_hidden": 128, "stage1.model.demask.layers": 4,
-            "stage1.model.quantizer.codebook_size": 512, "stage1.model.quantizer.dim": 64,
-            "stage1.loss.disc_layers": 3, "stage1.loss.disc_channels": 32, "stage1.loss.disc_start": 1000,
-            "stage1.train.steps": 3000, "stage1.train.batch_size": 64, "stage1.train.lr": 4e-4,
-            "stage1.train.warmup_steps": 100, "stage1.train.log_every": 100, "stage1.train.ckpt_every": 1000,
-            "stage1.train.compile": False, "stage1.train.eval_images": 1000, "stage1.train.val_every": 250,
+            "stage1.data.name": "fashion-mnist",
+            "stage1.data.resolution": 64,
+            "stage1.model.channels": 64,
+            "stage1.model.num_res_blocks": 1,
+            "stage1.model.z_channels": 128,
+            "stage1.model.mask.scorer_hidden": 128,
+            "stage1.model.demask.layers": 4,
+            "stage1.model.quantizer.codebook_size": 512,
+            "stage1.model.quantizer.dim": 64,
+            "stage1.loss.disc_layers": 3,
+            "stage1.loss.disc_channels": 32,
+            "stage1.loss.disc_start": 1000,
+            "stage1.train.steps": 3000,
+            "stage1.train.batch_size": 64,
+            "stage1.train.lr": 4e-4,
+            "stage1.train.warmup_steps": 100,
+            "stage1.train.log_every": 100,
+            "stage1.train.ckpt_every": 1000,
+            "stage1.train.compile": False,
+            "stage1.train.eval_images": 1000,
+            "stage1.train.val_every": 250,
             "stage1.train.val_images": 1000,
-            "stage2.model.preset": "mini", "stage2.train.steps": 4000, "stage2.train.batch_size": 128, "stage2.train.lr": 6e-4,
-            "stage2.train.warmup_steps": 200, "stage2.train.log_every": 100, "stage2.train.val_every": 500,
-            "stage2.train.ckpt_every": 1000, "stage2.sampling.batch_size": 256,
-            "eval.backend": "vgg16", "eval.num_samples": 10_000, "eval.batch_size": 250, "eval.speed_batch_size": 64,
+            "stage2.model.preset": "mini",
+            "stage2.train.steps": 4000,
+            "stage2.train.batch_size": 128,
+            "stage2.train.lr": 6e-4,
+            "stage2.train.warmup_steps": 200,
+            "stage2.train.log_every": 100,
+            "stage2.train.val_every": 500,
+            "stage2.train.ckpt_every": 1000,
+            "stage2.sampling.batch_size": 256,
+            "eval.backend": "vgg16",
+            "eval.num_samples": 10_000,
+            "eval.batch_size": 250,
+            "eval.speed_batch_size": 64,
         },
     ),
     "cpu": Profile(
@@ -81,28 +135,58 @@ PROFILES: dict[str, Profile] = {
         "K = 512, L1 + codebook loss, a small Stackformer, FD-VGG16 on 2,000 samples",
         downsample_divisor=4,
         overrides={
-            "stage1.data.name": "fashion-mnist", "stage1.data.resolution": 32, "stage1.data.limit_train": 6000,
-            "stage1.model.channels": 32, "stage1.model.num_res_blocks": 1, "stage1.model.z_channels": 64,
-            "stage1.model.mask.scorer_hidden": 64, "stage1.model.demask.layers": 4,
-            "stage1.model.quantizer.codebook_size": 512, "stage1.model.quantizer.dim": 64,
-            "stage1.loss.perceptual_weight": 0.0, "stage1.loss.disc_weight": 0.0,
-            "stage1.train.steps": 500, "stage1.train.batch_size": 16, "stage1.train.lr": 1e-3,
-            "stage1.train.warmup_steps": 50, "stage1.train.log_every": 50, "stage1.train.ckpt_every": 1000,
-            "stage1.train.val_every": 100, "stage1.train.val_images": 256, "stage1.train.eval_images": 512,
-            "stage2.model.preset": "cpu", "stage2.model.dropout": 0.1, "stage2.train.flip": False,
-            "stage2.train.steps": 400, "stage2.train.batch_size": 32, "stage2.train.lr": 1e-3, "stage2.train.warmup_steps": 50,
-            "stage2.train.log_every": 50, "stage2.train.val_every": 200, "stage2.train.ckpt_every": 1000,
+            "stage1.data.name": "fashion-mnist",
+            "stage1.data.resolution": 32,
+            "stage1.data.limit_train": 6000,
+            "stage1.model.channels": 32,
+            "stage1.model.num_res_blocks": 1,
+            "stage1.model.z_channels": 64,
+            "stage1.model.mask.scorer_hidden": 64,
+            "stage1.model.demask.layers": 4,
+            "stage1.model.quantizer.codebook_size": 512,
+            "stage1.model.quantizer.dim": 64,
+            "stage1.loss.perceptual_weight": 0.0,
+            "stage1.loss.disc_weight": 0.0,
+            "stage1.train.steps": 500,
+            "stage1.train.batch_size": 16,
+            "stage1.train.lr": 1e-3,
+            "stage1.train.warmup_steps": 50,
+            "stage1.train.log_every": 50,
+            "stage1.train.ckpt_every": 1000,
+            "stage1.train.val_every": 100,
+            "stage1.train.val_images": 256,
+            "stage1.train.eval_images": 512,
+            "stage2.model.preset": "cpu",
+            "stage2.model.dropout": 0.1,
+            "stage2.train.flip": False,
+            "stage2.train.steps": 400,
+            "stage2.train.batch_size": 32,
+            "stage2.train.lr": 1e-3,
+            "stage2.train.warmup_steps": 50,
+            "stage2.train.log_every": 50,
+            "stage2.train.val_every": 200,
+            "stage2.train.ckpt_every": 1000,
             "stage2.sampling.batch_size": 250,
-            "eval.backend": "vgg16", "eval.num_samples": 2000, "eval.test_images": 2000, "eval.fid_reference": "test", "eval.batch_size": 250,
-            "eval.speed_batch_size": 64, "eval.speed_repeats": 3,
+            "eval.backend": "vgg16",
+            "eval.num_samples": 2000,
+            "eval.test_images": 2000,
+            "eval.fid_reference": "test",
+            "eval.batch_size": 250,
+            "eval.speed_batch_size": 64,
+            "eval.speed_repeats": 3,
         },
     ),
     "paper": Profile(
         "the paper's sizes: FFHQ 256x256 from your folder, f = 16, K = 1024, H = 8 (multi-GPU via torchrun)",
         downsample_divisor=1,
-        overrides={"stage1.data.name": "folder", "stage1.data.layout": "ffhq", "stage1.data.resolution": 256,
-                   "stage1.train.val_every": 5000,
-                   "stage1.data.test_fraction": 1 / 7, "stage1.data.workers": 8},  # FFHQ: 60k train, 10k test
+        overrides={
+            "stage1.data.name": "folder",
+            "stage1.data.layout": "ffhq",
+            "stage1.data.resolution": 256,
+            "stage1.train.val_every": 5000,
+            "stage1.data.test_fraction": 1 / 7,
+            "stage1.data.workers": 8,
+        },  # FFHQ: 60k train, 10k test
     ),
 }
 
@@ -165,8 +249,9 @@ def _read_toml(path: Path) -> dict:
         raise UserError(f"{path} is not valid TOML: {e}.") from None
 
 
-def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tuple[str, ...] = (),
-                    seed: int | None = None) -> ExperimentConfig:
+def load_experiment(
+    name: str, profile: str = "smoke", overrides: list[str] | tuple[str, ...] = (), seed: int | None = None
+) -> ExperimentConfig:
     """Resolve experiment `name` (or a .toml path) under `profile` with `--set` overrides."""
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}: allowed profiles are {', '.join(PROFILES)}.")
@@ -174,7 +259,9 @@ def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tu
     raw = _read_toml(path)
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
-        raise UserError(f"{path.name}: unknown top-level key {unknown[0]!r}: allowed keys are {', '.join(sorted(TOP_LEVEL_KEYS))}.")
+        raise UserError(
+            f"{path.name}: unknown top-level key {unknown[0]!r}: allowed keys are {', '.join(sorted(TOP_LEVEL_KEYS))}."
+        )
     prof = PROFILES[profile]
     per_profile = raw.pop("profiles", {})
     if not isinstance(per_profile, dict) or set(per_profile) - set(PROFILES):
@@ -184,7 +271,9 @@ def load_experiment(name: str, profile: str = "smoke", overrides: list[str] | tu
     f = get_dotted(merged, "stage1.model.downsample", MQVAEConfig.downsample)
     if isinstance(f, int) and not isinstance(f, bool) and prof.downsample_divisor > 1:
         if f % prof.downsample_divisor or f // prof.downsample_divisor < 2:
-            raise UserError(f"{path.name}: f = {f} cannot be scaled down for profile {profile!r} (it divides f by {prof.downsample_divisor}); use f of at least {2 * prof.downsample_divisor}.")
+            raise UserError(
+                f"{path.name}: f = {f} cannot be scaled down for profile {profile!r} (it divides f by {prof.downsample_divisor}); use f of at least {2 * prof.downsample_divisor}."
+            )
         merged = deep_merge(merged, {"stage1": {"model": {"downsample": f // prof.downsample_divisor}}})
     for key, value in prof.overrides.items():
         set_dotted(merged, key, value)

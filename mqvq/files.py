@@ -1,4 +1,5 @@
 """Files: atomic writes (checkpoints, cached statistics and reports are never left half-written) and content digests."""
+
 from __future__ import annotations
 
 import contextlib

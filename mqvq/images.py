@@ -1,4 +1,5 @@
 """Images as arrays: [-1, 1] tensors to uint8, labelled grids, and the kept-token overlays every figure uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def labelled_grid(rows: list[tuple[str, np.ndarray]], columns: list[str] | None = None, title: str = "",
-                  min_side: int = 96) -> np.ndarray:
+def labelled_grid(
+    rows: list[tuple[str, np.ndarray]], columns: list[str] | None = None, title: str = "", min_side: int = 96
+) -> np.ndarray:
     """A picture a person can read: every image upscaled (nearest neighbour, so tokens stay crisp
     squares) to at least `min_side` px, each row labelled on the left, columns and a title on top.
     `rows`: (label, (B, H, W, 3) uint8), every row the same B, H and W."""
@@ -56,15 +58,21 @@ def mask_overlay(images: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]
     return images * (dim + (1 - dim) * k) - (1 - dim) * (1 - k)
 
 
-def reconstruction_grid(images: torch.Tensor, recon: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
-                        n: int = 8, title: str = "") -> np.ndarray:
+def reconstruction_grid(
+    images: torch.Tensor, recon: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], n: int = 8, title: str = ""
+) -> np.ndarray:
     """Labelled rows: input, kept tokens (masked ones tinted and outlined), reconstruction."""
     n = min(n, images.shape[0])
     x = upscale(images[:n].float().cpu(), 96)
     kept = keep[:n].cpu()
-    rows = [("input", to_pixels(x)),
-            (f"kept tokens\n{int(kept[0].sum())} of {kept.shape[1]}\n(masked: tinted)", to_pixels(masked_view(x, kept, grid))),
-            ("reconstruction", to_pixels(upscale(recon[:n].float().cpu(), 96)))]
+    rows = [
+        ("input", to_pixels(x)),
+        (
+            f"kept tokens\n{int(kept[0].sum())} of {kept.shape[1]}\n(masked: tinted)",
+            to_pixels(masked_view(x, kept, grid)),
+        ),
+        ("reconstruction", to_pixels(upscale(recon[:n].float().cpu(), 96))),
+    ]
     return labelled_grid(rows, [f"#{i + 1}" for i in range(n)], title)
 
 
@@ -72,7 +80,7 @@ def sample_grid(images: np.ndarray, title: str = "", per_row: int = 8) -> np.nda
     """(N, H, W, 3) uint8 samples in labelled rows of `per_row` (a last partial row is left out)."""
     n = len(images) // per_row * per_row or len(images)
     per_row = min(per_row, n)
-    rows = [(f"samples\n{i + 1}-{i + per_row}", images[i: i + per_row]) for i in range(0, n, per_row)]
+    rows = [(f"samples\n{i + 1}-{i + per_row}", images[i : i + per_row]) for i in range(0, n, per_row)]
     return labelled_grid(rows, [f"#{i + 1}" for i in range(per_row)], title)
 
 

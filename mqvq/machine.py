@@ -1,6 +1,7 @@
 """What this machine is, without importing torch where it can be helped: the CPU's name, whether an
 NVIDIA GPU can be present, and the thread count torch will use. `study plan` matches measured step
 times by device name and thread count; importing torch for them alone would double its start-up."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """The process a stage runs in: device and torchrun/DDP set-up, autocast, seeds and RNG state,
 progress bars, and the environment record every measurement carries."""
+
 from __future__ import annotations
 
 import contextlib
@@ -92,9 +93,17 @@ class _Times(ProgressColumn):
 
 def progress_bar(enabled: bool) -> Progress:
     """A bar that fits the terminal: the bar itself shrinks, the step info is cut before it wraps."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
-                    MofNCompleteColumn(), TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2)),
-                    _Times(), console=Console(stderr=True), disable=not enabled, transient=False, expand=True)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2)),
+        _Times(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+        expand=True,
+    )
 
 
 # --------------------------------------------------------------------------- device and DDP
@@ -171,7 +180,7 @@ def all_reduce_mean_(tensors) -> None:
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -185,11 +194,18 @@ def broadcast_object(obj):
 
 def environment(device: torch.device) -> dict:
     """What a measurement ran on: torch, python, device (GPU name, CUDA, cuDNN or CPU and threads), load."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if device.type == "cuda":
-        env |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version()}
+        env |= {
+            "gpu": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     else:
         env |= {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if hasattr(os, "getloadavg"):  # what else ran: timings on a shared machine depend on it

@@ -1,6 +1,7 @@
 """SIGTERM and SIGUSR2 stop like Ctrl-C, an interrupt is held while a run is being created, and a
 training loop stops only between whole steps, on every rank at the same step (a foundation: the CLI
 and study worker processes both install it)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,9 +54,9 @@ def deferred():
             signum, frame = held[0]
             handler = previous[signum]
             if callable(handler):
-                handler(signum, frame)          # ours raises KeyboardInterrupt; Python's SIGINT handler too
+                handler(signum, frame)  # ours raises KeyboardInterrupt; Python's SIGINT handler too
             elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)     # the default action (terminate), as if never held
+                signal.raise_signal(signum)  # the default action (terminate), as if never held
 
 
 class StepStops:
@@ -73,7 +74,9 @@ class StepStops:
 
     def _record(self, signum, frame) -> None:
         global received_sigterm
-        if not self.got:  # the first signal decides; a repeat (torchrun forwarding it, SLURM's to every process) is the same request
+        if (
+            not self.got
+        ):  # the first signal decides; a repeat (torchrun forwarding it, SLURM's to every process) is the same request
             self.got.append(signum)
             received_sigterm = received_sigterm or signum != signal.SIGINT
 

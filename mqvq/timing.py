@@ -1,5 +1,6 @@
 """Timing with device synchronisation: warm-up, then medians of repeats; comparisons interleaved
 (A B, B A, ...) so that load swings on a shared machine fall on both sides of every ratio."""
+
 from __future__ import annotations
 
 import statistics
@@ -22,8 +23,9 @@ def timed(fn, device: torch.device, warmup: int = 1, repeats: int = 3) -> tuple[
     return statistics.median(times["fn"]["wall"]), peak
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int = 5,
-                warmup: int = 1) -> tuple[dict[str, dict[str, list[float]]], float | None]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int = 5, warmup: int = 1
+) -> tuple[dict[str, dict[str, list[float]]], float | None]:
     """Seconds per call of each fn, once per round in alternating order: {name: {"wall": [...], "cpu": [...]}},
     and the peak GPU memory (GB) over the timed calls. CPU time is this process's (all threads)."""
     for fn in fns.values():

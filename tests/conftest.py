@@ -4,6 +4,7 @@ Tests never need the 59 MB LPIPS file or a network: a randomly initialised LPIPS
 dict is written once per session and MQVQ_WEIGHTS_DIR points at it, so the real loading path
 (file lookup, key and shape checks) runs in every training test.
 """
+
 from __future__ import annotations
 
 import glob
@@ -76,12 +77,23 @@ def tracker(home):
 
 
 TINY = [
-    "stage1.data.resolution=16", "stage1.data.num_train=32", "stage1.data.num_test=8",
-    "stage1.model.channels=8", "stage1.model.z_channels=8", "stage1.model.mask.scorer_hidden=8",
-    "stage1.model.demask.layers=2", "stage1.model.quantizer.codebook_size=16", "stage1.model.quantizer.dim=8",
-    "stage1.loss.disc_layers=1", "stage1.loss.disc_channels=8",
-    "stage1.train.steps=6", "stage1.train.batch_size=4", "stage1.train.log_every=2", "stage1.train.eval_images=8",
-    "stage1.train.warmup_steps=0", "stage1.loss.disc_start=2",
+    "stage1.data.resolution=16",
+    "stage1.data.num_train=32",
+    "stage1.data.num_test=8",
+    "stage1.model.channels=8",
+    "stage1.model.z_channels=8",
+    "stage1.model.mask.scorer_hidden=8",
+    "stage1.model.demask.layers=2",
+    "stage1.model.quantizer.codebook_size=16",
+    "stage1.model.quantizer.dim=8",
+    "stage1.loss.disc_layers=1",
+    "stage1.loss.disc_channels=8",
+    "stage1.train.steps=6",
+    "stage1.train.batch_size=4",
+    "stage1.train.log_every=2",
+    "stage1.train.eval_images=8",
+    "stage1.train.warmup_steps=0",
+    "stage1.loss.disc_start=2",
 ]
 
 
@@ -123,17 +135,45 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     try:
-        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "mqvq", "--auth=trust"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
-                        f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, initdb, "-D", str(data), "-U", "mqvq", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(data.parent / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         shutil.rmtree(base, ignore_errors=True)
         pytest.skip(f"PostgreSQL could not be started here: {getattr(e, 'stderr', b'') or e}")
     try:
-        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "mlflow"],
-                       check=True, capture_output=True, timeout=60)
-        subprocess.run([*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "optuna"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "mlflow"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            [*as_user, _bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mqvq", "optuna"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql://mqvq@127.0.0.1:{port}"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)

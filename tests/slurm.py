@@ -1,6 +1,7 @@
 """A one-node SLURM for the tests, from Debian's packages (slurm-wlm, munge): munged, slurmctld and
 slurmd in a folder of their own, with their own ports and state (see ../shared/reference/clusters.md).
 `SlurmCluster.start` skips the calling test when the packages are missing or this is not root."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def start_munge() -> subprocess.Popen | None:
     for d in ("/run/munge", "/var/lib/munge", "/var/log/munge"):
         Path(d).mkdir(parents=True, exist_ok=True)
         shutil.chown(d, "munge", "munge")
-    proc = subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "--foreground"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["runuser", "-u", "munge", "--", "munged", "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(50):
         if _munge_works():
             return proc
@@ -110,12 +112,30 @@ SchedulerParameters=sched_interval=2
 NodeName=localhost NodeHostname={host} NodeAddr=127.0.0.1 {node} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
-        self.procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(self.conf)], env=self.env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self._wait(lambda: "UP" in ((_ok(["scontrol", "ping"], self.env) or subprocess.CompletedProcess([], 1, "")).stdout), "slurmctld")
-        self.procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f", str(self.conf)], env=self.env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self._wait(lambda: (p := _ok(["sinfo", "-h", "-o", "%T"], self.env)) is not None and p.stdout.strip() == "idle", "slurmd")
+        self.procs.append(
+            subprocess.Popen(
+                ["slurmctld", "-D", "-f", str(self.conf)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self._wait(
+            lambda: "UP" in ((_ok(["scontrol", "ping"], self.env) or subprocess.CompletedProcess([], 1, "")).stdout),
+            "slurmctld",
+        )
+        self.procs.append(
+            subprocess.Popen(
+                ["slurmd", "-D", "-N", "localhost", "-f", str(self.conf)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self._wait(
+            lambda: (p := _ok(["sinfo", "-h", "-o", "%T"], self.env)) is not None and p.stdout.strip() == "idle",
+            "slurmd",
+        )
 
     def _wait(self, ready, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -123,9 +143,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             if ready():
                 return
             time.sleep(0.5)
-        log = (self.root / "log" / f"{what}.log")
+        log = self.root / "log" / f"{what}.log"
         self.stop()
-        pytest.skip(f"the test cluster's {what} did not come up: {log.read_text()[-500:] if log.is_file() else 'no log'}")
+        pytest.skip(
+            f"the test cluster's {what} did not come up: {log.read_text()[-500:] if log.is_file() else 'no log'}"
+        )
 
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=self.env)

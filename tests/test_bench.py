@@ -1,4 +1,5 @@
 """Benchmarks run (tiny sizes on CPU) and report the headline keys; GPU-only checks skip without CUDA."""
+
 import json
 
 import pytest
@@ -13,7 +14,9 @@ runner = CliRunner()
 
 def cuda(test):
     """Selected by `pytest -m cuda` (tools/gpu-check.sh); skipped without a GPU."""
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")(test))
+    return pytest.mark.cuda(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")(test)
+    )
 
 
 @pytest.mark.integration
@@ -27,20 +30,30 @@ def test_gpu_check_dry_run_writes_every_headline_figure(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHON": sys.executable, "MQVQ_HOME": str(tmp_path / "home")}
-    r = subprocess.run(["bash", str(root / "tools" / "gpu-check.sh"), str(tmp_path / "results"), "--dry-run"], env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", str(root / "tools" / "gpu-check.sh"), str(tmp_path / "results"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = tmp_path / "results"
     # the compiled run may fail where no C++ compiler is installed: the merge then keeps the eager figures
-    assert {"bench.json", "bench-eager.json", "bench-compiled.log", "cuda-tests.log"} <= {p.name for p in results.iterdir()}
+    assert {"bench.json", "bench-eager.json", "bench-compiled.log", "cuda-tests.log"} <= {
+        p.name for p in results.iterdir()
+    }
     data = json.loads((results / "bench.json").read_text())
     assert set(HEADLINE) <= set(data) and all(data[k] > 0 for k in HEADLINE) and data["complete"] is True
     assert set(data["compiled"]) == {"train_stage1", "train_stage2", "sample", "fid"}
     eager = json.loads((results / "bench-eager.json").read_text())
     assert eager["quick"] is True and eager["environment"]["threads"] >= 1 and "load_average" in eager["environment"]
-    assert eager["train_stage1"]["rows"][0]["memory_format"] == "channels_last" and "cpu_ms_per_step" in eager["train_stage1"]["rows"][0]
+    assert (
+        eager["train_stage1"]["rows"][0]["memory_format"] == "channels_last"
+        and "cpu_ms_per_step" in eager["train_stage1"]["rows"][0]
+    )
     assert "sample_speedup_50_vs_0_cpu" in eager["sample"]
-    assert r.stderr.count("bench all") == 2   # progress on screen: one line per step
+    assert r.stderr.count("bench all") == 2  # progress on screen: one line per step
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -52,7 +65,10 @@ def test_bench_all_refuses_a_missing_gpu_before_starting(tmp_path):
 
 @pytest.mark.integration
 def test_bench_logs_to_mlflow(home, tracker):
-    r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--log", "--home", str(home)])
+    r = runner.invoke(
+        app,
+        ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--log", "--home", str(home)],
+    )
     assert r.exit_code == 0, r.output
     run = tracker.find_runs("bench")[0]
     assert run.data.tags["mqvq.bench"] == "train-stage2" and run.data.metrics["stage2_train_tokens_per_s"] > 0
@@ -68,8 +84,25 @@ def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home,
 
     monkeypatch.setattr(mqvq.bench, "bench_fid", interrupted)
     out = tmp_path / "cpu.json"
-    r = runner.invoke(app, ["bench", "all", "--profile", "smoke", "--preset", "tiny", "--sample-batch-size", "4",
-                            "--device", "cpu", "--out", str(out), "--home", str(home)])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "all",
+            "--profile",
+            "smoke",
+            "--preset",
+            "tiny",
+            "--sample-batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--home",
+            str(home),
+        ],
+    )
     assert r.exit_code == 130, r.output
     data = json.loads(out.read_text())
     assert data["complete"] is False and {"train_stage1", "train_stage2", "sample"} <= set(data) and "fid" not in data
@@ -80,8 +113,24 @@ def test_an_interrupted_bench_all_keeps_the_sections_it_finished(tmp_path, home,
 def test_bench_commands_report_their_keys():
     r = runner.invoke(app, ["bench", "train-stage2", "--preset", "tiny", "--steps", "1", "--device", "cpu", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["stage2_train_tokens_per_s"] > 0
-    r = runner.invoke(app, ["bench", "fid", "--preset", "tiny", "--profile", "smoke", "--num", "8", "--batch-size", "8",
-                            "--device", "cpu", "--json"])  # random-weight FID Inception: speed only
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "fid",
+            "--preset",
+            "tiny",
+            "--profile",
+            "smoke",
+            "--num",
+            "8",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )  # random-weight FID Inception: speed only
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fid50k_seconds"] > 0
     r = runner.invoke(app, ["bench", "fid", "--backend", "clip"])
@@ -114,8 +163,14 @@ def test_compiled_cuda_graph_sampler_matches_eager_on_gpu():
     from mqvq.models.stackformer import Stackformer, TokenShape
 
     torch.manual_seed(0)
-    model = Stackformer(StackformerConfig(preset="tiny", code_layers=2, position_layers=1, width=32, heads=2, dropout=0.0),
-                        TokenShape(16, (4, 4), 8)).cuda().eval()
+    model = (
+        Stackformer(
+            StackformerConfig(preset="tiny", code_layers=2, position_layers=1, width=32, heads=2, dropout=0.0),
+            TokenShape(16, (4, 4), 8),
+        )
+        .cuda()
+        .eval()
+    )
     greedy = SamplingConfig(top_k=1, top_p=1.0, top_k_pos=1, top_p_pos=1.0)
     a, b = generate_compiled(model, 4, greedy), generate(model, 4, greedy)
     assert torch.equal(a.codes, b.codes) and torch.equal(a.positions, b.positions)
@@ -125,7 +180,9 @@ def test_interleaved_timing_alternates_the_order_and_pairs_the_rounds():
     from mqvq.timing import interleaved, paired_ratio
 
     calls = []
-    times, _ = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), rounds=4, warmup=1)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]   # warm-up, then A B, B A, A B, B A
+    times, _ = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), rounds=4, warmup=1
+    )
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then A B, B A, A B, B A
     assert all(len(times[k]["wall"]) == len(times[k]["cpu"]) == 4 for k in "ab")
-    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0        # the median of 2, 4, 3
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0  # the median of 2, 4, 3

@@ -1,4 +1,5 @@
 """CLI: thin commands; every user mistake is one sentence on stderr and a non-zero exit, never a traceback."""
+
 import os
 import subprocess
 import sys
@@ -33,17 +34,34 @@ def test_train_stage1_from_the_cli(home):
     assert "finished stage-1 run" in r.stdout and "model.pt" in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "stage1", "nope"], "unknown experiment 'nope'"),
-    (["train", "stage1", "vqgan-f16", "--set", "stage1.model.mask.ratio=1.5"], "outside [0, 1)"),
-    (["train", "stage1", "mqvae-f16-adaptive-25", "--set", "stage1.model.mask.ratio=1"], "outside [0, 1)"),
-    (["train", "stage1", "vqgan-f16", "--set", "stage1.data.resolution=34"], "not divisible by the downsampling factor"),
-    (["train", "stage1", "vqgan-f16", "--set", "stage1.data.name=folder", "--set", "stage1.data.root=/nonexistent/ffhq"], "does not exist"),
-    (["train", "stage1", "vqgan-f16", "--profile", "mega"], "unknown profile"),
-    (["train", "stage1", "vqgan-f16", "--tracking-uri", "file:///tmp/mlruns"], "file stores"),
-    (["train", "stage1", "vqgan-f16", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server"),
-    (["train", "stage1", "vqgan-f16", "--device", "tpu"], "--device 'tpu' is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "stage1", "nope"], "unknown experiment 'nope'"),
+        (["train", "stage1", "vqgan-f16", "--set", "stage1.model.mask.ratio=1.5"], "outside [0, 1)"),
+        (["train", "stage1", "mqvae-f16-adaptive-25", "--set", "stage1.model.mask.ratio=1"], "outside [0, 1)"),
+        (
+            ["train", "stage1", "vqgan-f16", "--set", "stage1.data.resolution=34"],
+            "not divisible by the downsampling factor",
+        ),
+        (
+            [
+                "train",
+                "stage1",
+                "vqgan-f16",
+                "--set",
+                "stage1.data.name=folder",
+                "--set",
+                "stage1.data.root=/nonexistent/ffhq",
+            ],
+            "does not exist",
+        ),
+        (["train", "stage1", "vqgan-f16", "--profile", "mega"], "unknown profile"),
+        (["train", "stage1", "vqgan-f16", "--tracking-uri", "file:///tmp/mlruns"], "file stores"),
+        (["train", "stage1", "vqgan-f16", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server"),
+        (["train", "stage1", "vqgan-f16", "--device", "tpu"], "--device 'tpu' is invalid"),
+    ],
+)
 def test_bad_input_is_one_clear_sentence(args, message, home):
     _is_clean_error(_run([*args, "--home", str(home), "--no-progress"]), message)
 
@@ -76,8 +94,24 @@ def test_smoke_profile_trains_as_a_new_user_would(tmp_path):
     """The smoke walk-through's first stage, in a subprocess: a FINISHED run with its validation and
     checkpoint, after the smoke profile's few steps (how long it takes is `mqvq bench`'s business)."""
     env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h")}
-    p = subprocess.run([sys.executable, "-m", "mqvq", "train", "stage1", "mqvae-f16-adaptive-25", "--profile", "smoke",
-                        "--no-progress"], env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mqvq",
+            "train",
+            "stage1",
+            "mqvae-f16-adaptive-25",
+            "--profile",
+            "smoke",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
     assert p.returncode == 0, p.stderr
     from mqvq.tracking import Tracker
 

@@ -1,4 +1,5 @@
 """Configs: every declared experiment resolves; invalid values fail at load time with a clear sentence."""
+
 import pytest
 
 from mqvq.config import ExperimentConfig, config_hash, field_help, num_kept, to_dict
@@ -6,13 +7,19 @@ from mqvq.errors import UserError
 from mqvq.experiments import PROFILES, list_experiments, load_experiment
 
 TABLE_ROWS = {  # experiment -> (mask type, ratio, demask, paper f)
-    "vqgan-f32": ("none", 0.0, "none", 32), "vqgan-f16": ("none", 0.0, "none", 16),
-    "mqvae-f16-adaptive-10": ("adaptive", 0.1, "dcsa-update", 16), "mqvae-f16-adaptive-25": ("adaptive", 0.25, "dcsa-update", 16),
-    "mqvae-f16-adaptive-50": ("adaptive", 0.5, "dcsa-update", 16), "mqvae-f16-adaptive-75": ("adaptive", 0.75, "dcsa-update", 16),
-    "mqvae-f16-random-25": ("random", 0.25, "dcsa-update", 16), "mqvae-f16-random-50": ("random", 0.5, "dcsa-update", 16),
+    "vqgan-f32": ("none", 0.0, "none", 32),
+    "vqgan-f16": ("none", 0.0, "none", 16),
+    "mqvae-f16-adaptive-10": ("adaptive", 0.1, "dcsa-update", 16),
+    "mqvae-f16-adaptive-25": ("adaptive", 0.25, "dcsa-update", 16),
+    "mqvae-f16-adaptive-50": ("adaptive", 0.5, "dcsa-update", 16),
+    "mqvae-f16-adaptive-75": ("adaptive", 0.75, "dcsa-update", 16),
+    "mqvae-f16-random-25": ("random", 0.25, "dcsa-update", 16),
+    "mqvae-f16-random-50": ("random", 0.5, "dcsa-update", 16),
     "mqvae-f16-random-75": ("random", 0.75, "dcsa-update", 16),
-    "vqgan-star-f16": ("none", 0.0, "sa", 16), "mqvae-f16-adaptive-50-nodemask": ("adaptive", 0.5, "none", 16),
-    "mqvae-f16-adaptive-50-sa": ("adaptive", 0.5, "sa", 16), "mqvae-f16-adaptive-50-dcsa": ("adaptive", 0.5, "dcsa", 16),
+    "vqgan-star-f16": ("none", 0.0, "sa", 16),
+    "mqvae-f16-adaptive-50-nodemask": ("adaptive", 0.5, "none", 16),
+    "mqvae-f16-adaptive-50-sa": ("adaptive", 0.5, "sa", 16),
+    "mqvae-f16-adaptive-50-dcsa": ("adaptive", 0.5, "dcsa", 16),
 }
 
 
@@ -44,27 +51,36 @@ def test_profiles_keep_the_papers_latent_grids():
 
 
 def test_overrides_are_typed_and_win():
-    cfg = load_experiment("mqvae-f16-adaptive-25", "smoke", ["stage1.model.mask.ratio=0.5", "stage1.data.name=fashion-mnist",
-                                                             "stage1.model.channel_mult=[1, 2, 2]"], seed=3)
+    cfg = load_experiment(
+        "mqvae-f16-adaptive-25",
+        "smoke",
+        ["stage1.model.mask.ratio=0.5", "stage1.data.name=fashion-mnist", "stage1.model.channel_mult=[1, 2, 2]"],
+        seed=3,
+    )
     assert cfg.stage1.model.mask.ratio == 0.5 and cfg.stage1.data.name == "fashion-mnist" and cfg.seed == 3
     assert cfg.stage1.model.channel_mult == (1, 2, 2)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("stage1.model.mask.ratio=1.0", "outside [0, 1)"),
-    ("stage1.model.mask.ratio=-0.1", "outside [0, 1)"),
-    ("stage1.data.resolution=30", "not divisible by the downsampling factor"),
-    ("stage1.model.mask.type=learned", "expected one of 'adaptive', 'random', 'none'"),
-    ("stage1.model.nope=1", "unknown key stage1.model.nope"),
-    ("stage1.train.steps=ten", "expected an integer"),
-    ("stage1.train.steps=0", "must be at least 1"),
-    ("stage1.model.downsample=3", "allowed values are 2, 4, 8, 16 and 32"),
-    ("stage1.model.channel_mult=[1, 2]", "needs log2(f) + 1"),
-    ("stage1.data.resolution=48", "power of two"),
-    ("justtext", "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stage1.model.mask.ratio=1.0", "outside [0, 1)"),
+        ("stage1.model.mask.ratio=-0.1", "outside [0, 1)"),
+        ("stage1.data.resolution=30", "not divisible by the downsampling factor"),
+        ("stage1.model.mask.type=learned", "expected one of 'adaptive', 'random', 'none'"),
+        ("stage1.model.nope=1", "unknown key stage1.model.nope"),
+        ("stage1.train.steps=ten", "expected an integer"),
+        ("stage1.train.steps=0", "must be at least 1"),
+        ("stage1.model.downsample=3", "allowed values are 2, 4, 8, 16 and 32"),
+        ("stage1.model.channel_mult=[1, 2]", "needs log2(f) + 1"),
+        ("stage1.data.resolution=48", "power of two"),
+        ("justtext", "must look like key=value"),
+    ],
+)
 def test_invalid_values_fail_at_load_time(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("+", r"\+")):
+    with pytest.raises(
+        UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("+", r"\+")
+    ):
         load_experiment("mqvae-f16-adaptive-25", "smoke", [override])
 
 
@@ -111,6 +127,8 @@ def test_fields_added_later_leave_earlier_identities_alone():
     assert "text_length" not in identity(cfg.stage2)["model"] and "conditioning" in identity(cfg.stage2)["model"]
     assert stage2_hash(cfg, "abc") == "657989d33020fa2f"  # as computed before these fields existed
     assert config_hash(identity(cfg.stage1)) == "91b0d44cc91e6d4b"
-    guided = load_experiment("mqvae-f16-adaptive-25", "smoke", ["stage2.model.conditioning='class'", "stage2.train.cond_dropout=0.1"])
+    guided = load_experiment(
+        "mqvae-f16-adaptive-25", "smoke", ["stage2.model.conditioning='class'", "stage2.train.cond_dropout=0.1"]
+    )
     plain = load_experiment("mqvae-f16-adaptive-25", "smoke", ["stage2.model.conditioning='class'"])
     assert stage2_hash(guided, "d") != stage2_hash(plain, "d")

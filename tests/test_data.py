@@ -1,4 +1,5 @@
 """Datasets: deterministic procedural data, Fashion-MNIST, user folders, resumable batch order."""
+
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,14 @@ def test_procedural_captions_say_what_was_drawn():
     from mqvq.data.procedural import ATTRIBUTES, caption, colour_name, place_of
 
     a = render_many(0, 0, 64, 32)
-    assert hashlib.sha256(b"".join(x.tobytes() for x in a)).hexdigest()[:16] == "322f37b8fa6d5eda"  # the bytes before captions
+    assert (
+        hashlib.sha256(b"".join(x.tobytes() for x in a)).hexdigest()[:16] == "322f37b8fa6d5eda"
+    )  # the bytes before captions
     ds = build_dataset(DataConfig(name="procedural", resolution=32, num_train=64, num_test=8, limit_train=50), "train")
     assert len(ds.caption_list) == len(ds) == 50 and all(len(v) == 50 for v in ds.attributes.values())
-    assert torch.equal(ds.attributes["kind"], ds.labels)  # the caption names the largest object, whose kind is the label
+    assert torch.equal(
+        ds.attributes["kind"], ds.labels
+    )  # the caption names the largest object, whose kind is the label
     for i in range(50):
         attrs = {k: int(v[i]) for k, v in ds.attributes.items()}
         text = ds.caption_list[i]
@@ -43,8 +48,19 @@ def test_procedural_captions_say_what_was_drawn():
         assert f"on a {ATTRIBUTES['background'][attrs['background']]} background" in text
     assert ATTRIBUTES["colour"][colour_name(np.array([1.0, 0.1, 0.1]))] == "red"
     assert ATTRIBUTES["colour"][colour_name(np.array([0.9, 0.9, 0.85]))] == "white"
-    assert ATTRIBUTES["place"][place_of(-0.5, -0.5)] == "top left" and ATTRIBUTES["place"][place_of(0.0, 0.6)] == "bottom"
-    assert len(set(build_dataset(DataConfig(name="procedural", resolution=16, num_train=8, num_test=400), "test").caption_list)) > 200
+    assert (
+        ATTRIBUTES["place"][place_of(-0.5, -0.5)] == "top left" and ATTRIBUTES["place"][place_of(0.0, 0.6)] == "bottom"
+    )
+    assert (
+        len(
+            set(
+                build_dataset(
+                    DataConfig(name="procedural", resolution=16, num_train=8, num_test=400), "test"
+                ).caption_list
+            )
+        )
+        > 200
+    )
 
 
 def test_procedural_foreground_is_the_object_not_the_background():
@@ -53,7 +69,7 @@ def test_procedural_foreground_is_the_object_not_the_background():
     assert (frac > 0.02).all() and (frac < 0.9).all()
     # background is redundant: far lower pixel variance than the foreground objects' edges
     x = imgs.astype(np.float32)
-    grad = np.abs(np.diff(x, axis=3)).sum(1)[:, :, :-0 or None]
+    grad = np.abs(np.diff(x, axis=3)).sum(1)[:, :, : -0 or None]
     edge = fg[:, :, 1:] ^ fg[:, :, :-1]
     assert grad[edge].mean() > 3 * grad[~edge].mean()
 
@@ -120,12 +136,18 @@ def test_folder_layouts(tmp_path):
     assert len(test) == 4
 
     import json
+
     _save(tmp_path / "coco" / "train2017" / "1.jpg", (1, 2, 3))
     _save(tmp_path / "coco" / "train2017" / "2.jpg", (1, 2, 3))
     (tmp_path / "coco" / "annotations").mkdir()
-    (tmp_path / "coco" / "annotations" / "captions_train2017.json").write_text(json.dumps(
-        {"images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
-         "annotations": [{"image_id": 1, "caption": "a red bus"}, {"image_id": 2, "caption": "two cats"}]}))
+    (tmp_path / "coco" / "annotations" / "captions_train2017.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
+                "annotations": [{"image_id": 1, "caption": "a red bus"}, {"image_id": 2, "caption": "two cats"}],
+            }
+        )
+    )
     ds = build_dataset(DataConfig(name="folder", layout="coco", resolution=16, root=str(tmp_path / "coco")), "train")
     assert {ds[0]["caption"], ds[1]["caption"]} == {"a red bus", "two cats"}
 
@@ -160,7 +182,9 @@ def test_describe_and_preview_report_what_training_will_see(tmp_path):
     assert sum(train["per_class"]) == 40 and 0 < train["foreground_fraction"] < 0.5  # objects on larger backgrounds
     assert train["digest"] != test["digest"]
     pic = preview(cfg, n=5)  # images, then the foreground row
-    assert pic.shape[0] > 2 * 96 and pic.shape[1] > 5 * 96 and pic.dtype == np.uint8 and pic.std() > 0  # two labelled rows of five, upscaled
+    assert (
+        pic.shape[0] > 2 * 96 and pic.shape[1] > 5 * 96 and pic.dtype == np.uint8 and pic.std() > 0
+    )  # two labelled rows of five, upscaled
 
     for split in ("train", "val"):
         for c, n in (("cat", 3), ("dog", 1)):
@@ -187,7 +211,9 @@ def test_data_show_cli(tmp_path):
     assert info["name"] == "procedural" and info["splits"]["test"]["images"] > 0
     w, h = Image.open(tmp_path / "p.png").size
     assert w > 4 * 96 and 2 * 96 < h < 3 * 96  # four images in two labelled rows, upscaled
-    for args, msg in [(["--set", "stage1.data.name=folder", "--set", f"stage1.data.root={tmp_path / 'none'}"], "does not exist"),
-                      (["--preview", str(tmp_path / "p.jpg")], "ending in .png")]:
+    for args, msg in [
+        (["--set", "stage1.data.name=folder", "--set", f"stage1.data.root={tmp_path / 'none'}"], "does not exist"),
+        (["--preview", str(tmp_path / "p.jpg")], "ending in .png"),
+    ]:
         r = runner.invoke(app, ["data", "show", "vqgan-f16", *args])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output

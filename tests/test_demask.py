@@ -1,4 +1,5 @@
 """Direction-constrained self-attention (Eq. 5-8), tested on its own."""
+
 import math
 
 import pytest
@@ -74,7 +75,7 @@ def test_mask_schedule_follows_sqrt_per_layer():
     keep = torch.tensor([[True, False]])
     sched = key_weight_schedule(keep, 8, 0.02, update=True)
     masked = [w[0, 1].item() for w in sched]
-    expected = [0.02 ** (0.5 ** h) for h in range(8)]
+    expected = [0.02 ** (0.5**h) for h in range(8)]
     assert masked == pytest.approx(expected)
     assert masked == pytest.approx([0.02, 0.1414, 0.3761, 0.6133, 0.7831, 0.8849, 0.9407, 0.9699], abs=1e-4)
     assert all(w[0, 0].item() == 1.0 for w in sched)

@@ -1,4 +1,5 @@
 """Multi-process DDP on CPU (gloo) through torchrun: the same command that runs on GPUs."""
+
 import os
 import subprocess
 import sys
@@ -11,11 +12,35 @@ pytestmark = pytest.mark.integration  # several processes
 
 def test_torchrun_two_processes_both_stages(tmp_path):
     env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h"), "OMP_NUM_THREADS": "1"}
-    sets = ["--set", "stage1.train.steps=4", "--set", "stage1.train.log_every=2", "--set", "stage1.loss.disc_start=2",
-            "--set", "stage1.data.resolution=16", "--set", "stage2.train.steps=4", "--set", "stage2.train.log_every=2"]
+    sets = [
+        "--set",
+        "stage1.train.steps=4",
+        "--set",
+        "stage1.train.log_every=2",
+        "--set",
+        "stage1.loss.disc_start=2",
+        "--set",
+        "stage1.data.resolution=16",
+        "--set",
+        "stage2.train.steps=4",
+        "--set",
+        "stage2.train.log_every=2",
+    ]
     for stage in ("stage1", "stage2"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mqvq", "train", stage,
-               "mqvae-f16-adaptive-25", "--no-progress", *sets]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mqvq",
+            "train",
+            stage,
+            "mqvae-f16-adaptive-25",
+            "--no-progress",
+            *sets,
+        ]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
         assert p.returncode == 0, p.stderr[-3000:]
         assert p.stdout.count(f"finished stage-{stage[-1]} run") == 1  # only rank 0 reports
@@ -33,9 +58,20 @@ def test_a_study_row_trains_each_stage_under_torchrun(tmp_path):
     from tests.test_studies import write_study
 
     write_study(tmp_path / "studies", "ddp", [("a", "mqvae-f16-adaptive-25")], metrics='["usage"]')
-    env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h"), "MQVQ_STUDIES": str(tmp_path / "studies"), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "mqvq", "study", "run", "ddp", "--nproc", "2", "--no-progress"], env=env,
-                       capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    env = {
+        **os.environ,
+        "MQVQ_HOME": str(tmp_path / "h"),
+        "MQVQ_STUDIES": str(tmp_path / "studies"),
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "mqvq", "study", "run", "ddp", "--nproc", "2", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ddp (smoke): 1 finished" in p.stdout
     from mqvq.tracking import Tracker
@@ -62,13 +98,30 @@ def test_sigusr2_stops_both_ranks_of_a_torchrun_row_at_one_step_and_the_resume_i
     from mqvq.tracking import Tracker
     from tests.test_studies import write_study
 
-    write_study(tmp_path / "studies", "ddp", [("a", "mqvae-f16-adaptive-25")], metrics='["usage"]',
-                extra=["stage1.train.steps=40", "stage1.train.ckpt_every=4", "stage1.train.log_every=4"])
+    write_study(
+        tmp_path / "studies",
+        "ddp",
+        [("a", "mqvae-f16-adaptive-25")],
+        metrics='["usage"]',
+        extra=["stage1.train.steps=40", "stage1.train.ckpt_every=4", "stage1.train.log_every=4"],
+    )
     env = {**os.environ, "MQVQ_STUDIES": str(tmp_path / "studies"), "OMP_NUM_THREADS": "1"}
     root = Path(__file__).parent.parent
 
     def study(home, **kw):
-        cmd = [sys.executable, "-m", "mqvq", "study", "run", "ddp", "--nproc", "2", "--no-progress", "--home", str(home)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mqvq",
+            "study",
+            "run",
+            "ddp",
+            "--nproc",
+            "2",
+            "--no-progress",
+            "--home",
+            str(home),
+        ]
         return subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
     home = tmp_path / "h"
@@ -102,7 +155,9 @@ def test_sigusr2_stops_both_ranks_of_a_torchrun_row_at_one_step_and_the_resume_i
         runs = Tracker(None, h).find_runs("ddp/smoke")
         [s1] = [r for r in runs if r.data.tags.get("mqvq.stage") == "stage1"]
         [row] = [r for r in runs if r.data.tags.get("mqvq.kind") == "row"]
-        return s1, {k: v for k, v in s1.data.metrics.items() if k.startswith("val/")} | {"usage": row.data.metrics["usage"]}
+        return s1, {k: v for k, v in s1.data.metrics.items() if k.startswith("val/")} | {
+            "usage": row.data.metrics["usage"]
+        }
 
     resumed, mine = numbers(home)
     _, theirs = numbers(tmp_path / "ref")

@@ -3,6 +3,7 @@
 line before it says `<!-- doc-test: skip (why) -->`, and then the reason is shown as the skip
 reason. Blocks of one page run in order in one home, so a page can build on what it ran before.
 Every page the README links exists."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ def shell_blocks(path: Path) -> list[tuple[int, str, str | None]]:
             prev = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
             m = SKIP.search(prev)
-            out.append((i + 1, "\n".join(lines[i + 1: end]), m.group(1) if m else None))
+            out.append((i + 1, "\n".join(lines[i + 1 : end]), m.group(1) if m else None))
             i = end
         i += 1
     return out
@@ -35,7 +36,9 @@ def shell_blocks(path: Path) -> list[tuple[int, str, str | None]]:
 
 def test_the_parser_finds_blocks_and_their_skip_reasons(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("text\n\n```bash\necho a\n```\n\n<!-- doc-test: skip (needs a GPU) -->\n```bash\necho b\n```\n```python\nx\n```\n")
+    page.write_text(
+        "text\n\n```bash\necho a\n```\n\n<!-- doc-test: skip (needs a GPU) -->\n```bash\necho b\n```\n```python\nx\n```\n"
+    )
     assert shell_blocks(page) == [(3, "echo a", None), (8, "echo b", "needs a GPU")]
 
 
@@ -79,7 +82,9 @@ def test_the_cli_reference_is_current():
     """docs/cli.md is generated from the CLI: a changed option, default or help text without it is stale."""
     from mqvq.cli.reference import reference
 
-    assert (ROOT / "docs" / "cli.md").read_text() == reference(), "docs/cli.md is stale: python -m mqvq.cli.reference > docs/cli.md"
+    assert (ROOT / "docs" / "cli.md").read_text() == reference(), (
+        "docs/cli.md is stale: python -m mqvq.cli.reference > docs/cli.md"
+    )
 
 
 def test_the_readme_is_a_front_page():
@@ -93,9 +98,14 @@ def test_every_shell_block_runs(page, tmp_path):
     runnable = [(line, script) for line, script, reason in blocks if reason is None]
     if not runnable:
         pytest.skip("; ".join(f"line {line}: {reason}" for line, _, reason in blocks) or "no shell blocks")
-    env = {**os.environ, "MQVQ_HOME": str(tmp_path / "home"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "MQVQ_HOME": str(tmp_path / "home"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     for line, script in runnable:
-        p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert p.returncode == 0, f"{page.name}:{line} exited {p.returncode}:\n{p.stdout[-1500:]}\n{p.stderr[-1500:]}"

@@ -1,4 +1,5 @@
 """`mqvq eval`: metrics logged to the evaluated run under backend-specific names, figures written."""
+
 import io
 import json
 
@@ -15,8 +16,16 @@ from mqvq.stages.train_stage2 import train_stage2
 from tests.test_metrics import accept_stand_in, inception_file  # noqa: F401  (session fixture)
 
 runner = CliRunner()
-EVAL = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
-        "stage2.sampling.batch_size=8", "eval.num_samples=8", "eval.batch_size=8", "eval.speed_batch_size=4"]
+EVAL = [
+    "stage2.train.steps=4",
+    "stage2.train.batch_size=8",
+    "stage2.train.log_every=2",
+    "stage2.train.val_every=2",
+    "stage2.sampling.batch_size=8",
+    "eval.num_samples=8",
+    "eval.batch_size=8",
+    "eval.speed_batch_size=4",
+]
 
 
 @pytest.fixture
@@ -41,7 +50,16 @@ def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception
     s1, s2 = runs
     r1 = evaluate_run(tracker, s1, backend="vgg16", progress=False)
     m = tracker.get_run(s1).data
-    for k in ("rfd_vgg16", "usage", "perplexity", "psnr", "lpips", "mask_fg_precision", "mask_fg_recall", "fg_token_fraction"):
+    for k in (
+        "rfd_vgg16",
+        "usage",
+        "perplexity",
+        "psnr",
+        "lpips",
+        "mask_fg_precision",
+        "mask_fg_recall",
+        "fg_token_fraction",
+    ):
         assert k in m.metrics, k
     assert "rfid" not in m.metrics  # vgg16 features are never called FID
     assert m.tags["mqvq.eval.rfd_vgg16.backend"] == "vgg16" and m.tags["mqvq.eval.rfd_vgg16.num"] == "8"
@@ -50,6 +68,7 @@ def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception
         _artifact_png(tracker, s1, fig)
     counts = tracker.client.download_artifacts(s1, "metrics/codebook_counts.json", str(tracker.home / "dl"))
     import json
+
     data = json.load(open(counts))
     assert len(data["counts"]) == 16 and sum(data["counts"]) == 8 * 8  # 8 test images x N = 8 kept tokens
 
@@ -78,8 +97,11 @@ def test_eval_input_errors(runs, tracker, tmp_path, monkeypatch):
         evaluate_run(tracker, s2, ["is"], backend="vgg16", progress=False)
     # a refused request writes nothing into the run: no system metrics from a sampler started before the check
     before = dict(tracker.get_run(s2).data.metrics)
-    for metrics, scale, msg in [(["attr"], None, "needs a text-conditional model"), (["fid"], 3.0, "needs a class- or text-conditional model"),
-                                (["is"], None, "IS needs class logits")]:
+    for metrics, scale, msg in [
+        (["attr"], None, "needs a text-conditional model"),
+        (["fid"], 3.0, "needs a class- or text-conditional model"),
+        (["is"], None, "IS needs class logits"),
+    ]:
         with pytest.raises(UserError, match=msg):
             evaluate_run(tracker, s2, metrics, backend="vgg16", cfg_scale=scale, progress=False, system_metrics=True)
     assert tracker.get_run(s2).data.metrics == before
@@ -88,8 +110,12 @@ def test_eval_input_errors(runs, tracker, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="FID Inception weights not found"):
         evaluate_run(tracker, s2, ["fid"], backend="inception", progress=False)
     home = ["--home", str(tracker.home)]
-    for args, msg in [([s1, "--metrics", "fid,bogus"], "unknown metric 'bogus'"), (["nope"], "neither a checkpoint file nor an MLflow run id"),
-                      ([s2, "--num-samples", "1"], "must be at least 2"), ([s1, "--backend", "clip"], "use inception or vgg16")]:
+    for args, msg in [
+        ([s1, "--metrics", "fid,bogus"], "unknown metric 'bogus'"),
+        (["nope"], "neither a checkpoint file nor an MLflow run id"),
+        ([s2, "--num-samples", "1"], "must be at least 2"),
+        ([s1, "--backend", "clip"], "use inception or vgg16"),
+    ]:
         res = runner.invoke(app, ["eval", *args, *home])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
 

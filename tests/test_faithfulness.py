@@ -1,5 +1,6 @@
 """Defaults aligned with the released code (../shared/reference/official-implementation.md), and the
 documented switches that keep the other choice."""
+
 import pytest
 import torch
 
@@ -11,15 +12,23 @@ from mqvq.stages.schedule import lr_at
 
 
 def _model(**kw) -> MQVAE:
-    cfg = MQVAEConfig(downsample=4, channels=8, channel_mult=(1, 2, 4), num_res_blocks=1, z_channels=6,
-                      mask=MaskConfig("adaptive", 0.5, "conv", 8), quantizer=QuantizerConfig(32, 5), **kw)
+    cfg = MQVAEConfig(
+        downsample=4,
+        channels=8,
+        channel_mult=(1, 2, 4),
+        num_res_blocks=1,
+        z_channels=6,
+        mask=MaskConfig("adaptive", 0.5, "conv", 8),
+        quantizer=QuantizerConfig(32, 5),
+        **kw,
+    )
     return MQVAE(cfg)
 
 
 def test_released_projections_bias_free_in_and_straight_to_the_decoder_width():
     m = _model()
     width = 8 * 4
-    assert m.quant_proj.bias is None                                  # masker.pre_projection: Linear(bias=False)
+    assert m.quant_proj.bias is None  # masker.pre_projection: Linear(bias=False)
     assert m.post_quant.in_channels == 5 and m.post_quant.out_channels == width  # demasker.post_projection
     assert m.decoder.conv_in.in_channels == width == m.decoder.conv_in.out_channels  # conv_in at the width
     t = _model(projection="taming")
@@ -43,7 +52,7 @@ def test_checkpoints_without_the_projection_field_load_with_the_old_layout(tmp_p
 def test_ema_sum_starts_from_a_standard_normal_apart_from_the_uniform_codes():
     torch.manual_seed(0)
     vq = VectorQuantizer(512, 64)
-    assert vq.embed.abs().max() <= 1 / 512                 # codes: U(-1/K, 1/K) (first assignment only)
+    assert vq.embed.abs().max() <= 1 / 512  # codes: U(-1/K, 1/K) (first assignment only)
     assert 0.95 < vq.embed_sum.std() < 1.05 and abs(vq.embed_sum.mean()) < 0.02  # released embed_ema: N(0, 1)
 
 
@@ -55,7 +64,7 @@ def test_restart_noise_is_uniform_in_0_to_0_01_over_sqrt_d():
     vq(data)  # 4 vectors < 64 codes: every code restarts from a tiled vector plus noise
     offsets = (vq.embed[:, None, :] - data[None]).abs().sum(-1).argmin(1)  # which batch vector each code came from
     noise = vq.embed - data[offsets]
-    bound = 0.01 / d ** 0.5
+    bound = 0.01 / d**0.5
     assert (noise >= -1e-7).all() and (noise < bound + 1e-7).all() and noise.std() > bound / 10
 
 
@@ -93,9 +102,16 @@ def test_double_forward_updates_the_ema_codebook_and_batchnorm_twice_per_step(tm
     tracker = Tracker(None, tmp_path)
     seen = {}
     for double in (False, True):
-        cfg = load_experiment("mqvae-f16-adaptive-50", "smoke", [
-            "stage1.train.steps=3", "stage1.loss.perceptual_weight=0", "stage1.model.mask.scorer=conv",
-            f"stage1.train.double_forward={str(double).lower()}"])
+        cfg = load_experiment(
+            "mqvae-f16-adaptive-50",
+            "smoke",
+            [
+                "stage1.train.steps=3",
+                "stage1.loss.perceptual_weight=0",
+                "stage1.model.mask.scorer=conv",
+                f"stage1.train.double_forward={str(double).lower()}",
+            ],
+        )
         out = train_stage1(cfg, tracker, progress=False)
         state = read_checkpoint(out["model"])["model"]
         seen[double] = int(state["mask.scorer.net.4.num_batches_tracked"])
@@ -115,10 +131,10 @@ def test_initial_distributions_match_the_released_layers():
     for name, mod in m.named_modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             fan_in = mod.weight[0].numel()
-            bound = 1 / fan_in ** 0.5
+            bound = 1 / fan_in**0.5
             assert mod.weight.abs().max() <= bound + 1e-6, name
             if mod.weight.numel() >= 256:  # enough samples for the spread of a uniform
-                assert abs(mod.weight.std().item() * 3 ** 0.5 / bound - 1) < 0.15, name
+                assert abs(mod.weight.std().item() * 3**0.5 / bound - 1) < 0.15, name
             if mod.bias is not None:
                 assert mod.bias.abs().max() <= bound + 1e-6, name
             checked += 1

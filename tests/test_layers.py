@@ -1,6 +1,7 @@
 """The package's layers (README, "Architecture"): every import in mqvq/, at module level or inside a
 function, points to its own layer or a lower one, within a layer only along the allowed edges, and
 the module graph has no cycle. A new module must be placed here before this test passes."""
+
 import ast
 import re
 from pathlib import Path
@@ -12,12 +13,30 @@ PACKAGE = Path(mqvq.__file__).parent
 # layer 1, foundations: any layer may use them
 FOUNDATIONS = {"config", "errors", "files", "machine", "timing", "signals", "runtime", "images"}
 # layer 2, parts: siblings that know nothing of each other except these edges
-PARTS = {"models": set(), "data": set(), "tracking": set(), "experiments": set(), "paper": set(),
-         "metrics": {"models"},      # the FD-VGG16 features are LPIPS's VGG
-         "figures": {"metrics"}}     # Fig. 4 counts foreground tokens as the mask metrics do
+PARTS = {
+    "models": set(),
+    "data": set(),
+    "tracking": set(),
+    "experiments": set(),
+    "paper": set(),
+    "metrics": {"models"},  # the FD-VGG16 features are LPIPS's VGG
+    "figures": {"metrics"},
+}  # Fig. 4 counts foreground tokens as the mask metrics do
 # layer 3, stages: each reads what an earlier one wrote; rank 0 holds what every stage shares
-STAGES = {"runs": 0, "schedule": 0, "lookup": 0, "reference": 0, "reconstruction": 0, "attributes": 0,
-          "train_stage1": 1, "tokenize": 2, "train_stage2": 3, "generate": 4, "sample_metrics": 5, "evaluate": 6}
+STAGES = {
+    "runs": 0,
+    "schedule": 0,
+    "lookup": 0,
+    "reference": 0,
+    "reconstruction": 0,
+    "attributes": 0,
+    "train_stage1": 1,
+    "tokenize": 2,
+    "train_stage2": 3,
+    "generate": 4,
+    "sample_metrics": 5,
+    "evaluate": 6,
+}
 # layer 4, orchestration
 ORCHESTRATION = {"studies": set(), "bench": set(), "reports": {"studies"}}
 LAYER_NAMES = {1: "foundations", 2: "parts", 3: "stages", 4: "orchestration", 5: "cli"}
@@ -131,9 +150,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walker_sees_the_package():
     graph = import_graph()
     assert len(graph) > 60
-    assert "mqvq.stages.generate" in graph["mqvq.stages.evaluate"]            # a module-level import
-    assert "mqvq.stages.train_stage2" in graph["mqvq.stages.generate"]        # one inside a function
-    assert "mqvq.runtime" in graph["mqvq.stages.train_stage1"]                # `from mqvq import runtime`
+    assert "mqvq.stages.generate" in graph["mqvq.stages.evaluate"]  # a module-level import
+    assert "mqvq.stages.train_stage2" in graph["mqvq.stages.generate"]  # one inside a function
+    assert "mqvq.runtime" in graph["mqvq.stages.train_stage1"]  # `from mqvq import runtime`
 
 
 def test_every_module_imports_only_downward():
@@ -149,19 +168,24 @@ def test_no_import_cycles():
 
 def test_the_checks_catch_what_they_guard_against():
     """The rules fail on the kinds of imports this layout was made to remove."""
-    bad = {"mqvq.models.mqvae": {"mqvq.models.checkpoint", "mqvq.stages.train_stage1"},   # a model knowing its trainer
-           "mqvq.data.datasets": {"mqvq.models.mqvae"},                                   # data importing models
-           "mqvq.stages.train_stage1": {"mqvq.stages.generate"},                          # a stage reaching forward
-           "mqvq.studies.plan": {"mqvq.reports.report"}}                                  # studies importing reports
+    bad = {
+        "mqvq.models.mqvae": {"mqvq.models.checkpoint", "mqvq.stages.train_stage1"},  # a model knowing its trainer
+        "mqvq.data.datasets": {"mqvq.models.mqvae"},  # data importing models
+        "mqvq.stages.train_stage1": {"mqvq.stages.generate"},  # a stage reaching forward
+        "mqvq.studies.plan": {"mqvq.reports.report"},
+    }  # studies importing reports
     assert len(upward_imports(bad)) == 4
-    assert cycles({"mqvq.stages.generate": {"mqvq.studies.search"}, "mqvq.studies.search": {"mqvq.stages.generate"}}) == \
-        [["mqvq.stages.generate", "mqvq.studies.search"]]
+    assert cycles(
+        {"mqvq.stages.generate": {"mqvq.studies.search"}, "mqvq.studies.search": {"mqvq.stages.generate"}}
+    ) == [["mqvq.stages.generate", "mqvq.studies.search"]]
 
 
 # --------------------------------------------------------------------------- one owner per fact
 TAG_MODULE = PACKAGE / "tracking" / "tags.py"
-TAG_LITERAL = re.compile(r"(?<![\w/])mqvq\.[a-z_]+(\.|\b)"
-                         r"|\bmlflow\.(parentRunId|note\.content|data\.context|source\.git|experimentKind|sharedViewState)")
+TAG_LITERAL = re.compile(
+    r"(?<![\w/])mqvq\.[a-z_]+(\.|\b)"
+    r"|\bmlflow\.(parentRunId|note\.content|data\.context|source\.git|experimentKind|sharedViewState)"
+)
 REGISTRY_MODULE = PACKAGE / "metrics" / "registry.py"
 METRIC_LITERAL = re.compile(r"(time/\w+|train/loss|val/loss)")  # metric names the registry owns
 
@@ -172,7 +196,11 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first.value))
     return out
 
@@ -181,23 +209,36 @@ def tag_literals(path: Path) -> list[str]:
     """`mqvq.<name>` inside a string literal that is not a docstring (tags, filter strings, f-strings)."""
     tree = ast.parse(path.read_text(), str(path))
     docs = _docstrings(tree)
-    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and TAG_LITERAL.search(n.value)]
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and id(n) not in docs
+        and TAG_LITERAL.search(n.value)
+    ]
 
 
 def metric_literals(path: Path) -> list[str]:
     """A string literal that is exactly one of the registry's metric names (`time/...`, the loss curves)."""
     tree = ast.parse(path.read_text(), str(path))
-    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and METRIC_LITERAL.fullmatch(n.value)]
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value!r}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and METRIC_LITERAL.fullmatch(n.value)
+    ]
 
 
 def client_calls(path: Path) -> list[str]:
     """Uses of an MLflow client (`x.client`, `MlflowClient`) in a module."""
     tree = ast.parse(path.read_text(), str(path))
-    return [f"{path.relative_to(PACKAGE.parent)}:{n.lineno}" for n in ast.walk(tree)
-            if (isinstance(n, ast.Attribute) and n.attr == "client") or (isinstance(n, ast.Name) and n.id == "MlflowClient")
-            or (isinstance(n, ast.alias) and n.name == "MlflowClient")]
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{n.lineno}"
+        for n in ast.walk(tree)
+        if (isinstance(n, ast.Attribute) and n.attr == "client")
+        or (isinstance(n, ast.Name) and n.id == "MlflowClient")
+        or (isinstance(n, ast.alias) and n.name == "MlflowClient")
+    ]
 
 
 def private_imports(path: Path) -> list[str]:
@@ -215,8 +256,13 @@ def private_imports(path: Path) -> list[str]:
         elif isinstance(n, ast.Import):
             modules |= {a.asname for a in n.names if a.name.startswith("mqvq") and a.asname}
     for n in ast.walk(tree):
-        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules \
-                and n.attr.startswith("_") and not n.attr.startswith("__"):
+        if (
+            isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id in modules
+            and n.attr.startswith("_")
+            and not n.attr.startswith("__")
+        ):
             out.append(f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {n.value.id}.{n.attr}")
     return out
 
@@ -232,8 +278,12 @@ def test_metric_names_are_spelled_only_in_the_registry():
 
 
 def test_only_tracking_talks_to_the_mlflow_client():
-    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if "tracking" not in p.relative_to(PACKAGE).parts
-             for hit in client_calls(p)]
+    found = [
+        hit
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if "tracking" not in p.relative_to(PACKAGE).parts
+        for hit in client_calls(p)
+    ]
     assert found == []
 
 
@@ -243,15 +293,17 @@ def test_no_private_name_is_used_across_modules():
 
 def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text('"""mqvq.status in a docstring is prose."""\n'
-                   'from mqvq.tracking.store import _file_lock\n'
-                   'from mqvq.studies import lease\n'
-                   'x = {"mqvq.status": 1}\n'
-                   'y = f"tags.\\"mqvq.seed\\" = {1}"\n'
-                   'lease._pid_alive(1)\n'
-                   'tracker.client.get_run("r")\n'
-                   'z = {"time/tokenize_seconds": 1.0, "val/loss": 2.0}\n'
-                   'w = {"mlflow.parentRunId": "p", "mlflow.note.content": "n"}\n')
+    bad.write_text(
+        '"""mqvq.status in a docstring is prose."""\n'
+        "from mqvq.tracking.store import _file_lock\n"
+        "from mqvq.studies import lease\n"
+        'x = {"mqvq.status": 1}\n'
+        'y = f"tags.\\"mqvq.seed\\" = {1}"\n'
+        "lease._pid_alive(1)\n"
+        'tracker.client.get_run("r")\n'
+        'z = {"time/tokenize_seconds": 1.0, "val/loss": 2.0}\n'
+        'w = {"mlflow.parentRunId": "p", "mlflow.note.content": "n"}\n'
+    )
     real = PACKAGE.parent
     try:
         globals()["PACKAGE"] = tmp_path / "mqvq"
@@ -262,6 +314,9 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         assert len(tag_literals(moved)) == 4
         assert len(metric_literals(moved)) == 2
         assert len(client_calls(moved)) == 1
-        assert [h.split(": ", 1)[1] for h in private_imports(moved)] == ["_file_lock from mqvq.tracking.store", "lease._pid_alive"]
+        assert [h.split(": ", 1)[1] for h in private_imports(moved)] == [
+            "_file_lock from mqvq.tracking.store",
+            "lease._pid_alive",
+        ]
     finally:
         globals()["PACKAGE"] = real / "mqvq"

@@ -1,5 +1,6 @@
 """The faster stage-1 objective equals the plain one: LPIPS without gradients through the real images,
 and the adaptive GAN weight from gradients at the reconstruction (LPIPS and D walked back once)."""
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -11,8 +12,12 @@ from mqvq.models.lpips import LPIPS
 
 def _setup(tiny, seed=0):
     torch.manual_seed(seed)
-    cfg = tiny("mqvae-f16-adaptive-25", "stage1.data.resolution=32", "stage1.loss.disc_start=0",
-                "stage1.loss.disc_weight_max=10000").stage1  # lam unclamped: the ratio itself is compared
+    cfg = tiny(
+        "mqvae-f16-adaptive-25",
+        "stage1.data.resolution=32",
+        "stage1.loss.disc_start=0",
+        "stage1.loss.disc_weight_max=10000",
+    ).stage1  # lam unclamped: the ratio itself is compared
     model = MQVAE(cfg.model).train()
     lpips = LPIPS("vgg")
     for p in lpips.parameters():  # random but fixed trunk and linear weights
@@ -54,9 +59,14 @@ def test_generator_loss_gradients_equal_the_plain_computation(tiny, seed):
         loss.backward()
         return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, lam, loss
 
-    fast, lam_fast, _ = grads(lambda out: (lambda r: (r[0], r[1]["lam"]))(
-        loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step=0)))
-    plain, lam_plain, plain_loss = grads(lambda out: _plain_generator_loss(loss_fn, x, out.recon, out.vq_loss, model.last_layer()))
+    fast, lam_fast, _ = grads(
+        lambda out: (lambda r: (r[0], r[1]["lam"]))(
+            loss_fn.generator_loss(x, out.recon, out.vq_loss, model.last_layer(), step=0)
+        )
+    )
+    plain, lam_plain, plain_loss = grads(
+        lambda out: _plain_generator_loss(loss_fn, x, out.recon, out.vq_loss, model.last_layer())
+    )
     assert set(fast) == set(plain) and len(plain) > 10
     assert lam_fast.item() == pytest.approx(lam_plain.item(), rel=1e-5)
     assert 0 < lam_plain.item() < cfg.loss.disc_weight_max  # the adaptive weight is really in play
@@ -83,9 +93,9 @@ def test_lpips_without_gradients_through_the_real_side_is_the_same_distance():
         p.data.normal_(0, 0.05)
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     y_grad = y.clone().requires_grad_(True)
-    split = lpips(x, y_grad)          # the real side under no_grad, two trunk passes
+    split = lpips(x, y_grad)  # the real side under no_grad, two trunk passes
     with torch.no_grad():
-        batched = lpips(x, y)         # one trunk pass over both
+        batched = lpips(x, y)  # one trunk pass over both
     torch.testing.assert_close(split.detach(), batched, rtol=1e-5, atol=1e-7)
     split.sum().backward()
     y_ref = y.clone().requires_grad_(True)
@@ -112,18 +122,30 @@ def test_the_cpu_training_layout_gives_the_same_step(tiny):
         loss_fn.to(memory_format=fmt)
         torch.manual_seed(0)
         out = model(x.contiguous(memory_format=fmt))
-        g, logs = loss_fn.generator_loss(x.contiguous(memory_format=fmt), out.recon, out.vq_loss, model.last_layer(), step=0)
+        g, logs = loss_fn.generator_loss(
+            x.contiguous(memory_format=fmt), out.recon, out.vq_loss, model.last_layer(), step=0
+        )
         g.backward()
         d, _ = loss_fn.discriminator_loss(x.contiguous(memory_format=fmt), out.recon)
         d.backward()
-        results.append((logs["loss"].item(), d.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
-                        {k: p.grad.clone() for k, p in loss_fn.disc.named_parameters()}))
+        results.append(
+            (
+                logs["loss"].item(),
+                d.item(),
+                {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+                {k: p.grad.clone() for k, p in loss_fn.disc.named_parameters()},
+            )
+        )
     (l0, d0, g0, dg0), (l1, d1, g1, dg1) = results
-    assert l0 == pytest.approx(l1, rel=1e-4) and d0 == pytest.approx(d1, rel=1e-4)  # other conv algorithms: fp32 rounding
+    assert l0 == pytest.approx(l1, rel=1e-4) and d0 == pytest.approx(
+        d1, rel=1e-4
+    )  # other conv algorithms: fp32 rounding
     # other convolution algorithms round differently: in this small random-weight model that moves the
     # gradients by up to ~3e-4 of their scale, as running with 2 threads instead of 1 does; gradients
     # that are zero in exact arithmetic (D's last bias under the hinge loss) come out at ~2e-5 of the largest
     for grads_a, grads_b in ((g0, g1), (dg0, dg1)):
         floor = 1e-4 * max(v.abs().max().item() for v in grads_a.values())
         for k in grads_a:
-            torch.testing.assert_close(grads_b[k], grads_a[k], rtol=0, atol=1e-3 * grads_a[k].abs().max().item() + floor, msg=k)
+            torch.testing.assert_close(
+                grads_b[k], grads_a[k], rtol=0, atol=1e-3 * grads_a[k].abs().max().item() + floor, msg=k
+            )

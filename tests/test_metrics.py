@@ -1,4 +1,5 @@
 """Metrics: Fréchet distance against SciPy, feature backends from files only, usage, IS, mask quality."""
+
 from unittest import mock
 
 import numpy as np
@@ -71,8 +72,10 @@ def inception_file(tmp_path_factory):
     """Random weights in the exact FID Inception-v3 architecture (566 tensors, 23.9M parameters)."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None),
+    ):
         torch.manual_seed(0)
         model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     path = tmp_path_factory.mktemp("inception") / INCEPTION_FILE
@@ -88,8 +91,11 @@ def accept_stand_in(monkeypatch, path) -> None:
     from mqvq.models import pretrained as P
 
     w = P.CATALOG["inception"]
-    monkeypatch.setitem(P.CATALOG, "inception", P.Weights(w.key, w.file, w.urls, hashlib.sha256(path.read_bytes()).hexdigest(),
-                                                          path.stat().st_size, w.what))
+    monkeypatch.setitem(
+        P.CATALOG,
+        "inception",
+        P.Weights(w.key, w.file, w.urls, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size, w.what),
+    )
 
 
 def test_inception_backend_loads_the_exact_architecture(inception_file, monkeypatch):
@@ -104,11 +110,15 @@ def test_inception_backend_loads_the_exact_architecture(inception_file, monkeypa
 def test_inception_backend_errors_clearly_without_a_file(tmp_path, monkeypatch):
     monkeypatch.delenv("MQVQ_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(UserError, match=f"{INCEPTION_FILE}, .*downloading is off.*put it there; or use --backend vgg16"):
+    with pytest.raises(
+        UserError, match=f"{INCEPTION_FILE}, .*downloading is off.*put it there; or use --backend vgg16"
+    ):
         InceptionFeatures(torch.device("cpu"))
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)
-    with pytest.raises(UserError, match=f"bad.pth is .* bytes, not the 95,628,359 of {INCEPTION_FILE} .*SHA-256 6726825d"):
+    with pytest.raises(
+        UserError, match=f"bad.pth is .* bytes, not the 95,628,359 of {INCEPTION_FILE} .*SHA-256 6726825d"
+    ):
         InceptionFeatures(torch.device("cpu"), str(bad))  # refused before torch reads it
     accept_stand_in(monkeypatch, bad)  # the right size and digest, but not Inception's tensors
     with pytest.raises(UserError, match="is not an FID Inception-v3 state dict"):
@@ -128,17 +138,24 @@ def test_vgg16_backend_and_metric_names():
 def test_codebook_usage_is_exact_on_a_hand_made_code_map():
     class Fixed(torch.nn.Module):
         """A stand-in stage-1 model whose code map is given: usage must count exactly these codes."""
+
         def __init__(self, code_maps):
             super().__init__()
             self.maps, self.i = code_maps, 0
             from types import SimpleNamespace
-            self.config = SimpleNamespace(quantizer=SimpleNamespace(codebook_size=10), mask=SimpleNamespace(type="none"))
+
+            self.config = SimpleNamespace(
+                quantizer=SimpleNamespace(codebook_size=10), mask=SimpleNamespace(type="none")
+            )
 
         def forward(self, x, fg=None):  # MQVAE.forward(images, fg=None)
             from mqvq.models.mqvae import Encoded, Stage1Output
-            codes = self.maps[self.i: self.i + x.shape[0]]
+
+            codes = self.maps[self.i : self.i + x.shape[0]]
             self.i += x.shape[0]
-            enc = Encoded(codes, torch.arange(4).expand(len(codes), -1), torch.ones(len(codes), 4, dtype=torch.bool), None, (2, 2))
+            enc = Encoded(
+                codes, torch.arange(4).expand(len(codes), -1), torch.ones(len(codes), 4, dtype=torch.bool), None, (2, 2)
+            )
             return Stage1Output(x, torch.zeros(()), enc, torch.zeros(10))
 
     from mqvq.config import DataConfig
@@ -155,13 +172,13 @@ def test_codebook_usage_is_exact_on_a_hand_made_code_map():
 def test_mask_diagnostics_on_hand_made_masks():
     """Two images on a 4 x 4 grid with known foreground, keep mask and scores: every value by hand."""
     fg = torch.zeros(2, 16, 16, dtype=torch.bool)
-    fg[0, 4:12, 4:12] = True      # image 0: the 2 x 2 centre tokens (5, 6, 9, 10)
-    fg[1, 0:4, 0:8] = True        # image 1: tokens 0 and 1 (on the border)
+    fg[0, 4:12, 4:12] = True  # image 0: the 2 x 2 centre tokens (5, 6, 9, 10)
+    fg[1, 0:4, 0:8] = True  # image 1: tokens 0 and 1 (on the border)
     tokens = token_foreground(fg, (4, 4))
     assert tokens[0].nonzero().flatten().tolist() == [5, 6, 9, 10] and tokens[1].nonzero().flatten().tolist() == [0, 1]
     keep = torch.zeros(2, 16, dtype=torch.bool)
     keep[0, [5, 6, 0, 15]] = True  # 2 of 4 kept on the object, 2 on the border background
-    keep[1, [0, 2, 3, 4]] = True   # 1 of 4 kept on the object
+    keep[1, [0, 2, 3, 4]] = True  # 1 of 4 kept on the object
     scores = torch.full((2, 16), 0.25)
     scores[0, [5, 6, 9, 10]] = 0.75
     scores[1, [0, 1]] = 0.5
@@ -169,8 +186,8 @@ def test_mask_diagnostics_on_hand_made_masks():
     tally.add(keep[:1], fg[:1], scores[:1])  # batches accumulate
     tally.add(keep[1:], fg[1:], scores[1:])
     r = tally.result()
-    assert r["mask_fg_precision"] == pytest.approx(3 / 8)   # kept tokens on the object / kept tokens
-    assert r["mask_fg_recall"] == pytest.approx(3 / 6)      # object tokens kept / object tokens
+    assert r["mask_fg_precision"] == pytest.approx(3 / 8)  # kept tokens on the object / kept tokens
+    assert r["mask_fg_recall"] == pytest.approx(3 / 6)  # object tokens kept / object tokens
     assert r["fg_token_fraction"] == pytest.approx(6 / 32)  # what a random mask's precision would be
     assert r["mask_score_fg"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
     assert r["mask_score_bg"] == pytest.approx(0.25)
@@ -199,7 +216,7 @@ def test_random_mask_precision_is_the_foreground_fraction():
 def test_edge_and_detail_diagnostics():
     """Kept tokens on the outline and on detailed patches, by hand; no foreground mask needed for detail."""
     fg = torch.zeros(1, 8, 8, dtype=torch.bool)
-    fg[0, :, :3] = True                      # 2 x 2 grid of 4 x 4 patches: the left column is partly foreground
+    fg[0, :, :3] = True  # 2 x 2 grid of 4 x 4 patches: the left column is partly foreground
     images = torch.zeros(1, 3, 8, 8)
     images[0, :, :4, :4] = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).repeat(2, 2)  # token 0 detailed, the rest flat
     keep = torch.tensor([[True, False, False, True]])
@@ -207,7 +224,7 @@ def test_edge_and_detail_diagnostics():
     tally.add(keep, fg, images=images)
     r = tally.result()
     assert r["edge_token_fraction"] == 0.5 and r["mask_edge_precision"] == 0.5  # tokens 0, 2 are outline; 0 kept
-    assert r["mask_detail_ratio"] == pytest.approx((0.5 / 2) / (0.5 / 4))       # std 0.5 in token 0 only
+    assert r["mask_detail_ratio"] == pytest.approx((0.5 / 2) / (0.5 / 4))  # std 0.5 in token 0 only
     # the score's correlation with brightness and detail, against numpy over the 4 tokens
     scores = torch.tensor([[0.9, 0.2, 0.4, 0.3]])
     with_scores = MaskTally((2, 2))
@@ -218,7 +235,7 @@ def test_edge_and_detail_diagnostics():
     assert r["mask_score_corr_brightness"] == pytest.approx(np.corrcoef(scores[0].numpy(), bright)[0, 1])
     assert r["mask_score_corr_detail"] == pytest.approx(np.corrcoef(scores[0].numpy(), detail)[0, 1])
     plain = MaskTally((2, 2))
-    plain.add(keep, images=images)                                               # a folder dataset: no foreground
+    plain.add(keep, images=images)  # a folder dataset: no foreground
     assert set(plain.result()) == {"mask_keep_border", "mask_detail_ratio"}
 
 

@@ -1,4 +1,5 @@
 """MQ-VAE: every Table 6/7 variant as a config value; encode/decode; the VQGAN path; hot-path hygiene."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,9 +9,18 @@ from mqvq.config import num_kept
 from mqvq.models import MQVAE
 from mqvq.stages.train_stage1 import save_model
 
-VARIANTS = ["vqgan-f32", "vqgan-f16", "vqgan-star-f16", "mqvae-f16-adaptive-10", "mqvae-f16-adaptive-75",
-            "mqvae-f16-random-50", "mqvae-f16-adaptive-50-nodemask", "mqvae-f16-adaptive-50-sa",
-            "mqvae-f16-adaptive-50-dcsa", "mqvae-f16-adaptive-50"]
+VARIANTS = [
+    "vqgan-f32",
+    "vqgan-f16",
+    "vqgan-star-f16",
+    "mqvae-f16-adaptive-10",
+    "mqvae-f16-adaptive-75",
+    "mqvae-f16-random-50",
+    "mqvae-f16-adaptive-50-nodemask",
+    "mqvae-f16-adaptive-50-sa",
+    "mqvae-f16-adaptive-50-dcsa",
+    "mqvae-f16-adaptive-50",
+]
 
 
 def _model(tiny, name, *extra):
@@ -68,7 +78,7 @@ def test_mask_ratio_zero_is_the_plain_vqgan_path(tiny):
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
     enc, dec, vq = model.encoder, model.decoder, model.quantizer
-    z = enc(x)                                                     # VQGAN reference, written out
+    z = enc(x)  # VQGAN reference, written out
     b, c, h, w = z.shape
     zf = F.conv2d(z, model.quant_proj.weight[..., None, None], model.quant_proj.bias)  # quant_conv
     flat = zf.permute(0, 2, 3, 1).reshape(-1, zf.shape[1])

@@ -2,6 +2,7 @@
 oracle near 1 where objects go anywhere; the centre selector; test beds where position carries no
 information (flat foreground map, translated garments, a held-out quadrant, the crossed styles);
 the straight-through surrogate centred on the top-N threshold; damage probes of one size."""
+
 import copy
 import json
 
@@ -16,7 +17,14 @@ from mqvq.experiments import load_experiment
 from mqvq.metrics.mask import MaskTally, foreground_contrast, per_image_auroc, shuffled_auroc, token_foreground
 from mqvq.models.masking import layer_norm_tokens
 from mqvq.models.mqvae import MQVAE
-from mqvq.models.selectors import CentreMask, StraightThroughMask, centre_scores, foreground_share, probe_masks, topn_threshold
+from mqvq.models.selectors import (
+    CentreMask,
+    StraightThroughMask,
+    centre_scores,
+    foreground_share,
+    probe_masks,
+    topn_threshold,
+)
 
 
 def centred_fixture(n: int = 64, side: int = 32, seed: int = 0) -> torch.Tensor:
@@ -26,7 +34,7 @@ def centred_fixture(n: int = 64, side: int = 32, seed: int = 0) -> torch.Tensor:
     for i in range(n):
         size = int(torch.randint(8, 17, (1,), generator=g))
         y, x = (torch.randint(-4, 5, (2,), generator=g) + (side - size) // 2).tolist()
-        fg[i, y: y + size, x: x + size] = True
+        fg[i, y : y + size, x : x + size] = True
     return fg
 
 
@@ -42,7 +50,10 @@ def test_a_fixed_centre_score_has_shuffled_auroc_one_half_where_its_plain_auroc_
 
 
 def test_the_oracle_scores_near_one_in_shuffled_auroc_where_placement_is_uniform():
-    ds = build_dataset(DataConfig(name="procedural", style="textured", placement="wrap", resolution=32, num_train=8, num_test=300), "test")
+    ds = build_dataset(
+        DataConfig(name="procedural", style="textured", placement="wrap", resolution=32, num_train=8, num_test=300),
+        "test",
+    )
     share = foreground_share(ds.fg, (8, 8))
     fg = token_foreground(ds.fg, (8, 8))
     oracle = share + torch.rand(share.shape) * 1e-3
@@ -57,12 +68,20 @@ def test_shuffled_auroc_by_hand():
     """Two images of 3 tokens. Image 0: foreground {0}; image 1: foreground {1, 2}. Counts C = (1, 1, 1).
     Image 0: positives {0}, negatives the other image's foreground {1, 2}; image 1: positives {1, 2}, negatives {0}."""
     fg = torch.tensor([[True, False, False], [False, True, True]])
-    scores = torch.tensor([[0.9, 0.1, 0.9],   # token 0 beats token 1, ties token 2: 1.5 of 2
-                           [0.0, 0.5, 0.2]])  # both positives beat token 0: 2 of 2
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.9],  # token 0 beats token 1, ties token 2: 1.5 of 2
+            [0.0, 0.5, 0.2],
+        ]
+    )  # both positives beat token 0: 2 of 2
     assert shuffled_auroc(scores, fg) == pytest.approx(3.5 / 4)
     assert shuffled_auroc(scores, torch.zeros_like(fg)) is None
     tally = MaskTally((1, 3))
-    tally.add(torch.tensor([[True, False, True], [False, True, True]]), fg.repeat_interleave(4, 1)[:, None, :].expand(-1, 4, -1).reshape(2, 4, 12)[:, :1].expand(-1, 4, -1), scores)
+    tally.add(
+        torch.tensor([[True, False, True], [False, True, True]]),
+        fg.repeat_interleave(4, 1)[:, None, :].expand(-1, 4, -1).reshape(2, 4, 12)[:, :1].expand(-1, 4, -1),
+        scores,
+    )
     assert tally.result()["mask_sauc"] == pytest.approx(3.5 / 4)
 
 
@@ -78,7 +97,9 @@ def test_centre_keeps_the_n_nearest_tokens_in_raster_order_the_same_in_every_ima
         ys, xs = out.positions[0] // w - (h - 1) / 2, out.positions[0] % w - (w - 1) / 2
         dist = ys * ys + xs * xs
         all_y, all_x = torch.arange(h * w) // w - (h - 1) / 2, torch.arange(h * w) % w - (w - 1) / 2
-        assert dist.max() <= (all_y ** 2 + all_x ** 2).sort().values[n - 1] + 1e-6  # no farther token kept than the n-th nearest
+        assert (
+            dist.max() <= (all_y**2 + all_x**2).sort().values[n - 1] + 1e-6
+        )  # no farther token kept than the n-th nearest
     assert torch.equal(centre_scores(grid), centre_scores(grid))  # ties broken once, the same every time
     assert not list(CentreMask(0.5).parameters())
 
@@ -97,12 +118,17 @@ def test_centre_selector_trains_and_tokenizes():
 
 # --------------------------------------------------------------------------- test beds
 def test_the_wrap_bed_is_flat_within_the_printed_ratio_and_the_old_beds_are_not():
-    flat = build_dataset(DataConfig(name="procedural", style="textured", placement="wrap", resolution=32, num_train=8, num_test=2000), "test")
+    flat = build_dataset(
+        DataConfig(name="procedural", style="textured", placement="wrap", resolution=32, num_train=8, num_test=2000),
+        "test",
+    )
     info = foreground_contrast([{"image": torch.zeros(2000, 3, 32, 32), "fg": flat.fg}], 4)
     freq = token_foreground(flat.fg, (8, 8)).float().mean(0)
     assert info["foreground_frequency_ratio"] == pytest.approx(float(freq.max() / freq.min()), abs=1e-3)
     assert info["foreground_frequency_ratio"] < 1.6  # 64 positions, ~240 foreground images each: sampling noise only
-    inset = build_dataset(DataConfig(name="procedural", style="textured", resolution=32, num_train=8, num_test=500), "test")
+    inset = build_dataset(
+        DataConfig(name="procedural", style="textured", resolution=32, num_train=8, num_test=500), "test"
+    )
     old = foreground_contrast([{"image": torch.zeros(500, 3, 32, 32), "fg": inset.fg}], 4)
     assert old["foreground_frequency_ratio"] is None or old["foreground_frequency_ratio"] > 10
 
@@ -116,9 +142,9 @@ def test_translated_garments_and_their_masks_move_together():
     assert out.shape == (20, 1, 48, 48) and (offsets >= 0).all() and (offsets <= 20).all()
     assert len({tuple(o) for o in offsets.tolist()}) > 10  # offsets differ between images
     for i, (y, x) in enumerate(offsets.tolist()):
-        assert torch.equal(out[i, :, y: y + 28, x: x + 28], images[i])
+        assert torch.equal(out[i, :, y : y + 28, x : x + 28], images[i])
         rest = out[i].clone()
-        rest[:, y: y + 28, x: x + 28] = 0
+        rest[:, y : y + 28, x : x + 28] = 0
         assert not rest.any()  # nothing outside the garment's window
     assert torch.equal(translate(images, 48, 7, "test"), out)  # the same image lands in the same place
     assert not torch.equal(translate(images, 48, 7, "train"), out)
@@ -128,6 +154,7 @@ def test_translated_fashion_mnist_dataset_keeps_the_mask_on_the_garment():
     from pathlib import Path
 
     from mqvq.data.datasets import FASHION_MNIST_DIR
+
     if not Path(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("needs the dataset-fashion-mnist Debian package")
     ds = build_dataset(DataConfig(name="fashion-mnist", fit="translate", resolution=48), "test")
@@ -139,23 +166,40 @@ def test_translated_fashion_mnist_dataset_keeps_the_mask_on_the_garment():
 
 
 def test_the_held_out_quadrant_never_shows_in_training_and_always_in_test():
-    cfg = DataConfig(name="procedural", style="textured", placement="uniform", holdout="top-left", resolution=32,
-                     num_train=600, num_test=200)
+    cfg = DataConfig(
+        name="procedural",
+        style="textured",
+        placement="uniform",
+        holdout="top-left",
+        resolution=32,
+        num_train=600,
+        num_test=200,
+    )
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     assert not train.fg[:, :16, :16].any()  # not one foreground pixel of any training image in the quadrant
     assert train.fg[:, 16:, 16:].any() and train.fg[:, :16, 16:].any() and train.fg[:, 16:, :16].any()
     assert test.fg[:, :16, :16].flatten(1).any(1).all()  # every test image has its objects there
     inside = test.fg[:, :16, :16].sum() / test.fg.sum()
     assert inside > 0.6
-    assert train.digest() != build_dataset(DataConfig(name="procedural", style="textured", placement="uniform", resolution=32,
-                                                       num_train=600, num_test=200), "train").digest()
+    assert (
+        train.digest()
+        != build_dataset(
+            DataConfig(
+                name="procedural", style="textured", placement="uniform", resolution=32, num_train=600, num_test=200
+            ),
+            "train",
+        ).digest()
+    )
 
 
 def test_the_crossed_styles_put_the_texture_on_the_object_or_the_background():
     from mqvq.metrics.mask import token_detail
 
     def detail(style):
-        ds = build_dataset(DataConfig(name="procedural", style=style, placement="wrap", resolution=32, num_train=8, num_test=300), "test")
+        ds = build_dataset(
+            DataConfig(name="procedural", style=style, placement="wrap", resolution=32, num_train=8, num_test=300),
+            "test",
+        )
         x = torch.stack([ds[i]["image"] for i in range(300)])
         d = token_detail(x, (8, 8))
         inner = torch.nn.functional.adaptive_avg_pool2d(ds.fg[:, None].float(), (8, 8)).flatten(1)
@@ -169,13 +213,17 @@ def test_the_crossed_styles_put_the_texture_on_the_object_or_the_background():
         assert d[bg_textured][1] > 0.1  # textured backgrounds
     for bg_plain in ("flat", "textured-objects"):
         assert d[bg_plain][1] < 0.01  # plain backgrounds
-    assert d["textured"][0] < d["textured"][1] and d["textured-objects"][0] > d["textured-objects"][1]  # the texture swaps sides
+    assert (
+        d["textured"][0] < d["textured"][1] and d["textured-objects"][0] > d["textured-objects"][1]
+    )  # the texture swaps sides
 
 
 def test_existing_data_keeps_its_bytes_and_digests():
     """The options added here leave the data every earlier run trained on alone."""
     mixed = build_dataset(DataConfig(name="procedural", resolution=32, num_train=8, num_test=8), "test")
-    textured = build_dataset(DataConfig(name="procedural", style="textured", resolution=32, num_train=8, num_test=8), "test")
+    textured = build_dataset(
+        DataConfig(name="procedural", style="textured", resolution=32, num_train=8, num_test=8), "test"
+    )
     assert mixed.digest() == "b6b3b7a1b6d8f1f2" or len(mixed.digest()) == 16
     cfg = load_experiment("mqvae-f16-adaptive-50", "smoke")
     assert "placement" not in identity(cfg.stage1)["data"] and "holdout" not in identity(cfg.stage1)["data"]
@@ -185,13 +233,16 @@ def test_existing_data_keeps_its_bytes_and_digests():
     assert np.array_equal(textured.images.numpy()[0], textured.images.numpy()[0])
 
 
-@pytest.mark.parametrize("override, message", [
-    (["stage1.data.placement=uniform"], "needs one of the styles textured"),
-    (["stage1.data.style=textured", "stage1.data.holdout=top-left"], "needs data.placement = 'uniform'"),
-    (["stage1.data.name=fashion-mnist", "stage1.data.placement=wrap"], "apply to procedural data only"),
-    (["stage1.data.name=fashion-mnist", "stage1.data.resolution=48"], "or data.fit = 'translate'"),
-    (["stage1.data.name=fashion-mnist", "stage1.data.fit=translate", "stage1.data.resolution=16"], "use 32 to 256"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["stage1.data.placement=uniform"], "needs one of the styles textured"),
+        (["stage1.data.style=textured", "stage1.data.holdout=top-left"], "needs data.placement = 'uniform'"),
+        (["stage1.data.name=fashion-mnist", "stage1.data.placement=wrap"], "apply to procedural data only"),
+        (["stage1.data.name=fashion-mnist", "stage1.data.resolution=48"], "or data.fit = 'translate'"),
+        (["stage1.data.name=fashion-mnist", "stage1.data.fit=translate", "stage1.data.resolution=16"], "use 32 to 256"),
+    ],
+)
 def test_bad_placement_settings_are_refused_in_one_sentence(override, message):
     from mqvq.errors import UserError
 
@@ -204,14 +255,29 @@ def test_data_show_prints_the_foreground_frequency_per_position():
 
     from mqvq.cli import app
 
-    args = ["data", "show", "mqvae-f16-adaptive-50", "--profile", "smoke", "--set", "stage1.data.style=textured",
-            "--set", "stage1.data.placement=wrap", "--set", "stage1.data.num_test=1000"]
+    args = [
+        "data",
+        "show",
+        "mqvae-f16-adaptive-50",
+        "--profile",
+        "smoke",
+        "--set",
+        "stage1.data.style=textured",
+        "--set",
+        "stage1.data.placement=wrap",
+        "--set",
+        "stage1.data.num_test=1000",
+    ]
     res = CliRunner().invoke(app, args + ["--json"])
     assert res.exit_code == 0, res.output
     test = json.loads(res.output)["splits"]["test"]
     assert 1.0 <= test["foreground_frequency_ratio"] < 2 and test["foreground_frequency_min"] > 0
     res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert res.exit_code == 0 and "fg per position max / min" in res.output and f"{test['foreground_frequency_ratio']:.1f} (" in res.output
+    assert (
+        res.exit_code == 0
+        and "fg per position max / min" in res.output
+        and f"{test['foreground_frequency_ratio']:.1f} (" in res.output
+    )
 
 
 # --------------------------------------------------------------------------- straight-through, damage probes

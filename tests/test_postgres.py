@@ -1,5 +1,6 @@
 """Tracking, row leases and Optuna storage against a real PostgreSQL server started for the test
 (Debian's `postgresql` package); skipped, with the reason, where it cannot be started."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 127.0.0.1 that serves stand-in files: the catalog's URLs and digests are swapped for the stand-ins'
 (the real hosts are never contacted; the tests run offline). What is checked is what a user relies
 on: a verified file appears under its name and nothing else does, whatever goes wrong."""
+
 from __future__ import annotations
 
 import hashlib
@@ -69,7 +70,7 @@ def _stand_in(monkeypatch, server, key: str, body: bytes, *, digest: str | None 
     w = P.CATALOG[key]
     urls = tuple(f"{server.url}/m{i}/{w.file}" for i in range(mirrors))
     for u in urls[:1]:
-        server.files[u[len(server.url):]] = body
+        server.files[u[len(server.url) :]] = body
     fake = P.Weights(key, w.file, urls, digest or hashlib.sha256(body).hexdigest(), len(body), w.what)
     monkeypatch.setitem(P.CATALOG, key, fake)
     return fake
@@ -84,7 +85,11 @@ def online(tmp_path, monkeypatch):
 
 def _leftovers(folder: Path) -> list[str]:
     """What a fetch left under the folder, besides locks and the record of files found right."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name != P.VERIFIED_FILE) if folder.exists() else []
+    return (
+        sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name != P.VERIFIED_FILE)
+        if folder.exists()
+        else []
+    )
 
 
 def test_a_missing_file_is_fetched_verified_and_said_once(online, server, monkeypatch):
@@ -97,7 +102,9 @@ def test_a_missing_file_is_fetched_verified_and_said_once(online, server, monkey
     assert P.ensure("inception", tell=said.append) == path and len(said) == 1 and len(server.hits) == 1  # not again
 
 
-def test_a_file_already_in_place_is_checked_once_and_a_wrong_one_is_refused_in_one_sentence(tmp_path, server, monkeypatch):
+def test_a_file_already_in_place_is_checked_once_and_a_wrong_one_is_refused_in_one_sentence(
+    tmp_path, server, monkeypatch
+):
     """Put there by hand (as the docs say for an offline machine) or named by MQVQ_INCEPTION_WEIGHTS: its size and
     SHA-256 are checked before anything reads it, once per (path, size, mtime)."""
     import os
@@ -109,7 +116,9 @@ def test_a_file_already_in_place_is_checked_once_and_a_wrong_one_is_refused_in_o
     w = _stand_in(monkeypatch, server, "inception", body)  # offline: never fetched
     path = tmp_path / w.file
     path.write_bytes(body[:-7])
-    with pytest.raises(UserError, match=rf"{w.file} is 1,493 bytes, not the 1,500 of {w.file} .*SHA-256 {w.sha256}\): it is truncated") as e:
+    with pytest.raises(
+        UserError, match=rf"{w.file} is 1,493 bytes, not the 1,500 of {w.file} .*SHA-256 {w.sha256}\): it is truncated"
+    ) as e:
         P.ensure("inception")
     assert "\n" not in str(e.value) and "delete it (mqvq fetches it again)" in str(e.value)
     path.write_bytes(b"X" * len(body))
@@ -165,7 +174,11 @@ def test_an_unreachable_server_is_one_sentence_naming_file_folder_and_url(online
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     w = P.CATALOG["inception"]
-    monkeypatch.setitem(P.CATALOG, "inception", P.Weights("inception", w.file, (f"http://127.0.0.1:{port}/{w.file}",), w.sha256, w.size, w.what))
+    monkeypatch.setitem(
+        P.CATALOG,
+        "inception",
+        P.Weights("inception", w.file, (f"http://127.0.0.1:{port}/{w.file}",), w.sha256, w.size, w.what),
+    )
     with pytest.raises(UserError) as e:
         P.ensure("inception")
     msg = str(e.value)
@@ -176,7 +189,10 @@ def test_an_unreachable_server_is_one_sentence_naming_file_folder_and_url(online
 def test_offline_mode_never_connects_and_says_where_to_put_the_file(tmp_path, server, monkeypatch):
     monkeypatch.setenv("MQVQ_WEIGHTS_DIR", str(tmp_path))
     w = _stand_in(monkeypatch, server, "inception", b"x")
-    with pytest.raises(UserError, match=rf"{w.file}, .*, is not in {tmp_path} and downloading is off \(MQVQ_OFFLINE=1\): download {w.urls[0]} and put it there"):
+    with pytest.raises(
+        UserError,
+        match=rf"{w.file}, .*, is not in {tmp_path} and downloading is off \(MQVQ_OFFLINE=1\): download {w.urls[0]} and put it there",
+    ):
         P.ensure("inception")
     assert server.hits == []
 
@@ -185,10 +201,14 @@ def test_a_mirror_replaces_the_public_hosts(online, server, monkeypatch):
     w = _stand_in(monkeypatch, server, "inception", b"mirrored")
     server.files = {f"/internal/{w.file}": b"mirrored"}
     monkeypatch.setenv("MQVQ_WEIGHTS_MIRROR", f"{server.url}/internal/")
-    assert P.ensure("inception", tell=lambda m: None).read_bytes() == b"mirrored" and server.hits == [f"/internal/{w.file}"]
+    assert P.ensure("inception", tell=lambda m: None).read_bytes() == b"mirrored" and server.hits == [
+        f"/internal/{w.file}"
+    ]
 
 
-def test_a_download_killed_outright_leaves_only_a_hidden_temporary_that_the_next_fetch_clears(online, server, monkeypatch):
+def test_a_download_killed_outright_leaves_only_a_hidden_temporary_that_the_next_fetch_clears(
+    online, server, monkeypatch
+):
     w = _stand_in(monkeypatch, server, "inception", b"whole file")
     online.mkdir(parents=True)
     (online / f".{w.file}.abc123.tmp").write_bytes(b"half")  # what SIGKILL mid-download leaves
@@ -219,7 +239,9 @@ def test_lpips_vgg_is_assembled_from_fetched_vgg16_and_equals_the_lpips_package(
     import torchvision
 
     torch.manual_seed(0)
-    tv = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}  # the classifier is unused
+    tv = {
+        k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")
+    }  # the classifier is unused
     buf = io.BytesIO()
     torch.save(tv, buf)
     _stand_in(monkeypatch, server, "vgg16", buf.getvalue())
@@ -253,7 +275,9 @@ def test_weights_fetch_cli(online, server, monkeypatch):
     assert res.exit_code == 2 and "use inception, vgg16 or all" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["weights", "--json"])
     rows = {r["weights"]: r for r in __import__("json").loads(res.stdout)["weights"]}
-    assert rows["inception"]["status"] == "ready" and rows["vgg16"]["status"] == "missing" and not server.hits[1:]  # status never downloads
+    assert (
+        rows["inception"]["status"] == "ready" and rows["vgg16"]["status"] == "missing" and not server.hits[1:]
+    )  # status never downloads
     monkeypatch.setenv("MQVQ_OFFLINE", "1")
     res = runner.invoke(app, ["weights", "fetch", "vgg16"])
     assert res.exit_code == 2 and "downloading is off" in res.output and "Traceback" not in res.output

@@ -1,5 +1,6 @@
 """What a person follows and reads: row i of n with an ETA, durations, result lines and tables that
 wrap between values instead of cutting names, --json with whole names, fast read-only commands."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,15 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_durations_read_as_people_say_them():
-    assert [duration(s) for s in (0.4, 8, 59.6, 65, 3599, 3725, None)] == \
-        ["0 s", "8 s", "1 min 00 s", "1 min 05 s", "59 min 59 s", "1 h 02 min", "?"]
+    assert [duration(s) for s in (0.4, 8, 59.6, 65, 3599, 3725, None)] == [
+        "0 s",
+        "8 s",
+        "1 min 00 s",
+        "1 min 05 s",
+        "59 min 59 s",
+        "1 h 02 min",
+        "?",
+    ]
 
 
 def test_a_borrowed_stage1_step_time_scales_with_image_area():
@@ -33,8 +41,11 @@ def test_a_borrowed_stage1_step_time_scales_with_image_area():
 
     small = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.data.resolution=16"], 0)
     large = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.data.resolution=32"], 0)
-    costs = Costs("cpu", step_s={("stage1", config_hash(identity(small.stage1))): 0.5, ("stage1", small.name): 0.5},
-                  pixels={("stage1", config_hash(identity(small.stage1))): 256.0, ("stage1", small.name): 256.0})
+    costs = Costs(
+        "cpu",
+        step_s={("stage1", config_hash(identity(small.stage1))): 0.5, ("stage1", small.name): 0.5},
+        pixels={("stage1", config_hash(identity(small.stage1))): 256.0, ("stage1", small.name): 256.0},
+    )
     steps = small.stage1.train.steps
     assert costs.stage_seconds("stage1", small) == pytest.approx(0.5 * steps)
     assert costs.stage_seconds("stage1", large) == pytest.approx(0.5 * 4 * steps)
@@ -85,7 +96,11 @@ def test_tables_wrap_names_instead_of_cutting_them(home, columns, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "…" not in r.output and all(name in r.output for name in ("vqgan-f32", "adaptive-10", "random-75"))
     assert max(len(x) for x in r.output.splitlines()) <= int(columns)
-    for args in (["study", "show", "ablation-demask"], ["experiment", "fields"], ["study", "plan", "ablation-demask", "--home", str(home)]):
+    for args in (
+        ["study", "show", "ablation-demask"],
+        ["experiment", "fields"],
+        ["study", "plan", "ablation-demask", "--home", str(home)],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code == 0 and "…" not in r.output, (args, r.output)
         assert max(len(x) for x in r.output.splitlines()) <= int(columns), args
@@ -100,10 +115,22 @@ def test_a_table_never_breaks_a_word_and_leaves_out_the_metrics_that_do_not_fit(
 
     from mqvq.cli.common import columns_that_fit, table
 
-    headers = ["row", "seed", "status", "SLURM task", "SLURM state", "rFD-VGG16", "FD-VGG16", "usage (%)", "kept on foreground"]
+    headers = [
+        "row",
+        "seed",
+        "status",
+        "SLURM task",
+        "SLURM state",
+        "rFD-VGG16",
+        "FD-VGG16",
+        "usage (%)",
+        "kept on foreground",
+    ]
     numeric = ("seed", "rFD-VGG16", "FD-VGG16", "usage (%)", "kept on foreground")
-    rows = [["vqgan-f32", "0", "[green]finished[/]", "1_0", "completed", "307.4", "304.3", "98.44", "-"],
-            ["adaptive-10", "0", "[dim]missing[/]", "1_2", "not in the queue", "438.8", "357.7", "100", "0.1414"]]
+    rows = [
+        ["vqgan-f32", "0", "[green]finished[/]", "1_0", "completed", "307.4", "304.3", "98.44", "-"],
+        ["adaptive-10", "0", "[dim]missing[/]", "1_2", "not in the queue", "438.8", "357.7", "100", "0.1414"],
+    ]
     shown = 5 + columns_that_fit(headers, rows, 5, width, numeric)
     assert (shown >= 6) == (width >= 70) and (shown == len(headers)) == (width >= 100)
     console = Console(width=width, record=True, force_terminal=False)
@@ -126,12 +153,22 @@ def test_json_wherever_a_table_is_printed_with_whole_names(home):
     studies = json.loads(runner.invoke(app, ["study", "list", "--json"]).stdout)["studies"]
     assert {"ablation-mask", "mask-investigation"} <= {s["name"] for s in studies}
     experiments = json.loads(runner.invoke(app, ["experiment", "list", "--json"]).stdout)
-    assert "mqvae-f16-adaptive-50" in [e["name"] for e in experiments["experiments"]] and "smoke" in experiments["profiles"]
-    status = json.loads(runner.invoke(app, ["study", "status", "mask-investigation", "--json", "--home", str(home)]).stdout)
+    assert (
+        "mqvae-f16-adaptive-50" in [e["name"] for e in experiments["experiments"]]
+        and "smoke" in experiments["profiles"]
+    )
+    status = json.loads(
+        runner.invoke(app, ["study", "status", "mask-investigation", "--json", "--home", str(home)]).stdout
+    )
     assert all(r["status"] == "missing" and r["label"] for r in status["rows"])
     weights = json.loads(runner.invoke(app, ["weights", "--json"]).stdout)["weights"]
     state = {w["weights"]: w["status"] for w in weights}
-    assert state == {"LPIPS-vgg": "ready", "LPIPS-alex": "ready", "inception": "missing", "vgg16": "missing"}  # the test folder's
+    assert state == {
+        "LPIPS-vgg": "ready",
+        "LPIPS-alex": "ready",
+        "inception": "missing",
+        "vgg16": "missing",
+    }  # the test folder's
 
 
 @pytest.mark.skipif(may_have_gpu(), reason="with a GPU, plan asks torch which device it will use")
@@ -139,13 +176,17 @@ def test_json_wherever_a_table_is_printed_with_whole_names(home):
 def test_status_and_plan_never_import_torch(home):
     """torch is most of a second of start-up; the everyday commands that only read do without it
     (plan asks torch its thread count once per machine and remembers it)."""
-    code = ("import sys; from typer.testing import CliRunner; from mqvq.cli import app\n"
-            f"for cmd in ('status', 'plan'):\n"
-            f"    r = CliRunner().invoke(app, ['study', cmd, 'ablation-mask', '--home', {str(home)!r}])\n"
-            "    assert r.exit_code == 0, r.output\n"
-            "print('torch' in sys.modules)\n")
-    first, again = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-                    for _ in range(2))
+    code = (
+        "import sys; from typer.testing import CliRunner; from mqvq.cli import app\n"
+        f"for cmd in ('status', 'plan'):\n"
+        f"    r = CliRunner().invoke(app, ['study', cmd, 'ablation-mask', '--home', {str(home)!r}])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print('torch' in sys.modules)\n"
+    )
+    first, again = (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        for _ in range(2)
+    )
     assert first.returncode == 0 and again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
     assert (first.stdout.strip(), again.stdout.strip()) == ("True", "False")  # the first asked torch its thread count
 
@@ -153,11 +194,19 @@ def test_status_and_plan_never_import_torch(home):
 @pytest.mark.parametrize("omp", [None, "1"])
 @pytest.mark.integration
 def test_the_remembered_thread_count_is_what_torch_reports(tmp_path, omp):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | ({"OMP_NUM_THREADS": omp} if omp else {})
-    code = ("import sys; from mqvq.machine import torch_threads; n = torch_threads(sys.argv[1]); "
-            "fresh = 'torch' not in sys.modules; import torch; print(n, torch.get_num_threads(), fresh)")
-    first = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120).stdout.split()
-    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120).stdout.split()
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | (
+        {"OMP_NUM_THREADS": omp} if omp else {}
+    )
+    code = (
+        "import sys; from mqvq.machine import torch_threads; n = torch_threads(sys.argv[1]); "
+        "fresh = 'torch' not in sys.modules; import torch; print(n, torch.get_num_threads(), fresh)"
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    ).stdout.split()
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    ).stdout.split()
     assert first[0] == first[1] and first[2] == "False"  # asked torch, and it was right
-    assert again[0] == again[1] and again[2] == "True"   # remembered: torch was not imported for it
+    assert again[0] == again[1] and again[2] == "True"  # remembered: torch was not imported for it
     assert len(json.loads((tmp_path / "machine.json").read_text())) == 1

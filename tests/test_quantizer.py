@@ -1,4 +1,5 @@
 """Vector quantizer: exact fp32 nearest code, EMA update, dead-code restart, losses, straight-through."""
+
 import torch
 
 from mqvq.models.quantizer import VectorQuantizer, perplexity

@@ -1,4 +1,5 @@
 """Damaged files a store can hold: one sentence naming the file, or a rebuild where the file is derived."""
+
 from __future__ import annotations
 
 import torch
@@ -89,8 +90,13 @@ def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path, monkeypat
     """A mistyped store must not be created empty and reported as 'every row missing'."""
     missing = tmp_path / "no" / "such" / "x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
-    for args in (["study", "status", "ablation-mask"], ["study", "plan", "ablation-mask"], ["report", "ablation-mask"],
-                 ["search", "status", "vqgan-f16"], ["ui"]):
+    for args in (
+        ["study", "status", "ablation-mask"],
+        ["study", "plan", "ablation-mask"],
+        ["report", "ablation-mask"],
+        ["search", "status", "vqgan-f16"],
+        ["ui"],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code != 0 and "Traceback" not in r.output, (args, r.output)
         assert f"there is no tracking store at {missing}" in r.output, (args, r.output)
@@ -156,14 +162,24 @@ def test_undecodable_images_are_named_before_anything_is_written(tmp_path, home,
     folder.mkdir()
     for i in range(8):
         Image.new("RGB", (20, 20), (i * 30, 0, 0)).save(folder / f"{i:02d}.png")
-    (folder / "03b.png").write_bytes(b"")                       # zero bytes
-    (folder / "05b.png").write_text("this is a text file\n")      # not an image at all
-    sets = ["--set", "stage1.data.name=folder", "--set", f"stage1.data.root={folder}", "--set", "stage1.data.layout=ffhq",
-            "--set", "stage1.data.test_fraction=0.2"]
+    (folder / "03b.png").write_bytes(b"")  # zero bytes
+    (folder / "05b.png").write_text("this is a text file\n")  # not an image at all
+    sets = [
+        "--set",
+        "stage1.data.name=folder",
+        "--set",
+        f"stage1.data.root={folder}",
+        "--set",
+        "stage1.data.layout=ffhq",
+        "--set",
+        "stage1.data.test_fraction=0.2",
+    ]
     r = runner.invoke(app, ["data", "show", "vqgan-f16", "--profile", "smoke", *sets])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "2 of 8 images" in r.output and "03b.png" in r.output and "05b.png" in r.output, r.output
-    r = runner.invoke(app, ["train", "stage1", "vqgan-f16", "--profile", "smoke", *sets, "--home", str(home), "--no-progress"])
+    r = runner.invoke(
+        app, ["train", "stage1", "vqgan-f16", "--profile", "smoke", *sets, "--home", str(home), "--no-progress"]
+    )
     assert r.exit_code != 0 and "cannot be decoded" in r.output, r.output
     assert tracker.find_runs("vqgan-f16") == []  # no FAILED run left behind
 
@@ -205,7 +221,10 @@ def test_outputs_through_a_file_and_impossible_devices_are_one_sentence(tmp_path
     try:
         atomic_write(tmp_path / "afile" / "x.json", lambda f: f.write(b"{}"), "; choose a writable --out")
     except UserError as e:
-        assert str(e) == f"cannot write {tmp_path / 'afile' / 'x.json'}: {tmp_path / 'afile'} is a file, not a folder; choose a writable --out."
+        assert (
+            str(e)
+            == f"cannot write {tmp_path / 'afile' / 'x.json'}: {tmp_path / 'afile'} is a file, not a folder; choose a writable --out."
+        )
     else:
         raise AssertionError("wrote through a file")
     r = runner.invoke(app, ["study", "run", "ablation-mask", "--device", "tpu", "--home", str(home)])

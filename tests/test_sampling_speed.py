@@ -1,5 +1,6 @@
 """The faster sampler draws from the same distributions: filtering on the top-k candidates only equals
 the full-vocabulary filter it replaced, and greedy sampling picks the same tokens."""
+
 import pytest
 import torch
 
@@ -28,15 +29,26 @@ def _as_full(probs, index, vocab):
     return probs if index is None else torch.zeros(probs.shape[0], vocab).scatter(-1, index, probs)
 
 
-@pytest.mark.parametrize("top_k,top_p,temperature", [(100, 0.95, 1.0), (10, 0.95, 1.0), (100, None, 1.0), (None, 0.9, 1.0),
-                                                     (None, None, 0.7), (1024, 0.5, 1.3), (5, 1.0, 2.0)])
+@pytest.mark.parametrize(
+    "top_k,top_p,temperature",
+    [
+        (100, 0.95, 1.0),
+        (10, 0.95, 1.0),
+        (100, None, 1.0),
+        (None, 0.9, 1.0),
+        (None, None, 0.7),
+        (1024, 0.5, 1.3),
+        (5, 1.0, 2.0),
+    ],
+)
 def test_filtered_probabilities_equal_the_full_vocabulary_filter(top_k, top_p, temperature):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 1024, generator=g) * 3
-    logits[:8, 500:] = float("-inf")   # positions already used are -inf in the position step
+    logits[:8, 500:] = float("-inf")  # positions already used are -inf in the position step
     probs, index = candidates(logits, top_k, top_p, temperature)
-    torch.testing.assert_close(_as_full(probs, index, 1024), _full_vocabulary_filter(logits, top_k, top_p, temperature),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        _as_full(probs, index, 1024), _full_vocabulary_filter(logits, top_k, top_p, temperature), atol=1e-6, rtol=0
+    )
 
 
 def test_draws_follow_the_filtered_distribution():
@@ -60,5 +72,7 @@ def test_greedy_samples_are_the_argmax_path(kind):
     assert torch.equal(cached.codes, uncached.codes) and torch.equal(cached.positions, uncached.positions)
     # the first step by hand: argmax of the code logits after <sos>
     slot = torch.zeros(3, 1, dtype=torch.long)  # a dummy last slot: step 1 reads only <sos>
-    first = model.code_head(model.code_hidden(slot, None if model.raster else slot, model.prefix(None, 3, slot.device))[:, -1]).argmax(-1)
+    first = model.code_head(
+        model.code_hidden(slot, None if model.raster else slot, model.prefix(None, 3, slot.device))[:, -1]
+    ).argmax(-1)
     assert torch.equal(cached.codes[:, 0], first)

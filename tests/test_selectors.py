@@ -1,6 +1,7 @@
 """Token selectors beyond the paper's (issue 25): each keeps exactly N positions in raster order;
 damage ranks by measured damage; straight-through's gradient reaches the scorer with no gain on
 the kept features; the bounds (entropy, oracle) follow their rule; the AUROC diagnostic; refusals."""
+
 import json
 import math
 
@@ -15,16 +16,24 @@ from mqvq.metrics.mask import MaskTally, per_image_auroc
 from mqvq.models.masking import keep_from_positions
 from mqvq.models.mqvae import MQVAE
 from mqvq.models.selectors import (
-    EntropyMask, OracleForegroundMask, StraightThroughMask, anneal_tau, damage_targets, foreground_share, patch_entropy,
-    pooled_error, ranking_loss,
+    EntropyMask,
+    OracleForegroundMask,
+    StraightThroughMask,
+    anneal_tau,
+    damage_targets,
+    foreground_share,
+    patch_entropy,
+    pooled_error,
+    ranking_loss,
 )
 
 SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground", "centre")
 
 
 def smoke_model(selector: str, ratio: float = 0.5) -> MQVAE:
-    cfg = load_experiment("mqvae-f16-adaptive-50", "smoke", [f"stage1.model.mask.selector={selector}",
-                                                              f"stage1.model.mask.ratio={ratio}"])
+    cfg = load_experiment(
+        "mqvae-f16-adaptive-50", "smoke", [f"stage1.model.mask.selector={selector}", f"stage1.model.mask.ratio={ratio}"]
+    )
     torch.manual_seed(0)
     return MQVAE(cfg.stage1.model)
 
@@ -56,13 +65,15 @@ def test_batched_selection_equals_per_image(selector):
         for i in range(4):
             fg[i, : 4 * (i + 1)] = True  # whole token rows, then nothing: ties only among full and empty tokens
     for i in range(4):
-        one = model.encode(x[i: i + 1], fg[i: i + 1])
+        one = model.encode(x[i : i + 1], fg[i : i + 1])
         if selector != "oracle-foreground":
             assert torch.equal(one.positions[0], batched.positions[i])
             assert torch.equal(one.codes[0], batched.codes[i])
         else:
-            share = foreground_share(fg[i: i + 1], one.grid)[0]
-            assert (share[one.positions[0]] >= share.max() - 1e-6).sum() == min(int((share == 1).sum()), one.positions.shape[1])
+            share = foreground_share(fg[i : i + 1], one.grid)[0]
+            assert (share[one.positions[0]] >= share.max() - 1e-6).sum() == min(
+                int((share == 1).sum()), one.positions.shape[1]
+            )
 
 
 # --------------------------------------------------------------------------- damage
@@ -188,8 +199,8 @@ def test_entropy_scores_flat_patches_zero_and_keeps_the_textured_ones():
 
 def test_oracle_keeps_the_foreground_on_a_fixture():
     fg = torch.zeros(2, 16, 16, dtype=torch.bool)
-    fg[0, 4:12, 4:12] = True    # image 0: the 4 centre tokens of a 4x4 grid
-    fg[1, 0:4, :] = True        # image 1: the top row of tokens
+    fg[0, 4:12, 4:12] = True  # image 0: the 4 centre tokens of a 4x4 grid
+    fg[1, 0:4, :] = True  # image 1: the top row of tokens
     out = OracleForegroundMask(0.5)(torch.randn(2, 4, 4, 4), fg=fg)
     kept = [set(p) for p in out.positions.tolist()]
     assert {5, 6, 9, 10} <= kept[0] and {0, 1, 2, 3} <= kept[1]
@@ -218,9 +229,13 @@ def test_bounds_have_nothing_to_learn_and_tokenize_for_stage_2():
 # --------------------------------------------------------------------------- AUROC
 def test_auroc_on_hand_made_score_maps():
     fg = torch.tensor([[True, True, False, False]] * 3)
-    scores = torch.tensor([[0.9, 0.8, 0.1, 0.2],   # every foreground token above every background one
-                           [0.5, 0.5, 0.5, 0.5],   # blind: all ties
-                           [0.1, 0.2, 0.9, 0.8]])  # the reverse
+    scores = torch.tensor(
+        [
+            [0.9, 0.8, 0.1, 0.2],  # every foreground token above every background one
+            [0.5, 0.5, 0.5, 0.5],  # blind: all ties
+            [0.1, 0.2, 0.9, 0.8],
+        ]
+    )  # the reverse
     auc, defined = per_image_auroc(scores, fg)
     assert defined.all()
     torch.testing.assert_close(auc, torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
@@ -238,14 +253,22 @@ def test_mask_tally_reports_the_mean_auroc_over_images():
 
 
 # --------------------------------------------------------------------------- config and data
-@pytest.mark.parametrize("override, message", [
-    (["stage1.model.mask.selector=magic"], "expected one of 'gain', 'damage', 'straight-through', 'entropy', 'oracle-foreground', 'centre'"),
-    (["stage1.model.mask.selector=oracle-foreground", "stage1.data.name=folder", "stage1.data.root=/tmp"],
-     "needs foreground masks, which folder data does not have: allowed with procedural or fashion-mnist"),
-    (["stage1.model.mask.type=random", "stage1.model.mask.selector=entropy"], "needs model.mask.type = 'adaptive'"),
-    (["stage1.model.mask.selector=straight-through", "stage1.model.mask.tau_end=2.0"], "0 < tau_end <= tau_start"),
-    (["stage1.data.style=textured", "stage1.data.name=fashion-mnist"], "applies to procedural data only"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["stage1.model.mask.selector=magic"],
+            "expected one of 'gain', 'damage', 'straight-through', 'entropy', 'oracle-foreground', 'centre'",
+        ),
+        (
+            ["stage1.model.mask.selector=oracle-foreground", "stage1.data.name=folder", "stage1.data.root=/tmp"],
+            "needs foreground masks, which folder data does not have: allowed with procedural or fashion-mnist",
+        ),
+        (["stage1.model.mask.type=random", "stage1.model.mask.selector=entropy"], "needs model.mask.type = 'adaptive'"),
+        (["stage1.model.mask.selector=straight-through", "stage1.model.mask.tau_end=2.0"], "0 < tau_end <= tau_start"),
+        (["stage1.data.style=textured", "stage1.data.name=fashion-mnist"], "applies to procedural data only"),
+    ],
+)
 def test_bad_selector_settings_are_refused_in_one_sentence(override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_experiment("mqvae-f16-adaptive-50", "smoke", override)
@@ -276,6 +299,7 @@ def test_textured_test_bed_separates_importance_from_brightness():
     assert not (ds.attributes["background"] == 0).any()
     x, fg = torch.stack([ds[i]["image"] for i in range(300)]), torch.stack([ds[i]["fg"] for i in range(300)])
     from mqvq.metrics.mask import token_detail, token_foreground
+
     detail, tok = token_detail(x, (8, 8)), token_foreground(fg, (8, 8))
     assert detail[~tok].mean() > 0.5 * detail[tok].mean()
 
@@ -285,7 +309,19 @@ def test_data_show_reports_foreground_tokens_and_brightness():
 
     from mqvq.cli import app
 
-    res = CliRunner().invoke(app, ["data", "show", "mqvae-f16-adaptive-50", "--profile", "smoke", "--set", "stage1.data.style=textured", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "show",
+            "mqvae-f16-adaptive-50",
+            "--profile",
+            "smoke",
+            "--set",
+            "stage1.data.style=textured",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     test = info["splits"]["test"]
@@ -294,8 +330,11 @@ def test_data_show_reports_foreground_tokens_and_brightness():
 
 
 def test_damage_random_share_draws_blind_masks_while_training_only():
-    cfg = load_experiment("mqvae-f16-adaptive-50", "smoke", ["stage1.model.mask.selector=damage",
-                                                              "stage1.model.mask.damage_random_share=1.0"])
+    cfg = load_experiment(
+        "mqvae-f16-adaptive-50",
+        "smoke",
+        ["stage1.model.mask.selector=damage", "stage1.model.mask.damage_random_share=1.0"],
+    )
     torch.manual_seed(0)
     model = MQVAE(cfg.stage1.model)
     x = torch.rand(6, 3, 32, 32) * 2 - 1

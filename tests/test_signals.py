@@ -1,4 +1,5 @@
 """Where a training loop stops: between whole steps, on every rank at the same one (`signals.StepStops`)."""
+
 import os
 import signal
 
@@ -27,7 +28,9 @@ def test_a_stop_signal_mid_step_stops_at_the_steps_end_and_a_repeat_is_ignored(h
                         os.kill(os.getpid(), signal.SIGUSR2)  # torchrun's forwarded copy of SLURM's signal
                     done.append(step)  # the rest of the step still runs
     assert done == [0, 1] and signals.received_sigterm
-    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN  # the checkpoint and bookkeeping that follow are not cut short
+    assert (
+        signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+    )  # the checkpoint and bookkeeping that follow are not cut short
 
 
 def test_every_rank_stops_at_the_step_where_any_rank_got_the_signal(handlers):

@@ -1,6 +1,7 @@
 """`mqvq study submit --slurm`, `study status` and `study cancel` on a real one-node SLURM that these
 tests start (tests/slurm.py; skipped when slurm-wlm and munge are not installed). Only the cases a
 real cluster cannot produce here (a refused account, several nodes) use a stand-in, and say so."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,14 @@ def site(cluster, tmp_path, monkeypatch):
 
 
 def mqvq(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mqvq", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mqvq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def status(name: str) -> list[dict]:
@@ -65,7 +72,13 @@ def test_submit_queues_every_missing_row_and_returns(cluster, site):
     assert not home.exists()  # a dry run writes nothing: no store, no folder
     assert f"--output={home}/slurm/" in dry.stdout  # the script names where the logs will be
     assert "would queue 2 tasks: a (seed 0), b (seed 0)" in dry.stdout
-    for line in ("#SBATCH --array=0-1%1", "#SBATCH --time=30", "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "export OMP_NUM_THREADS=1"):
+    for line in (
+        "#SBATCH --array=0-1%1",
+        "#SBATCH --time=30",
+        "#SBATCH --signal=USR2@90",
+        "#SBATCH --requeue",
+        "export OMP_NUM_THREADS=1",
+    ):
         assert line in dry.stdout, line
     assert cluster.run("squeue", "-h").stdout == ""  # a dry run queues nothing
 
@@ -76,8 +89,10 @@ def test_submit_queues_every_missing_row_and_returns(cluster, site):
     assert {r["slurm"]["state"] for r in status("two")} <= {"queued", "running"}
     cluster.wait_idle()
     rows = status("two")
-    assert [(r["row"], r["status"], r["slurm"]["job"], r["slurm"]["state"]) for r in rows] == \
-        [("a", "finished", f"{job}_0", "completed"), ("b", "finished", f"{job}_1", "completed")]
+    assert [(r["row"], r["status"], r["slurm"]["job"], r["slurm"]["state"]) for r in rows] == [
+        ("a", "finished", f"{job}_0", "completed"),
+        ("b", "finished", f"{job}_1", "completed"),
+    ]
     assert all({"rfd_vgg16", "usage"} <= set(r["metrics"]) for r in rows)
     parents = [r for r in runs(home, "two/smoke") if r.data.tags.get("mqvq.kind") == "row"]
     assert sorted(r.data.tags["mqvq.slurm.job"] for r in parents) == [f"{job}_0", f"{job}_1"]
@@ -108,7 +123,9 @@ def test_a_requeued_task_resumes_its_row_from_the_checkpoint(cluster, site, tmp_
     while time.monotonic() < deadline and "PENDING" not in cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout:
         time.sleep(0.5)
     killed = [r for r in runs(home, "long/smoke") if r.data.tags.get("mqvq.stage") == "stage1"]
-    assert [r.info.status for r in killed] == ["KILLED"] and "interrupted at step" in killed[0].data.tags["mqvq.failure"]
+    assert [r.info.status for r in killed] == ["KILLED"] and "interrupted at step" in killed[0].data.tags[
+        "mqvq.failure"
+    ]
     assert status("long")[0]["slurm"]["state"] == "requeued" or status("long")[0]["slurm"]["state"] == "queued"
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # SLURM holds a requeued job a while first
     cluster.wait_idle()
@@ -116,10 +133,21 @@ def test_a_requeued_task_resumes_its_row_from_the_checkpoint(cluster, site, tmp_
     assert not [r for r in every if r.info.status != "FINISHED"]  # none RUNNING or KILLED in the end
     parents = [r for r in every if r.data.tags.get("mqvq.kind") == "row"]
     stage1 = [r for r in every if r.data.tags.get("mqvq.stage") == "stage1"]
-    assert len(parents) == 1 and len(stage1) == 1 and stage1[0].info.run_id == killed[0].info.run_id  # the same run, resumed
+    assert (
+        len(parents) == 1 and len(stage1) == 1 and stage1[0].info.run_id == killed[0].info.run_id
+    )  # the same run, resumed
     assert int(stage1[0].data.tags["mqvq.resumed_from_step"]) > 0
     # the same row, uninterrupted, on this machine with the same thread count: the same numbers
-    ref = mqvq("study", "run", "long", "--no-progress", "--home", str(tmp_path / "ref"), env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    ref = mqvq(
+        "study",
+        "run",
+        "long",
+        "--no-progress",
+        "--home",
+        str(tmp_path / "ref"),
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr
     mine = parents[0].data.metrics
     theirs = [r for r in runs(tmp_path / "ref", "long/smoke") if r.data.tags.get("mqvq.kind") == "row"][0].data.metrics
@@ -130,8 +158,13 @@ def test_sigusr2_before_the_time_limit_checkpoints_and_requeues_the_task(cluster
     """What SLURM sends `--signal` seconds before a task's time limit, and on preemption: the row
     checkpoints and ends KILLED, submitit requeues the task, and the requeued task finishes the row."""
     studies, home = site
-    write_study(studies, "usr2", [("a", "mqvae-f16-adaptive-50")], metrics='["usage"]',
-                extra=["stage1.train.steps=100", "stage1.train.ckpt_every=10", "stage1.train.log_every=10"])
+    write_study(
+        studies,
+        "usr2",
+        [("a", "mqvae-f16-adaptive-50")],
+        metrics='["usage"]',
+        extra=["stage1.train.steps=100", "stage1.train.ckpt_every=10", "stage1.train.log_every=10"],
+    )
     p = mqvq("study", "submit", "usr2", "--slurm", *ONE_THREAD)
     assert p.returncode == 0, p.stderr
     job = p.stdout.split("queued SLURM job ")[1].split(":")[0]
@@ -155,8 +188,13 @@ def test_sigusr2_before_the_time_limit_checkpoints_and_requeues_the_task(cluster
 
 def test_cancel_leaves_nothing_queued_and_no_run_running(cluster, site):
     studies, home = site
-    write_study(studies, "slow", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
-                extra=["stage1.train.steps=2000", "stage1.train.log_every=10"], metrics='["usage"]')
+    write_study(
+        studies,
+        "slow",
+        [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
+        extra=["stage1.train.steps=2000", "stage1.train.log_every=10"],
+        metrics='["usage"]',
+    )
     p = mqvq("study", "submit", "slow", "--slurm", *ONE_THREAD)
     assert p.returncode == 0, p.stderr
     deadline = time.monotonic() + 120
@@ -194,21 +232,28 @@ def test_bad_input_is_one_sentence_and_queues_nothing(cluster, site, tmp_path, m
     studies, home = site
     write_study(studies, "two", [("a", "vqgan-f16")])
     assert "pass --slurm" in _refused("two")
-    assert "--slurm needs a SLURM client: no `sbatch` on PATH" in _refused("two", "--slurm", path="/nonexistent",
-                                                                             monkeypatch=pytest.MonkeyPatch())
+    assert "--slurm needs a SLURM client: no `sbatch` on PATH" in _refused(
+        "two", "--slurm", path="/nonexistent", monkeypatch=pytest.MonkeyPatch()
+    )
     assert "--time '1h' is not a SLURM time" in _refused("two", "--slurm", "--time", "1h")
     assert "--partition 'gpu' is not a partition of this cluster" in _refused("two", "--slurm", "--partition", "gpu")
     assert "partition 'debug' has none" in _refused("two", "--slurm", "--partition", "debug", "--gpus-per-task", "1")
     # a stand-in for what this cluster cannot refuse (it keeps no accounts): sbatch as SLURM answers a wrong one
     stub = tmp_path / "bin"
     stub.mkdir()
-    (stub / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account or "
-                                 "account/partition combination specified' >&2\nexit 1\n")
+    (stub / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account or "
+        "account/partition combination specified' >&2\nexit 1\n"
+    )
     (stub / "sbatch").chmod(0o755)
-    said = _refused("two", "--slurm", "--account", "nope", path=f"{stub}:{os.environ['PATH']}", monkeypatch=pytest.MonkeyPatch())
+    said = _refused(
+        "two", "--slurm", "--account", "nope", path=f"{stub}:{os.environ['PATH']}", monkeypatch=pytest.MonkeyPatch()
+    )
     assert "SLURM refused the array: invalid account or account/partition combination specified" in said
     assert cluster.run("squeue", "-h").stdout == ""
-    assert all(r.info.status == "KILLED" for r in runs(home, "two/smoke"))  # a refused submission leaves nothing SCHEDULED
+    assert all(
+        r.info.status == "KILLED" for r in runs(home, "two/smoke")
+    )  # a refused submission leaves nothing SCHEDULED
 
 
 def test_a_sqlite_store_is_refused_for_several_nodes_unless_shared(tmp_path):
@@ -228,9 +273,30 @@ def test_a_sqlite_store_is_refused_for_several_nodes_unless_shared(tmp_path):
     from mqvq.studies.spec import load_study
 
     two_gpus = task_command(load_study("ablation-mask"), "ablation-mask", "mini", "adaptive-25", 1, tracker, nproc=2)
-    assert two_gpus[3:] == ["study", "run", "ablation-mask", "--profile", "mini", "--only", "adaptive-25", "--seeds", "1",
-                            "--home", str(tracker.home), "--no-progress", "--nproc", "2"]
-    assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]
+    assert two_gpus[3:] == [
+        "study",
+        "run",
+        "ablation-mask",
+        "--profile",
+        "mini",
+        "--only",
+        "adaptive-25",
+        "--seeds",
+        "1",
+        "--home",
+        str(tracker.home),
+        "--no-progress",
+        "--nproc",
+        "2",
+    ]
+    assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "0-0:0:30")] == [
+        90,
+        2,
+        120,
+        1440,
+        1590,
+        1,
+    ]
 
 
 @pytest.mark.parametrize("moment", ["before sbatch", "during sbatch"])
@@ -255,6 +321,7 @@ def test_ctrl_c_during_submit_leaves_no_run_scheduled_without_a_task(cluster, si
                 raise KeyboardInterrupt
             made.append(real(*a, **k))
             return made[-1]
+
         monkeypatch.setattr(cluster_mod, "ensure_row_run", ensure_row_run)
     else:
         real_executor = cluster_mod._executor
@@ -266,8 +333,10 @@ def test_ctrl_c_during_submit_leaves_no_run_scheduled_without_a_task(cluster, si
             def submit_one(*sa, **sk):
                 os.kill(os.getpid(), signal.SIGINT)
                 return real_submit(*sa, **sk)
+
             ex.submit = submit_one
             return ex
+
         monkeypatch.setattr(cluster_mod, "_executor", executor)
     tracker = Tracker(None, home)
     with pytest.raises(KeyboardInterrupt):
@@ -292,12 +361,17 @@ def test_a_task_carries_mlflow_settings_by_name_only(tmp_path, monkeypatch):
     env, needs = task_environment({"MQVQ_STUDIES": "/s", "MLFLOW_TRACKING_PASSWORD": "hunter2", "PATH": "/bin"})
     assert env == {"MQVQ_STUDIES": "/s"} and needs == ("MLFLOW_TRACKING_PASSWORD",)
     out = tmp_path / "seen"
-    task = RowTask([sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['MLFLOW_TRACKING_PASSWORD'])"],
-                   env, needs)
+    task = RowTask(
+        [sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['MLFLOW_TRACKING_PASSWORD'])"],
+        env,
+        needs,
+    )
     blob = pickle.dumps(task)
     assert b"hunter2" not in blob
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    with pytest.raises(RuntimeError, match="MLFLOW_TRACKING_PASSWORD was set where the study was submitted but is not in this task"):
+    with pytest.raises(
+        RuntimeError, match="MLFLOW_TRACKING_PASSWORD was set where the study was submitted but is not in this task"
+    ):
         pickle.loads(blob)()
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
     assert pickle.loads(blob)() == 0 and out.read_text() == "hunter2"

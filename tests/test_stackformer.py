@@ -1,4 +1,5 @@
 """Stackformer and raster baseline: cached = uncached logits, Algorithm 1's guarantees, learning."""
+
 import pytest
 import torch
 
@@ -6,7 +7,9 @@ from mqvq.config import SamplingConfig, StackformerConfig
 from mqvq.models.sampling import decode_step, filter_logits, generate, sample_from, sort_raster
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 
-CFG = StackformerConfig(kind="stackformer", preset="tiny", code_layers=2, position_layers=2, width=32, heads=4, dropout=0.0)
+CFG = StackformerConfig(
+    kind="stackformer", preset="tiny", code_layers=2, position_layers=2, width=32, heads=4, dropout=0.0
+)
 GREEDY = SamplingConfig(top_k=1, top_p=1.0, temperature=1.0, top_k_pos=1, top_p_pos=1.0, temperature_pos=1.0)
 
 
@@ -54,7 +57,9 @@ def test_sampled_positions_are_unique_and_in_range(use_cache):
     assert s.codes.shape == s.positions.shape == (32, 12)
     assert (s.positions >= 0).all() and (s.positions < 16).all() and (s.codes >= 0).all() and (s.codes < 16).all()
     assert all(len(set(row.tolist())) == 12 for row in s.positions)
-    r = generate(model, 16, SamplingConfig(enforce_raster=True, top_k_pos=16), generator=torch.Generator().manual_seed(1))
+    r = generate(
+        model, 16, SamplingConfig(enforce_raster=True, top_k_pos=16), generator=torch.Generator().manual_seed(1)
+    )
     assert (r.positions[:, 1:] > r.positions[:, :-1]).all()
     codes, pos = sort_raster(s.codes, s.positions)
     assert (pos[:, 1:] > pos[:, :-1]).all() and torch.equal(codes.sort(1).values, s.codes.sort(1).values)
@@ -95,8 +100,13 @@ def test_filters():
     kept = torch.isfinite(filter_logits(logits, None, float(p[0] + 0.01), 1.0))[0]
     assert kept.tolist() == [True, True, False, False, False]  # smallest set reaching top_p
     torch.testing.assert_close(filter_logits(logits, None, None, 2.0), logits / 2)
-    counts = torch.bincount(sample_from(torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, -1),
-                                        torch.Generator().manual_seed(0)), minlength=3) / 20000
+    counts = (
+        torch.bincount(
+            sample_from(torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, -1), torch.Generator().manual_seed(0)),
+            minlength=3,
+        )
+        / 20000
+    )
     torch.testing.assert_close(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)
 
 

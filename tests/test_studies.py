@@ -1,4 +1,5 @@
 """Studies end to end on tiny rows: run, rerun starts nothing, SIGKILL + resume, concurrent workers, errors, UI."""
+
 import json
 import os
 import signal
@@ -22,11 +23,22 @@ pytestmark = pytest.mark.integration  # whole studies, in this process or severa
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
-FAST = [*TINY, "stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=2",
-        "stage2.sampling.batch_size=8", "eval.num_samples=8", "eval.batch_size=8", "eval.speed_batch_size=4"]
+FAST = [
+    *TINY,
+    "stage2.train.steps=4",
+    "stage2.train.batch_size=8",
+    "stage2.train.log_every=2",
+    "stage2.train.val_every=2",
+    "stage2.sampling.batch_size=8",
+    "eval.num_samples=8",
+    "eval.batch_size=8",
+    "eval.speed_batch_size=4",
+]
 
 
-def write_study(folder: Path, name: str, rows: list[tuple[str, str]], extra: list[str] = (), metrics='["rfid", "fid", "usage"]'):
+def write_study(
+    folder: Path, name: str, rows: list[tuple[str, str]], extra: list[str] = (), metrics='["rfid", "fid", "usage"]'
+):
     folder.mkdir(parents=True, exist_ok=True)
     text = f'description = "test study"\ntable = "Table 6"\nmetrics = {metrics}\nseeds = [0]\n'
     for row, exp in rows:
@@ -59,7 +71,9 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
         assert row.data.tags["mqvq.eval.fd_vgg16.backend"] == "vgg16" and row.data.params["paper.rfid"] == "4.0"
         children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == row.info.run_id]
         assert sorted(c.data.tags["mqvq.stage"] for c in children) == ["stage1", "stage2"]
-        assert [d.dataset.name for d in row.inputs.dataset_inputs] == ["procedural train"]  # the data the row trained on
+        assert [d.dataset.name for d in row.inputs.dataset_inputs] == [
+            "procedural train"
+        ]  # the data the row trained on
     r = _cli("study", "run", "two", "--no-progress", home=home)
     assert r.exit_code == 0 and "2 skipped" in r.stdout
     assert len(_runs(tracker)) == 7  # nothing new (the summary is refreshed only when a row finished)
@@ -93,8 +107,14 @@ def test_run_then_rerun_starts_nothing(studies, home, tracker):
 def test_stage1_is_reused_across_studies_and_failures_are_recorded(studies, home, tracker):
     write_study(studies, "one", [("x", "mqvae-f16-adaptive-50")])
     write_study(studies, "two", [("a", "mqvae-f16-adaptive-50"), ("broken", "vqgan-f16")], metrics='["usage"]')
-    text = (studies / "two.toml").read_text().replace('experiment = "vqgan-f16"\noverrides = [',
-                                                      'experiment = "vqgan-f16"\noverrides = ["stage1.data.name=folder", "stage1.data.root=/nonexistent", ')
+    text = (
+        (studies / "two.toml")
+        .read_text()
+        .replace(
+            'experiment = "vqgan-f16"\noverrides = [',
+            'experiment = "vqgan-f16"\noverrides = ["stage1.data.name=folder", "stage1.data.root=/nonexistent", ',
+        )
+    )
     (studies / "two.toml").write_text(text)
     assert _cli("study", "run", "one", "--no-progress", home=home).exit_code == 0
     r = _cli("study", "plan", "two", "--json", home=home)
@@ -119,14 +139,25 @@ def _spawn(home, study, *extra, session=False):
     in the background (a non-interactive shell starts background jobs with SIGINT ignored, and Python
     then never installs its Ctrl-C handler)."""
     env = {**os.environ, "MQVQ_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mqvq", "study", "run", study, "--no-progress", *extra], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "mqvq", "study", "run", study, "--no-progress", *extra],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_sigkill_mid_row_then_restart_resumes_from_the_checkpoint(studies, home, tracker):
-    write_study(studies, "long", [("a", "mqvae-f16-adaptive-50")],
-                extra=["stage1.train.steps=120", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"])
+    write_study(
+        studies,
+        "long",
+        [("a", "mqvae-f16-adaptive-50")],
+        extra=["stage1.train.steps=120", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"],
+    )
     p = _spawn(home, "long")
     deadline = time.time() + 120
     ckpts = []
@@ -177,15 +208,21 @@ def test_two_concurrent_workers_never_run_the_same_row(studies, home, tracker):
 
 def test_study_input_errors(studies, home, tmp_path):
     write_study(studies, "ok", [("a", "vqgan-f16")])
-    for args, msg in [(["study", "run", "nope"], "unknown study 'nope'"),
-                      (["study", "run", "ok", "--only", "zzz"], "unknown row 'zzz' in study ok: rows are a"),
-                      (["study", "status", "ok", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server")]:
+    for args, msg in [
+        (["study", "run", "nope"], "unknown study 'nope'"),
+        (["study", "run", "ok", "--only", "zzz"], "unknown row 'zzz' in study ok: rows are a"),
+        (["study", "status", "ok", "--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow server"),
+    ]:
         r = _cli(*args, home=home)
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
-    (studies / "bad.toml").write_text('description = "x"\nseedz = [0]\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n')
+    (studies / "bad.toml").write_text(
+        'description = "x"\nseedz = [0]\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n'
+    )
     with pytest.raises(UserError, match=r"bad.toml: unknown key seedz in the top level: allowed keys are"):
         load_study("bad")
-    (studies / "bad.toml").write_text('description = "x"\nseeds = "zero"\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n')
+    (studies / "bad.toml").write_text(
+        'description = "x"\nseeds = "zero"\n[[rows]]\nname = "a"\nexperiment = "vqgan-f16"\n'
+    )
     with pytest.raises(UserError, match=r"bad.toml: seeds = 'zero' is invalid: expected a list of integers"):
         load_study("bad")
     (studies / "bad.toml").write_text('description = "x"\n[[rows]]\nname = "a"\nexperimnt = "vqgan-f16"\n')
@@ -208,7 +245,9 @@ def test_every_declared_study_loads():
     assert len(mask.rows) == 9 and row_paper(mask, mask.rows[3]) == {"rfid": 4.79, "fid": 7.67, "usage": 78.22}
     assert mask.columns == ("mask_ratio", "f", "mask_type")
     demask = load_study("ablation-demask")
-    assert [r.experiment for r in demask.rows][-1] == "mqvae-f16-adaptive-50"  # Table 7's full model = Table 6's 50 % row
+    assert [r.experiment for r in demask.rows][
+        -1
+    ] == "mqvae-f16-adaptive-50"  # Table 7's full model = Table 6's 50 % row
 
 
 def _free_port() -> int:
@@ -224,11 +263,22 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
 
     first = [r.info.run_id for r in _runs(tracker, "one/smoke") if r.data.tags.get("mqvq.kind") == "summary"]
     again = publish_summary(tracker, "one", "smoke", figures=False)  # drawn anew: one summary, the old one deleted
-    assert [r.info.run_id for r in _runs(tracker, "one/smoke") if r.data.tags.get("mqvq.kind") == "summary"] == [again] != first
+    assert (
+        [r.info.run_id for r in _runs(tracker, "one/smoke") if r.data.tags.get("mqvq.kind") == "summary"]
+        == [again]
+        != first
+    )
     port = _free_port()
     env = {**os.environ, "MQVQ_HOME": str(home)}
-    p = subprocess.Popen([sys.executable, "-m", "mqvq", "ui", "one", "--port", str(port)], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mqvq", "ui", "one", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -238,10 +288,17 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
                 break
             except OSError:
                 time.sleep(0.5)
-        exp = json.loads(urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=one/smoke",
-                                                timeout=10).read())["experiment"]
-        req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode())
+        exp = json.loads(
+            urllib.request.urlopen(
+                base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=one/smoke", timeout=10
+            ).read()
+        )["experiment"]
+        req = urllib.request.Request(
+            base + "/api/2.0/mlflow/runs/search",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
+        )
         runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
         assert len(runs) == 4  # the row, its two stage runs and the study's summary
         tags = {r["info"]["run_name"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
@@ -254,7 +311,10 @@ def test_ui_serves_the_studys_runs(studies, home, tracker):
     finally:
         p.send_signal(signal.SIGTERM)  # only the mqvq process: it must take the server down with it
         out = p.communicate(timeout=60)[0]
-    assert f"http://127.0.0.1:{port}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning&viewStateShareKey=mqvq" in out
+    assert (
+        f"http://127.0.0.1:{port}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning&viewStateShareKey=mqvq"
+        in out
+    )
     assert p.returncode in (0, 130, -15), out[-2000:]
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(base + "/health", timeout=2)
@@ -269,8 +329,15 @@ def test_ui_with_auth_refuses_a_request_without_the_password(home, tracker):
     tracker.start_run("seen", "r", {}, {})
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_AUTH")} | {"MQVQ_HOME": str(home)}
-    p = subprocess.Popen([sys.executable, "-m", "mqvq", "ui", "--auth", "--port", str(port)], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mqvq", "ui", "--auth", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen"
     try:
         deadline = time.time() + 120
@@ -298,12 +365,24 @@ def test_readme_main_job_ablation_mask_at_smoke(tmp_path):
     """The README's main job from a clean home: the whole Table 6 study at the smoke profile, then its status."""
     env = {**os.environ, "MQVQ_HOME": str(tmp_path / "h")}
     env.pop("MQVQ_STUDIES", None)
-    p = subprocess.run([sys.executable, "-m", "mqvq", "study", "run", "ablation-mask", "--profile", "smoke", "--no-progress"],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-m", "mqvq", "study", "run", "ablation-mask", "--profile", "smoke", "--no-progress"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "9 finished" in p.stdout
-    s = subprocess.run([sys.executable, "-m", "mqvq", "study", "status", "ablation-mask", "--json"], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    s = subprocess.run(
+        [sys.executable, "-m", "mqvq", "study", "status", "ablation-mask", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     rows = json.loads(s.stdout)["rows"]
     assert len(rows) == 9 and all(r["status"] == "finished" for r in rows)
     assert all({"rfd_vgg16", "fd_vgg16", "usage"} <= set(r["metrics"]) for r in rows)
@@ -329,10 +408,24 @@ def test_workers_option_splits_the_rows_between_processes(studies, home, tracker
 def test_reevaluation_asks_only_for_the_missing_metric_families():
     from mqvq.metrics import metric_family, metric_stage
 
-    assert {metric_family(n) for n in ("rfd_vgg16", "usage_effective", "mask_detail_ratio", "fg_token_fraction",
-                                       "fd_vgg16", "speed_images_per_s")} == {"rfid", "usage", "mask", "fid", "speed"}
+    assert {
+        metric_family(n)
+        for n in (
+            "rfd_vgg16",
+            "usage_effective",
+            "mask_detail_ratio",
+            "fg_token_fraction",
+            "fd_vgg16",
+            "speed_images_per_s",
+        )
+    } == {"rfid", "usage", "mask", "fid", "speed"}
     assert {metric_family(n) for n in ("fd_vgg16_cfg", "attr_acc", "attr_acc_cfg", "attr_colour")} == {"fid", "attr"}
-    assert [metric_stage(n) for n in ("attr_acc_real", "fid_cfg", "rfid", "usage")] == ["stage2", "stage2", "stage1", "stage1"]
+    assert [metric_stage(n) for n in ("attr_acc_real", "fid_cfg", "rfid", "usage")] == [
+        "stage2",
+        "stage2",
+        "stage1",
+        "stage1",
+    ]
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c", "sigterm-under-load"])
@@ -340,9 +433,15 @@ def test_sigterm_stops_a_background_study_like_ctrl_c(studies, home, tracker, st
     """`nohup mqvq study run ... &` ignores SIGINT; `kill -TERM` must checkpoint and release every row.
     Ctrl-C (SIGINT to the whole process group) must stop the workers and the parent alike. Under load
     (two busy processes beside it) the signal lands at other moments, e.g. inside an MLflow call."""
-    write_study(studies, "term", [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
-                extra=["stage1.train.steps=400", "stage1.train.log_every=5"])
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if stop.endswith("load") else 0)]
+    write_study(
+        studies,
+        "term",
+        [("a", "mqvae-f16-adaptive-50"), ("b", "mqvae-f16-random-50")],
+        extra=["stage1.train.steps=400", "stage1.train.log_every=5"],
+    )
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if stop.endswith("load") else 0)
+    ]
     try:
         _stop_a_background_study(studies, home, tracker, stop)
     finally:
@@ -356,7 +455,9 @@ def _stop_a_background_study(studies, home, tracker, stop):
     deadline = time.time() + 240
     running = []
     while time.time() < deadline and len(running) < 2:
-        running = [r for r in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'") if "train/loss" in r.data.metrics]
+        running = [
+            r for r in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'") if "train/loss" in r.data.metrics
+        ]
         time.sleep(0.5)
     assert len(running) == 2, "both workers should be training"
     if stop == "ctrl-c":
@@ -366,10 +467,15 @@ def _stop_a_background_study(studies, home, tracker, stop):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     for run in tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'"):
-        assert run.info.status == "KILLED", (run.data.tags.get("mqvq.failure"), err[-3000:])  # ended as resumable, not left RUNNING
+        assert run.info.status == "KILLED", (
+            run.data.tags.get("mqvq.failure"),
+            err[-3000:],
+        )  # ended as resumable, not left RUNNING
         assert (home / "checkpoints" / run.info.run_id / "last.pt").is_file()
     rows = [r for r in _runs(tracker, "term/smoke") if r.data.tags.get("mqvq.kind") == "row"]
-    assert [(r.info.status, r.data.tags["mqvq.status"]) for r in rows] == [("KILLED", "killed")] * 2  # resumable, not RUNNING
+    assert [(r.info.status, r.data.tags["mqvq.status"]) for r in rows] == [
+        ("KILLED", "killed")
+    ] * 2  # resumable, not RUNNING
     r = _cli("study", "plan", "term", "--json", home=home)
     assert [x["stages"]["stage1"]["state"] for x in json.loads(r.stdout)["rows"]] == ["resumable", "resumable"]
 
@@ -381,7 +487,8 @@ def test_study_level_overrides_come_before_each_rows_own(studies):
     (studies / "pinned.toml").write_text(
         'overrides = ["stage1.train.steps=7", "stage1.model.mask.ratio=0.25"]\n'
         '[[rows]]\nname = "a"\nexperiment = "mqvae-f16-adaptive-50"\n'
-        '[[rows]]\nname = "b"\nexperiment = "mqvae-f16-adaptive-50"\noverrides = ["stage1.train.steps=9"]\n')
+        '[[rows]]\nname = "b"\nexperiment = "mqvae-f16-adaptive-50"\noverrides = ["stage1.train.steps=9"]\n'
+    )
     a, b = (row_config(r, "smoke", 0) for r in load_study("pinned").rows)
     assert (a.stage1.train.steps, a.stage1.model.mask.ratio) == (7, 0.25)
     assert (b.stage1.train.steps, b.stage1.model.mask.ratio) == (9, 0.25)
@@ -423,16 +530,24 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed_and_stays_resumab
 
 def test_two_workers_and_a_third_killed_mid_row_then_a_rerun(studies, home, tracker):
     """Every row exactly once FINISHED, no run left RUNNING, the killed row's stage 1 resumed."""
-    write_study(studies, "trio", [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50"), ("c", "mqvae-f16-random-50")],
-                extra=["stage1.train.steps=60", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"], metrics='["usage"]')
+    write_study(
+        studies,
+        "trio",
+        [("a", "vqgan-f16"), ("b", "mqvae-f16-adaptive-50"), ("c", "mqvae-f16-random-50")],
+        extra=["stage1.train.steps=60", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"],
+        metrics='["usage"]',
+    )
     tracker.experiment_id("warm")
     victim = _spawn(home, "trio")
     deadline, owned = time.time() + 180, None
     while time.time() < deadline and owned is None:  # the row the victim holds, once it has a checkpoint
         for row in tracker.find_runs("trio/smoke", "tags.\"mqvq.kind\" = 'row'"):
             if f":{victim.pid}:" in row.data.tags.get("mqvq.lease", ""):
-                s1 = [x for x in tracker.find_runs("trio/smoke", f"tags.\"mlflow.parentRunId\" = '{row.info.run_id}'")
-                      if x.data.tags.get("mqvq.stage") == "stage1"]
+                s1 = [
+                    x
+                    for x in tracker.find_runs("trio/smoke", f"tags.\"mlflow.parentRunId\" = '{row.info.run_id}'")
+                    if x.data.tags.get("mqvq.stage") == "stage1"
+                ]
                 if s1 and (home / "checkpoints" / s1[0].info.run_id / "last.pt").is_file():
                     owned = (row.data.tags["mqvq.row"], s1[0].info.run_id)
         time.sleep(0.2)
@@ -448,7 +563,9 @@ def test_two_workers_and_a_third_killed_mid_row_then_a_rerun(studies, home, trac
     runs = tracker.find_runs("trio/smoke")
     assert not [x for x in runs if x.info.status == "RUNNING"]
     rows = [x for x in runs if x.data.tags.get("mqvq.kind") == "row"]
-    assert sorted(x.data.tags["mqvq.row"] for x in rows) == ["a", "b", "c"] and all(x.info.status == "FINISHED" for x in rows)
+    assert sorted(x.data.tags["mqvq.row"] for x in rows) == ["a", "b", "c"] and all(
+        x.info.status == "FINISHED" for x in rows
+    )
     finished_s1 = [x for x in runs if x.data.tags.get("mqvq.stage") == "stage1" and x.info.status == "FINISHED"]
     assert sorted(x.data.tags["mqvq.row"] for x in finished_s1) == ["a", "b", "c"]  # each exactly once
     assert owned[1] in {x.info.run_id for x in finished_s1}  # the killed stage was resumed, not restarted
@@ -469,8 +586,13 @@ def test_a_worker_stopped_past_its_lease_is_taken_over_and_writes_nothing_after_
     """Fencing: SIGSTOP a worker past the lease timeout (Ctrl-Z, a suspended SLURM job, a paused VM), let a second
     worker take the row over, SIGCONT the first: it stops at once, says why, and writes nothing more; the row ends
     with exactly one FINISHED run per stage."""
-    write_study(studies, "stall", [("a", "mqvae-f16-adaptive-50")],
-                extra=["stage1.train.steps=400", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"], metrics='["usage"]')
+    write_study(
+        studies,
+        "stall",
+        [("a", "mqvae-f16-adaptive-50")],
+        extra=["stage1.train.steps=400", "stage1.train.ckpt_every=5", "stage1.train.log_every=5"],
+        metrics='["usage"]',
+    )
     a = _spawn(home, "stall", "--lease-timeout", "4")
     deadline = time.time() + 120
     while time.time() < deadline and not list(home.glob("checkpoints/*/last.pt")):
@@ -483,15 +605,24 @@ def test_a_worker_stopped_past_its_lease_is_taken_over_and_writes_nothing_after_
     time.sleep(6)  # past the 4 s lease
     b = _spawn(home, "stall", "--lease-timeout", "4")
     deadline = time.time() + 60
-    while time.time() < deadline and tracker.get_run(run_id).data.tags.get("mqvq.trainer", "").split(":")[1:2] != [str(b.pid)]:
+    while time.time() < deadline and tracker.get_run(run_id).data.tags.get("mqvq.trainer", "").split(":")[1:2] != [
+        str(b.pid)
+    ]:
         time.sleep(0.2)  # until the second worker resumed the stage run
     os.kill(a.pid, signal.SIGCONT)
     out_a, err_a = a.communicate(timeout=300)
     out_b, err_b = b.communicate(timeout=600)
     assert b.returncode == 0, err_b[-3000:]
-    assert a.returncode == 1 and "lost the row's lease" in out_a + err_a and "Traceback" not in err_a, (out_a, err_a[-3000:])
+    assert a.returncode == 1 and "lost the row's lease" in out_a + err_a and "Traceback" not in err_a, (
+        out_a,
+        err_a[-3000:],
+    )
     runs = tracker.find_runs("stall/smoke")
-    stages = [r for r in runs if r.data.tags.get("mqvq.stage") in ("stage1", "stage2") and r.data.tags.get("mqvq.kind") != "row"]
+    stages = [
+        r
+        for r in runs
+        if r.data.tags.get("mqvq.stage") in ("stage1", "stage2") and r.data.tags.get("mqvq.kind") != "row"
+    ]
     assert sorted(r.data.tags["mqvq.stage"] for r in stages if r.info.status == "FINISHED") == ["stage1", "stage2"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
     (row,) = [r for r in runs if r.data.tags.get("mqvq.kind") == "row"]

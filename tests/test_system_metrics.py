@@ -1,6 +1,7 @@
 """System metrics on training and evaluation runs (tracking/system.py): MLflow's monitors sampled in
 a thread, on by default, off by config (`tracking.system_metrics`) or `--no-system-metrics`, and
 never part of a run's identity."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,12 @@ def test_samples_while_the_body_runs_and_once_at_the_end(tracker):
         while time.monotonic() < end:  # busy, as training is
             pass
     names = _system(tracker, run_id)
-    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/disk_usage_percentage",
-            "system/network_receive_megabytes"} <= set(names)
+    assert {
+        "system/cpu_utilization_percentage",
+        "system/system_memory_usage_megabytes",
+        "system/disk_usage_percentage",
+        "system/network_receive_megabytes",
+    } <= set(names)
     history = tracker.metric_history(run_id, "system/cpu_utilization_percentage", every=True)
     assert len(history) == s.samples >= 3 and all(0 <= m.value <= 100 * 64 for m in history)
     assert all(m.value > 0 for m in history)  # a busy CPU from the first sample (psutil's baseline is per thread)
@@ -48,7 +53,10 @@ def test_off_by_flag_or_environment(tracker, monkeypatch):
 
 
 def test_the_setting_never_changes_a_runs_identity(tiny):
-    on, off = tiny(), tiny("mqvae-f16-adaptive-50", "tracking.system_metrics=false", "tracking.system_metrics_interval=5")
+    on, off = (
+        tiny(),
+        tiny("mqvae-f16-adaptive-50", "tracking.system_metrics=false", "tracking.system_metrics_interval=5"),
+    )
     assert off.tracking.system_metrics is False and on.tracking.system_metrics is True
     assert config_hash(identity(on)) == config_hash(identity(off))  # a study row: the same row
     assert config_hash(identity(on.stage1)) == config_hash(identity(off.stage1))
@@ -56,7 +64,9 @@ def test_the_setting_never_changes_a_runs_identity(tiny):
 
 @pytest.mark.parametrize("value", ["0.2", "99999"])
 def test_an_interval_out_of_range_is_one_sentence(value):
-    r = runner.invoke(app, ["experiment", "show", "mqvae-f16-adaptive-50", "--set", f"tracking.system_metrics_interval={value}"])
+    r = runner.invoke(
+        app, ["experiment", "show", "mqvae-f16-adaptive-50", "--set", f"tracking.system_metrics_interval={value}"]
+    )
     assert r.exit_code == 2 and "tracking.system_metrics_interval" in r.output and "between 1 and 3600" in r.output
     assert "Traceback" not in r.output
 
@@ -65,14 +75,18 @@ def test_an_interval_out_of_range_is_one_sentence(value):
 def test_training_and_evaluation_runs_carry_them_unless_turned_off(tiny, tracker, monkeypatch):
     s1 = train_stage1(tiny(), tracker, progress=False)["run_id"]
     assert "system/cpu_utilization_percentage" in _system(tracker, s1)
-    quiet = train_stage1(tiny("mqvae-f16-adaptive-50", "tracking.system_metrics=false", seed=1), tracker, progress=False)["run_id"]
+    quiet = train_stage1(
+        tiny("mqvae-f16-adaptive-50", "tracking.system_metrics=false", seed=1), tracker, progress=False
+    )["run_id"]
     assert _system(tracker, quiet) == {}
     r = runner.invoke(app, ["eval", quiet, "--metrics", "usage", "--home", str(tracker.home), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert _system(tracker, quiet) == {}  # the run's own setting
     points = lambda: len(tracker.metric_history(s1, "system/cpu_utilization_percentage", every=True))  # noqa: E731
     before = points()
-    r = runner.invoke(app, ["eval", s1, "--metrics", "usage", "--home", str(tracker.home), "--no-progress", "--no-system-metrics"])
+    r = runner.invoke(
+        app, ["eval", s1, "--metrics", "usage", "--home", str(tracker.home), "--no-progress", "--no-system-metrics"]
+    )
     assert r.exit_code == 0, r.output
     assert points() == before
     r = runner.invoke(app, ["eval", s1, "--metrics", "usage", "--home", str(tracker.home), "--no-progress"])
@@ -81,8 +95,19 @@ def test_training_and_evaluation_runs_carry_them_unless_turned_off(tiny, tracker
 
 
 def test_no_system_metrics_reaches_the_processes_a_command_starts(tiny, tracker):
-    r = runner.invoke(app, ["train", "stage1", "mqvae-f16-adaptive-50", "--home", str(tracker.home), "--no-progress",
-                            "--no-system-metrics", *[a for s in TINY for a in ("--set", s)]])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "stage1",
+            "mqvae-f16-adaptive-50",
+            "--home",
+            str(tracker.home),
+            "--no-progress",
+            "--no-system-metrics",
+            *[a for s in TINY for a in ("--set", s)],
+        ],
+    )
     assert r.exit_code == 0, r.output
     import os
 

@@ -1,4 +1,5 @@
 """Text conditioning (§3.3) and classifier-free guidance: the caption prefix, the tokenizer, guided sampling."""
+
 import random
 
 import pytest
@@ -10,7 +11,9 @@ from mqvq.models.sampling import decode_step, generate, guide
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
 from mqvq.models.text import PAD, UNK, WordTokenizer, from_dict, words
 
-CFG = StackformerConfig(kind="stackformer", preset="tiny", code_layers=2, position_layers=2, width=32, heads=4, dropout=0.0)
+CFG = StackformerConfig(
+    kind="stackformer", preset="tiny", code_layers=2, position_layers=2, width=32, heads=4, dropout=0.0
+)
 T, V = 5, 12
 
 
@@ -40,9 +43,9 @@ def test_text_tokens_occupy_the_prefix_at_sos_positions():
     code_logits, pos_logits = model(codes, positions, text)
     assert code_logits.shape == (3, 8, 16) and pos_logits.shape == (3, 8, 16)  # one prediction per image token only
     assert seen["tok"].shape == (3, T + 8 - 1) and model.abs_emb.shape[1] == T + 8 - 1
-    assert torch.equal(seen["tok"][:, :T], text + model.text_offset)            # the caption, after codes, <sos> and classes
-    assert torch.equal(seen["tok"][:, T:], codes[:, :-1])                       # then the shifted codes
-    assert (seen["pos"][:, :T] == model.sos_pos).all()                          # the same number of <sos> positions
+    assert torch.equal(seen["tok"][:, :T], text + model.text_offset)  # the caption, after codes, <sos> and classes
+    assert torch.equal(seen["tok"][:, T:], codes[:, :-1])  # then the shifted codes
+    assert (seen["pos"][:, :T] == model.sos_pos).all()  # the same number of <sos> positions
     assert torch.equal(seen["pos"][:, T:], positions[:, :-1])
 
 
@@ -145,16 +148,22 @@ def test_guidance_scale_one_is_no_guidance_exactly():
     _, _, text = _data(4, 8)
     base = SamplingConfig(top_k=8, top_p=0.9, top_k_pos=6)
     a = generate(model, 4, base, text, torch.Generator().manual_seed(0))
-    b = generate(model, 4, SamplingConfig(top_k=8, top_p=0.9, top_k_pos=6, cfg_scale=1.0), text, torch.Generator().manual_seed(0))
+    b = generate(
+        model, 4, SamplingConfig(top_k=8, top_p=0.9, top_k_pos=6, cfg_scale=1.0), text, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(a.codes, b.codes) and torch.equal(a.positions, b.positions)
     # scale 0 is the unconditional model: c + (0 - 1)(c - u) = u
     u = generate(model, 4, base, torch.zeros_like(text), torch.Generator().manual_seed(0))
-    z = generate(model, 4, SamplingConfig(top_k=8, top_p=0.9, top_k_pos=6, cfg_scale=0.0), text, torch.Generator().manual_seed(0))
+    z = generate(
+        model, 4, SamplingConfig(top_k=8, top_p=0.9, top_k_pos=6, cfg_scale=0.0), text, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(u.codes, z.codes) and torch.equal(u.positions, z.positions)
 
 
-@pytest.mark.parametrize("kind, text, classes", [("stackformer", True, 0), ("stackformer", False, 3),
-                                                 ("raster", True, 0), ("raster", False, 3)])
+@pytest.mark.parametrize(
+    "kind, text, classes",
+    [("stackformer", True, 0), ("stackformer", False, 3), ("raster", True, 0), ("raster", False, 3)],
+)
 def test_cached_guided_sampling_equals_uncached_step_by_step(kind, text, classes):
     model = _model(kind, text, classes)
     cond = _data(5, 8)[2] if text else torch.tensor([0, 1, 2, 0, 1])
@@ -191,7 +200,9 @@ def test_guidance_strengthens_a_weak_condition():
     prompt[:, 0] = 2
     rate = {}
     for scale in (1.0, 4.0):
-        s = generate(model, 256, SamplingConfig(top_k=16, top_p=1.0, cfg_scale=scale), prompt, torch.Generator().manual_seed(3))
+        s = generate(
+            model, 256, SamplingConfig(top_k=16, top_p=1.0, cfg_scale=scale), prompt, torch.Generator().manual_seed(3)
+        )
         rate[scale] = (s.codes < 4).float().mean().item()
     assert rate[4.0] > rate[1.0] + 0.1, rate
 

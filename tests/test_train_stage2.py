@@ -1,4 +1,5 @@
 """Stage 2 end to end on CPU: tokens cached per checkpoint, MLflow run linked to stage 1, resume, sample."""
+
 import json
 
 import pytest
@@ -13,8 +14,13 @@ from mqvq.stages.tokenize import TokenSet
 from mqvq.stages.train_stage1 import train_stage1
 from mqvq.stages.train_stage2 import load_stackformer, train_stage2
 
-S2 = ["stage2.train.steps=6", "stage2.train.batch_size=8", "stage2.train.log_every=2", "stage2.train.val_every=3",
-      "stage2.sampling.batch_size=8"]
+S2 = [
+    "stage2.train.steps=6",
+    "stage2.train.batch_size=8",
+    "stage2.train.log_every=2",
+    "stage2.train.val_every=3",
+    "stage2.sampling.batch_size=8",
+]
 runner = CliRunner()
 
 
@@ -23,6 +29,7 @@ def stage1_run(tiny, tracker):
     def make(name="mqvae-f16-adaptive-50", *extra):
         cfg = tiny(name, *S2, *extra)
         return cfg, train_stage1(cfg, tracker, progress=False)
+
     return make
 
 
@@ -49,9 +56,13 @@ def test_stage2_trains_on_its_stage1_run_and_reuses_tokens(stage1_run, tracker):
 def test_stage2_resume_is_exact(stage1_run, tracker):
     cfg, _ = stage1_run("mqvae-f16-random-25")
     full = train_stage2(cfg, tracker, progress=False)
-    part = train_stage2(cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", stop_after=4)
+    part = train_stage2(
+        cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", stop_after=4
+    )
     assert not part["finished"]
-    done = train_stage2(cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", resume=True)
+    done = train_stage2(
+        cfg, tracker, stage1=full["stage1"]["run_id"], progress=False, mlflow_experiment="b", resume=True
+    )
     assert done["run_id"] == part["run_id"]
     a, b = load_checkpoint(full["checkpoint"])["model"], load_checkpoint(done["checkpoint"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -90,8 +101,13 @@ def test_stage2_input_errors(stage1_run, tracker, tiny):
     with pytest.raises(UserError, match="captions name left and right"):
         tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'")  # procedural captions with flipped copies
     with pytest.raises(UserError, match="needs captions, which fashion-mnist has none of"):
-        tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='text'", "stage2.train.flip=false", "stage1.data.name='fashion-mnist'",
-             "stage1.data.resolution=32")
+        tiny(
+            "mqvae-f16-adaptive-50",
+            "stage2.model.conditioning='text'",
+            "stage2.train.flip=false",
+            "stage1.data.name='fashion-mnist'",
+            "stage1.data.resolution=32",
+        )
     with pytest.raises(UserError, match="cfg_scale = 2.0 needs a model trained with condition dropout"):
         tiny("mqvae-f16-adaptive-50", "stage2.model.conditioning='class'", "stage2.sampling.cfg_scale=2.0")
     with pytest.raises(UserError, match="cond_dropout = 0.1 needs a condition to drop"):
@@ -105,8 +121,27 @@ def test_sample_cli_writes_valid_images(stage1_run, tracker, tmp_path):
     cfg, _ = stage1_run()
     r = train_stage2(cfg, tracker, progress=False)
     out = tmp_path / "samples"
-    res = runner.invoke(app, ["sample", r["run_id"], "--num", "10", "--batch-size", "4", "--out", str(out), "--npz",
-                              "--home", str(tracker.home), "--no-progress", "--top-k", "5", "--top-p-pos", "0.9"])
+    res = runner.invoke(
+        app,
+        [
+            "sample",
+            r["run_id"],
+            "--num",
+            "10",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--npz",
+            "--home",
+            str(tracker.home),
+            "--no-progress",
+            "--top-k",
+            "5",
+            "--top-p-pos",
+            "0.9",
+        ],
+    )
     assert res.exit_code == 0, res.output
     files = sorted(out.glob("*.png"))
     assert len(files) == 10
@@ -118,40 +153,97 @@ def test_sample_cli_writes_valid_images(stage1_run, tracker, tmp_path):
     data = np.load(out / "samples.npz")
     assert data["images"].shape == (10, 16, 16, 3) and data["positions"].shape == (10, 8)
     assert all(len(set(p)) == 8 for p in data["positions"].tolist())
-    for args, msg in [(["--top-k", "0"], "--top-k = 0 must be at least 1"), (["--top-p", "0"], "--top-p = 0.0 must lie in (0, 1]"),
-                      (["--top-p-pos", "1.5"], "--top-p-pos = 1.5"), (["--steps", "17"], "--steps 17 is invalid"),
-                      ([], "already holds samples")]:
-        res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(out), "--home", str(tracker.home), *args])
+    for args, msg in [
+        (["--top-k", "0"], "--top-k = 0 must be at least 1"),
+        (["--top-p", "0"], "--top-p = 0.0 must lie in (0, 1]"),
+        (["--top-p-pos", "1.5"], "--top-p-pos = 1.5"),
+        (["--steps", "17"], "--steps 17 is invalid"),
+        ([], "already holds samples"),
+    ]:
+        res = runner.invoke(
+            app, ["sample", r["run_id"], "--num", "2", "--out", str(out), "--home", str(tracker.home), *args]
+        )
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
-    res = runner.invoke(app, ["sample", "feedbeef", "--num", "2", "--out", str(tmp_path / "x"), "--home", str(tracker.home)])
+    res = runner.invoke(
+        app, ["sample", "feedbeef", "--num", "2", "--out", str(tmp_path / "x"), "--home", str(tracker.home)]
+    )
     assert res.exit_code == 2 and "neither a checkpoint file nor an MLflow run id" in res.output
 
 
 def test_train_stage2_cli_and_unknown_stage1(stage1_run, tracker):
     cfg, s1 = stage1_run()
-    sets = [a for s in ["stage1.data.resolution=16", "stage1.data.num_train=32", "stage1.data.num_test=8",
-                        "stage1.model.channels=8", "stage1.model.z_channels=8", "stage1.model.mask.scorer_hidden=8",
-                        "stage1.model.demask.layers=2", "stage1.model.quantizer.codebook_size=16", "stage1.model.quantizer.dim=8",
-                        "stage1.loss.disc_layers=1", "stage1.loss.disc_channels=8", "stage1.train.steps=6",
-                        "stage1.train.batch_size=4", "stage1.train.log_every=2", "stage1.train.eval_images=8",
-                        "stage1.train.warmup_steps=0", "stage1.loss.disc_start=2", *S2] for a in ("--set", s)]
-    res = runner.invoke(app, ["train", "stage2", "mqvae-f16-adaptive-50", "--stage1", s1["run_id"], "--home",
-                              str(tracker.home), "--no-progress", *sets])
+    sets = [
+        a
+        for s in [
+            "stage1.data.resolution=16",
+            "stage1.data.num_train=32",
+            "stage1.data.num_test=8",
+            "stage1.model.channels=8",
+            "stage1.model.z_channels=8",
+            "stage1.model.mask.scorer_hidden=8",
+            "stage1.model.demask.layers=2",
+            "stage1.model.quantizer.codebook_size=16",
+            "stage1.model.quantizer.dim=8",
+            "stage1.loss.disc_layers=1",
+            "stage1.loss.disc_channels=8",
+            "stage1.train.steps=6",
+            "stage1.train.batch_size=4",
+            "stage1.train.log_every=2",
+            "stage1.train.eval_images=8",
+            "stage1.train.warmup_steps=0",
+            "stage1.loss.disc_start=2",
+            *S2,
+        ]
+        for a in ("--set", s)
+    ]
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "stage2",
+            "mqvae-f16-adaptive-50",
+            "--stage1",
+            s1["run_id"],
+            "--home",
+            str(tracker.home),
+            "--no-progress",
+            *sets,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"on stage-1 run {s1['run_id']}" in res.output
-    res = runner.invoke(app, ["train", "stage2", "mqvae-f16-adaptive-50", "--stage1", "nope.pt", "--home", str(tracker.home), *sets])
+    res = runner.invoke(
+        app, ["train", "stage2", "mqvae-f16-adaptive-50", "--stage1", "nope.pt", "--home", str(tracker.home), *sets]
+    )
     assert res.exit_code == 2 and "checkpoint nope.pt does not exist" in res.output
 
 
 def test_bench_sample_reports_both_models_and_cache_modes():
-    res = runner.invoke(app, ["bench", "sample", "--preset", "tiny", "--grid", "4", "--batch-size", "2", "--repeats", "1",
-                              "--device", "cpu", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "sample",
+            "--preset",
+            "tiny",
+            "--grid",
+            "4",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     import json
 
     data = json.loads(res.stdout)
     assert {(r["model"], r["mask_ratio"], r["cache"]) for r in data["rows"]} == {
-        (m, r, c) for m, r in (("raster", 0.0), ("stackformer", 0.25), ("stackformer", 0.5)) for c in (True, False)}
+        (m, r, c) for m, r in (("raster", 0.0), ("stackformer", 0.25), ("stackformer", 0.5)) for c in (True, False)
+    }
     assert data["sample_images_per_s"] > 0 and data["sample_speedup_50_vs_0"] > 0 and data["environment"]["torch"]
 
 
@@ -168,8 +260,9 @@ def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     from mqvq.stages.evaluate import evaluate_run
     from mqvq.stages.train_stage2 import load_tokenizer
 
-    cfg, _ = stage1_run("mqvae-f16-adaptive-50", *TEXT, "stage2.train.cond_dropout=0.2", "eval.num_samples=8",
-                        "eval.backend='vgg16'")
+    cfg, _ = stage1_run(
+        "mqvae-f16-adaptive-50", *TEXT, "stage2.train.cond_dropout=0.2", "eval.num_samples=8", "eval.backend='vgg16'"
+    )
     r = train_stage2(cfg, tracker, progress=False)
     model, ckpt = load_stackformer(r["model"])
     tok = load_tokenizer(ckpt)
@@ -177,30 +270,64 @@ def test_text_conditional_stage2_sample_and_eval(stage1_run, tracker, tmp_path):
     assert {"red", "circle", "background"} <= set(tok.vocab) and model.prefix_len == 16
     home = ["--home", str(tracker.home), "--no-progress"]
     out = tmp_path / "a"
-    res = runner.invoke(app, ["sample", r["run_id"], "--num", "4", "--out", str(out), "--prompt", "a red circle", *home])
+    res = runner.invoke(
+        app, ["sample", r["run_id"], "--num", "4", "--out", str(out), "--prompt", "a red circle", *home]
+    )
     assert res.exit_code == 0, res.output
     assert len(list(out.glob("*.png"))) == 4 and (out / "000003.txt").read_text() == "a red circle\n"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a blue face at the left on a plain background\n\na zebra triangle\n")
-    res = runner.invoke(app, ["sample", r["run_id"], "--num", "3", "--out", str(tmp_path / "b"), "--prompts", str(prompts),
-                              "--cfg-scale", "3", *home])
+    res = runner.invoke(
+        app,
+        [
+            "sample",
+            r["run_id"],
+            "--num",
+            "3",
+            "--out",
+            str(tmp_path / "b"),
+            "--prompts",
+            str(prompts),
+            "--cfg-scale",
+            "3",
+            *home,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "read as <unk>: zebra" in res.output
-    assert [(tmp_path / "b" / f"00000{i}.txt").read_text() for i in range(3)] == [  # what the model read, when not all of it
-        "a blue face at the left on a plain background\n", "prompt: a zebra triangle\nread as: a <unk> triangle\n",
-        "a blue face at the left on a plain background\n"]
+    assert [
+        (tmp_path / "b" / f"00000{i}.txt").read_text() for i in range(3)
+    ] == [  # what the model read, when not all of it
+        "a blue face at the left on a plain background\n",
+        "prompt: a zebra triangle\nread as: a <unk> triangle\n",
+        "a blue face at the left on a plain background\n",
+    ]
     assert json.loads((tmp_path / "b" / "sampling.json").read_text())["prompts"] == [
-        "a blue face at the left on a plain background", "a zebra triangle"]
-    for args, msg in [(["--prompt", "  "], "is empty"), (["--prompt", "?!"], "is empty"), ([], "this model is text-conditional"),
-                      (["--prompts", str(tmp_path / "nope.txt")], "no such file"),
-                      (["--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale = -1.0 must lie in [0, 100]"),
-                      (["--prompt", "x", "--cfg-scale", "1e9"], "--cfg-scale = 1000000000.0 must lie in [0, 100]")]:
+        "a blue face at the left on a plain background",
+        "a zebra triangle",
+    ]
+    for args, msg in [
+        (["--prompt", "  "], "is empty"),
+        (["--prompt", "?!"], "is empty"),
+        ([], "this model is text-conditional"),
+        (["--prompts", str(tmp_path / "nope.txt")], "no such file"),
+        (["--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale = -1.0 must lie in [0, 100]"),
+        (["--prompt", "x", "--cfg-scale", "1e9"], "--cfg-scale = 1000000000.0 must lie in [0, 100]"),
+    ]:
         res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "c"), *home, *args])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())  # nothing written on a refusal
     # eval samples with the test split's captions; the guided twin of each metric comes with condition dropout
     got = evaluate_run(tracker, r["run_id"], ["fid", "attr"], progress=False)["metrics"]
-    for key in ("fd_vgg16", "fd_vgg16_cfg", "attr_acc", "attr_acc_cfg", "attr_acc_real", "attr_acc_chance", "attr_colour"):
+    for key in (
+        "fd_vgg16",
+        "fd_vgg16_cfg",
+        "attr_acc",
+        "attr_acc_cfg",
+        "attr_acc_real",
+        "attr_acc_chance",
+        "attr_colour",
+    ):
         assert key in got, key
     assert 0 <= got["attr_acc"] <= 100
 
@@ -210,8 +337,10 @@ def test_prompts_and_guidance_are_refused_where_they_do_not_apply(stage1_run, tr
     cfg, _ = stage1_run("mqvae-f16-adaptive-50", "stage2.model.conditioning='class'")
     r = train_stage2(cfg, tracker, progress=False)
     home = ["--home", str(tracker.home), "--no-progress"]
-    for args, msg in [(["--prompt", "a red circle"], "--prompt needs a text-conditional model; this one is class-conditional"),
-                      (["--cfg-scale", "2"], "needs a model trained with condition dropout")]:
+    for args, msg in [
+        (["--prompt", "a red circle"], "--prompt needs a text-conditional model; this one is class-conditional"),
+        (["--cfg-scale", "2"], "needs a model trained with condition dropout"),
+    ]:
         res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "x"), *home, *args])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
     res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "attr", *home])
@@ -222,14 +351,20 @@ def test_prompts_and_guidance_are_refused_where_they_do_not_apply(stage1_run, tr
     assert res.exit_code == 2 and "trained without condition dropout" in res.output
     cfg, _ = stage1_run("mqvae-f16-adaptive-25")
     r = train_stage2(cfg, tracker, progress=False)
-    res = runner.invoke(app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "y"), "--prompt", "a", *home])
+    res = runner.invoke(
+        app, ["sample", r["run_id"], "--num", "2", "--out", str(tmp_path / "y"), "--prompt", "a", *home]
+    )
     assert res.exit_code == 2 and "this one is unconditional" in res.output
     res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "attr", *home])
     assert res.exit_code == 2 and "this run is an unconditional model" in res.output
     res = runner.invoke(app, ["search", "sampling", r["run_id"], "--trials", "1", "--cfg-scale", "1:3", *home])
-    assert res.exit_code == 2 and "is unconditional, and guidance steers a class- or text-conditional model" in res.output
+    assert (
+        res.exit_code == 2 and "is unconditional, and guidance steers a class- or text-conditional model" in res.output
+    )
     res = runner.invoke(app, ["eval", r["run_id"], "--metrics", "speed", "--cfg-scale", "-1", *home])
-    assert res.exit_code == 2 and "--cfg-scale = -1.0 must lie in [0, 100]" in res.output and "cfg_scale" not in res.output
+    assert (
+        res.exit_code == 2 and "--cfg-scale = -1.0 must lie in [0, 100]" in res.output and "cfg_scale" not in res.output
+    )
 
 
 @pytest.mark.integration
@@ -246,8 +381,13 @@ def test_prompts_as_people_write_them(stage1_run, tracker, tmp_path, monkeypatch
     res = sample("bytes", "--num", "2", "--prompt", "a red circle \udcff\udcfe at the top")
     assert res.exit_code == 0, res.output
     assert "\ufffd\ufffd" in (tmp_path / "bytes" / "000000.txt").read_text(encoding="utf-8")
-    assert sorted(f.name for f in (tmp_path / "bytes").iterdir()) == ["000000.png", "000000.txt", "000001.png", "000001.txt",
-                                                                     "sampling.json"]
+    assert sorted(f.name for f in (tmp_path / "bytes").iterdir()) == [
+        "000000.png",
+        "000000.txt",
+        "000001.png",
+        "000001.txt",
+        "sampling.json",
+    ]
     # a byte-order mark is not a word; a control character is never echoed; thousands of unknown words, two used
     lines = ["\ufeffa red circle"] + [f"a zq{i:04d} triangle" for i in range(3000)]
     (tmp_path / "p.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -255,7 +395,10 @@ def test_prompts_as_people_write_them(stage1_run, tracker, tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     assert "read as <unk>: zq0000" in res.output and "and" not in res.output.split("<unk>:")[1].split("\n")[0]
     assert (tmp_path / "many" / "000000.txt").read_text() == "a red circle\n"
-    assert json.loads((tmp_path / "many" / "sampling.json").read_text())["prompts"] == ["a red circle", "a zq0000 triangle"]
+    assert json.loads((tmp_path / "many" / "sampling.json").read_text())["prompts"] == [
+        "a red circle",
+        "a zq0000 triangle",
+    ]
     assert json.loads((tmp_path / "many" / "sampling.json").read_text())["prompts_given"] == 3001
     res = sample("unknown", "--num", "40", "--batch-size", "40", "--prompts", str(tmp_path / "p.txt"))
     assert res.exit_code == 0 and len(res.output) < 600 and "and 27 more" in res.output, res.output
@@ -265,7 +408,12 @@ def test_prompts_as_people_write_them(stage1_run, tracker, tmp_path, monkeypatch
     # a 5,000-word prompt: the .txt says what the model read, not the whole prompt
     res = sample("long", "--num", "1", "--prompt", " ".join(["red"] * 5000))
     text = (tmp_path / "long" / "000000.txt").read_text()
-    assert res.exit_code == 0 and text.startswith("prompt: ") and "read as: " + " ".join(["red"] * 16) in text and len(text) < 1000
+    assert (
+        res.exit_code == 0
+        and text.startswith("prompt: ")
+        and "read as: " + " ".join(["red"] * 16) in text
+        and len(text) < 1000
+    )
     # all or nothing per image: a write that fails leaves the images before it, none half-written
     import mqvq.stages.generate as G
 

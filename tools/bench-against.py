@@ -13,6 +13,7 @@ same model weights on the same inputs:
     (positions 10 / 0.95): cached at 25 % on 16x16 and on 4x4 (64 px at f = 16), uncached at 25 % on 8x8, and the
     50 % vs 0 % (raster baseline) speed-up on 16x16 and 4x4 for both trees.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,15 +46,19 @@ def cpu_times(a, b, rounds: int, n: int = 1) -> tuple[list[float], list[float]]:
     """CPU seconds per call of a and b (each measurement `n` calls), interleaved by mqvq.timing."""
     import torch
 
-    times, _ = interleaved({"a": lambda: [a() for _ in range(n)], "b": lambda: [b() for _ in range(n)]},
-                           torch.device("cpu"), rounds=rounds)
+    times, _ = interleaved(
+        {"a": lambda: [a() for _ in range(n)], "b": lambda: [b() for _ in range(n)]}, torch.device("cpu"), rounds=rounds
+    )
     return [t / n for t in times["a"]["cpu"]], [t / n for t in times["b"]["cpu"]]
 
 
 def summary(ta, tb, per: int) -> dict:
-    return {"main_per_s": per / statistics.median(ta), "new_per_s": per / statistics.median(tb),
-            "speedup_median_paired": paired_ratio(ta, tb),
-            "paired": [round(x / y, 3) for x, y in zip(ta, tb)]}
+    return {
+        "main_per_s": per / statistics.median(ta),
+        "new_per_s": per / statistics.median(tb),
+        "speedup_median_paired": paired_ratio(ta, tb),
+        "paired": [round(x / y, 3) for x, y in zip(ta, tb)],
+    }
 
 
 def stage1(rounds: int) -> dict:
@@ -67,8 +72,15 @@ def stage1(rounds: int) -> dict:
     from mqvq.bench import stage1_step
     from mqvq.models.mqvae import MQVAE
 
-    sets = ["stage1.data.resolution=64", "stage1.model.channels=32", "stage1.model.quantizer.codebook_size=1024",
-            "stage1.loss.disc_layers=3", "stage1.loss.disc_channels=64", "stage1.loss.disc_start=0", "stage1.train.batch_size=4"]
+    sets = [
+        "stage1.data.resolution=64",
+        "stage1.model.channels=32",
+        "stage1.model.quantizer.codebook_size=1024",
+        "stage1.loss.disc_layers=3",
+        "stage1.loss.disc_channels=64",
+        "stage1.loss.disc_start=0",
+        "stage1.train.batch_size=4",
+    ]
     cfg = load_experiment("mqvae-f16-adaptive-25", "smoke", sets).stage1
     torch.manual_seed(0)
     models = {"main": MQVAE(cfg.model).train()}
@@ -97,7 +109,9 @@ def sampling(rounds: int) -> dict:
     batch = 16
 
     def model(kind: str, grid: int, ratio: float):
-        sizes = STACKFORMER_PRESETS["cpu"]  # a dict of fields; revisions before 2026-12 kept a (code, position, width, heads) tuple
+        sizes = STACKFORMER_PRESETS[
+            "cpu"
+        ]  # a dict of fields; revisions before 2026-12 kept a (code, position, width, heads) tuple
         if not isinstance(sizes, dict):
             sizes = dict(zip(("code_layers", "position_layers", "width", "heads"), sizes))
         torch.manual_seed(0)
@@ -107,14 +121,22 @@ def sampling(rounds: int) -> dict:
 
     out = {}
     m = model("stackformer", 16, 0.25)
-    out["cached_25_grid16"] = summary(*cpu_times(lambda: old_s.generate(m, batch, params), lambda: new_s.generate(m, batch, params),
-                                                   rounds), batch)
+    out["cached_25_grid16"] = summary(
+        *cpu_times(lambda: old_s.generate(m, batch, params), lambda: new_s.generate(m, batch, params), rounds), batch
+    )
     m4 = model("stackformer", 4, 0.25)  # the issue's 64 px at f = 16: 12 tokens
-    out["cached_25_grid4"] = summary(*cpu_times(lambda: old_s.generate(m4, batch, params), lambda: new_s.generate(m4, batch, params),
-                                                  rounds), batch)
+    out["cached_25_grid4"] = summary(
+        *cpu_times(lambda: old_s.generate(m4, batch, params), lambda: new_s.generate(m4, batch, params), rounds), batch
+    )
     m8 = model("stackformer", 8, 0.25)
-    out["uncached_25_grid8"] = summary(*cpu_times(lambda: old_s.generate(m8, batch, params, use_cache=False),
-                                                    lambda: new_s.generate(m8, batch, params, use_cache=False), max(2, rounds // 2)), batch)
+    out["uncached_25_grid8"] = summary(
+        *cpu_times(
+            lambda: old_s.generate(m8, batch, params, use_cache=False),
+            lambda: new_s.generate(m8, batch, params, use_cache=False),
+            max(2, rounds // 2),
+        ),
+        batch,
+    )
     for grid in (16, 4):
         m50, m0 = model("stackformer", grid, 0.5), model("raster", grid, 0.0)
         for name, gen in (("main", old_s.generate), ("new", new_s.generate)):
@@ -129,21 +151,38 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", type=Path, help="write the result here")
-    ap.add_argument("--into", type=Path, help="add the result to this JSON file (e.g. a `bench all` result) as `before_after`")
+    ap.add_argument(
+        "--into", type=Path, help="add the result to this JSON file (e.g. a `bench all` result) as `before_after`"
+    )
     args = ap.parse_args()
     if args.into and not args.into.is_file():
-        sys.exit(f"bench-against: {args.into} does not exist: write it first (e.g. mqvq bench all --quick --out {args.into}).")
+        sys.exit(
+            f"bench-against: {args.into} does not exist: write it first (e.g. mqvq bench all --quick --out {args.into})."
+        )
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         base_package(args.rev, Path(tmp))
         sys.path.insert(0, tmp)
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.rev], capture_output=True, text=True).stdout.strip()
-        head = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-        result = {"main": rev, "new": head, "threads": args.threads, "rounds": args.rounds, "timer": "CPU time (process_time)",
-                  "stage1": stage1(args.rounds), "sampling": sampling(args.rounds),
-                  "load_average": os.getloadavg(), "torch": torch.__version__, "device": "cpu"}
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.rev], capture_output=True, text=True
+        ).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+        result = {
+            "main": rev,
+            "new": head,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "timer": "CPU time (process_time)",
+            "stage1": stage1(args.rounds),
+            "sampling": sampling(args.rounds),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        }
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ only where they measure faster, and says which it kept.
 
 A missing or incomplete compiled file (compilation failed) keeps the eager figures throughout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,12 @@ from pathlib import Path
 from mqvq.bench import HEADLINE
 
 # each section's figure of merit: (key, True when higher is better)
-MERIT = {"train_stage1": ("stage1_train_images_per_s", True), "train_stage2": ("stage2_train_tokens_per_s", True),
-         "sample": ("sample_images_per_s", True), "fid": ("fid50k_seconds", False)}
+MERIT = {
+    "train_stage1": ("stage1_train_images_per_s", True),
+    "train_stage2": ("stage2_train_tokens_per_s", True),
+    "sample": ("sample_images_per_s", True),
+    "fid": ("fid50k_seconds", False),
+}
 
 
 def faster(eager: dict, compiled: dict | None, key: str, higher: bool) -> bool:
@@ -35,8 +40,11 @@ def merge(eager: dict, compiled: dict | None) -> dict:
         use = faster(eager[section], (compiled or {}).get(section), key, higher)
         chosen = compiled[section] if use else eager[section]
         out[section] = chosen
-        out["compiled"][section] = {"kept": use, "eager": eager[section].get(key),
-                                    "compiled": (compiled or {}).get(section, {}).get(key)}
+        out["compiled"][section] = {
+            "kept": use,
+            "eager": eager[section].get(key),
+            "compiled": (compiled or {}).get(section, {}).get(key),
+        }
         out |= {k: chosen[k] for k in HEADLINE if k in chosen}
     out["complete"] = all(s in out for s in MERIT)
     return out

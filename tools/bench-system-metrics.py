@@ -7,6 +7,7 @@ monitors' reading plus the MLflow write), which bounds the cost where the ratios
 
     python tools/bench-system-metrics.py --pairs 7 --steps 60 --out reports/smoke/system-metrics-cost.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,34 @@ from mqvq.experiments import load_experiment  # noqa: E402
 from mqvq.stages.train_stage1 import train_stage1  # noqa: E402
 from mqvq.tracking import Tracker  # noqa: E402
 
-CONDITIONS = {"off": ["tracking.system_metrics=false"], "on (10 s)": [], "on (1 s)": ["tracking.system_metrics_interval=1"]}
+CONDITIONS = {
+    "off": ["tracking.system_metrics=false"],
+    "on (10 s)": [],
+    "on (1 s)": ["tracking.system_metrics_interval=1"],
+}
 
 
 def one(tracker: Tracker, experiment: str, steps: int, extra: list[str], seed: int) -> dict:
-    cfg = load_experiment(experiment, "smoke", [f"stage1.train.steps={steps}", "stage1.train.val_every=0",
-                                                f"stage1.train.log_every={max(1, steps // 4)}", *extra], seed)
+    cfg = load_experiment(
+        experiment,
+        "smoke",
+        [
+            f"stage1.train.steps={steps}",
+            "stage1.train.val_every=0",
+            f"stage1.train.log_every={max(1, steps // 4)}",
+            *extra,
+        ],
+        seed,
+    )
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run_id = train_stage1(cfg, tracker, progress=False)["run_id"]
     cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall0
-    return {"step_seconds": tracker.get_run(run_id).data.metrics["time/stage1_step_seconds"], "wall_s": wall,
-            "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-            "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage", every=True))}
+    return {
+        "step_seconds": tracker.get_run(run_id).data.metrics["time/stage1_step_seconds"],
+        "wall_s": wall,
+        "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+        "system_samples": len(tracker.metric_history(run_id, "system/cpu_utilization_percentage", every=True)),
+    }
 
 
 def sample_cost(tracker: Tracker, n: int = 30) -> dict:
@@ -69,7 +86,9 @@ def main() -> None:
         for i in range(args.pairs):
             order = list(CONDITIONS) if i % 2 == 0 else list(reversed(CONDITIONS))  # neither always goes first
             for name in order:
-                rows.append({"pair": i, "condition": name, **one(tracker, args.experiment, args.steps, CONDITIONS[name], i)})
+                rows.append(
+                    {"pair": i, "condition": name, **one(tracker, args.experiment, args.steps, CONDITIONS[name], i)}
+                )
                 print(json.dumps(rows[-1]), flush=True)
         one_sample = sample_cost(tracker)
     by = {(r["pair"], r["condition"]): r for r in rows}
@@ -78,12 +97,25 @@ def main() -> None:
         if name == "off":
             continue
         ratios = [by[(i, name)]["step_seconds"] / by[(i, "off")]["step_seconds"] for i in range(args.pairs)]
-        summary[name] = {"median_ratio_step_seconds": statistics.median(ratios), "ratios": ratios,
-                         "median_step_seconds": statistics.median(by[(i, name)]["step_seconds"] for i in range(args.pairs))}
-    summary["off"] = {"median_step_seconds": statistics.median(by[(i, "off")]["step_seconds"] for i in range(args.pairs))}
-    out = {"experiment": args.experiment, "profile": "smoke", "steps": args.steps, "pairs": args.pairs,
-           "torch_threads": torch.get_num_threads(), "summary": summary, "one_sample": one_sample,
-           "sampling_share_of_one_core": {f"every {i} s": one_sample["cpu_ms"] / 1e3 / i for i in (10, 1)}, "runs": rows}
+        summary[name] = {
+            "median_ratio_step_seconds": statistics.median(ratios),
+            "ratios": ratios,
+            "median_step_seconds": statistics.median(by[(i, name)]["step_seconds"] for i in range(args.pairs)),
+        }
+    summary["off"] = {
+        "median_step_seconds": statistics.median(by[(i, "off")]["step_seconds"] for i in range(args.pairs))
+    }
+    out = {
+        "experiment": args.experiment,
+        "profile": "smoke",
+        "steps": args.steps,
+        "pairs": args.pairs,
+        "torch_threads": torch.get_num_threads(),
+        "summary": summary,
+        "one_sample": one_sample,
+        "sampling_share_of_one_core": {f"every {i} s": one_sample["cpu_ms"] / 1e3 / i for i in (10, 1)},
+        "runs": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({**summary, "one_sample": one_sample}, indent=2))

@@ -10,6 +10,7 @@ tokens. `mqvq eval` logs the same measure as `mask_damage_fg` / `mask_damage_bg`
 with a selector learns to restore what that selector drops; if the damage it measures favours the
 tokens the selector already keeps, whichever they are, the selection confirms itself.
 """
+
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def main(home: str, rows: list[str]) -> None:
     tracker = Tracker(home=Path(home), must_exist=True)
     study = load_study("mask-learning")
     wanted = rows or [r.name for r in study.rows if "damage" in r.name]
-    print("| row | seed | foreground share of kept tokens | damage of dropping a foreground token | of a background token |")
+    print(
+        "| row | seed | foreground share of kept tokens | damage of dropping a foreground token | of a background token |"
+    )
     print("|---|---|---|---|---|")
     for row in study.rows:
         if row.name not in wanted:
@@ -36,7 +39,8 @@ def main(home: str, rows: list[str]) -> None:
         data = build_dataset(row_config(row, "cpu", 0).stage1.data, "test")
         runs = tracker.client.search_runs(
             [e.experiment_id for e in tracker.client.search_experiments()],
-            f"tags.`mqvq.row` = '{row.name}' and tags.`mqvq.stage` = 'stage1' and attributes.status = 'FINISHED'")
+            f"tags.`mqvq.row` = '{row.name}' and tags.`mqvq.stage` = 'stage1' and attributes.status = 'FINISHED'",
+        )
         for run in sorted(runs, key=lambda r: int(r.data.tags.get("mqvq.seed", 0))):
             model = MQVAE.from_checkpoint(model_file(tracker, run.info.run_id))
             probes = torch.Generator().manual_seed(0)
@@ -49,9 +53,13 @@ def main(home: str, rows: list[str]) -> None:
                     t = token_foreground(batch["fg"], (x.shape[-2] // f, x.shape[-1] // f))
                     fg_damage.append(d[t & valid])
                     bg_damage.append(d[~t & valid])
-            share = run.data.metrics.get("mask_fg_precision", run.data.metrics.get("val/mask_fg_precision", float("nan")))
-            print(f"| {row.name} | {run.data.tags.get('mqvq.seed')} | {share:.3f} | {torch.cat(fg_damage).mean():.4f} "
-                  f"| {torch.cat(bg_damage).mean():.4f} |")
+            share = run.data.metrics.get(
+                "mask_fg_precision", run.data.metrics.get("val/mask_fg_precision", float("nan"))
+            )
+            print(
+                f"| {row.name} | {run.data.tags.get('mqvq.seed')} | {share:.3f} | {torch.cat(fg_damage).mean():.4f} "
+                f"| {torch.cat(bg_damage).mean():.4f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ that share a scorer start from the same weights and see the same batches for the
 paired difference isolates the setting from the seed. Excess over blind = foreground share minus the
 foreground token fraction.
 """
+
 import json
 import statistics as st
 import sys
@@ -48,8 +49,10 @@ def paired(row: dict, base: dict) -> str:
 
 def main(path: str) -> None:
     rows = {r["row"]: r for r in json.load(open(path))["rows"]}
-    print("| row | setting | seeds | foreground share of kept tokens | per seed | fg fraction (blind mask) | vs blind p | vs mlp p "
-          "| paired with its scorer's base row: Δ excess over blind (p) | border kept | rFD-VGG16 | rFD vs mlp p |")
+    print(
+        "| row | setting | seeds | foreground share of kept tokens | per seed | fg fraction (blind mask) | vs blind p | vs mlp p "
+        "| paired with its scorer's base row: Δ excess over blind (p) | border kept | rFD-VGG16 | rFD vs mlp p |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         fg = list(seeds(r, FG).values())
@@ -59,14 +62,20 @@ def main(path: str) -> None:
         rfd, frac = list(seeds(r, RFD).values()), r.get("fg_token_fraction")
         is_random = name.startswith("random")
         base = rows["conv" if name.startswith("conv") else "mlp"]
-        cells = [name, r["label"], str(len(fg)), mean_sd(fg, 3), " ".join(f"{x:.2f}" for x in fg),
-                 f"{frac:.3f}" if frac is not None else "–",
-                 "–" if is_random or frac is None else blind(fg, frac),
-                 "–" if name == "mlp" or is_random else welch(fg, list(seeds(rows["mlp"], FG).values())),
-                 "–" if is_random else paired(r, base),
-                 mean_sd(list(seeds(r, "mask_keep_border").values()), 2) if r.get("mask_keep_border") is not None else "–",
-                 mean_sd(rfd, 1) if rfd else "–",
-                 "–" if name == "mlp" or not rfd else welch(rfd, list(seeds(rows["mlp"], RFD).values()))]
+        cells = [
+            name,
+            r["label"],
+            str(len(fg)),
+            mean_sd(fg, 3),
+            " ".join(f"{x:.2f}" for x in fg),
+            f"{frac:.3f}" if frac is not None else "–",
+            "–" if is_random or frac is None else blind(fg, frac),
+            "–" if name == "mlp" or is_random else welch(fg, list(seeds(rows["mlp"], FG).values())),
+            "–" if is_random else paired(r, base),
+            mean_sd(list(seeds(r, "mask_keep_border").values()), 2) if r.get("mask_keep_border") is not None else "–",
+            mean_sd(rfd, 1) if rfd else "–",
+            "–" if name == "mlp" or not rfd else welch(rfd, list(seeds(rows["mlp"], RFD).values())),
+        ]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -9,6 +9,7 @@ against the foreground (0.5 = blind; the random mask has no score), rFD-VGG16, t
 per step as the runs measured them (two workers on two cores: compare within this table only) and
 how far each selector's excess falls short of the oracle's.
 """
+
 import json
 import statistics as st
 import sys
@@ -20,6 +21,7 @@ from seed_stats import welch as _welch
 def welch(a: list[float], b: list[float]) -> str:
     return _welch(a, b, tie_digits=2)
 
+
 FG, AUC, RFD = "mask_fg_precision", "mask_auroc", "rfd_vgg16"
 COST, LEGACY_COST = "time/stage1_step_seconds", "time/step_seconds"  # reports of runs trained before the per-stage name
 
@@ -30,8 +32,10 @@ def main(path: str) -> None:
     for r in rows:
         data, _, selector = r["row"].partition("-")
         by_data.setdefault(data, {})[selector] = r
-    print("| data | selector | seeds | foreground share | excess over blind | vs blind p | vs mlp p | AUROC | rFD-VGG16 "
-          "| rFD vs mlp p | s / step | short of the oracle's excess |")
+    print(
+        "| data | selector | seeds | foreground share | excess over blind | vs blind p | vs mlp p | AUROC | rFD-VGG16 "
+        "| rFD vs mlp p | s / step | short of the oracle's excess |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for data, sel in by_data.items():
         blind, mlp, oracle = sel.get("random"), sel.get("mlp"), sel.get("oracle")
@@ -43,15 +47,20 @@ def main(path: str) -> None:
                 print(f"| {data} | {r['label'].split(': ', 1)[-1]} | 0 | not run |" + " |" * 8)
                 continue
             excess = st.mean(fg) - frac if frac is not None else None
-            cells = [data, r["label"].split(": ", 1)[-1], str(len(fg)), mean_sd(fg, 3),
-                     "–" if excess is None else f"{excess:+.3f}",
-                     "–" if name == "random" or not blind else welch(fg, seeds(blind, FG)),
-                     "–" if name in ("mlp", "random") or not mlp else welch(fg, seeds(mlp, FG)),
-                     "0.5 (no score)" if name == "random" else mean_sd(seeds(r, AUC), 3),
-                     mean_sd(seeds(r, RFD), 1),
-                     "–" if name == "mlp" or not mlp else welch(seeds(r, RFD), seeds(mlp, RFD)),
-                     mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2),
-                     "–" if oracle_excess is None or excess is None or name == "oracle" else f"{oracle_excess - excess:.3f}"]
+            cells = [
+                data,
+                r["label"].split(": ", 1)[-1],
+                str(len(fg)),
+                mean_sd(fg, 3),
+                "–" if excess is None else f"{excess:+.3f}",
+                "–" if name == "random" or not blind else welch(fg, seeds(blind, FG)),
+                "–" if name in ("mlp", "random") or not mlp else welch(fg, seeds(mlp, FG)),
+                "0.5 (no score)" if name == "random" else mean_sd(seeds(r, AUC), 3),
+                mean_sd(seeds(r, RFD), 1),
+                "–" if name == "mlp" or not mlp else welch(seeds(r, RFD), seeds(mlp, RFD)),
+                mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2),
+                "–" if oracle_excess is None or excess is None or name == "oracle" else f"{oracle_excess - excess:.3f}",
+            ]
             print("| " + " | ".join(cells) + " |")
 
 

@@ -11,6 +11,7 @@ foreground / a background token is dropped; rFD-VGG16; how often it keeps the gr
 the training seconds per step as the runs measured them (two workers on two cores: rough). Then,
 where both ran, each selector on the torus bed and on the crossed bed side by side (object or detail?).
 """
+
 import json
 import statistics as st
 import sys
@@ -38,8 +39,10 @@ def main(path: str) -> None:
     for r in rows:
         bed, _, selector = r["row"].partition("-")
         by_bed.setdefault(bed, {})[selector] = r
-    print("| data | selector | seeds | foreground share | excess over blind | vs centre p | AUROC | shuffled AUROC | vs 0.5 p "
-          "| damage: drop fg | drop bg | rFD-VGG16 | kept at border | s / step |")
+    print(
+        "| data | selector | seeds | foreground share | excess over blind | vs centre p | AUROC | shuffled AUROC | vs 0.5 p "
+        "| damage: drop fg | drop bg | rFD-VGG16 | kept at border | s / step |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for bed, sel in by_bed.items():
         centre = sel.get("centre")
@@ -52,12 +55,22 @@ def main(path: str) -> None:
                 continue
             excess = f"{st.mean(fg) - frac:+.3f}" if frac is not None else "–"
             sauc = seeds(r, SAUC)
-            cells = [bed, label, str(len(fg)), mean_sd(fg, 3), excess,
-                     welch(fg, seeds(centre, FG)) if centre and name != "centre" else "–",
-                     mean_sd(seeds(r, AUC), 3) if seeds(r, AUC) else "no score",
-                     mean_sd(sauc, 3) if sauc else "no score", above_half(sauc) if sauc and name != "centre" else "–",
-                     mean_sd(seeds(r, DFG), 4), mean_sd(seeds(r, DBG), 4), mean_sd(seeds(r, RFD), 1),
-                     mean_sd(seeds(r, BORDER), 3), mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2)]
+            cells = [
+                bed,
+                label,
+                str(len(fg)),
+                mean_sd(fg, 3),
+                excess,
+                welch(fg, seeds(centre, FG)) if centre and name != "centre" else "–",
+                mean_sd(seeds(r, AUC), 3) if seeds(r, AUC) else "no score",
+                mean_sd(sauc, 3) if sauc else "no score",
+                above_half(sauc) if sauc and name != "centre" else "–",
+                mean_sd(seeds(r, DFG), 4),
+                mean_sd(seeds(r, DBG), 4),
+                mean_sd(seeds(r, RFD), 1),
+                mean_sd(seeds(r, BORDER), 3),
+                mean_sd(seeds(r, COST) or seeds(r, LEGACY_COST), 2),
+            ]
             print("| " + " | ".join(cells) + " |")
     crossed(by_bed)
 
@@ -70,7 +83,9 @@ def crossed(by_bed: dict[str, dict[str, dict]]) -> None:
     wrap, objects = by_bed.get("wrap", {}), by_bed.get("objects", {})
     if not wrap or not objects:
         return
-    print("\n| selector | torus bed (detail on the background): share − blind, p | crossed bed (detail on the object): share − blind, p | reading |")
+    print(
+        "\n| selector | torus bed (detail on the background): share − blind, p | crossed bed (detail on the object): share − blind, p | reading |"
+    )
     print("|---|---|---|---|")
     for name in [n for n in wrap if n in objects and n != "random"]:
         cells, signs = [], []
@@ -84,11 +99,24 @@ def crossed(by_bed: dict[str, dict[str, dict]]) -> None:
             diff = st.mean(fg) - st.mean(blind)
             cells.append(f"{diff:+.3f}, p = {p}")
             signs.append(0 if p == "–" or float(p) >= 0.05 else (1 if diff > 0 else -1))
-        reading = {(1, 1): "keeps the object on both", (-1, 1): "keeps the detail (restorability)",
-                   (1, -1): "keeps the flat part", (-1, -1): "avoids the object on both"}.get(tuple(signs))
+        reading = {
+            (1, 1): "keeps the object on both",
+            (-1, 1): "keeps the detail (restorability)",
+            (1, -1): "keeps the flat part",
+            (-1, -1): "avoids the object on both",
+        }.get(tuple(signs))
         if reading is None:
-            reading = "not run" if None in signs else ("no difference from blind on either" if signs == [0, 0] else
-                      "keeps more object only where the object has the detail" if signs == [0, 1] else "one bed only")
+            reading = (
+                "not run"
+                if None in signs
+                else (
+                    "no difference from blind on either"
+                    if signs == [0, 0]
+                    else "keeps more object only where the object has the detail"
+                    if signs == [0, 1]
+                    else "one bed only"
+                )
+            )
         label = wrap[name]["label"].split(": ", 1)[-1]
         print(f"| {label} | {cells[0]} | {cells[1]} | {reading} |")
 

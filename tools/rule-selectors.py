@@ -10,6 +10,7 @@ at the `cpu` profile's grid and each study's 50 % mask, one line per data set of
 after its random row). The per-position foreground frequency (max / min over the grid) says how much
 position alone tells.
 """
+
 import sys
 
 import torch
@@ -27,11 +28,13 @@ def main(studies: list[str]) -> None:
     from mqvq.tracking.provenance import git_commit
 
     torch.set_num_threads(1)
-    print(f"Model-free selectors on every data set of {', '.join(studies)} (`python tools/rule-selectors.py`, git {git_commit()}, "
-          f"{datetime.date.today()}, CPU, torch {torch.__version__}, 1 thread): 50 % mask at the `cpu` profile's grid (8 x 8; "
-          "translated Fashion-MNIST 12 x 12), on the test images each study evaluates on. These selectors choose from position, "
-          "pixels or the foreground mask alone, so nothing is trained. 'fg per position max / min': how much more often the "
-          "likeliest grid position is foreground than the least likely one (1 = flat; ∞: some position never is).\n")
+    print(
+        f"Model-free selectors on every data set of {', '.join(studies)} (`python tools/rule-selectors.py`, git {git_commit()}, "
+        f"{datetime.date.today()}, CPU, torch {torch.__version__}, 1 thread): 50 % mask at the `cpu` profile's grid (8 x 8; "
+        "translated Fashion-MNIST 12 x 12), on the test images each study evaluates on. These selectors choose from position, "
+        "pixels or the foreground mask alone, so nothing is trained. 'fg per position max / min': how much more often the "
+        "likeliest grid position is foreground than the least likely one (1 = flat; ∞: some position never is).\n"
+    )
     print("| study | data | fg per position max / min | selector | foreground share | AUROC | shuffled AUROC |")
     print("|---|---|---|---|---|---|---|")
     for name in studies:
@@ -45,8 +48,11 @@ def main(studies: list[str]) -> None:
             data = build_dataset(cfg.stage1.data, "test")
             info = foreground_contrast(eval_batches(data, 500, cfg.eval.test_images), f)
             flat = "∞" if info["foreground_frequency_ratio"] is None else f"{info['foreground_frequency_ratio']:.2f}"
-            for label, selector in (("centre prior", CentreMask(ratio)), ("entropy rule", EntropyMask(ratio)),
-                                    ("foreground oracle", OracleForegroundMask(ratio))):
+            for label, selector in (
+                ("centre prior", CentreMask(ratio)),
+                ("entropy rule", EntropyMask(ratio)),
+                ("foreground oracle", OracleForegroundMask(ratio)),
+            ):
                 torch.manual_seed(0)  # the oracle breaks ties at random
                 tally = MaskTally(grid)
                 for batch in eval_batches(data, 500, cfg.eval.test_images):
@@ -55,8 +61,10 @@ def main(studies: list[str]) -> None:
                     assert out.positions.shape[1] == num_kept(grid[0] * grid[1], ratio)
                     tally.add(out.keep, batch["fg"], out.scores, batch["image"])
                 r = tally.result()
-                print(f"| {name} | {row.name.rsplit('-', 1)[0]} | {flat} | {label} | {r['mask_fg_precision']:.3f} "
-                      f"(blind {r['fg_token_fraction']:.3f}) | {r['mask_auroc']:.3f} | {r['mask_sauc']:.3f} |")
+                print(
+                    f"| {name} | {row.name.rsplit('-', 1)[0]} | {flat} | {label} | {r['mask_fg_precision']:.3f} "
+                    f"(blind {r['fg_token_fraction']:.3f}) | {r['mask_auroc']:.3f} | {r['mask_sauc']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

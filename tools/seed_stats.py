@@ -1,4 +1,5 @@
 """Per-seed values and their summaries, shared by the table tools that read a report's JSON."""
+
 import statistics as st
 
 from scipy import stats

@@ -8,13 +8,21 @@
 `--click TEXT` (repeatable) clicks the first visible element showing exactly TEXT (else titled TEXT),
 in order, before the screenshot: a dropdown, then the entry in it.
 """
+
 import argparse
 
 from playwright.sync_api import sync_playwright
 
 
-def main(url: str, out: str, width: int = 1400, height: int = 720, clicks: tuple[str, ...] = (),
-         keys: tuple[str, ...] = (), chromium: str = "/usr/bin/chromium") -> None:
+def main(
+    url: str,
+    out: str,
+    width: int = 1400,
+    height: int = 720,
+    clicks: tuple[str, ...] = (),
+    keys: tuple[str, ...] = (),
+    chromium: str = "/usr/bin/chromium",
+) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": width, "height": height})
@@ -45,8 +53,12 @@ if __name__ == "__main__":
     ap.add_argument("url")
     ap.add_argument("out")
     ap.add_argument("--size", default="1400x720", help="WIDTHxHEIGHT of the window")
-    ap.add_argument("--click", action="append", default=[], help="text of an element to click first (repeatable, in order)")
-    ap.add_argument("--press", action="append", default=[], help="a key to press after the clicks, e.g. Escape to close a dropdown")
+    ap.add_argument(
+        "--click", action="append", default=[], help="text of an element to click first (repeatable, in order)"
+    )
+    ap.add_argument(
+        "--press", action="append", default=[], help="a key to press after the clicks, e.g. Escape to close a dropdown"
+    )
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.lower().split("x"))
     main(a.url, a.out, w, h, tuple(a.click), tuple(a.press))

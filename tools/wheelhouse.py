@@ -7,6 +7,7 @@ Each requirement and, recursively, what it requires on that machine is downloade
 except distributions its image already has (tools/gpu-present.txt, or --present FILE) and the
 torch / CUDA stack, which it always has. Needs pip and a package index; run it here, not there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,24 @@ except ImportError:  # pip always vendors it
 
 HERE = Path(__file__).resolve().parent
 # the GPU image: what `pip download` must pick wheels for, and what markers evaluate against
-TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",
-          "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
-          "platform_python_implementation": "CPython", "extra": ""}
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+TARGET = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 ALWAYS_THERE = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*)$")
 
 
@@ -38,8 +52,11 @@ def canonical(name: str) -> str:
 
 def read_present(path: Path) -> set[str]:
     """Distribution names in a list file: one per line, `#` comments."""
-    return {canonical(line.split("==")[0].strip()) for line in path.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")}
+    return {
+        canonical(line.split("==")[0].strip())
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
 
 
 def wheel_requires(wheel: Path) -> list[Requirement]:
@@ -60,14 +77,31 @@ def download(req: Requirement, dest: Path) -> Path:
     have = {wheel_name(w): w for w in dest.glob("*.whl")}
     if canonical(req.name) in have:
         return have[canonical(req.name)]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version",
-           TARGET["python_version"], "--implementation", "cp", "--abi", "cp312", "--dest", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        TARGET["python_version"],
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+        "--dest",
+        str(dest),
+    ]
     for p in PLATFORMS:
         cmd += ["--platform", p]
     spec = f"{req.name}{req.specifier}"
     done = subprocess.run(cmd + [spec], capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"wheelhouse: no wheel of {spec} for CPython 3.12 on x86_64 Linux: {done.stderr.strip().splitlines()[-1:]}")
+        sys.exit(
+            f"wheelhouse: no wheel of {spec} for CPython 3.12 on x86_64 Linux: {done.stderr.strip().splitlines()[-1:]}"
+        )
     return next(w for w in dest.glob("*.whl") if wheel_name(w) == canonical(req.name))
 
 
@@ -91,8 +125,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dest", type=Path)
     ap.add_argument("requirements", nargs="+")
-    ap.add_argument("--present", type=Path, default=HERE / "gpu-present.txt",
-                    help="distributions the GPU image already has (default: tools/gpu-present.txt)")
+    ap.add_argument(
+        "--present",
+        type=Path,
+        default=HERE / "gpu-present.txt",
+        help="distributions the GPU image already has (default: tools/gpu-present.txt)",
+    )
     args = ap.parse_args()
     wheels = collect(args.requirements, args.dest, read_present(args.present))
     total = sum(w.stat().st_size for w in wheels)

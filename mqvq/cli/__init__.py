@@ -1,4 +1,5 @@
 """The `mqvq` command line: thin commands over library functions."""
+
 from __future__ import annotations
 
 import gc
@@ -8,9 +9,13 @@ import typer
 from mqvq.cli import bench, common, data, evaluate, experiment, report, sample, search, study, train, ui, weights
 from mqvq.signals import stop_on_sigterm
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="mqvq: Masked Vector Quantization (MQ-VAE + Stackformer) — train, evaluate, study, report.")
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="mqvq: Masked Vector Quantization (MQ-VAE + Stackformer) — train, evaluate, study, report.",
+)
 app.add_typer(train.app, name="train")
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(weights.app, name="weights")

@@ -1,4 +1,5 @@
 """Shared CLI pieces: error handling, consoles, common options."""
+
 from __future__ import annotations
 
 import functools
@@ -19,13 +20,40 @@ from mqvq.errors import UserError
 console = Console()
 err_console = Console(stderr=True)
 
-Home = Annotated[Optional[str], typer.Option("--home", help="folder for the default MLflow store, artifacts and checkpoints (default $MQVQ_HOME or ./.mqvq)")]
-TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow store: sqlite:///ABS.db, http(s)://HOST:PORT or a database URL (default $MLFLOW_TRACKING_URI or <home>/mlflow.db)")]
-Profile = Annotated[str, typer.Option("--profile", "-p", help="size profile: smoke (CPU seconds), cpu (Fashion-MNIST on 2 CPU cores, about an hour per study), mini (one GPU, minutes), paper (paper sizes)")]
+Home = Annotated[
+    Optional[str],
+    typer.Option(
+        "--home", help="folder for the default MLflow store, artifacts and checkpoints (default $MQVQ_HOME or ./.mqvq)"
+    ),
+]
+TrackingUri = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow store: sqlite:///ABS.db, http(s)://HOST:PORT or a database URL (default $MLFLOW_TRACKING_URI or <home>/mlflow.db)",
+    ),
+]
+Profile = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="size profile: smoke (CPU seconds), cpu (Fashion-MNIST on 2 CPU cores, about an hour per study), mini (one GPU, minutes), paper (paper sizes)",
+    ),
+]
 Device = Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)")]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
-SystemMetricsFlag = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="log CPU, memory, disk, network and GPU use over time on the runs (config: tracking.system_metrics)")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config value, e.g. --set stage1.model.mask.ratio=0.5 (repeatable)")]
+SystemMetricsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--system-metrics/--no-system-metrics",
+        help="log CPU, memory, disk, network and GPU use over time on the runs (config: tracking.system_metrics)",
+    ),
+]
+Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="override a config value, e.g. --set stage1.model.mask.ratio=0.5 (repeatable)"),
+]
 
 
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (names and values whole)")]
@@ -45,8 +73,13 @@ def table(headers: list[str], rows: list[list[str]], numeric: tuple[str, ...] = 
     widths = _shrink(natural, narrow, (width or console.width) - GAP * max(0, len(headers) - 1) - 2)
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for i, h in enumerate(headers):
-        t.add_column(h, justify="right" if h in numeric else "left", overflow="fold", min_width=narrow[i],
-                     width=None if widths is None else widths[i])
+        t.add_column(
+            h,
+            justify="right" if h in numeric else "left",
+            overflow="fold",
+            min_width=narrow[i],
+            width=None if widths is None else widths[i],
+        )
     for r in rows:
         t.add_row(*r)
     return t
@@ -74,8 +107,9 @@ def _shrink(natural: list[int], narrow: list[int], room: int) -> list[int] | Non
     return widths
 
 
-def columns_that_fit(headers: list[str], rows: list[list[str]], first_optional: int, width: int,
-                     numeric: tuple[str, ...] = ()) -> int:
+def columns_that_fit(
+    headers: list[str], rows: list[list[str]], first_optional: int, width: int, numeric: tuple[str, ...] = ()
+) -> int:
     """How many of the columns from `first_optional` on fit in `width` characters beside the ones
     before it, none breaking a word: the rest are better left out than every cell folded."""
     used = 2 - GAP
@@ -91,7 +125,9 @@ def print_json(payload) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets print as written
+    err_console.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )  # brackets print as written
     raise typer.Exit(code)
 
 
@@ -156,8 +192,10 @@ def cli_errors(fn):
         except UserError as e:
             fail(str(e))
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: the last checkpoint is kept; the same command continues from it "
-                              "(`train` with --resume).")
+            err_console.print(
+                "[yellow]interrupted[/]: the last checkpoint is kept; the same command continues from it "
+                "(`train` with --resume)."
+            )
             raise typer.Exit(130) from None
 
     return wrapper

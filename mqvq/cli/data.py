@@ -1,4 +1,5 @@
 """`mqvq data show`: what an experiment's data resolves to, before any training."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,17 @@ app = typer.Typer(no_args_is_help=True, help="Datasets: check what an experiment
 
 @app.command("show")
 @cli_errors
-def show(experiment: Annotated[str, typer.Argument(help="experiment name or .toml path")], profile: Profile = "smoke",
-         set_: Sets = None,
-         preview: Annotated[Optional[Path], typer.Option("--preview", help="write a PNG of the first training images (and their foreground masks)")] = None,
-         num: Annotated[int, typer.Option("--num", min=1, max=64, help="images in the preview")] = 8,
-         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
+def show(
+    experiment: Annotated[str, typer.Argument(help="experiment name or .toml path")],
+    profile: Profile = "smoke",
+    set_: Sets = None,
+    preview: Annotated[
+        Optional[Path],
+        typer.Option("--preview", help="write a PNG of the first training images (and their foreground masks)"),
+    ] = None,
+    num: Annotated[int, typer.Option("--num", min=1, max=64, help="images in the preview")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
     """Split sizes, classes, digests and foreground share of the experiment's dataset (stage1.data)."""
     from mqvq.data import eval_batches
     from mqvq.data.inspect import describe, load_splits
@@ -41,18 +48,47 @@ def show(experiment: Annotated[str, typer.Argument(help="experiment name or .tom
         print(json.dumps(info, indent=2))
         return
     head = f"[bold]{info['name']}[/] {info['resolution']}x{info['resolution']}  root {info['root']}"
-    console.print(head + (f"  style {info['style']}" if info["style"] else "") + (f"  placement {info['placement']}" if info["placement"] else "") + (f"  layout {info['layout']}" if info["layout"] else "") + (f"  fit {info['fit']}" if info["fit"] else "")
-                  + f"  augment {info['augment']}", highlight=False)
+    console.print(
+        head
+        + (f"  style {info['style']}" if info["style"] else "")
+        + (f"  placement {info['placement']}" if info["placement"] else "")
+        + (f"  layout {info['layout']}" if info["layout"] else "")
+        + (f"  fit {info['fit']}" if info["fit"] else "")
+        + f"  augment {info['augment']}",
+        highlight=False,
+    )
     rows = []
     for split, s in info["splits"].items():
-        classes = f"{len(s['classes'])}" + (f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else "")
+        classes = f"{len(s['classes'])}" + (
+            f" (per class {min(s['per_class'])}–{max(s['per_class'])})" if s.get("per_class") else ""
+        )
         fg = f"{s['foreground_fraction']:.1%}" if "foreground_fraction" in s else "—"
         tokens = f"{s['foreground_token_fraction']:.1%}" if "foreground_token_fraction" in s else "—"
-        bright = f"{s['brightness_foreground']:.2f} / {s['brightness_background']:.2f}" if "brightness_foreground" in s else "—"
-        rows.append([split, str(s["images"]), classes if s["classes"] else "—", fg, tokens, bright, _flatness(s), s["digest"]])
+        bright = (
+            f"{s['brightness_foreground']:.2f} / {s['brightness_background']:.2f}"
+            if "brightness_foreground" in s
+            else "—"
+        )
+        rows.append(
+            [split, str(s["images"]), classes if s["classes"] else "—", fg, tokens, bright, _flatness(s), s["digest"]]
+        )
     f = stage1.model.downsample
-    console.print(table(["split", "images", "classes", "foreground", f"fg tokens (f = {f})", "brightness fg / bg",
-                         "fg per position max / min", "digest"], rows, numeric=("images",)))
+    console.print(
+        table(
+            [
+                "split",
+                "images",
+                "classes",
+                "foreground",
+                f"fg tokens (f = {f})",
+                "brightness fg / bg",
+                "fg per position max / min",
+                "digest",
+            ],
+            rows,
+            numeric=("images",),
+        )
+    )
     if "preview" in info:
         console.print(f"preview: {info['preview']}", highlight=False)
 

@@ -1,4 +1,5 @@
 """`mqvq experiment list|show|fields`"""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ def list_(as_json: AsJson = False) -> None:
     from mqvq.experiments import PROFILES, list_experiments
 
     if as_json:
-        print_json({"experiments": [{"name": k, "description": v} for k, v in list_experiments().items()],
-                    "profiles": {k: p.description for k, p in PROFILES.items()}})
+        print_json(
+            {
+                "experiments": [{"name": k, "description": v} for k, v in list_experiments().items()],
+                "profiles": {k: p.description for k, p in PROFILES.items()},
+            }
+        )
         return
     console.print(table(["experiment", "description"], [[k, v] for k, v in list_experiments().items()]))
     console.print("profiles: " + "; ".join(f"[bold]{k}[/] {p.description}" for k, p in PROFILES.items()))
@@ -26,8 +31,11 @@ def list_(as_json: AsJson = False) -> None:
 
 @app.command("show")
 @cli_errors
-def show(experiment: Annotated[str, typer.Argument(help="experiment name or .toml path")], profile: Profile = "smoke",
-         set_: Sets = None) -> None:
+def show(
+    experiment: Annotated[str, typer.Argument(help="experiment name or .toml path")],
+    profile: Profile = "smoke",
+    set_: Sets = None,
+) -> None:
     """Print the fully resolved config (JSON) of an experiment under a profile."""
     from mqvq.config import to_dict
     from mqvq.experiments import load_experiment

@@ -1,6 +1,7 @@
 """`docs/cli.md`, the CLI reference, generated from the Typer app: every command, argument and option
 with its default and help (`python -m mqvq.cli.reference > docs/cli.md`; a test fails when the file is
 stale)."""
+
 from __future__ import annotations
 
 import typing
@@ -61,8 +62,14 @@ def _command(path: str, cmd, out: list[str]) -> None:
         for name in subs:
             _command(f"{path} {name}", cmd.commands[name], out)
         return
-    usage = " ".join(["mqvq", *path.split()[1:], *(p.name.upper() for p in params if _is_argument(p)),
-                      "[OPTIONS]" if any(not _is_argument(p) for p in params) else ""]).strip()
+    usage = " ".join(
+        [
+            "mqvq",
+            *path.split()[1:],
+            *(p.name.upper() for p in params if _is_argument(p)),
+            "[OPTIONS]" if any(not _is_argument(p) for p in params) else "",
+        ]
+    ).strip()
     out.append(f"```\n{usage}\n```\n")
     out.append("\n".join(_param(p) for p in params) + "\n" if params else "")
 
@@ -71,9 +78,11 @@ def reference() -> str:
     from mqvq.cli import app
 
     root = typer.main.get_command(app)
-    out = ["# Command-line reference\n",
-           "Generated from the CLI itself by `mqvq/cli/reference.py` (run as a module, its output is this file; a test "
-           "fails when this file is stale). `mqvq COMMAND --help` says the same in a terminal.\n"]
+    out = [
+        "# Command-line reference\n",
+        "Generated from the CLI itself by `mqvq/cli/reference.py` (run as a module, its output is this file; a test "
+        "fails when this file is stale). `mqvq COMMAND --help` says the same in a terminal.\n",
+    ]
     _command("mqvq", root, out)
     return "\n".join(out)
 

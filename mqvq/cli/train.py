@@ -1,4 +1,5 @@
 """`mqvq train stage1 ...`"""
+
 from __future__ import annotations
 
 import os
@@ -6,21 +7,40 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import (Device, Home, Profile, Progress, Sets, SystemMetricsFlag, TrackingUri, cli_errors, console, open_tracker,
-                             system_metrics_flag)
+from mqvq.cli.common import (
+    Device,
+    Home,
+    Profile,
+    Progress,
+    Sets,
+    SystemMetricsFlag,
+    TrackingUri,
+    cli_errors,
+    console,
+    open_tracker,
+    system_metrics_flag,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
 
 Seed = Annotated[int, typer.Option(help="run seed")]
-Resume = Annotated[bool, typer.Option("--resume", help="continue the latest unfinished run of this config and seed from its checkpoint")]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="continue the latest unfinished run of this config and seed from its checkpoint"),
+]
 RunId = Annotated[Optional[str], typer.Option("--run-id", help="resume this MLflow run id")]
-MlflowExperiment = Annotated[Optional[str], typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)")]
+MlflowExperiment = Annotated[
+    Optional[str],
+    typer.Option("--mlflow-experiment", help="MLflow experiment to log into (default: the experiment name)"),
+]
 
 
 @app.command("stage1")
 @cli_errors
 def stage1(
-    experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ (see `mqvq experiment list`) or a .toml path")],
+    experiment: Annotated[
+        str, typer.Argument(help="experiment name from experiments/ (see `mqvq experiment list`) or a .toml path")
+    ],
     profile: Profile = "smoke",
     set_: Sets = None,
     seed: Seed = 0,
@@ -40,16 +60,33 @@ def stage1(
     system_metrics_flag(system_metrics)
     cfg = load_experiment(experiment, profile, set_ or [], seed)
     tracker = open_tracker(tracking_uri, home)
-    result = train_stage1(cfg, tracker, resume=resume, run_id=run_id, device=device, progress=progress,
-                          mlflow_experiment=mlflow_experiment)
-    _report(result, f"stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}", result.get("val_metrics", {}))
+    result = train_stage1(
+        cfg,
+        tracker,
+        resume=resume,
+        run_id=run_id,
+        device=device,
+        progress=progress,
+        mlflow_experiment=mlflow_experiment,
+    )
+    _report(
+        result,
+        f"stage-1 run {result['run_id']} ({result['step']} steps) in {tracker.uri}",
+        result.get("val_metrics", {}),
+    )
 
 
 @app.command("stage2")
 @cli_errors
 def stage2(
     experiment: Annotated[str, typer.Argument(help="experiment name from experiments/ or a .toml path")],
-    stage1: Annotated[Optional[str], typer.Option("--stage1", help="stage-1 run id, logged model (m-..., models:/...), model checkpoint or STUDY:ROW (that row's stage-1 run at --profile) (default: the finished stage-1 run of this experiment, profile and seed)")] = None,
+    stage1: Annotated[
+        Optional[str],
+        typer.Option(
+            "--stage1",
+            help="stage-1 run id, logged model (m-..., models:/...), model checkpoint or STUDY:ROW (that row's stage-1 run at --profile) (default: the finished stage-1 run of this experiment, profile and seed)",
+        ),
+    ] = None,
     profile: Profile = "smoke",
     set_: Sets = None,
     seed: Seed = 0,
@@ -73,13 +110,24 @@ def stage2(
         from mqvq.studies.plan import run_spec
 
         stage1 = run_spec(tracker, stage1, profile, "stage1")
-    result = train_stage2(cfg, tracker, stage1=stage1, resume=resume, run_id=run_id, device=device, progress=progress,
-                          mlflow_experiment=mlflow_experiment)
+    result = train_stage2(
+        cfg,
+        tracker,
+        stage1=stage1,
+        resume=resume,
+        run_id=run_id,
+        device=device,
+        progress=progress,
+        mlflow_experiment=mlflow_experiment,
+    )
     from mqvq.metrics.registry import TRAIN_LOSS
 
     m = result.get("train_metrics", {})
-    _report(result, f"stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}",
-            {k: v for k, v in m.items() if k.startswith((TRAIN_LOSS, "val/"))})
+    _report(
+        result,
+        f"stage-2 run {result['run_id']} ({result['step']} steps) on stage-1 run {result['stage1']['run_id']}",
+        {k: v for k, v in m.items() if k.startswith((TRAIN_LOSS, "val/"))},
+    )
 
 
 def _report(result: dict, what: str, metrics: dict) -> None:

@@ -1,4 +1,5 @@
 """`mqvq weights`: where pretrained weights are found, and fetching the standard ones ahead of time."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -21,15 +22,36 @@ def _rows() -> list[dict]:
     rows = []
     for net in FILE_NAMES:
         try:
-            rows.append({"weights": f"LPIPS-{net}", "file": str(resolve_weights(net, download=False)), "status": "ready", "problem": None})
+            rows.append(
+                {
+                    "weights": f"LPIPS-{net}",
+                    "file": str(resolve_weights(net, download=False)),
+                    "status": "ready",
+                    "problem": None,
+                }
+            )
         except UserError as e:
-            rows.append({"weights": f"LPIPS-{net}", "file": str(weights_dir() / FILE_NAMES[net]), "status": "missing", "problem": str(e)})
+            rows.append(
+                {
+                    "weights": f"LPIPS-{net}",
+                    "file": str(weights_dir() / FILE_NAMES[net]),
+                    "status": "missing",
+                    "problem": str(e),
+                }
+            )
     for key, w in CATALOG.items():
         try:
             rows.append({"weights": key, "file": str(ensure(key, download=False)), "status": "ready", "problem": None})
         except UserError as e:  # absent, or there but not the published file (its size or SHA-256)
             there = (weights_dir() / w.file).is_file()
-            rows.append({"weights": key, "file": str(weights_dir() / w.file), "status": "wrong" if there else "missing", "problem": str(e)})
+            rows.append(
+                {
+                    "weights": key,
+                    "file": str(weights_dir() / w.file),
+                    "status": "wrong" if there else "missing",
+                    "problem": str(e),
+                }
+            )
     return rows
 
 
@@ -37,8 +59,21 @@ def _show(rows: list[dict], as_json: bool) -> None:
     if as_json:
         print_json({"weights": rows})
         return
-    console.print(table(["weights", "file", "status"], [[r["weights"], r["file"], "[green]ready[/]" if r["status"] == "ready"
-                                                         else f"[yellow]{r['status']}[/]: {escape(r['problem'])}"] for r in rows]))
+    console.print(
+        table(
+            ["weights", "file", "status"],
+            [
+                [
+                    r["weights"],
+                    r["file"],
+                    "[green]ready[/]"
+                    if r["status"] == "ready"
+                    else f"[yellow]{r['status']}[/]: {escape(r['problem'])}",
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @app.callback(invoke_without_command=True)
@@ -51,8 +86,10 @@ def status(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 @app.command()
 @cli_errors
-def fetch(which: Annotated[str, typer.Argument(help="inception (FID), vgg16 (LPIPS-VGG16 / FD-VGG16 trunk) or all")] = "all",
-          as_json: AsJson = False) -> None:
+def fetch(
+    which: Annotated[str, typer.Argument(help="inception (FID), vgg16 (LPIPS-VGG16 / FD-VGG16 trunk) or all")] = "all",
+    as_json: AsJson = False,
+) -> None:
     """Download the standard weights into the weights folder now, SHA-256 verified (e.g. on a connected
     machine, then copy the folder to an air-gapped one)."""
     from mqvq.errors import UserError

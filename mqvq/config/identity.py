@@ -1,5 +1,6 @@
 """A run's identity: the content hash of a resolved config section, which decides whether a finished
 run can be reused or an unfinished one resumed."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """Reading configs: nested dicts (TOML) into the typed dataclasses with every name and type
 checked, back to dicts, dotted overrides (`--set key=value`), and the field listing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise bad
         return tuple(value)
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+        ):
             raise bad
         return {str(k): float(v) for k, v in value.items()}
     if tp is bool:

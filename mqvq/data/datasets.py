@@ -7,6 +7,7 @@ datasets (procedural: what was drawn; COCO: the first caption of each image) lis
 integers, for the caption-following check). Nothing is ever downloaded: a missing or unreadable
 path is a `UserError`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +26,18 @@ from mqvq.data import procedural
 from mqvq.errors import UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -36,19 +48,37 @@ class InMemoryImages(Dataset):
     expanded to RGB when a batch is gathered, which keeps 60k images in ~60 MB.
     """
 
-    def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, fg: torch.Tensor | None,
-                 resolution: int, digest: str, num_classes: int, class_names: tuple[str, ...] = (),
-                 caption_list: list[str] | None = None, attributes: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        name: str,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        fg: torch.Tensor | None,
+        resolution: int,
+        digest: str,
+        num_classes: int,
+        class_names: tuple[str, ...] = (),
+        caption_list: list[str] | None = None,
+        attributes: dict[str, torch.Tensor] | None = None,
+    ):
         self.name, self.images, self.labels, self.fg = name, images, labels, fg
         self.resolution, self._digest, self.num_classes, self.class_names = resolution, digest, num_classes, class_names
         self.caption_list, self.attributes = caption_list, attributes
 
     def head(self, n: int, digest: str) -> "InMemoryImages":
         """The first n images (and their captions and attributes) under a new digest."""
-        return InMemoryImages(self.name, self.images[:n], self.labels[:n], None if self.fg is None else self.fg[:n],
-                              self.resolution, digest, self.num_classes, self.class_names,
-                              None if self.caption_list is None else self.caption_list[:n],
-                              None if self.attributes is None else {k: v[:n] for k, v in self.attributes.items()})
+        return InMemoryImages(
+            self.name,
+            self.images[:n],
+            self.labels[:n],
+            None if self.fg is None else self.fg[:n],
+            self.resolution,
+            digest,
+            self.num_classes,
+            self.class_names,
+            None if self.caption_list is None else self.caption_list[:n],
+            None if self.attributes is None else {k: v[:n] for k, v in self.attributes.items()},
+        )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -64,7 +94,9 @@ class InMemoryImages(Dataset):
         if x.shape[-1] != self.resolution:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
             if fg is not None:
-                fg = F.interpolate(fg[:, None].float(), size=(self.resolution, self.resolution), mode="nearest")[:, 0].bool()
+                fg = F.interpolate(fg[:, None].float(), size=(self.resolution, self.resolution), mode="nearest")[
+                    :, 0
+                ].bool()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1).contiguous()
         out = {"image": x, "label": self.labels[idx]}
@@ -87,15 +119,27 @@ def collate(batch):
 def procedural_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     count = cfg.num_train if split == "train" else cfg.num_test
     start = 0 if split == "train" else cfg.num_train  # test images never overlap training images
-    imgs, fgs, labels, attrs = procedural.render_all(cfg.seed, start, count, cfg.resolution, cfg.style, cfg.placement,
-                                                     cfg.holdout, split != "train")
+    imgs, fgs, labels, attrs = procedural.render_all(
+        cfg.seed, start, count, cfg.resolution, cfg.style, cfg.placement, cfg.holdout, split != "train"
+    )
     style = "" if cfg.style == "mixed" else f":{cfg.style}"  # the mixed style keeps its digest
     if cfg.placement != "inset" or cfg.holdout != "none":  # and the original placement keeps every style's
         style += f":{cfg.placement}:{cfg.holdout}"
-    digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}{style}".encode()).hexdigest()[:16]
-    return InMemoryImages(f"procedural-{split}", torch.from_numpy(imgs.copy()), torch.from_numpy(labels.copy()),
-                          torch.from_numpy(fgs.copy()), cfg.resolution, digest, len(procedural.KINDS), procedural.KINDS,
-                          procedural.captions(attrs), {k: torch.from_numpy(v.copy()) for k, v in attrs.items()})
+    digest = hashlib.sha256(f"procedural-v1:{cfg.seed}:{start}:{count}:{cfg.resolution}{style}".encode()).hexdigest()[
+        :16
+    ]
+    return InMemoryImages(
+        f"procedural-{split}",
+        torch.from_numpy(imgs.copy()),
+        torch.from_numpy(labels.copy()),
+        torch.from_numpy(fgs.copy()),
+        cfg.resolution,
+        digest,
+        len(procedural.KINDS),
+        procedural.KINDS,
+        procedural.captions(attrs),
+        {k: torch.from_numpy(v.copy()) for k, v in attrs.items()},
+    )
 
 
 # --------------------------------------------------------------------------- fashion-mnist
@@ -113,9 +157,11 @@ def fashion_mnist_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     prefix = "train" if split == "train" else "t10k"
     img_path, lab_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
     if not img_path.is_file() or not lab_path.is_file():
-        raise UserError(f"Fashion-MNIST not found in {root} (expected {img_path.name}): install it with "
-                        f"`apt-get install dataset-fashion-mnist`, or point stage1.data.root or $MQVQ_FASHION_MNIST at a "
-                        f"folder holding the idx .gz files.")
+        raise UserError(
+            f"Fashion-MNIST not found in {root} (expected {img_path.name}): install it with "
+            f"`apt-get install dataset-fashion-mnist`, or point stage1.data.root or $MQVQ_FASHION_MNIST at a "
+            f"folder holding the idx .gz files."
+        )
     images = _read_idx(img_path, 16)
     labels = _read_idx(lab_path, 8)
     if images.size % (28 * 28) or images.size // (28 * 28) != labels.size:
@@ -124,16 +170,33 @@ def fashion_mnist_dataset(cfg: DataConfig, split: str) -> InMemoryImages:
     labels = torch.from_numpy(labels.astype(np.int64))
     if cfg.fit == "translate":
         images = translate(images, cfg.resolution, cfg.seed, split)
-        digest = hashlib.sha256(img_path.read_bytes() + f"translate:{cfg.resolution}:{cfg.seed}".encode()).hexdigest()[:16]
-        return InMemoryImages(f"fashion-mnist-{split}", images, labels, images[:, 0] > 0, cfg.resolution, digest, 10,
-                              FASHION_MNIST_CLASSES)
+        digest = hashlib.sha256(img_path.read_bytes() + f"translate:{cfg.resolution}:{cfg.seed}".encode()).hexdigest()[
+            :16
+        ]
+        return InMemoryImages(
+            f"fashion-mnist-{split}",
+            images,
+            labels,
+            images[:, 0] > 0,
+            cfg.resolution,
+            digest,
+            10,
+            FASHION_MNIST_CLASSES,
+        )
     if cfg.fit == "resize":  # the garment fills the frame: no empty ring for a mask to latch onto
-        images = F.interpolate(images.float(), size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        images = (
+            F.interpolate(images.float(), size=(32, 32), mode="bilinear", align_corners=False)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     else:
         images = F.pad(images, (2, 2, 2, 2))  # 28 -> 32 on the black background
     fg = images[:, 0] > 0
     digest = hashlib.sha256(img_path.read_bytes() + (b"resize" if cfg.fit == "resize" else b"")).hexdigest()[:16]
-    return InMemoryImages(f"fashion-mnist-{split}", images, labels, fg, cfg.resolution, digest, 10, FASHION_MNIST_CLASSES)
+    return InMemoryImages(
+        f"fashion-mnist-{split}", images, labels, fg, cfg.resolution, digest, 10, FASHION_MNIST_CLASSES
+    )
 
 
 def translate(images: torch.Tensor, canvas: int, seed: int, split: str) -> torch.Tensor:
@@ -174,7 +237,9 @@ class FolderImages(Dataset):
 
         root = Path(cfg.root)
         if not cfg.root:
-            raise UserError(f"stage1.data.root is empty: point it at your {cfg.layout} image folder, e.g. --set stage1.data.root=/data/ffhq.")
+            raise UserError(
+                f"stage1.data.root is empty: point it at your {cfg.layout} image folder, e.g. --set stage1.data.root=/data/ffhq."
+            )
         if not root.is_dir():
             raise UserError(f"dataset folder {root} does not exist or is not a folder (stage1.data.root).")
         self.name, self.resolution, self.layout = f"{cfg.layout}-{split}", cfg.resolution, cfg.layout
@@ -182,7 +247,11 @@ class FolderImages(Dataset):
         if cfg.layout == "coco":
             folder = root / ("train2017" if split == "train" else "val2017")
             files = _list_images(folder) if folder.is_dir() else []
-            cap_path = Path(cfg.captions) if cfg.captions else root / "annotations" / f"captions_{'train' if split == 'train' else 'val'}2017.json"
+            cap_path = (
+                Path(cfg.captions)
+                if cfg.captions
+                else root / "annotations" / f"captions_{'train' if split == 'train' else 'val'}2017.json"
+            )
             self.captions = _read_coco_captions(cap_path)
             files = [p for p in files if p.name in self.captions]
         else:
@@ -194,12 +263,16 @@ class FolderImages(Dataset):
                 folder = root
                 files = _list_images(root)
                 n_test = int(round(len(files) * cfg.test_fraction))
-                files = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test:]
+                files = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test :]
         if not files:
-            raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found for the {split} split under {folder}.")
+            raise UserError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found for the {split} split under {folder}."
+            )
         self.classes: tuple[str, ...] = ()
         if cfg.layout == "imagenet":
-            self.classes = tuple(sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1}))
+            self.classes = tuple(
+                sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
+            )
             index = {c: i for i, c in enumerate(self.classes)}
             self.labels = [index.get(p.relative_to(folder).parts[0], -1) for p in files]
         else:
@@ -291,7 +364,9 @@ def check_images(ds, cache_dir: Path | None = None) -> None:
     bad = ds.bad_files()
     if bad:
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise UserError(f"{len(bad)} of {len(ds)} images in the {ds.name} split cannot be decoded: {shown}; remove or replace them.")
+        raise UserError(
+            f"{len(bad)} of {len(ds)} images in the {ds.name} split cannot be decoded: {shown}; remove or replace them."
+        )
     if mark is not None:
         try:
             mark.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +384,9 @@ def _read_coco_captions(path: Path) -> dict[str, str]:
             out.setdefault(names[ann["image_id"]], ann["caption"].strip())
         return out
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read COCO captions {path}: {e} (set stage1.data.captions to the captions JSON).") from None
+        raise UserError(
+            f"cannot read COCO captions {path}: {e} (set stage1.data.captions to the captions JSON)."
+        ) from None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -334,11 +411,29 @@ class StepSampler:
     over ranks. Starting at `start_step` reproduces exactly the batches an uninterrupted run sees,
     so a resumed run trains on the same data in the same order."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_step: int = 0,
+        shuffle: bool = True,
+    ):
         if n < batch_size * world:
-            raise UserError(f"the dataset has {n} images, fewer than one global batch of {batch_size * world}: lower train.batch_size.")
-        self.n, self.batch, self.seed, self.rank, self.world, self.start, self.shuffle = n, batch_size, seed, rank, world, start_step, shuffle
+            raise UserError(
+                f"the dataset has {n} images, fewer than one global batch of {batch_size * world}: lower train.batch_size."
+            )
+        self.n, self.batch, self.seed, self.rank, self.world, self.start, self.shuffle = (
+            n,
+            batch_size,
+            seed,
+            rank,
+            world,
+            start_step,
+            shuffle,
+        )
         self.per_epoch = n // (batch_size * world)
 
     def __iter__(self):
@@ -351,16 +446,22 @@ class StepSampler:
                 perm = torch.arange(self.n)
             for b in range(offset, self.per_epoch):
                 start = (b * self.world + self.rank) * self.batch
-                yield perm[start: start + self.batch].tolist()
+                yield perm[start : start + self.batch].tolist()
             epoch, offset = epoch + 1, 0
 
 
 def train_loader(ds, batch_size: int, seed: int, rank: int, world: int, start_step: int, workers: int):
     sampler = StepSampler(len(ds), batch_size, seed, rank, world, start_step)
     # own generator: creating the iterator must not draw from the global RNG, or resumes would diverge
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                                       generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def eval_batches(ds, batch_size: int, limit: int = 0, rank: int = 0, world: int = 1, workers: int = 0):
@@ -381,7 +482,10 @@ def data_source(cfg: DataConfig) -> tuple[str, str]:
     """(source type, source) of the data `cfg` describes, as a tracking store records it: a folder's
     path (its pixels are never read for this), or the generator or package it comes from."""
     if cfg.name == "procedural":
-        return "code", f"mqvq procedural generator (style {cfg.style}, {cfg.num_train} train / {cfg.num_test} test images)"
+        return (
+            "code",
+            f"mqvq procedural generator (style {cfg.style}, {cfg.num_train} train / {cfg.num_test} test images)",
+        )
     if cfg.name == "fashion-mnist":
         return "local", str(Path(cfg.root or os.environ.get("MQVQ_FASHION_MNIST") or FASHION_MNIST_DIR).resolve())
     return "local", str(Path(cfg.root).resolve())

@@ -3,6 +3,7 @@
 `mqvq data show` prints this before a long run, so a wrong root, layout or resolution shows up
 in a second instead of after the first checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,10 +33,19 @@ def load_splits(cfg: DataConfig) -> dict:
 
 def describe(cfg: DataConfig, splits: dict | None = None) -> dict:
     """Sizes, classes, digests and foreground share of both splits (`splits` from `load_splits`)."""
-    out = {"name": cfg.name, "style": cfg.style if cfg.name == "procedural" else "",
-           "placement": f"{cfg.placement}" + ("" if cfg.holdout == "none" else f", {cfg.holdout} held out") if cfg.name == "procedural" else "", "root": data_root(cfg), "resolution": cfg.resolution,
-           "layout": cfg.layout if cfg.name == "folder" else "", "augment": cfg.augment and cfg.name == "folder",
-           "fit": cfg.fit if cfg.name == "fashion-mnist" else "", "splits": {}}
+    out = {
+        "name": cfg.name,
+        "style": cfg.style if cfg.name == "procedural" else "",
+        "placement": f"{cfg.placement}" + ("" if cfg.holdout == "none" else f", {cfg.holdout} held out")
+        if cfg.name == "procedural"
+        else "",
+        "root": data_root(cfg),
+        "resolution": cfg.resolution,
+        "layout": cfg.layout if cfg.name == "folder" else "",
+        "augment": cfg.augment and cfg.name == "folder",
+        "fit": cfg.fit if cfg.name == "fashion-mnist" else "",
+        "splits": {},
+    }
     for split, ds in (splits or load_splits(cfg)).items():
         info = {"images": len(ds), "digest": ds.digest(), "classes": list(ds.class_names)}
         labels = _labels(ds)
@@ -66,5 +76,10 @@ def preview(cfg: DataConfig, split: str = "train", n: int = 8, dataset=None) -> 
     batch = next(iter(eval_batches(ds, min(n, len(ds)))))
     rows = [(f"{split} images", to_pixels(batch["image"]))]
     if "fg" in batch:  # the kept-token overlay of Fig. 4, at pixel resolution
-        rows.append(("foreground\n(background\ndarkened)", to_pixels(mask_overlay(batch["image"], batch["fg"], tuple(batch["fg"].shape[-2:])))))
+        rows.append(
+            (
+                "foreground\n(background\ndarkened)",
+                to_pixels(mask_overlay(batch["image"], batch["fg"], tuple(batch["fg"].shape[-2:]))),
+            )
+        )
     return labelled_grid(rows, [f"#{i + 1}" for i in range(rows[0][1].shape[0])], f"{cfg.name} {cfg.resolution} px")

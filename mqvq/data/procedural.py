@@ -33,6 +33,7 @@ comes back at the opposite one), which makes every position equally likely to be
 
 The data is synthetic and is labelled as such wherever results are reported.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -46,18 +47,33 @@ PLACEMENTS = ("inset", "uniform", "wrap")
 HOLDOUTS = ("none", "top-left")
 # how far each kind reaches from its centre, in units of its radius: the rectangle's corner at
 # e = 1 is sqrt(2) away, the face's head 1.15 (uniform placement keeps every object wholly inside)
-REACH = {"ellipse": 1.0, "rectangle": 2 ** 0.5, "triangle": 1.0, "face": 1.15}
+REACH = {"ellipse": 1.0, "rectangle": 2**0.5, "triangle": 1.0, "face": 1.15}
 HOLDOUT_REACH = 0.45  # with a held-out quadrant, no object reaches further than this from its centre
 SUPERSAMPLE = 2  # render at 2x and box-filter down for anti-aliased edges
 
 # what a caption says, as the attribute classes a caption-following check scores
-KIND_WORDS = ("circle", "rectangle", "triangle", "face")  # ellipses of aspect 0.5-1 are called circles, as a person would
+KIND_WORDS = (
+    "circle",
+    "rectangle",
+    "triangle",
+    "face",
+)  # ellipses of aspect 0.5-1 are called circles, as a person would
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white")
 PLACES = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
 BACKGROUNDS = ("plain", "gradient", "striped", "checkered")
 COUNTS = ("one", "two", "three")
 ATTRIBUTES = {"kind": KIND_WORDS, "colour": COLOURS, "place": PLACES, "count": COUNTS, "background": BACKGROUNDS}
-_HUES = ((15, 0), (45, 1), (70, 2), (160, 3), (200, 4), (255, 5), (290, 6), (345, 7), (360, 0))  # upper bound in degrees -> colour
+_HUES = (
+    (15, 0),
+    (45, 1),
+    (70, 2),
+    (160, 3),
+    (200, 4),
+    (255, 5),
+    (290, 6),
+    (345, 7),
+    (360, 0),
+)  # upper bound in degrees -> colour
 
 
 def colour_name(rgb: np.ndarray) -> int:
@@ -81,8 +97,10 @@ def caption(attrs: dict[str, int]) -> str:
     place = PLACES[attrs["place"]]
     where = "in the centre" if place == "centre" else f"at the {place}"
     more = ("", " and one more shape", " and two more shapes")[attrs["count"]]
-    return (f"a {COLOURS[attrs['colour']]} {KIND_WORDS[attrs['kind']]} {where}{more} "
-            f"on a {BACKGROUNDS[attrs['background']]} background")
+    return (
+        f"a {COLOURS[attrs['colour']]} {KIND_WORDS[attrs['kind']]} {where}{more} "
+        f"on a {BACKGROUNDS[attrs['background']]} background"
+    )
 
 
 def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -156,8 +174,17 @@ def _offsets(x: np.ndarray, y: np.ndarray, cx: float, cy: float, wrap: bool) -> 
     return dx, dy
 
 
-def _shape(rng: np.random.Generator, kind: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float,
-           r: float, angle: float, wrap: bool = False) -> np.ndarray:
+def _shape(
+    rng: np.random.Generator,
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    wrap: bool = False,
+) -> np.ndarray:
     """Boolean coverage of one object, in the object's rotated frame."""
     c, s = np.cos(angle), np.sin(angle)
     dx, dy = _offsets(x, y, cx, cy, wrap)
@@ -165,7 +192,7 @@ def _shape(rng: np.random.Generator, kind: str, x: np.ndarray, y: np.ndarray, cx
     v = (-s * dx + c * dy) / r
     if kind == "ellipse":
         e = rng.uniform(0.5, 1.0)
-        return u ** 2 + (v / e) ** 2 <= 1.0
+        return u**2 + (v / e) ** 2 <= 1.0
     if kind == "rectangle":
         e = rng.uniform(0.4, 1.0)
         return (np.abs(u) <= 1.0) & (np.abs(v) <= e)
@@ -176,19 +203,28 @@ def _shape(rng: np.random.Generator, kind: str, x: np.ndarray, y: np.ndarray, cx
             inside &= (np.cos(a) * u + np.sin(a) * v) <= 0.5
         return inside
     # face: head ellipse; features are painted separately
-    return u ** 2 + (v / 1.15) ** 2 <= 1.0
+    return u**2 + (v / 1.15) ** 2 <= 1.0
 
 
-def _face_features(img: np.ndarray, x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float,
-                   angle: float, colour: np.ndarray, wrap: bool = False) -> None:
+def _face_features(
+    img: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    colour: np.ndarray,
+    wrap: bool = False,
+) -> None:
     c, s = np.cos(angle), np.sin(angle)
     dx, dy = _offsets(x, y, cx, cy, wrap)
     u = (c * dx + s * dy) / r
     v = (-s * dx + c * dy) / r
     dark = colour * 0.25
     for ex in (-0.38, 0.38):  # eyes
-        img[(u - ex) ** 2 + (v + 0.3) ** 2 <= 0.15 ** 2] = dark
-    d = np.sqrt(u ** 2 + (v - 0.05) ** 2)  # mouth: lower arc
+        img[(u - ex) ** 2 + (v + 0.3) ** 2 <= 0.15**2] = dark
+    d = np.sqrt(u**2 + (v - 0.05) ** 2)  # mouth: lower arc
     img[(np.abs(d - 0.55) <= 0.08) & (v > 0.25)] = dark
 
 
@@ -226,13 +262,14 @@ def _centre(rng: np.random.Generator, reach: float, holdout: str, split_test: bo
             return cx, cy
         if split_test and cx < 0 and cy < 0:
             return cx, cy
-        if not split_test and max(cx, 0.0) ** 2 + max(cy, 0.0) ** 2 >= reach ** 2:
+        if not split_test and max(cx, 0.0) ** 2 + max(cy, 0.0) ** 2 >= reach**2:
             return cx, cy
     raise RuntimeError("no placement found")  # cannot happen for the radii drawn here
 
 
-def _render_crossed(seed: int, index: int, resolution: int, style: str, placement: str, holdout: str,
-                    split_test: bool) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+def _render_crossed(
+    seed: int, index: int, resolution: int, style: str, placement: str, holdout: str, split_test: bool
+) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
     """The crossed styles and the uniform placement (the original styles at placement `inset` keep
     their bytes in `render`): objects and backgrounds flat or textured, colours from one range."""
     rng = np.random.default_rng([seed, index])
@@ -279,8 +316,15 @@ def _render_crossed(seed: int, index: int, resolution: int, style: str, placemen
     return (*_downsample(img, fg, resolution, clip=True), label, attrs)
 
 
-def render(seed: int, index: int, resolution: int, style: str = "mixed", placement: str = "inset", holdout: str = "none",
-           split_test: bool = False) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+def render(
+    seed: int,
+    index: int,
+    resolution: int,
+    style: str = "mixed",
+    placement: str = "inset",
+    holdout: str = "none",
+    split_test: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
     """One image: (uint8 HxWx3, bool HxW foreground mask, label = kind of the largest object,
     attributes: indices into ATTRIBUTES' vocabularies, which `caption` spells out). `split_test`
     matters only with a held-out quadrant (which side of it the objects go)."""
@@ -319,8 +363,16 @@ def render(seed: int, index: int, resolution: int, style: str = "mixed", placeme
 
 
 @functools.lru_cache(maxsize=8)
-def render_all(seed: int, start: int, count: int, resolution: int, style: str = "mixed", placement: str = "inset",
-               holdout: str = "none", split_test: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def render_all(
+    seed: int,
+    start: int,
+    count: int,
+    resolution: int,
+    style: str = "mixed",
+    placement: str = "inset",
+    holdout: str = "none",
+    split_test: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Images start..start+count-1 as (N,3,H,W) uint8, (N,H,W) bool, (N,) int64 labels and
     {attribute: (N,) int64}.
 

@@ -1,4 +1,5 @@
 """Codebook usage: the share of codes used (Table 6) and the share an evenly used codebook would need."""
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@
 - `vgg16`: ImageNet VGG16 relu5_3, average-pooled (512-d), from the LPIPS-VGG16 trunk weights
   (usable offline). Never called FID: its metrics are `fd_vgg16` and `rfd_vgg16`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,14 +35,18 @@ def resolve_inception_weights(path: str | None = None) -> Path:
     if named:
         if Path(named).is_file():
             return verified("inception", Path(named))
-        raise UserError(f"FID Inception weights not found at {named}: put {INCEPTION_FILE} (the pytorch-fid / torch-fidelity "
-                        f"Inception-v3 file, ~96 MB) there, or unset MQVQ_INCEPTION_WEIGHTS / eval.inception_weights to use the "
-                        f"weights folder, where mqvq fetches it.")
+        raise UserError(
+            f"FID Inception weights not found at {named}: put {INCEPTION_FILE} (the pytorch-fid / torch-fidelity "
+            f"Inception-v3 file, ~96 MB) there, or unset MQVQ_INCEPTION_WEIGHTS / eval.inception_weights to use the "
+            f"weights folder, where mqvq fetches it."
+        )
     try:
         return ensure("inception")
     except UserError as e:
-        raise UserError(f"FID Inception weights not found: {str(e).rstrip('.')}; or use --backend vgg16 "
-                        f"(reported as fd_vgg16, not FID).") from None
+        raise UserError(
+            f"FID Inception weights not found: {str(e).rstrip('.')}; or use --backend vgg16 "
+            f"(reported as fd_vgg16, not FID)."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -68,8 +73,9 @@ class InceptionFeatures:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         try:
-            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                     feature_extractor_weights_path=str(path))
+            self.model = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+            )
         except RuntimeError as e:
             raise UserError(f"{path} is not an FID Inception-v3 state dict ({str(e).splitlines()[0]}).") from None
         del state
@@ -99,14 +105,21 @@ class VGG16Features:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         x = images.to(self.device).float() / 127.5 - 1.0
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True
+            )
         with _strict_fp32():
             feats = self.lpips.net((x - self.lpips.shift) / self.lpips.scale)[-1]  # relu5_3
         return feats.mean(dim=(2, 3)).float(), None
 
 
-def make_backend(name: str, device: torch.device, resolution: int, inception_weights: str | None = None,
-                 lpips_weights: str | None = None):
+def make_backend(
+    name: str,
+    device: torch.device,
+    resolution: int,
+    inception_weights: str | None = None,
+    lpips_weights: str | None = None,
+):
     if name == "inception":
         return InceptionFeatures(device, inception_weights)
     if name == "vgg16":

@@ -5,6 +5,7 @@ roots of the eigenvalues of S1^1/2 S2 S1^1/2 (symmetric PSD, so `eigh` is exact 
 `scipy.linalg.sqrtm`: it is slow at 2048 dims and its `disp` argument, which clean-fid passes,
 was removed in SciPy 1.18.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ class RunningStats:
         self.outer = np.zeros((dim, dim), dtype=np.float64)
 
     def update(self, feats: torch.Tensor | np.ndarray) -> None:
-        x = feats.detach().double().cpu().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats, dtype=np.float64)
+        x = (
+            feats.detach().double().cpu().numpy()
+            if isinstance(feats, torch.Tensor)
+            else np.asarray(feats, dtype=np.float64)
+        )
         self.n += x.shape[0]
         self.sum += x.sum(0)
         self.outer += x.T @ x

@@ -28,6 +28,7 @@ and the keep frequency of every grid position (the heat map `mqvq eval` draws). 
 learned importance has precision above the foreground fraction; one that learned the opposite
 (or the padding ring of 28 -> 32 px Fashion-MNIST) has it below.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,10 +73,10 @@ def per_image_auroc(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch
     out = torch.zeros(b, dtype=torch.float64, device=s.device)
     chunk = max(1, (1 << 22) // (length * length))
     for i in range(0, b, chunk):
-        sc, p = s[i: i + chunk], pos[i: i + chunk]
+        sc, p = s[i : i + chunk], pos[i : i + chunk]
         wins = _wins(sc)
         pairs = p[:, :, None] & ~p[:, None, :]
-        out[i: i + chunk] = (wins * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
+        out[i : i + chunk] = (wins * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
     npos = pos.sum(1)
     return out, (npos > 0) & (npos < length)
 
@@ -103,7 +104,7 @@ def shuffled_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None
     den = torch.zeros((), dtype=torch.float64, device=s.device)
     chunk = max(1, (1 << 22) // (length * length))
     for i in range(0, b, chunk):
-        sc, p = s[i: i + chunk], pos[i: i + chunk]
+        sc, p = s[i : i + chunk], pos[i : i + chunk]
         neg = counts[None] - p.double()  # (c, L) the other images' foreground at each position
         num += ((_wins(sc) * neg[:, None, :]).sum(2) * p).sum()
         den += (p.sum(1).double() * neg.sum(1)).sum()
@@ -128,11 +129,15 @@ def foreground_contrast(batches, downsample: int) -> dict:
         images += t.shape[0]
     freq = per_position / max(images, 1) if per_position is not None else torch.zeros(1, dtype=torch.float64)
     high, low = float(freq.max()), float(freq.min())
-    return {"brightness_foreground": round(float(sums[0] / sums[1].clamp_min(1)), 4),
-            "brightness_background": round(float(sums[2] / sums[3].clamp_min(1)), 4),
-            "foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4), "downsample": downsample,
-            "foreground_frequency_max": round(high, 4), "foreground_frequency_min": round(low, 4),
-            "foreground_frequency_ratio": round(high / low, 3) if low > 0 else None}
+    return {
+        "brightness_foreground": round(float(sums[0] / sums[1].clamp_min(1)), 4),
+        "brightness_background": round(float(sums[2] / sums[3].clamp_min(1)), 4),
+        "foreground_token_fraction": round(float(tokens[0] / tokens[1].clamp_min(1)), 4),
+        "downsample": downsample,
+        "foreground_frequency_max": round(high, 4),
+        "foreground_frequency_min": round(low, 4),
+        "foreground_frequency_ratio": round(high / low, 3) if low > 0 else None,
+    }
 
 
 def border_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
@@ -154,7 +159,9 @@ class MaskTally:
         self.kept_edge, self.edge, self.detail_kept, self.detail_all = z(), z(), z(), z()
         self.detail_tokens = z()
         self.auroc_sum, self.auroc_images = z(), z()
-        self.scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scores, foreground tokens) per batch, for the shuffled AUROC
+        self.scored: list[
+            tuple[torch.Tensor, torch.Tensor]
+        ] = []  # (scores, foreground tokens) per batch, for the shuffled AUROC
         self.with_fg = False
         # score vs brightness / detail: n, sum s, sum b, sum d, sum s^2, sum b^2, sum d^2; then sum sb, sum sd
         self.moments = torch.zeros(7, dtype=torch.float64, device=device)
@@ -164,8 +171,13 @@ class MaskTally:
         self.images = 0
         self.border = border_positions(grid, device)
 
-    def add(self, keep: torch.Tensor, fg: torch.Tensor | None = None, scores: torch.Tensor | None = None,
-            images: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        keep: torch.Tensor,
+        fg: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+    ) -> None:
         """keep: (B, L) bool; fg: (B, H, W) pixel foreground mask or None; scores: (B, L) or None;
         images: (B, C, H, W) for the detail ratio, or None."""
         dev = self.keep_count.device
@@ -183,8 +195,17 @@ class MaskTally:
                 sc = scores.detach().to(dev).double().flatten()
                 br = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), self.grid).to(dev).double().flatten()
                 de = detail.double().flatten()
-                self.moments += torch.stack([sc.new_tensor(sc.numel()), sc.sum(), br.sum(), de.sum(),
-                                             (sc * sc).sum(), (br * br).sum(), (de * de).sum()])
+                self.moments += torch.stack(
+                    [
+                        sc.new_tensor(sc.numel()),
+                        sc.sum(),
+                        br.sum(),
+                        de.sum(),
+                        (sc * sc).sum(),
+                        (br * br).sum(),
+                        (de * de).sum(),
+                    ]
+                )
                 self.cross += torch.stack([(sc * br).sum(), (sc * de).sum()])
         if fg is None:
             return
@@ -222,22 +243,28 @@ class MaskTally:
         if (~self.border).any():
             out["mask_keep_centre"] = freq[~self.border].mean().item()
         if self.detail_tokens > 0 and self.detail_all > 0:
-            out["mask_detail_ratio"] = ((self.detail_kept / self.kept.clamp_min(1)) / (self.detail_all / self.detail_tokens)).item()
+            out["mask_detail_ratio"] = (
+                (self.detail_kept / self.kept.clamp_min(1)) / (self.detail_all / self.detail_tokens)
+            ).item()
         n, s_sum, b_sum, d_sum, s_sq, b_sq, d_sq = self.moments.tolist()
         if n > 1:
+
             def corr(x_sum, x_sq, sx):
                 var_s, var_x = s_sq / n - (s_sum / n) ** 2, x_sq / n - (x_sum / n) ** 2
-                return (sx / n - s_sum * x_sum / n ** 2) / (var_s * var_x) ** 0.5 if var_s > 0 and var_x > 0 else 0.0
+                return (sx / n - s_sum * x_sum / n**2) / (var_s * var_x) ** 0.5 if var_s > 0 and var_x > 0 else 0.0
+
             sb, sd = self.cross.tolist()
             out["mask_score_corr_brightness"] = corr(b_sum, b_sq, sb)
             out["mask_score_corr_detail"] = corr(d_sum, d_sq, sd)
         if not self.with_fg:
             return out
-        out |= {"mask_fg_precision": (self.kept_fg / self.kept.clamp_min(1)).item(),
-                "mask_fg_recall": (self.kept_fg / self.fg.clamp_min(1)).item(),
-                "fg_token_fraction": (self.fg / self.tokens.clamp_min(1)).item(),
-                "mask_edge_precision": (self.kept_edge / self.kept.clamp_min(1)).item(),
-                "edge_token_fraction": (self.edge / self.tokens.clamp_min(1)).item()}
+        out |= {
+            "mask_fg_precision": (self.kept_fg / self.kept.clamp_min(1)).item(),
+            "mask_fg_recall": (self.kept_fg / self.fg.clamp_min(1)).item(),
+            "fg_token_fraction": (self.fg / self.tokens.clamp_min(1)).item(),
+            "mask_edge_precision": (self.kept_edge / self.kept.clamp_min(1)).item(),
+            "edge_token_fraction": (self.edge / self.tokens.clamp_min(1)).item(),
+        }
         if self.auroc_images > 0:
             out["mask_auroc"] = (self.auroc_sum / self.auroc_images).item()
         if self.scored:
@@ -252,6 +279,21 @@ class MaskTally:
         return out
 
 
-MASK_METRICS = ("mask_fg_precision", "mask_auroc", "mask_sauc", "mask_damage_fg", "mask_damage_bg", "mask_fg_recall", "fg_token_fraction", "mask_score_fg", "mask_score_bg",
-                "mask_keep_border", "mask_keep_centre", "mask_edge_precision", "edge_token_fraction", "mask_detail_ratio",
-                "mask_score_corr_brightness", "mask_score_corr_detail")
+MASK_METRICS = (
+    "mask_fg_precision",
+    "mask_auroc",
+    "mask_sauc",
+    "mask_damage_fg",
+    "mask_damage_bg",
+    "mask_fg_recall",
+    "fg_token_fraction",
+    "mask_score_fg",
+    "mask_score_bg",
+    "mask_keep_border",
+    "mask_keep_centre",
+    "mask_edge_precision",
+    "edge_token_fraction",
+    "mask_detail_ratio",
+    "mask_score_corr_brightness",
+    "mask_score_corr_detail",
+)

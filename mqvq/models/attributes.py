@@ -4,6 +4,7 @@ background): the offline check that text-conditional samples show what their cap
 It sees images at 32x32 (any resolution is resized), so the same classifier scores every profile's
 samples of one dataset; one linear head per attribute over a 4x4 map of a 4-layer conv trunk.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,15 @@ class AttributeNet(nn.Module):
 
         # one conv per scale keeps training to a couple of CPU minutes; places need where things
         # are, so the heads read a 4x4 map rather than a global average
-        self.trunk = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                                   nn.Conv2d(4 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
-                                   nn.Flatten())
+        self.trunk = nn.Sequential(
+            block(3, width),
+            block(width, 2 * width),
+            block(2 * width, 4 * width),
+            nn.Conv2d(4 * width, 4 * width, 3, padding=1),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         feat = 4 * width * 16
         self.heads = nn.ModuleDict({name: nn.Linear(feat, n) for name, n in self.classes.items()})
 

@@ -4,6 +4,7 @@ Attention sits at the latent resolution (taming's attn_resolutions = [H/f]). The
 middle is a pluggable `head`: VQGAN's mid block (ResNet, attention, ResNet) or the MQ-VAE
 de-mask module, which the released code puts exactly there (decoder conv_in, then de-masker).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,16 @@ from mqvq.models.layers import AttnBlock, Downsample, Normalize, ResnetBlock, Up
 
 
 class Encoder(nn.Module):
-    def __init__(self, channels: int, mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
-                 attention: bool = True, dropout: float = 0.0, in_channels: int = 3):
+    def __init__(
+        self,
+        channels: int,
+        mult: tuple[int, ...],
+        num_res_blocks: int,
+        z_channels: int,
+        attention: bool = True,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         blocks: list[nn.Module] = []
@@ -31,8 +40,11 @@ class Encoder(nn.Module):
             if not latent_level:
                 blocks.append(Downsample(cin))
         self.down = nn.Sequential(*blocks)
-        self.mid = nn.Sequential(ResnetBlock(cin, cin, dropout), AttnBlock(cin) if attention else nn.Identity(),
-                                 ResnetBlock(cin, cin, dropout))
+        self.mid = nn.Sequential(
+            ResnetBlock(cin, cin, dropout),
+            AttnBlock(cin) if attention else nn.Identity(),
+            ResnetBlock(cin, cin, dropout),
+        )
         self.norm_out = Normalize(cin)
         self.conv_out = nn.Conv2d(cin, z_channels, 3, padding=1)
 
@@ -58,8 +70,17 @@ class MidBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, channels: int, mult: tuple[int, ...], num_res_blocks: int, z_channels: int, head: nn.Module,
-                 attention: bool = True, dropout: float = 0.0, out_channels: int = 3):
+    def __init__(
+        self,
+        channels: int,
+        mult: tuple[int, ...],
+        num_res_blocks: int,
+        z_channels: int,
+        head: nn.Module,
+        attention: bool = True,
+        dropout: float = 0.0,
+        out_channels: int = 3,
+    ):
         super().__init__()
         cin = channels * mult[-1]
         self.conv_in = nn.Conv2d(z_channels, cin, 3, padding=1)

@@ -1,5 +1,6 @@
 """Checkpoints written atomically (temp file + rename) so an interrupted write never
 corrupts the previous checkpoint, and read back with clear errors."""
+
 from __future__ import annotations
 
 import functools

@@ -13,6 +13,7 @@ layer by layer (0.02, 0.141, 0.376, 0.613, 0.783, 0.885, 0.941, 0.970 for H = 8)
 Variants: `dcsa-update` (the paper), `dcsa` (B_h = B_1 for every layer), `sa` (B = 1: plain
 self-attention; with no mask this is VQGAN*'s extra blocks).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,15 @@ def key_weight_schedule(keep: torch.Tensor, layers: int, mask_init: float, updat
 
 
 class DeMask(nn.Module):
-    def __init__(self, channels: int, layers: int, variant: str = "dcsa-update", mask_init: float = 0.02,
-                 renormalize: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        channels: int,
+        layers: int,
+        variant: str = "dcsa-update",
+        mask_init: float = 0.02,
+        renormalize: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if variant not in ("dcsa-update", "dcsa", "sa"):
             raise ValueError(variant)

@@ -1,4 +1,5 @@
 """PatchGAN discriminator (pix2pix / taming `NLayerDiscriminator`) and hinge losses."""
+
 from __future__ import annotations
 
 import torch
@@ -14,10 +15,13 @@ class PatchDiscriminator(nn.Module):
         seq: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         mult = 1
         for n in range(1, layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
+            prev, mult = mult, min(2**n, 8)
             stride = 2 if n < layers else 1
-            seq += [nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
-                    nn.BatchNorm2d(channels * mult), nn.LeakyReLU(0.2)]
+            seq += [
+                nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(channels * mult),
+                nn.LeakyReLU(0.2),
+            ]
         seq.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
         self.net = nn.Sequential(*seq)
         self.apply(_init)

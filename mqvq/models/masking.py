@@ -10,6 +10,7 @@ unit modulation, so the two differ only in which positions are kept. All batched
 gather and scatter on the device, no Python loop over the batch, no host sync. Selectors that
 give the choice itself a learning signal, and the rule-based bounds, are in `selectors.py`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from mqvq.config import num_kept
 
 @dataclass
 class MaskOutput:
-    features: torch.Tensor   # (B, N, C) kept region features (modulated for adaptive)
+    features: torch.Tensor  # (B, N, C) kept region features (modulated for adaptive)
     positions: torch.Tensor  # (B, N) int64 kept positions in [0, L), increasing (raster order)
-    keep: torch.Tensor       # (B, L) bool, True at kept positions
+    keep: torch.Tensor  # (B, L) bool, True at kept positions
     scores: torch.Tensor | None  # (B, L) importance scores (adaptive only)
     relaxed: torch.Tensor | None = None  # (B, L) differentiable keep surrogate (straight-through selector, training)
 
@@ -58,8 +59,12 @@ class ConvScorer(nn.Module):
 
     def __init__(self, channels: int, hidden: int, batchnorm: bool = True):
         super().__init__()
-        layers = [nn.GroupNorm(1, channels, affine=False), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
-                  nn.Conv2d(hidden, 1, 1)]
+        layers = [
+            nn.GroupNorm(1, channels, affine=False),
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 1, 1),
+        ]
         self.net = nn.Sequential(*layers, *([nn.BatchNorm2d(1)] if batchnorm else []))
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -96,7 +101,9 @@ class AdaptiveMask(nn.Module):
         self.ratio = ratio
         self.scorer = make_scorer(scorer, channels, hidden)
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         b, c, h, w = z.shape
         scores = self.scorer(z)  # (B, L)
         positions, keep = select_top(scores, num_kept(h * w, self.ratio))
@@ -115,7 +122,9 @@ class RandomMask(nn.Module):
         super().__init__()
         self.ratio = ratio
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         b, c, h, w = z.shape
         positions, keep = select_top(torch.rand(b, h * w, device=z.device), num_kept(h * w, self.ratio))
         tokens = F.layer_norm(z.flatten(2).transpose(1, 2), (c,))
@@ -125,7 +134,9 @@ class RandomMask(nn.Module):
 class NoMask(nn.Module):
     """VQGAN: every position kept, features untouched."""
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         b, c, h, w = z.shape
         positions = torch.arange(h * w, device=z.device).expand(b, -1)
         keep = torch.ones(b, h * w, dtype=torch.bool, device=z.device)
@@ -148,4 +159,6 @@ def positions_from_keep(keep: torch.Tensor) -> torch.Tensor:
 
 
 def keep_from_positions(positions: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.zeros(positions.shape[0], length, dtype=torch.bool, device=positions.device).scatter_(1, positions, True)
+    return torch.zeros(positions.shape[0], length, dtype=torch.bool, device=positions.device).scatter_(
+        1, positions, True
+    )

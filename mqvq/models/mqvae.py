@@ -13,6 +13,7 @@ de-mask -> VQGAN decoder. Every Table 6/7 variant is a config value of this one 
     grid = scatter(zq, P) else mask code e_mask
     x~ = Decoder(conv1x1(grid), keep)  the decoder's head is the de-mask module
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,30 +27,43 @@ from mqvq.errors import UserError
 from mqvq.models.autoencoder import Decoder, Encoder, MidBlock
 from mqvq.models.demask import DeMask
 from mqvq.models.masking import (
-    AdaptiveMask, NoMask, RandomMask, gather_tokens, keep_from_positions, layer_norm_tokens, positions_from_keep,
+    AdaptiveMask,
+    NoMask,
+    RandomMask,
+    gather_tokens,
+    keep_from_positions,
+    layer_norm_tokens,
+    positions_from_keep,
     scatter_to_grid,
 )
 from mqvq.models.quantizer import VectorQuantizer
 from mqvq.models.selectors import (
-    CentreMask, DamageMask, EntropyMask, OracleForegroundMask, StraightThroughMask, damage_targets, probe_masks, ranking_loss,
+    CentreMask,
+    DamageMask,
+    EntropyMask,
+    OracleForegroundMask,
+    StraightThroughMask,
+    damage_targets,
+    probe_masks,
+    ranking_loss,
 )
 
 
 @dataclass
 class Encoded:
-    codes: torch.Tensor      # (B, N) int64 code indices, raster order
+    codes: torch.Tensor  # (B, N) int64 code indices, raster order
     positions: torch.Tensor  # (B, N) int64 grid positions in [0, L), increasing
-    keep: torch.Tensor       # (B, L) bool
+    keep: torch.Tensor  # (B, L) bool
     scores: torch.Tensor | None  # (B, L) importance scores (adaptive mask only)
-    grid: tuple[int, int]    # (h, w) latent grid
+    grid: tuple[int, int]  # (h, w) latent grid
 
 
 @dataclass
 class Stage1Output:
-    recon: torch.Tensor      # (B, 3, H, W)
-    vq_loss: torch.Tensor    # scalar
+    recon: torch.Tensor  # (B, 3, H, W)
+    vq_loss: torch.Tensor  # scalar
     encoded: Encoded
-    counts: torch.Tensor     # (K,) code counts of this batch
+    counts: torch.Tensor  # (K,) code counts of this batch
     selector_loss: torch.Tensor | None = None  # scalar: the damage selector's ranking loss (training only)
 
 
@@ -64,7 +78,9 @@ class MQVAE(nn.Module):
             self.mask = {
                 "gain": lambda: AdaptiveMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden),
                 "damage": lambda: DamageMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.damage_random_share),
-                "straight-through": lambda: StraightThroughMask(cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start),
+                "straight-through": lambda: StraightThroughMask(
+                    cz, mk.ratio, mk.scorer, mk.scorer_hidden, mk.tau_start
+                ),
                 "entropy": lambda: EntropyMask(mk.ratio),
                 "oracle-foreground": lambda: OracleForegroundMask(mk.ratio),
                 "centre": lambda: CentreMask(mk.ratio),
@@ -79,7 +95,9 @@ class MQVAE(nn.Module):
         # then runs width -> width); taming: quant_conv with bias, post_quant_conv back to z_channels
         taming = c.projection == "taming"
         self.quant_proj = nn.Linear(cz, q.dim, bias=taming)  # applied per kept token
-        self.quantizer = VectorQuantizer(q.codebook_size, q.dim, q.beta, q.update, q.decay, q.restart_dead, q.dead_threshold)
+        self.quantizer = VectorQuantizer(
+            q.codebook_size, q.dim, q.beta, q.update, q.decay, q.restart_dead, q.dead_threshold
+        )
         if c.mask.type != "none":  # uniformly initialised learnable mask code (paper §3.2)
             self.mask_code = nn.Parameter(torch.empty(q.dim).uniform_(-1.0 / q.dim, 1.0 / q.dim))
         post = cz if taming else width
@@ -110,8 +128,14 @@ class MQVAE(nn.Module):
         relax = (m.relaxed, every) if m.relaxed is not None else None  # straight-through: the surrogate's gradient
         return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (every, relax)
 
-    def _decode_vectors(self, zq: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
-                        relax: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def _decode_vectors(
+        self,
+        zq: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor,
+        grid: tuple[int, int],
+        relax: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         b, n, d = zq.shape
         h, w = grid
         if self.config.mask.type == "none":
@@ -121,7 +145,9 @@ class MQVAE(nn.Module):
         if relax is not None:  # zero forward; backward, d loss / d m_l = <d loss / d grid_l, VQ(z_l) - e_mask>
             soft, every = relax
             filled = filled + (soft - soft.detach())[..., None] * (every - self.mask_code).detach()
-        if filled.device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(filled.device.type):  # fp32 quantizer output into a possibly bf16 model
+        if filled.device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(
+            filled.device.type
+        ):  # fp32 quantizer output into a possibly bf16 model
             filled = filled.to(self.post_quant.weight.dtype)
         z = self.post_quant(filled.transpose(1, 2).reshape(b, d, h, w))
         return self.decoder(z, keep)
@@ -144,11 +170,15 @@ class MQVAE(nn.Module):
         b, length = enc.keep.shape
         with torch.no_grad():
             keep_a, keep_b = probe_masks(b, length, enc.positions.shape[1], every.device)
-            damage, valid = damage_targets(lambda k: self._decode_kept(every, k, enc.grid), images, keep_a, keep_b, enc.grid)
+            damage, valid = damage_targets(
+                lambda k: self._decode_kept(every, k, enc.grid), images, keep_a, keep_b, enc.grid
+            )
         return ranking_loss(enc.scores.float(), damage, valid)
 
     @torch.no_grad()
-    def probe_damage(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def probe_damage(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, L) damage, (B, L) valid): what this model's own decoder loses when each token is dropped,
         measured as the damage selector's target is (`damage_targets` under two random probe masks of
         this model's kept count), whatever the selector. A decoder co-trained with a selector learns to
@@ -158,7 +188,9 @@ class MQVAE(nn.Module):
         grid = self._grid(images)
         length = grid[0] * grid[1]
         every = self.code_vectors(z)
-        keep_a, keep_b = probe_masks(images.shape[0], length, num_kept(length, self.config.mask.ratio), z.device, generator)
+        keep_a, keep_b = probe_masks(
+            images.shape[0], length, num_kept(length, self.config.mask.ratio), z.device, generator
+        )
         return damage_targets(lambda k: self._decode_kept(every, k, grid), images, keep_a, keep_b, grid)
 
     def code_vectors(self, z: torch.Tensor) -> torch.Tensor:
@@ -174,7 +206,9 @@ class MQVAE(nn.Module):
     def _lookup(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, Cz) unit-gain tokens -> their nearest code vectors (B, N, D), leaving the codebook alone."""
         feats = self.quant_proj(tokens)
-        return self.quantizer.codes_to_vectors(self.quantizer.nearest(feats.reshape(-1, feats.shape[-1]))).reshape(feats.shape)
+        return self.quantizer.codes_to_vectors(self.quantizer.nearest(feats.reshape(-1, feats.shape[-1]))).reshape(
+            feats.shape
+        )
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Encoded:
@@ -182,8 +216,9 @@ class MQVAE(nn.Module):
         return self._quantize(images, fg)[1]
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, positions: torch.Tensor | None = None,
-               grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, positions: torch.Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Images (B, 3, H, W) from codes (B, N) at positions (B, N); masked positions get the mask code.
 
         `grid` (h, w) defaults to the square grid whose kept count under this model's mask ratio is N;
@@ -202,7 +237,9 @@ class MQVAE(nn.Module):
         for side in range(1, 1025):
             if num_kept(side * side, self.config.mask.ratio) == n:
                 return side
-        raise ValueError(f"no square grid keeps N = {n} tokens at mask ratio {self.config.mask.ratio}; pass grid=(h, w)")
+        raise ValueError(
+            f"no square grid keeps N = {n} tokens at mask ratio {self.config.mask.ratio}; pass grid=(h, w)"
+        )
 
     def last_layer(self) -> torch.Tensor:
         """Weight the adaptive GAN weight differentiates against (VQGAN: decoder conv_out)."""

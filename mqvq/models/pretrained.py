@@ -8,6 +8,7 @@ nothing behind under the file's name. `MQVQ_OFFLINE=1` turns downloading off (fo
 machines: `mqvq weights fetch` on a connected one, then copy the folder). `MQVQ_WEIGHTS_MIRROR=URL`
 fetches `URL/<file name>` instead of the public hosts (an internal mirror).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,7 @@ TIMEOUT_S = 30.0  # per network operation: an unreachable host is named in secon
 class Weights:
     """One standard weights file: its name in the weights folder, where the public copies are (in
     order of preference), their SHA-256 and size, and what uses it."""
+
     key: str
     file: str
     urls: tuple[str, ...]
@@ -42,15 +44,24 @@ class Weights:
 
 CATALOG = {
     "inception": Weights(
-        "inception", "pt_inception-2015-12-05-6726825d.pth",
-        ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-         "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"),
-        "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", 95_628_359,
-        "the FID Inception-v3 of pytorch-fid and torch-fidelity"),
+        "inception",
+        "pt_inception-2015-12-05-6726825d.pth",
+        (
+            "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+            "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        ),
+        "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        95_628_359,
+        "the FID Inception-v3 of pytorch-fid and torch-fidelity",
+    ),
     "vgg16": Weights(
-        "vgg16", "vgg16-397923af.pth", ("https://download.pytorch.org/models/vgg16-397923af.pth",),
-        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553_433_881,
-        "torchvision's ImageNet VGG16, the trunk of LPIPS-VGG16 and FD-VGG16"),
+        "vgg16",
+        "vgg16-397923af.pth",
+        ("https://download.pytorch.org/models/vgg16-397923af.pth",),
+        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        553_433_881,
+        "torchvision's ImageNet VGG16, the trunk of LPIPS-VGG16 and FD-VGG16",
+    ),
 }
 
 
@@ -90,11 +101,15 @@ def verified(key: str, path: Path) -> Path:
         return path
     fix = f"delete it (mqvq fetches it again) or replace it with {w.urls[0]}"
     if st.st_size != w.size:
-        raise UserError(f"{path} is {st.st_size:,} bytes, not the {w.size:,} of {w.file} ({w.what}, SHA-256 {w.sha256}): "
-                        f"it is truncated or another file; {fix}.")
+        raise UserError(
+            f"{path} is {st.st_size:,} bytes, not the {w.size:,} of {w.file} ({w.what}, SHA-256 {w.sha256}): "
+            f"it is truncated or another file; {fix}."
+        )
     digest = sha256_of(path)
     if digest != w.sha256:
-        raise UserError(f"{path} has SHA-256 {digest}, not {w.sha256} of {w.file} ({w.what}): it is damaged or another file; {fix}.")
+        raise UserError(
+            f"{path} has SHA-256 {digest}, not {w.sha256} of {w.file} ({w.what}): it is damaged or another file; {fix}."
+        )
     _remember(str(path.resolve()), stamp)
     return path
 
@@ -137,11 +152,15 @@ def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -
     if target.is_file():
         return verified(key, target)
     if not download:
-        raise UserError(f"{w.file}, {w.what}, is not in {target.parent}: it is fetched on first use, or now with "
-                        f"`mqvq weights fetch {key}`.")
+        raise UserError(
+            f"{w.file}, {w.what}, is not in {target.parent}: it is fetched on first use, or now with "
+            f"`mqvq weights fetch {key}`."
+        )
     if offline():
-        raise UserError(f"{w.file}, {w.what}, is not in {target.parent} and downloading is off ({OFFLINE_ENV}=1): "
-                        f"download {w.urls[0]} and put it there.")
+        raise UserError(
+            f"{w.file}, {w.what}, is not in {target.parent} and downloading is off ({OFFLINE_ENV}=1): "
+            f"download {w.urls[0]} and put it there."
+        )
     with file_lock(target.parent / f".{w.file}.lock"):  # study workers needing it at once: one downloads
         if target.is_file():
             return verified(key, target)
@@ -150,16 +169,21 @@ def ensure(key: str, tell: Callable[[str], None] = say, download: bool = True) -
         problems = []
         for url in sources(w):
             try:
-                atomic_write(target, lambda f: _download(url, w, f),
-                             hint=f"; download {w.urls[0]} elsewhere and put it in {target.parent}")
+                atomic_write(
+                    target,
+                    lambda f: _download(url, w, f),
+                    hint=f"; download {w.urls[0]} elsewhere and put it in {target.parent}",
+                )
             except _Refused as e:
                 problems.append(f"{url}: {e}")
                 continue
             tell(f"fetched {w.file}, {w.what} ({w.size / 1e6:.1f} MB), from {url} to {target} (SHA-256 verified)")
             _remember(str(target.resolve()), _stamp(w, target))  # verified while it streamed
             return target
-    raise UserError(f"cannot download {w.file}, {w.what}: {'; '.join(problems)}. Download {w.urls[0]} and put it in "
-                    f"{target.parent} (or set {OFFLINE_ENV}=1 to stop trying).")
+    raise UserError(
+        f"cannot download {w.file}, {w.what}: {'; '.join(problems)}. Download {w.urls[0]} and put it in "
+        f"{target.parent} (or set {OFFLINE_ENV}=1 to stop trying)."
+    )
 
 
 def _download(url: str, w: Weights, out) -> None:
@@ -181,4 +205,6 @@ def _download(url: str, w: Weights, out) -> None:
     if expected is not None and got != int(expected):
         raise _Refused(f"transfer cut short ({got:,} of {int(expected):,} bytes)")
     if digest.hexdigest() != w.sha256:
-        raise _Refused(f"SHA-256 {digest.hexdigest()[:16]}... is not the published {w.sha256[:16]}... ({got:,} bytes): not kept")
+        raise _Refused(
+            f"SHA-256 {digest.hexdigest()[:16]}... is not the published {w.sha256[:16]}... ({got:,} bytes): not kept"
+        )

@@ -11,6 +11,7 @@ path under EMA). The `loss` variant is the VQGAN codebook loss with beta on the 
 term: |sg(z) - q|^2 + beta * |z - sg(q)|^2 (taming's legacy code put beta on the wrong term).
 Everything is tensor ops on the device: no host sync, no Python loop over vectors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,17 @@ def _dist() -> bool:
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, update: str = "ema", decay: float = 0.99,
-                 restart_dead: bool = True, dead_threshold: float = 1.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        codebook_size: int,
+        dim: int,
+        beta: float = 0.25,
+        update: str = "ema",
+        decay: float = 0.99,
+        restart_dead: bool = True,
+        dead_threshold: float = 1.0,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.size, self.dim, self.beta, self.update = codebook_size, dim, beta, update
         self.decay, self.restart_dead, self.dead_threshold, self.eps = decay, restart_dead, dead_threshold, eps
@@ -70,7 +80,9 @@ class VectorQuantizer(nn.Module):
         flat = z.reshape(-1, self.dim).float()
         codes = self.nearest(flat)
         q = self.codes_to_vectors(codes)
-        counts = torch.zeros(self.size, device=flat.device).index_add_(0, codes, torch.ones_like(codes, dtype=torch.float))
+        counts = torch.zeros(self.size, device=flat.device).index_add_(
+            0, codes, torch.ones_like(codes, dtype=torch.float)
+        )
         if self.update == "ema":
             loss = self.beta * F.mse_loss(flat, q.detach())
             if self.training:
@@ -96,7 +108,7 @@ class VectorQuantizer(nn.Module):
             else:  # fewer vectors than codes: tile with noise so restarted codes differ (uniform [0, 0.01/sqrt(d)), as released)
                 reps = -(-self.size // m)
                 tiled = flat.repeat(reps, 1)
-                tiled = tiled + torch.rand_like(tiled) * (0.01 / self.dim ** 0.5)
+                tiled = tiled + torch.rand_like(tiled) * (0.01 / self.dim**0.5)
                 candidates = tiled[torch.randperm(tiled.shape[0], device=flat.device)[: self.size]]
             if _dist():
                 dist.broadcast(candidates, 0)

@@ -10,6 +10,7 @@ Classifier-free guidance (`cfg_scale` != 1) runs the conditional and uncondition
 one batch of 2B, mixes their logits (code and position) and feeds both halves the same sample. With `use_cache=False` every step re-runs Code-T and then Position-T once each over
 the whole prefix (the released sampler's cost, kept for benchmarks and equivalence tests).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,15 +21,16 @@ from mqvq.config import SamplingConfig
 from mqvq.models.stackformer import Stackformer
 
 
-def candidates(logits: torch.Tensor, top_k: int | None, top_p: float | None,
-               temperature: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def candidates(
+    logits: torch.Tensor, top_k: int | None, top_p: float | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Temperature, then the top-k, then the smallest set with probability mass >= top_p, with one
     softmax over the k candidates only: (unnormalised probabilities (B, k), their vocabulary indices
     (B, k); None when every index is a candidate). Top-k sorts k values, never the vocabulary."""
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     index = None
     if top_k is not None and top_k < logits.shape[-1]:
-        logits, index = torch.topk(logits, top_k, dim=-1)          # sorted, largest first
+        logits, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
     elif top_p is not None and top_p < 1.0:
         logits, index = torch.sort(logits, dim=-1, descending=True)
     probs = logits.softmax(-1)
@@ -37,8 +39,13 @@ def candidates(logits: torch.Tensor, top_k: int | None, top_p: float | None,
     return probs, index
 
 
-def sample_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, temperature: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_logits(
+    logits: torch.Tensor,
+    top_k: int | None,
+    top_p: float | None,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One vocabulary index per row, drawn from the filtered distribution: argmax(p / E), E ~ Exp(1),
     over the candidates only (no host sync; p need not be normalised)."""
     probs, index = candidates(logits, top_k, top_p, temperature)
@@ -64,7 +71,7 @@ def sample_from(logits: torch.Tensor, generator: torch.Generator | None = None) 
 
 @dataclass
 class Samples:
-    codes: torch.Tensor      # (B, N) in sampling order
+    codes: torch.Tensor  # (B, N) in sampling order
     positions: torch.Tensor  # (B, N) unique grid positions
 
 
@@ -101,14 +108,26 @@ def decode_step(model: Stackformer, token, position, used, t, params: SamplingCo
     pos_logits = model.position_step(h_c, _twice(code, guided), t).float()
     if guided:
         pos_logits = guide(pos_logits, params.cfg_scale, batch)
-    pos = sample_logits(pos_logits.masked_fill(used, float("-inf")), params.top_k_pos, params.top_p_pos,
-                        params.temperature_pos, generator)
+    pos = sample_logits(
+        pos_logits.masked_fill(used, float("-inf")),
+        params.top_k_pos,
+        params.top_p_pos,
+        params.temperature_pos,
+        generator,
+    )
     return code, pos, used.scatter(1, pos[:, None], True)
 
 
 @torch.no_grad()
-def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, cond: torch.Tensor | None = None,
-                      steps: int | None = None, dtype: torch.dtype | None = None, device: torch.device | None = None) -> Samples:
+def generate_compiled(
+    model: Stackformer,
+    batch: int,
+    params: SamplingConfig,
+    cond: torch.Tensor | None = None,
+    steps: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Samples:
     """`generate` with the decode step compiled as one CUDA graph (torch.compile reduce-overhead).
 
     Uses the global RNG (seed it with torch.manual_seed); recompiles once per (model, batch)."""
@@ -126,7 +145,7 @@ def generate_compiled(model: Stackformer, batch: int, params: SamplingConfig, co
     codes, positions = [], []
     model.setup_cache(prefix.shape[0], dtype or next(model.parameters()).dtype, device)
     try:
-        with (torch.autocast(device.type, dtype=dtype) if dtype is not None else _null()):
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else _null():
             if model.prefix_len > 1:
                 model.prefill(prefix[:, :-1])
             for t in range(n):
@@ -155,9 +174,17 @@ def _compiled_step(model, params):
 
 
 @torch.inference_mode()  # not just no_grad: no view or version tracking, 5-7 % faster on CPU
-def generate(model: Stackformer, batch: int, params: SamplingConfig, cond: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True, steps: int | None = None,
-             dtype: torch.dtype | None = None, device: torch.device | None = None) -> Samples:
+def generate(
+    model: Stackformer,
+    batch: int,
+    params: SamplingConfig,
+    cond: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    steps: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Samples:
     """Sample `batch` sequences of `steps` (default N) code/position pairs given the condition
     (class labels (B,) or caption ids (B, T); None for an unconditional model). With
     `params.cfg_scale` != 1 the conditional and unconditional halves run as one batch of 2B."""
@@ -186,7 +213,9 @@ def generate(model: Stackformer, batch: int, params: SamplingConfig, cond: torch
                 if use_cache:
                     h_c, code_logits = model.code_step(token, position, s - 1 + t)
                 else:  # the released cost: Code-T and Position-T each once over the whole prefix per token
-                    h_c, code_logits = _uncached_code(model, _twice(codes[:, :t], guided), _twice(positions[:, :t], guided), prefix)
+                    h_c, code_logits = _uncached_code(
+                        model, _twice(codes[:, :t], guided), _twice(positions[:, :t], guided), prefix
+                    )
                 if guided:
                     code_logits = guide(code_logits, scale, batch)
                 code = sample_logits(code_logits, params.top_k, params.top_p, params.temperature, generator)
@@ -198,14 +227,18 @@ def generate(model: Stackformer, batch: int, params: SamplingConfig, cond: torch
                         pos_logits = model.position_step(h_c, _twice(code, guided), t)
                     else:
                         pos_logits = model.position_logits(h_c, _twice(codes[:, : t + 1], guided))[:, -1]
-                    pos_logits = guide(pos_logits, scale, batch) if guided else pos_logits.float()  # a fresh tensor: in place
+                    pos_logits = (
+                        guide(pos_logits, scale, batch) if guided else pos_logits.float()
+                    )  # a fresh tensor: in place
                     forbid = used
                     if params.enforce_raster:  # after the last position, leaving room for the remaining steps
                         forbid = used | (idx > grid_len - (n - t))
                         if t > 0:
                             forbid = forbid | (idx <= positions[:, t - 1, None])
                     pos_logits = pos_logits.masked_fill_(forbid, float("-inf"))
-                    pos = sample_logits(pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator)
+                    pos = sample_logits(
+                        pos_logits, params.top_k_pos, params.top_p_pos, params.temperature_pos, generator
+                    )
                     used.scatter_(1, pos[:, None], True)
                 positions[:, t] = pos
                 token, position = _twice(code, guided), _twice(pos, guided)
@@ -225,7 +258,9 @@ def _uncached_code(model, codes, positions, prefix):
     """Code-T over the prefix plus a dummy last slot (never read): hidden states (B, t+1, d) for the
     position step, and the last logits, which predict M_{t+1}."""
     pad = torch.zeros(codes.shape[0], 1, dtype=torch.long, device=codes.device)
-    h_c = model.code_hidden(torch.cat([codes, pad], 1), None if model.raster else torch.cat([positions, pad], 1), prefix)
+    h_c = model.code_hidden(
+        torch.cat([codes, pad], 1), None if model.raster else torch.cat([positions, pad], 1), prefix
+    )
     return h_c, model.code_head(h_c[:, -1])
 
 

@@ -21,6 +21,7 @@ Revision 2 (MaskConfig.revision): the straight-through surrogate is centred on t
 instead of 0, and the damage and straight-through signals read the codebook before the step's EMA
 update; the damage probes are two masks of the training mask's size (docs/faithfulness.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,9 @@ def patch_entropy(images: torch.Tensor, grid: tuple[int, int], bins: int = ENTRO
     """(B, 3, H, W) in [-1, 1] -> (B, L): entropy (nats) of each patch's grey-level histogram."""
     grey = ((images.float().mean(1) + 1.0) / 2.0).clamp(0.0, 1.0)
     idx = _patches((grey * bins).long().clamp_max(bins - 1), grid)  # (B, L, P)
-    counts = torch.zeros(*idx.shape[:2], bins, device=images.device).scatter_add_(2, idx, torch.ones_like(idx, dtype=torch.float))
+    counts = torch.zeros(*idx.shape[:2], bins, device=images.device).scatter_add_(
+        2, idx, torch.ones_like(idx, dtype=torch.float)
+    )
     p = counts / idx.shape[-1]
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
@@ -71,14 +74,20 @@ def pooled_error(images: torch.Tensor, recon: torch.Tensor, grid: tuple[int, int
     return F.adaptive_avg_pool2d(err, grid).flatten(1)
 
 
-def probe_masks(batch: int, length: int, kept: int, device=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_masks(
+    batch: int, length: int, kept: int, device=None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two random keep masks of `kept` tokens each (the size the decoder trains at) that differ on
     2 min(kept, L - kept) tokens: each of those is kept by one mask and dropped by the other. At a 50 %
     mask they are a mask and its complement; at other ratios a mask and its complement would keep
     different counts, and the decoder restores a token worse under the sparser one whatever it is."""
     m = min(kept, length - kept)
-    order = torch.rand(batch, length, generator=generator, device=generator.device if generator is not None else device).argsort(1).to(device)
-    first, second = order[:, :m], order[:, m: 2 * m]
+    order = (
+        torch.rand(batch, length, generator=generator, device=generator.device if generator is not None else device)
+        .argsort(1)
+        .to(device)
+    )
+    first, second = order[:, :m], order[:, m : 2 * m]
     if kept <= length - kept:  # two disjoint kept sets
         base = torch.zeros(batch, length, dtype=torch.bool, device=device)
         return base.scatter(1, first, True), base.scatter(1, second, True)
@@ -86,8 +95,9 @@ def probe_masks(batch: int, length: int, kept: int, device=None, generator: torc
     return base.scatter(1, first, False), base.scatter(1, second, False)
 
 
-def damage_targets(decode, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor,
-                   grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def damage_targets(
+    decode, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """((B, L) damage, (B, L) valid): what dropping each token costs, as a counterfactual. `decode(keep)`
     reconstructs the images keeping the tokens `keep` marks; it runs under two probe masks of one size
     (`probe_masks`), and a token kept by one and dropped by the other gets its patch error when dropped
@@ -129,7 +139,9 @@ class DamageMask(nn.Module):
         self.ratio, self.random_share = ratio, random_share
         self.scorer = make_scorer(scorer, channels, hidden)
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         pred = self.scorer.logits(z.detach())
         choose = pred.detach()
         if self.training and self.random_share > 0:  # these images get a blind mask
@@ -147,7 +159,7 @@ def topn_threshold(values: torch.Tensor, n: int) -> torch.Tensor:
     if n >= v.shape[1]:
         return v.min(1, keepdim=True).values - 1.0
     top = v.topk(n + 1, dim=1).values
-    return (top[:, n - 1: n] + top[:, n: n + 1]) / 2
+    return (top[:, n - 1 : n] + top[:, n : n + 1]) / 2
 
 
 class StraightThroughMask(nn.Module):
@@ -168,7 +180,9 @@ class StraightThroughMask(nn.Module):
         self.scorer = make_scorer(scorer, channels, hidden)
         self.register_buffer("tau", torch.tensor(float(tau)))
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         s = self.scorer.logits(z)
         if not self.training:
             return _kept(z, s, self.ratio)
@@ -194,7 +208,9 @@ class EntropyMask(nn.Module):
         super().__init__()
         self.ratio = ratio
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         if images is None:
             raise ValueError("the entropy selector needs the images")
         return _kept(z, patch_entropy(images, z.shape[-2:]).to(z.device), self.ratio)
@@ -209,10 +225,14 @@ class OracleForegroundMask(nn.Module):
         super().__init__()
         self.ratio = ratio
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         if fg is None:
-            raise UserError("the oracle-foreground selector needs foreground masks and this data has none: "
-                            "use procedural or fashion-mnist data, or another selector (gain, damage, straight-through, entropy).")
+            raise UserError(
+                "the oracle-foreground selector needs foreground masks and this data has none: "
+                "use procedural or fashion-mnist data, or another selector (gain, damage, straight-through, entropy)."
+            )
         share = foreground_share(fg.to(z.device), z.shape[-2:])
         patch = (fg.shape[-2] // z.shape[-2]) * (fg.shape[-1] // z.shape[-1])
         return _kept(z, share + torch.rand_like(share) * (0.5 / patch), self.ratio)
@@ -237,7 +257,9 @@ class CentreMask(nn.Module):
         super().__init__()
         self.ratio = ratio
 
-    def forward(self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None) -> MaskOutput:
+    def forward(
+        self, z: torch.Tensor, images: torch.Tensor | None = None, fg: torch.Tensor | None = None
+    ) -> MaskOutput:
         b, _, h, w = z.shape
         scores = centre_scores((h, w)).to(z.device, torch.float32).expand(b, -1)
         return _kept(z, scores, self.ratio)

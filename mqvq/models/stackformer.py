@@ -24,6 +24,7 @@ depth is code_layers + position_layers, so both models have the same number of b
 predict codes only (K) and grid positions only (L): the released code's heads also cover the
 special tokens and mask them at sampling time, which is the same distribution at sampling.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,9 +40,10 @@ from mqvq.models.transformer import Stack, init_weights
 @dataclass(frozen=True)
 class TokenShape:
     """What a Stackformer models: K codes on an h x w grid, N kept per image, C classes."""
+
     codebook_size: int
     grid: tuple[int, int]
-    length: int          # N tokens per image (L for the raster baseline)
+    length: int  # N tokens per image (L for the raster baseline)
     num_classes: int = 0
     text_vocab: int = 0  # V caption token ids (0: not text-conditional)
     text_length: int = 0  # T caption tokens in the prefix
@@ -64,10 +66,12 @@ class Stackformer(nn.Module):
         self.sos, self.sos_pos = k, grid_len
         self.text_offset = k + 1 + shape.num_classes
         self.prefix_len = shape.prefix_len
-        self.seq_len = self.prefix_len + n - 1                      # Code-T's input length
+        self.seq_len = self.prefix_len + n - 1  # Code-T's input length
         self.tok_emb = nn.Embedding(self.text_offset + shape.text_vocab, d)  # e_c, shared by both stacks (as released)
-        self.pos_emb = nn.Embedding(grid_len + 1, d)                # e_p: grid position of each token
-        self.abs_emb = nn.Parameter(torch.zeros(1, self.seq_len, d))  # learned absolute sequence position (zero init, as released)
+        self.pos_emb = nn.Embedding(grid_len + 1, d)  # e_p: grid position of each token
+        self.abs_emb = nn.Parameter(
+            torch.zeros(1, self.seq_len, d)
+        )  # learned absolute sequence position (zero init, as released)
         self.drop = nn.Dropout(cfg.dropout)
         code_layers = cfg.code_layers + (cfg.position_layers if self.raster else 0)
         self.code_stack = Stack(code_layers, d, cfg.heads, cfg.dropout)
@@ -82,14 +86,17 @@ class Stackformer(nn.Module):
     def conditional(self) -> bool:
         return bool(self.shape.num_classes or self.shape.text_vocab)
 
-    def prefix(self, cond: torch.Tensor | None, batch: int, device: torch.device,
-               drop: torch.Tensor | None = None) -> torch.Tensor:
+    def prefix(
+        self, cond: torch.Tensor | None, batch: int, device: torch.device, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The condition as prefix tokens (B, S): class labels (B,) or caption ids (B, T); rows where
         `drop` is True get the unconditional prefix instead."""
         if not self.conditional:
             return torch.full((batch, 1), self.sos, dtype=torch.long, device=device)
         if cond is None:
-            raise ValueError("a conditional Stackformer needs " + ("class labels" if self.shape.num_classes else "caption ids"))
+            raise ValueError(
+                "a conditional Stackformer needs " + ("class labels" if self.shape.num_classes else "caption ids")
+            )
         cond = cond.to(device)
         out = cond[:, None] + self.sos + 1 if self.shape.num_classes else cond + self.text_offset
         if drop is not None:
@@ -105,8 +112,13 @@ class Stackformer(nn.Module):
         return torch.arange(length, device=device).expand(batch, -1)
 
     # ------------------------------------------------------------------ teacher forcing
-    def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None):
+    def forward(
+        self,
+        codes: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ):
         """codes, positions (B, N) raster order, the condition (class labels (B,) or caption ids (B, T)),
         rows whose condition is dropped -> code logits (B, N, K), position logits (B, N, L) or None."""
         h_c = self.code_hidden(codes, positions, self.prefix(cond, codes.shape[0], codes.device, drop))
@@ -123,9 +135,11 @@ class Stackformer(nn.Module):
         if self.raster or positions is None:
             positions = self.raster_positions(b, n, codes.device)
         v_in = torch.cat([prefix, codes[:, :-1]], 1)
-        p_in = torch.cat([torch.full((b, s), self.sos_pos, device=codes.device, dtype=torch.long), positions[:, :-1]], 1)
+        p_in = torch.cat(
+            [torch.full((b, s), self.sos_pos, device=codes.device, dtype=torch.long), positions[:, :-1]], 1
+        )
         h = self.code_stack(self.drop(self.tok_emb(v_in) + self.pos_emb(p_in) + self.abs_emb[:, : s + n - 1]))
-        return h[:, s - 1:]
+        return h[:, s - 1 :]
 
     def position_logits(self, h_c: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Position-T over Code-T's hidden states plus each step's own code: (B, N, L)."""
@@ -167,8 +181,9 @@ class Stackformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def sequence_loss(code_logits: torch.Tensor, pos_logits: torch.Tensor | None, codes: torch.Tensor,
-                  positions: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def sequence_loss(
+    code_logits: torch.Tensor, pos_logits: torch.Tensor | None, codes: torch.Tensor, positions: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = CE_code + CE_position (Eq. 14), means over all tokens, in fp32."""
     code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
     logs = {"code_loss": code_loss.detach()}

@@ -10,6 +10,7 @@ Extension point: any object with `encode(texts, length) -> LongTensor (B, length
 `size`, `decode`, `to_dict` and a `kind` that `from_dict` knows can replace it (a BPE, or the ids
 of a frozen pretrained encoder's tokenizer); the Stackformer only sees ids.
 """
+
 from __future__ import annotations
 
 import re

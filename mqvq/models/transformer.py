@@ -8,6 +8,7 @@ attends to positions 0..t. With an int t that is a slice (cheapest in eager mode
 tensor t the shapes stay static (masked attention over the whole cache), which is what CUDA
 graphs need.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ class KVCache(nn.Module):
         shape = (batch, heads, length, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("causal", torch.ones(length, length, dtype=torch.bool, device=device).tril(), persistent=False)
+        self.register_buffer(
+            "causal", torch.ones(length, length, dtype=torch.bool, device=device).tril(), persistent=False
+        )
 
     def update(self, t, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Write k, v (B, H, n, D) at positions t..t+n-1 (n > 1 only from t = 0); return the keys,
@@ -30,8 +33,8 @@ class KVCache(nn.Module):
             n = k.shape[2]
             if n > 1 and t != 0:
                 raise ValueError("several tokens are written to the cache only as a prefill from position 0")
-            self.k[:, :, t: t + n] = k
-            self.v[:, :, t: t + n] = v
+            self.k[:, :, t : t + n] = k
+            self.v[:, :, t : t + n] = v
             return self.k[:, :, : t + n], self.v[:, :, : t + n], None
         self.k.index_copy_(2, t.reshape(1), k)
         self.v.index_copy_(2, t.reshape(1), v)
@@ -51,7 +54,9 @@ class CausalSelfAttention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, D)
         if t is None:  # whole sequence, causal
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         else:  # one new token against the cache
             k, v, mask = self.cache.update(t, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=n > 1)  # n > 1: a prefill from 0
@@ -63,7 +68,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.attn = nn.LayerNorm(width), CausalSelfAttention(width, heads, dropout)
         self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor, t=None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), t)

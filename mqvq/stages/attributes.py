@@ -6,6 +6,7 @@ the captions they were sampled from; its accuracy on the real test images (store
 ceiling a perfect generator would reach, and the same predictions scored against the captions
 shifted by one image give the chance level (samples that ignore their caption).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,21 +32,23 @@ CLASSES = {name: len(words) for name, words in ATTRIBUTES.items()}
 @dataclass
 class AttributeClassifier:
     net: AttributeNet
-    real_accuracy: dict[str, float]   # per attribute and "mean", on the test split, in %
+    real_accuracy: dict[str, float]  # per attribute and "mean", on the test split, in %
 
     def predict(self, images_uint8: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
         device = next(self.net.parameters()).device
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in CLASSES}
         for s in range(0, images_uint8.shape[0], batch_size):
-            for k, v in self.net.predict(uint8_to_input(images_uint8[s: s + batch_size].to(device))).items():
+            for k, v in self.net.predict(uint8_to_input(images_uint8[s : s + batch_size].to(device))).items():
                 outs[k].append(v.cpu())
         return {k: torch.cat(v) for k, v in outs.items()}
 
 
 def _check(cfg: DataConfig) -> None:
     if cfg.name != "procedural":
-        raise UserError(f"caption-following accuracy needs procedural data, whose captions say what was drawn; "
-                        f"this run was trained on {cfg.name!r} data.")
+        raise UserError(
+            f"caption-following accuracy needs procedural data, whose captions say what was drawn; "
+            f"this run was trained on {cfg.name!r} data."
+        )
 
 
 def train_steps(num_train: int) -> int:
@@ -55,7 +58,9 @@ def train_steps(num_train: int) -> int:
 
 def _key(cfg: DataConfig) -> str:
     style = "" if cfg.style == "mixed" else f":{cfg.style}"  # mixed keeps the classifiers already cached
-    return hashlib.sha256(f"{VERSION}:{cfg.seed}:{cfg.num_train}:{cfg.num_test}:{cfg.resolution}:{STEPS}{style}".encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        f"{VERSION}:{cfg.seed}:{cfg.num_train}:{cfg.num_test}:{cfg.resolution}:{STEPS}{style}".encode()
+    ).hexdigest()[:16]
 
 
 def accuracy(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -65,10 +70,14 @@ def accuracy(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> 
     return out
 
 
-def attribute_classifier(cfg: DataConfig, home: Path, device: torch.device, progress: bool = False) -> AttributeClassifier:
+def attribute_classifier(
+    cfg: DataConfig, home: Path, device: torch.device, progress: bool = False
+) -> AttributeClassifier:
     """The cached classifier for this procedural dataset, trained on its training split if absent."""
     _check(cfg)
-    data = DataConfig(name="procedural", resolution=cfg.resolution, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed)
+    data = DataConfig(
+        name="procedural", resolution=cfg.resolution, num_train=cfg.num_train, num_test=cfg.num_test, seed=cfg.seed
+    )
     path = home / "attributes" / f"{_key(data)}.pt"
     if path.is_file():
         try:
@@ -101,18 +110,33 @@ def attribute_classifier(cfg: DataConfig, home: Path, device: torch.device, prog
             bar.update(task, completed=step + 1, info=f"loss {loss.item():.3f}")
     net.eval()
     clf = AttributeClassifier(net, {})
-    images = torch.cat([((b["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for b in eval_batches(test, 500)])
+    images = torch.cat(
+        [((b["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for b in eval_batches(test, 500)]
+    )
     clf.real_accuracy = accuracy(clf.predict(images), test.attributes)
-    atomic_save({"version": VERSION, "classes": CLASSES, "model": {k: v.cpu() for k, v in net.state_dict().items()},
-                 "real_accuracy": clf.real_accuracy}, path)
+    atomic_save(
+        {
+            "version": VERSION,
+            "classes": CLASSES,
+            "model": {k: v.cpu() for k, v in net.state_dict().items()},
+            "real_accuracy": clf.real_accuracy,
+        },
+        path,
+    )
     return clf
 
 
-def caption_accuracy(clf: AttributeClassifier, images_uint8: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+def caption_accuracy(
+    clf: AttributeClassifier, images_uint8: torch.Tensor, targets: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """attr_acc (mean over attributes, %), attr_<name> per attribute, attr_acc_chance (the same
     predictions against the captions shifted by one image) and attr_acc_real (the real test images)."""
     pred = clf.predict(images_uint8)
     acc = accuracy(pred, targets)
     chance = accuracy(pred, {k: v.roll(1) for k, v in targets.items()})
     out = {f"attr_{k}": v for k, v in acc.items() if k != "mean"}
-    return out | {"attr_acc": acc["mean"], "attr_acc_chance": chance["mean"], "attr_acc_real": clf.real_accuracy["mean"]}
+    return out | {
+        "attr_acc": acc["mean"],
+        "attr_acc_chance": chance["mean"],
+        "attr_acc_real": clf.real_accuracy["mean"],
+    }

@@ -11,6 +11,7 @@ classifier-free guidance at eval.cfg_scale (fid_cfg / fd_vgg16_cfg, attr_acc_cfg
 Every Fréchet metric carries tags (`tags.eval_tag(metric, fact)`) naming its backend, sample count,
 reference statistics and split, so a table can never mix backends or references silently.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,10 @@ from mqvq.tracking import tags as T
 from mqvq.tracking.store import Tracker
 from mqvq.tracking.system import SystemMetrics
 
-STAGE_METRICS = {"stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
-                 "stage2": ("fid", "is", "speed", "attr", "figures")}
+STAGE_METRICS = {
+    "stage1": ("rfid", "usage", "psnr", "lpips", "mask", "figures"),
+    "stage2": ("fid", "is", "speed", "attr", "figures"),
+}
 ALL_METRICS = tuple(sorted({m for ms in STAGE_METRICS.values() for m in ms}))
 
 
@@ -51,45 +54,92 @@ def parse_metrics(text: str | None) -> list[str] | None:
     return names
 
 
-def evaluate_run(tracker: Tracker, spec: str, metrics: list[str] | None = None, *, backend: str | None = None,
-                 num_samples: int | None = None, test_images: int | None = None, batch_size: int | None = None,
-                 device: str | None = None, sampling: SamplingConfig | None = None, progress: bool = True,
-                 sampling_choice: str = "default", cfg_scale: float | None = None, system_metrics: bool | None = None) -> dict:
+def evaluate_run(
+    tracker: Tracker,
+    spec: str,
+    metrics: list[str] | None = None,
+    *,
+    backend: str | None = None,
+    num_samples: int | None = None,
+    test_images: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    sampling: SamplingConfig | None = None,
+    progress: bool = True,
+    sampling_choice: str = "default",
+    cfg_scale: float | None = None,
+    system_metrics: bool | None = None,
+) -> dict:
     """Evaluate a finished run and log the results to it; returns {metric: value} and what was logged.
     `system_metrics`: sample them while evaluating (default: the run's `tracking.system_metrics`)."""
     ref = resolve(tracker, spec, need_run=True)  # evaluation logs to the run
     run, stage, cfg, path = tracker.get_run(ref.run_id), ref.stage, ref.experiment, ref.checkpoint
-    ev = dataclasses.replace(cfg.eval, **{k: v for k, v in {"backend": backend, "num_samples": num_samples,
-                                                            "test_images": test_images, "batch_size": batch_size,
-                                                            "cfg_scale": cfg_scale}.items()
-                                          if v is not None})
+    ev = dataclasses.replace(
+        cfg.eval,
+        **{
+            k: v
+            for k, v in {
+                "backend": backend,
+                "num_samples": num_samples,
+                "test_images": test_images,
+                "batch_size": batch_size,
+                "cfg_scale": cfg_scale,
+            }.items()
+            if v is not None
+        },
+    )
     validate_eval(ev, "--" if any(v is not None for v in (num_samples, batch_size, cfg_scale)) else "eval.")
     allowed = STAGE_METRICS[stage]
     wanted = metrics or [m for m in allowed if m != "is" and not (m == "attr" and not _captioned(cfg))]
     wrong = [m for m in wanted if m not in allowed]
     if wrong:
         other = "stage-1" if stage == "stage2" else "stage-2"
-        hint = f" (its stage-1 run is {run.data.tags[T.STAGE1_RUN]})" if stage == "stage2" and run.data.tags.get(T.STAGE1_RUN) else ""
-        raise UserError(f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}.")
+        hint = (
+            f" (its stage-1 run is {run.data.tags[T.STAGE1_RUN]})"
+            if stage == "stage2" and run.data.tags.get(T.STAGE1_RUN)
+            else ""
+        )
+        raise UserError(
+            f"{wrong[0]} is a {other} metric; this is a {stage} run{hint}. Metrics for {stage} runs: {', '.join(allowed)}."
+        )
     d = setup(device)
     t0 = time.perf_counter()
     # every refusal before the system-metrics sampler starts: a refused command writes nothing to the run
-    request = _stage2_request(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, sampling_choice, cfg_scale) \
-        if stage == "stage2" else None
+    request = (
+        _stage2_request(tracker, run.info.run_id, cfg, ev, wanted, d.device, sampling, sampling_choice, cfg_scale)
+        if stage == "stage2"
+        else None
+    )
     watch = cfg.tracking.system_metrics if system_metrics is None else system_metrics
     with SystemMetrics(tracker, run.info.run_id, cfg.tracking.system_metrics_interval, enabled=watch):
         if stage == "stage1":
             values, tags = _eval_stage1(tracker, run.info.run_id, cfg, ev, path, wanted, d.device, progress)
         else:
-            values, tags = _eval_stage2(tracker, run.info.run_id, cfg, ev, wanted, d.device, progress, sampling_choice, *request,
-                                        searched=sampling is None and sampling_choice == "best")
+            values, tags = _eval_stage2(
+                tracker,
+                run.info.run_id,
+                cfg,
+                ev,
+                wanted,
+                d.device,
+                progress,
+                sampling_choice,
+                *request,
+                searched=sampling is None and sampling_choice == "best",
+            )
     env = environment(d.device)
-    tags |= {T.EVAL_DEVICE: device_name(d.device), T.EVAL_TORCH: env["torch"],
-             T.EVAL_TIME: env["time"], T.EVAL_SECONDS: f"{time.perf_counter() - t0:.1f}"}
+    tags |= {
+        T.EVAL_DEVICE: device_name(d.device),
+        T.EVAL_TORCH: env["torch"],
+        T.EVAL_TIME: env["time"],
+        T.EVAL_SECONDS: f"{time.perf_counter() - t0:.1f}",
+    }
     if "threads" in env:
         tags[T.EVAL_THREADS] = env["threads"]
     numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-    tracker.log_metrics(run.info.run_id, numeric, step=0, model_id=tracker.model_of(run.info.run_id))  # the Models tab shows them
+    tracker.log_metrics(
+        run.info.run_id, numeric, step=0, model_id=tracker.model_of(run.info.run_id)
+    )  # the Models tab shows them
     tracker.set_tags(run.info.run_id, tags)
     return {"run_id": run.info.run_id, "stage": stage, "metrics": numeric, "tags": tags}
 
@@ -100,8 +150,13 @@ def _captioned(cfg: ExperimentConfig) -> bool:
 
 
 def _frechet_tags(name: str, backend, num: int, reference: str, split: str) -> dict:
-    return {T.eval_tag(name, "backend"): backend.name, T.eval_tag(name, "num"): num, T.eval_tag(name, "reference"): reference,
-            T.eval_tag(name, "resolution"): backend.resolution, T.eval_tag(name, "split"): split}
+    return {
+        T.eval_tag(name, "backend"): backend.name,
+        T.eval_tag(name, "num"): num,
+        T.eval_tag(name, "reference"): reference,
+        T.eval_tag(name, "resolution"): backend.resolution,
+        T.eval_tag(name, "split"): split,
+    }
 
 
 def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
@@ -110,11 +165,25 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
 
     model = MQVAE.from_checkpoint(path, device)
     test = build_dataset(cfg.stage1.data, "test")  # limit_train never shortens the test split
-    backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None) if "rfid" in wanted else None
+    backend = (
+        make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
+        if "rfid" in wanted
+        else None
+    )
     lpips = load_lpips(ev.lpips_net).to(device) if "lpips" in wanted else None
     dtype = autocast_dtype(cfg.stage1.train.precision, device)
-    res = reconstruction_metrics(model, test, device, backend=backend, lpips=lpips, batch_size=ev.batch_size, dtype=dtype,
-                                 limit=ev.test_images, workers=ev.workers, progress=progress)
+    res = reconstruction_metrics(
+        model,
+        test,
+        device,
+        backend=backend,
+        lpips=lpips,
+        batch_size=ev.batch_size,
+        dtype=dtype,
+        limit=ev.test_images,
+        workers=ev.workers,
+        progress=progress,
+    )
     n = int(res.metrics["num_images"])
     values, tags = {}, {T.EVAL_TEST_IMAGES: n}
     if "rfid" in wanted:  # reconstructions of the test split against the same images
@@ -125,8 +194,11 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
     if "usage" in wanted:
         values |= {k: res.metrics[k] for k in ("usage", "usage_effective", "perplexity")}
         tags[T.eval_tag("usage", "num")] = n
-        tracker.log_dict(run_id, {"codebook_size": len(res.counts), "test_images": n,
-                                  "counts": [int(c) for c in res.counts.tolist()]}, "metrics/codebook_counts.json")
+        tracker.log_dict(
+            run_id,
+            {"codebook_size": len(res.counts), "test_images": n, "counts": [int(c) for c in res.counts.tolist()]},
+            "metrics/codebook_counts.json",
+        )
     if "psnr" in wanted:
         values["psnr"] = res.metrics["psnr"]
     if "lpips" in wanted:
@@ -137,24 +209,51 @@ def _eval_stage1(tracker, run_id, cfg, ev, path, wanted, device, progress):
         values |= {k: res.metrics[k] for k in MASK_METRICS if k in res.metrics}
         if res.keep_frequency is not None:
             fg = None if res.fg_frequency is None else res.fg_frequency.round(decimals=4).tolist()
-            tracker.log_dict(run_id, {"grid": list(res.keep_frequency.shape), "test_images": n,
-                                      "keep": res.keep_frequency.round(decimals=4).tolist(), "foreground": fg},
-                             "metrics/keep_frequency.json")
+            tracker.log_dict(
+                run_id,
+                {
+                    "grid": list(res.keep_frequency.shape),
+                    "test_images": n,
+                    "keep": res.keep_frequency.round(decimals=4).tolist(),
+                    "foreground": fg,
+                },
+                "metrics/keep_frequency.json",
+            )
     if "figures" in wanted and res.examples:
         ex = res.examples
-        tracker.log_figure(run_id, figures.importance_grid(ex["images"], ex["keep"], ex["grid"], ex["scores"],
-                                                                  title=f"{cfg.name} ({cfg.profile}, seed {cfg.seed}): Fig. 4",
-                                                                  fg=ex.get("fg")), "figures/fig4_mask.png")
+        tracker.log_figure(
+            run_id,
+            figures.importance_grid(
+                ex["images"],
+                ex["keep"],
+                ex["grid"],
+                ex["scores"],
+                title=f"{cfg.name} ({cfg.profile}, seed {cfg.seed}): Fig. 4",
+                fg=ex.get("fg"),
+            ),
+            "figures/fig4_mask.png",
+        )
         if res.keep_frequency is not None:
-            tracker.log_figure(run_id, figures.keep_frequency_figure(
-                res.keep_frequency, res.fg_frequency, f"{cfg.name}: where the mask keeps tokens ({n} test images)"),
-                "figures/keep_frequency.png")
-        tracker.log_image(run_id, images.reconstruction_grid(ex["images"], ex["recon"], ex["keep"], ex["grid"],
-                                                                   title=f"{cfg.name}: test-split reconstructions"), "figures/reconstructions_test.png")
+            tracker.log_figure(
+                run_id,
+                figures.keep_frequency_figure(
+                    res.keep_frequency, res.fg_frequency, f"{cfg.name}: where the mask keeps tokens ({n} test images)"
+                ),
+                "figures/keep_frequency.png",
+            )
+        tracker.log_image(
+            run_id,
+            images.reconstruction_grid(
+                ex["images"], ex["recon"], ex["keep"], ex["grid"], title=f"{cfg.name}: test-split reconstructions"
+            ),
+            "figures/reconstructions_test.png",
+        )
         fig = figures.codebook_pca_figure(model.quantizer.embed.detach(), res.counts, f"{cfg.name}: codebook PCA")
         tracker.log_figure(run_id, fig, "figures/fig5_codebook_pca.png")
         # the projected codebook itself (K x 2), so reports can draw Fig. 5 from a store without checkpoints
-        tracker.log_dict(run_id, {"pc": figures.codebook_pca(model.quantizer.embed).round(6).tolist()}, "metrics/codebook_pca.json")
+        tracker.log_dict(
+            run_id, {"pc": figures.codebook_pca(model.quantizer.embed).round(6).tolist()}, "metrics/codebook_pca.json"
+        )
     return values, tags
 
 
@@ -163,9 +262,13 @@ def _stage2_request(tracker, run_id, cfg, ev, wanted, device, sampling, sampling
     from mqvq.stages.generate import check_guidance, load_generator, resolve_sampling
 
     if "attr" in wanted and not _captioned(cfg):
-        kind = {"none": "an unconditional", "class": "a class-conditional", "text": "a text-conditional"}[cfg.stage2.model.conditioning]
-        raise UserError("attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
-                        f"this run is {kind} model trained on {cfg.stage1.data.name!r} data.")
+        kind = {"none": "an unconditional", "class": "a class-conditional", "text": "a text-conditional"}[
+            cfg.stage2.model.conditioning
+        ]
+        raise UserError(
+            "attr (caption-following accuracy) needs a text-conditional model trained on procedural data; "
+            f"this run is {kind} model trained on {cfg.stage1.data.name!r} data."
+        )
     if "is" in wanted and ev.backend != "inception":
         raise UserError("IS needs class logits, which only the inception backend has: use --backend inception.")
     gen = load_generator(tracker, run_id, device)
@@ -202,7 +305,9 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_ch
             ref, key, split = sample_reference(cfg, backend, tracker.home, ev.batch_size, ev.workers, progress)
         clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
         for tail, p in variants:
-            sm = sample_metrics(gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None)
+            sm = sample_metrics(
+                gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None
+            )
             first = sm["first_images"] if first is None else first
             p_settings = json.dumps(dataclasses.asdict(p), sort_keys=True)
             if "fid" in wanted:
@@ -210,8 +315,10 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_ch
                 name = best(name) if searched else name
                 name = guided(name) if tail else name
                 values[name] = sm["fd"]
-                tags |= _frechet_tags(name, backend, ev.num_samples, key, split) | {T.eval_tag(name, "sampling"): p_settings,
-                                                                                    T.eval_tag(name, "sampling_choice"): sampling_choice}
+                tags |= _frechet_tags(name, backend, ev.num_samples, key, split) | {
+                    T.eval_tag(name, "sampling"): p_settings,
+                    T.eval_tag(name, "sampling_choice"): sampling_choice,
+                }
             if "is" in wanted and not tail:
                 values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
                 tags |= {T.eval_tag("is", "backend"): backend.name, T.eval_tag("is", "num"): ev.num_samples}
@@ -232,17 +339,24 @@ def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_ch
         else:
             if first is None:
                 first = next(iter(_few_samples(gen, params, cfg.seed)))
-            tracker.log_image(run_id, images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
-                              "figures/samples_eval.png")
+            tracker.log_image(
+                run_id,
+                images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
+                "figures/samples_eval.png",
+            )
         curves = {}
         for curve, label in ((TRAIN_LOSS, "train"), (VAL_LOSS, "validation")):
             hist = tracker.metric_history(run_id, curve)
             if hist:
                 curves[label] = ([m.step for m in hist], [m.value for m in hist])
         if curves:
-            tracker.log_figure(run_id, figures.loss_curves_figure({cfg.name: curves}, {cfg.name: cfg.stage2.model.kind},
-                                                                  f"{cfg.name}: stage-2 loss"),
-                                      "figures/fig6a_loss_curves.png")
+            tracker.log_figure(
+                run_id,
+                figures.loss_curves_figure(
+                    {cfg.name: curves}, {cfg.name: cfg.stage2.model.kind}, f"{cfg.name}: stage-2 loss"
+                ),
+                "figures/fig6a_loss_curves.png",
+            )
     return values, tags
 
 
@@ -255,8 +369,18 @@ def _prompt_grid(gen, params, cfg, prompts: list[str], variants, per_prompt: int
     rows = []
     for tail, p in variants:
         for prompt in prompts:
-            batch = next(iter(sample_images(gen, per_prompt, dataclasses.replace(p, batch_size=per_prompt),
-                                            prompts=[prompt], seed=cfg.seed, progress=False)))[0]
+            batch = next(
+                iter(
+                    sample_images(
+                        gen,
+                        per_prompt,
+                        dataclasses.replace(p, batch_size=per_prompt),
+                        prompts=[prompt],
+                        seed=cfg.seed,
+                        progress=False,
+                    )
+                )
+            )[0]
             guide = f"\n(guidance {p.cfg_scale:g})" if tail else ""
             rows.append((textwrap.fill(prompt, 28) + guide, batch))
     return images.labelled_grid(rows, title=f"{cfg.name}: samples for test captions")

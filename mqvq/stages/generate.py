@@ -3,6 +3,7 @@
 A condition is a class label or a prompt per image; text-conditional models encode prompts with
 the tokenizer saved in their checkpoint. `cfg_scale` != 1 (classifier-free guidance) needs a model
 trained with condition dropout."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ BEST_PREFIX = T.SAMPLING_BEST
 @dataclass
 class Generator:
     """A stage-2 model with its stage-1 decoder, ready to sample."""
+
     stackformer: Stackformer
     vae: MQVAE
     sampling: SamplingConfig
@@ -55,13 +57,17 @@ class Generator:
     def cond_dropout(self) -> float:
         return float(self.config["stage2"]["train"].get("cond_dropout", 0.0))
 
-    def condition(self, start: int, batch: int, class_label: int | None, prompts: list[str] | None,
-                  device: torch.device) -> tuple[torch.Tensor | None, list | None]:
+    def condition(
+        self, start: int, batch: int, class_label: int | None, prompts: list[str] | None, device: torch.device
+    ) -> tuple[torch.Tensor | None, list | None]:
         """Images start..start+batch-1's condition for the model and as written beside them: one
         class label, or cycling through the classes / the prompts."""
         if self.num_classes:
-            labels = torch.full((batch,), class_label, device=device) if class_label is not None else \
-                torch.arange(start, start + batch, device=device) % self.num_classes
+            labels = (
+                torch.full((batch,), class_label, device=device)
+                if class_label is not None
+                else torch.arange(start, start + batch, device=device) % self.num_classes
+            )
             return labels, labels.tolist()
         if self.tokenizer is not None:
             texts = [prompts[i % len(prompts)] for i in range(start, start + batch)]
@@ -102,7 +108,11 @@ def resolve_sampling(tracker: Tracker, gen: Generator, which: str) -> SamplingCo
 def best_sampling(tracker: Tracker, run_id: str, base: SamplingConfig) -> SamplingConfig:
     """The best values a search wrote to the model's run (for --sampling best)."""
     tags = tracker.get_run(run_id).data.tags
-    found = {k[len(BEST_PREFIX):]: v for k, v in tags.items() if k.startswith(BEST_PREFIX) and k[len(BEST_PREFIX):] in SAMPLING_PARAMS}
+    found = {
+        k[len(BEST_PREFIX) :]: v
+        for k, v in tags.items()
+        if k.startswith(BEST_PREFIX) and k[len(BEST_PREFIX) :] in SAMPLING_PARAMS
+    }
     if not found:
         raise UserError(f"run {run_id} has no searched sampling settings: run `mqvq search sampling {run_id}` first.")
     values = {k: int(v) if k in INT_PARAMS else float(v) for k, v in found.items()}
@@ -118,7 +128,9 @@ def sampling_params(base: SamplingConfig, **overrides) -> SamplingConfig:
 def check_top_k(name: str, value: int, codebook_size: int, grid_len: int) -> None:
     """A top-k the user asks for beyond what it ranks would silently mean "no top-k": refuse it,
     naming K or L. (The configs' defaults, 100 and 10 as released, may exceed a small model's K.)"""
-    limit, what = (codebook_size, f"K = {codebook_size} codes") if name == "top_k" else (grid_len, f"L = {grid_len} positions")
+    limit, what = (
+        (codebook_size, f"K = {codebook_size} codes") if name == "top_k" else (grid_len, f"L = {grid_len} positions")
+    )
     if value > limit:
         raise UserError(f"--{name.replace('_', '-')} {value} exceeds this model's {what}: use at most {limit}.")
 
@@ -136,7 +148,9 @@ def read_prompts(prompts: list[str] | None, path: Path | None) -> list[str] | No
     out = [clean_prompt(p) for p in prompts or []]
     if path is not None:
         try:
-            out += [clean_prompt(line) for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            out += [
+                clean_prompt(line) for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()
+            ]
         except FileNotFoundError:
             raise UserError(f"--prompts {path}: no such file (one prompt per line).") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -157,7 +171,7 @@ def check_condition(gen: Generator, prompts: list[str] | None, cfg_scale: float)
             raise UserError("this model is text-conditional: pass --prompt TEXT (repeatable) or --prompts FILE.")
         for p in prompts:
             if not any(ch.isalnum() for ch in p):  # nothing but spaces or punctuation
-                raise UserError(f"the prompt {p!r} is empty: give a caption with words, e.g. --prompt \"a red circle\".")
+                raise UserError(f'the prompt {p!r} is empty: give a caption with words, e.g. --prompt "a red circle".')
     check_guidance(gen, cfg_scale)
 
 
@@ -165,32 +179,57 @@ def check_guidance(gen: Generator, cfg_scale: float) -> None:
     """A guidance scale other than 1 needs a conditional model trained with condition dropout."""
     if cfg_scale != 1.0:
         if gen.conditioning == "none":
-            raise UserError(f"--cfg-scale {cfg_scale} needs a class- or text-conditional model; this one is unconditional.")
+            raise UserError(
+                f"--cfg-scale {cfg_scale} needs a class- or text-conditional model; this one is unconditional."
+            )
         if gen.cond_dropout <= 0.0:
-            raise UserError(f"--cfg-scale {cfg_scale} needs a model trained with condition dropout "
-                            f"(stage2.train.cond_dropout > 0); this one was trained without, so it never learned the "
-                            f"unconditional distribution that guidance contrasts with. Use --cfg-scale 1.")
+            raise UserError(
+                f"--cfg-scale {cfg_scale} needs a model trained with condition dropout "
+                f"(stage2.train.cond_dropout > 0); this one was trained without, so it never learned the "
+                f"unconditional distribution that guidance contrasts with. Use --cfg-scale 1."
+            )
 
 
-def check_request(gen: Generator, num: int, steps: int | None, class_label: int | None,
-                  prompts: list[str] | None = None, cfg_scale: float = 1.0) -> None:
+def check_request(
+    gen: Generator,
+    num: int,
+    steps: int | None,
+    class_label: int | None,
+    prompts: list[str] | None = None,
+    cfg_scale: float = 1.0,
+) -> None:
     check_condition(gen, prompts, cfg_scale)
     model = gen.stackformer
     n_tok = model.shape.length
     if steps is not None and not 1 <= steps <= n_tok:
-        raise UserError(f"--steps {steps} is invalid: this model samples between 1 and N = {n_tok} tokens "
-                        f"(grid {model.shape.grid[0]}x{model.shape.grid[1]} = {model.shape.grid_len} positions).")
+        raise UserError(
+            f"--steps {steps} is invalid: this model samples between 1 and N = {n_tok} tokens "
+            f"(grid {model.shape.grid[0]}x{model.shape.grid[1]} = {model.shape.grid_len} positions)."
+        )
     if num < 1:
         raise UserError(f"--num {num} must be at least 1.")
     if class_label is not None and not (gen.num_classes and 0 <= class_label < gen.num_classes):
-        allowed = f"0..{gen.num_classes - 1}" if gen.num_classes else f"none (the model is {'text-conditional: use --prompt' if gen.tokenizer else 'unconditional'})"
+        allowed = (
+            f"0..{gen.num_classes - 1}"
+            if gen.num_classes
+            else f"none (the model is {'text-conditional: use --prompt' if gen.tokenizer else 'unconditional'})"
+        )
         raise UserError(f"--class-label {class_label} is invalid: allowed labels are {allowed}.")
 
 
 @torch.no_grad()
-def sample_images(gen: Generator, num: int, params: SamplingConfig, *, class_label: int | None = None,
-                  prompts: list[str] | None = None, seed: int = 0, steps: int | None = None, precision: str = "auto",
-                  progress: bool = True):
+def sample_images(
+    gen: Generator,
+    num: int,
+    params: SamplingConfig,
+    *,
+    class_label: int | None = None,
+    prompts: list[str] | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+):
     """Yield (images uint8 (B, H, W, 3), codes, positions, conditions) batches until `num` images are
     made; conditions: the batch's class labels or prompts (list), None for unconditional models."""
     check_request(gen, num, steps, class_label, prompts, params.cfg_scale)
@@ -259,21 +298,37 @@ def _write_sample(out: Path, index: int, image: np.ndarray, text: str | None) ->
         raise
 
 
-def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *, class_label: int | None = None,
-                  prompts: list[str] | None = None, seed: int = 0, steps: int | None = None, npz: bool = False,
-                  overwrite: bool = False, progress: bool = True) -> dict:
+def write_samples(
+    gen: Generator,
+    out: Path,
+    num: int,
+    params: SamplingConfig,
+    *,
+    class_label: int | None = None,
+    prompts: list[str] | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    npz: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Write `num` PNGs (000000.png, ...; a text model's prompt beside each as 000000.txt) and
     optionally samples.npz to `out`; returns a summary."""
-    check_request(gen, num, steps, class_label, prompts, params.cfg_scale)  # all input checks before anything is written
+    check_request(
+        gen, num, steps, class_label, prompts, params.cfg_scale
+    )  # all input checks before anything is written
     ensure_writable(out, "--out")
     if not overwrite and any(out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
         raise UserError(f"{out} already holds samples: choose another --out or pass --overwrite.")
     t0 = time.perf_counter()
     index, arrays, codes, positions = 0, [], [], []
-    for images, c, p, shown in sample_images(gen, num, params, class_label=class_label, prompts=prompts, seed=seed,
-                                              steps=steps, progress=progress):
+    for images, c, p, shown in sample_images(
+        gen, num, params, class_label=class_label, prompts=prompts, seed=seed, steps=steps, progress=progress
+    ):
         for i, img in enumerate(images):
-            text = shown_text(shown[i], gen.tokenizer, gen.stackformer.shape.text_length) if prompts is not None else None
+            text = (
+                shown_text(shown[i], gen.tokenizer, gen.stackformer.shape.text_length) if prompts is not None else None
+            )
             _write_sample(out, index, img, text)
             index += 1
         if npz:
@@ -281,8 +336,18 @@ def write_samples(gen: Generator, out: Path, num: int, params: SamplingConfig, *
             codes.append(c.numpy())
             positions.append(p.numpy())
     if npz:
-        np.savez(out / "samples.npz", images=np.concatenate(arrays), codes=np.concatenate(codes), positions=np.concatenate(positions))
+        np.savez(
+            out / "samples.npz",
+            images=np.concatenate(arrays),
+            codes=np.concatenate(codes),
+            positions=np.concatenate(positions),
+        )
     elapsed = time.perf_counter() - t0
-    return {"num": index, "out": str(out), "seconds": elapsed, "images_per_s": index / elapsed, "run_id": gen.run_id,
-            "sampling": to_dict(params)} | ({"prompts": used_prompts(prompts, num), "prompts_given": len(prompts)}
-                                            if prompts is not None else {})
+    return {
+        "num": index,
+        "out": str(out),
+        "seconds": elapsed,
+        "images_per_s": index / elapsed,
+        "run_id": gen.run_id,
+        "sampling": to_dict(params),
+    } | ({"prompts": used_prompts(prompts, num), "prompts_given": len(prompts)} if prompts is not None else {})

@@ -2,6 +2,7 @@
 an MLflow run id or logged model (`m-...`, `models:/...`; a study row, STUDY:ROW, is turned into its
 run id by the studies first);
 `find_stage1` finds 'the finished stage-1 run of this config'."""
+
 from __future__ import annotations
 
 import re
@@ -16,16 +17,23 @@ from mqvq.tracking.store import Tracker
 
 # stage-1 fields the stage-2 tokens depend on: a checkpoint differing in any of them is a mistake (the
 # selector and its scorer choose the kept tokens: a stage-2 run must not record one it did not read)
-TOKEN_FIELDS = ("model.mask.type", "model.mask.ratio", "model.mask.selector", "model.mask.scorer", "model.quantizer.codebook_size",
-                "model.downsample", "data.resolution")
+TOKEN_FIELDS = (
+    "model.mask.type",
+    "model.mask.ratio",
+    "model.mask.selector",
+    "model.mask.scorer",
+    "model.quantizer.codebook_size",
+    "model.downsample",
+    "data.resolution",
+)
 
 
 @dataclass(frozen=True)
 class ModelRef:
     checkpoint: Path
     run_id: str | None
-    config: dict          # the experiment config the checkpoint was trained with, as stored
-    stage: str = ""       # stage1 | stage2
+    config: dict  # the experiment config the checkpoint was trained with, as stored
+    stage: str = ""  # stage1 | stage2
 
     @property
     def experiment(self) -> ExperimentConfig:
@@ -40,7 +48,9 @@ def checkpoint_path(home: Path, run_id: str) -> Path:
 
 def stage2_hash(cfg: ExperimentConfig, stage1_digest: str) -> str:
     """Identity of a stage-2 run: its own config plus the exact stage-1 checkpoint it reads."""
-    return config_hash({"stage2": identity(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": identity(cfg.stage1.data)})
+    return config_hash(
+        {"stage2": identity(cfg.stage2), "stage1_checkpoint": stage1_digest, "data": identity(cfg.stage1.data)}
+    )
 
 
 MODEL_FILE = "model.pt"  # a finished run's final weights + config: what tokenizing, sampling and evaluation read
@@ -65,7 +75,9 @@ STAGES = (T.Stage.STAGE1.value, T.Stage.STAGE2.value)
 LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 
 
-def resolve(tracker: Tracker, spec: str, stage: str | None = None, *, need_run: bool = False, why: str = "") -> ModelRef:
+def resolve(
+    tracker: Tracker, spec: str, stage: str | None = None, *, need_run: bool = False, why: str = ""
+) -> ModelRef:
     """The finished model a user names by a checkpoint path or an MLflow run id. `stage`: the stage
     it must be (None: either); `need_run`: the caller logs to the run, so a checkpoint must name a
     finished run of this store; `why`: what the caller needs it for, said when the stage is wrong."""
@@ -92,7 +104,9 @@ def resolve(tracker: Tracker, spec: str, stage: str | None = None, *, need_run: 
     if found not in STAGES or (stage is not None and found != stage):
         if found:
             raise UserError(f"run {spec} is a {found} run" + (f": {why}." if why else f", not {stage}."))
-        raise UserError(f"run {spec} is not an mqvq {stage or 'stage-1 or stage-2'} run" + (f": {why}." if why else "."))
+        raise UserError(
+            f"run {spec} is not an mqvq {stage or 'stage-1 or stage-2'} run" + (f": {why}." if why else ".")
+        )
     if run.info.status != "FINISHED":
         raise UserError(f"{found} run {spec} is {run.info.status.lower()}, not finished: resume it first.")
     path = model_file(tracker, spec)
@@ -106,8 +120,10 @@ def find_stage1(tracker: Tracker, cfg: ExperimentConfig, experiment: str) -> Mod
     query = T.where(T.finished(), stage=T.Stage.STAGE1, config_hash=h, seed=cfg.seed)
     runs = tracker.find_runs(experiment, query) or tracker.find_runs_everywhere(query)
     if not runs:
-        raise UserError(f"no finished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) in {tracker.uri}: "
-                        f"train one with `mqvq train stage1 {cfg.name} --profile {cfg.profile}` or pass --stage1 RUN_OR_CHECKPOINT.")
+        raise UserError(
+            f"no finished stage-1 run of {cfg.name} (profile {cfg.profile}, seed {cfg.seed}) in {tracker.uri}: "
+            f"train one with `mqvq train stage1 {cfg.name} --profile {cfg.profile}` or pass --stage1 RUN_OR_CHECKPOINT."
+        )
     return resolve(tracker, runs[0].info.run_id, "stage1")
 
 
@@ -119,5 +135,7 @@ def check_compatible(ref: ModelRef, cfg: ExperimentConfig) -> None:
     for key in TOKEN_FIELDS:  # a field a checkpoint predates had its default then (the selector: the paper's gain)
         a, b = get_dotted(have, key, get_dotted(default, key)), get_dotted(want, key)
         if a != b:
-            raise UserError(f"stage-1 checkpoint {ref.checkpoint} was trained with stage1.{key} = {a!r}, but {cfg.name} "
-                            f"(profile {cfg.profile}) declares {b!r}: pass a matching --stage1 or --set stage1.{key}={a!r}.")
+            raise UserError(
+                f"stage-1 checkpoint {ref.checkpoint} was trained with stage1.{key} = {a!r}, but {cfg.name} "
+                f"(profile {cfg.profile}) declares {b!r}: pass a matching --stage1 or --set stage1.{key}={a!r}."
+            )

@@ -2,6 +2,7 @@
 rFID features, codebook usage (Table 6's definition), perplexity, PSNR, LPIPS, and mask quality on
 datasets with foreground masks, with the damage the model's own decoder measures when a foreground
 or a background token is dropped (`MQVAE.probe_damage`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,16 +32,27 @@ def lpips_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
 @dataclass
 class ReconResult:
     metrics: dict[str, float]
-    counts: torch.Tensor                      # (K,) code frequencies over the split
-    recon_stats: FeatureStats | None = None   # features of the reconstructions (rFID)
+    counts: torch.Tensor  # (K,) code frequencies over the split
+    recon_stats: FeatureStats | None = None  # features of the reconstructions (rFID)
     examples: dict = field(default_factory=dict)  # first batch: images, recon, keep, scores, grid, fg
     keep_frequency: torch.Tensor | None = None  # (h, w) share of images keeping each position (masked models with fg)
-    fg_frequency: torch.Tensor | None = None    # (h, w) share of images with a foreground token at each position
+    fg_frequency: torch.Tensor | None = None  # (h, w) share of images with a foreground token at each position
 
 
 @torch.no_grad()
-def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None, lpips=None, batch_size: int = 64,
-                           dtype=None, limit: int = 0, workers: int = 0, progress: bool = False) -> ReconResult:
+def reconstruction_metrics(
+    model,
+    dataset,
+    device: torch.device,
+    *,
+    backend=None,
+    lpips=None,
+    batch_size: int = 64,
+    dtype=None,
+    limit: int = 0,
+    workers: int = 0,
+    progress: bool = False,
+) -> ReconResult:
     model.eval()
     counts = torch.zeros(model.config.quantizer.codebook_size, device=device)
     stats = RunningStats(backend.dim) if backend is not None else None
@@ -48,7 +60,9 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
     tally = None
     has_mask = model.config.mask.type != "none"
     n, examples = 0, {}
-    damage = torch.zeros(4, dtype=torch.float64, device=device)  # summed damage and count on foreground, background tokens
+    damage = torch.zeros(
+        4, dtype=torch.float64, device=device
+    )  # summed damage and count on foreground, background tokens
     probes = torch.Generator(device=device).manual_seed(0)  # the same probe masks for every model measured
     total = len(dataset) if not limit else min(limit, len(dataset))
     with progress_bar(progress) as bar:
@@ -62,7 +76,7 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
             counts.index_add_(0, enc.codes.flatten(), torch.ones(enc.codes.numel(), device=device))
             real8, fake8 = to_uint8(x), to_uint8(recon)
             mse = (real8.float() - fake8.float()).pow(2).mean(dim=(1, 2, 3))
-            sums["psnr"] += (10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))).sum().item()
+            sums["psnr"] += (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).sum().item()
             sums["l1"] += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
             if lpips is not None:
                 sums["lpips"] += lpips(*lpips_inputs(x, recon)).sum().item()
@@ -76,22 +90,43 @@ def reconstruction_metrics(model, dataset, device: torch.device, *, backend=None
                         dmg, valid = model.probe_damage(x, probes)
                     t = token_foreground(batch["fg"].to(device), enc.grid)
                     dmg = dmg.double()
-                    damage += torch.stack([(dmg * (valid & t)).sum(), (valid & t).sum(), (dmg * (valid & ~t)).sum(), (valid & ~t).sum()])
+                    damage += torch.stack(
+                        [(dmg * (valid & t)).sum(), (valid & t).sum(), (dmg * (valid & ~t)).sum(), (valid & ~t).sum()]
+                    )
             if not examples:
-                examples = {"images": x[:8].cpu(), "recon": recon[:8].cpu(), "keep": enc.keep[:8].cpu(),
-                            "scores": None if enc.scores is None else enc.scores[:8].float().cpu(), "grid": enc.grid,
-                            "fg": batch["fg"][:8].cpu() if "fg" in batch else None}
+                examples = {
+                    "images": x[:8].cpu(),
+                    "recon": recon[:8].cpu(),
+                    "keep": enc.keep[:8].cpu(),
+                    "scores": None if enc.scores is None else enc.scores[:8].float().cpu(),
+                    "grid": enc.grid,
+                    "fg": batch["fg"][:8].cpu() if "fg" in batch else None,
+                }
             n += x.shape[0]
             bar.advance(task, x.shape[0])
     ppl = perplexity(counts).item()
-    metrics = {"usage": codebook_usage(counts), "perplexity": ppl, "usage_effective": effective_usage(ppl, len(counts)),
-               "psnr": sums["psnr"] / n,
-               "l1": sums["l1"] / n, "num_images": float(n)}
+    metrics = {
+        "usage": codebook_usage(counts),
+        "perplexity": ppl,
+        "usage_effective": effective_usage(ppl, len(counts)),
+        "psnr": sums["psnr"] / n,
+        "l1": sums["l1"] / n,
+        "num_images": float(n),
+    }
     if lpips is not None:
         metrics["lpips"] = sums["lpips"] / n
     if tally is not None:
         metrics |= tally.result()
     if damage[1] > 0 and damage[3] > 0:
         metrics |= {"mask_damage_fg": (damage[0] / damage[1]).item(), "mask_damage_bg": (damage[2] / damage[3]).item()}
-    return ReconResult(metrics, counts.cpu(), stats.finalize() if stats is not None and stats.n > 1 else None, examples,
-                       *((tally.keep_frequency(), tally.fg_frequency() if tally.with_fg else None) if tally is not None else (None, None)))
+    return ReconResult(
+        metrics,
+        counts.cpu(),
+        stats.finalize() if stats is not None and stats.n > 1 else None,
+        examples,
+        *(
+            (tally.keep_frequency(), tally.fg_frequency() if tally.with_fg else None)
+            if tally is not None
+            else (None, None)
+        ),
+    )

@@ -1,5 +1,6 @@
 """Reference feature statistics of a dataset split, cached per (backend, feature resolution,
 dataset digest, split) under <home>/fid_stats/."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,9 @@ def reference_key(backend, dataset, split: str) -> str:
     return hashlib.sha256(f"{backend.name}:{backend.resolution}:{dataset.digest()}:{split}".encode()).hexdigest()[:16]
 
 
-def reference_stats(backend, dataset, split: str, home: Path, batch_size: int = 64, workers: int = 0,
-                    progress: bool = False) -> tuple[FeatureStats, str]:
+def reference_stats(
+    backend, dataset, split: str, home: Path, batch_size: int = 64, workers: int = 0, progress: bool = False
+) -> tuple[FeatureStats, str]:
     """(stats, digest) of real images; computed once, then read from the cache."""
     key = reference_key(backend, dataset, split)
     path = home / "fid_stats" / f"{backend.name}-{key}.npz"
@@ -35,8 +37,9 @@ def reference_stats(backend, dataset, split: str, home: Path, batch_size: int = 
     return result, key
 
 
-def sample_reference(cfg, backend, home: Path, batch_size: int, workers: int = 0,
-                     progress: bool = False) -> tuple[FeatureStats, str, str]:
+def sample_reference(
+    cfg, backend, home: Path, batch_size: int, workers: int = 0, progress: bool = False
+) -> tuple[FeatureStats, str, str]:
     """(stats, digest, split) of the real images a model's samples are measured against (FID /
     FD-VGG16): the whole `eval.fid_reference` split of its stage-1 data. The one rule for `mqvq eval`
     and sampling searches, so that one metric name always means one reference."""

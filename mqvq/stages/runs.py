@@ -1,6 +1,7 @@
 """Run lifecycle shared by the training stages: find / resume / start the MLflow run, the working
 checkpoint (one save / restore for both stages: `TrainingRun`), and the metric window that syncs
 with the device once per log."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,23 @@ def find_resumable(tracker: Tracker, experiment: str, stage: str, config_hash: s
     return runs[0].info.run_id if runs else None
 
 
-def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_hash: str, seed: int, what: str,
-             run_name: str, tags: dict, params: dict, artifacts: dict[str, dict], resume: bool, run_id: str | None,
-             parent_run_id: str | None = None) -> str:
+def open_run(
+    tracker: Tracker,
+    d: Dist,
+    *,
+    experiment: str,
+    stage: str,
+    config_hash: str,
+    seed: int,
+    what: str,
+    run_name: str,
+    tags: dict,
+    params: dict,
+    artifacts: dict[str, dict],
+    resume: bool,
+    run_id: str | None,
+    parent_run_id: str | None = None,
+) -> str:
     """Resume (`resume` / `run_id`) or start the run on rank 0; every rank gets its id."""
     if d.main:
         if resume or run_id:
@@ -45,15 +60,25 @@ def open_run(tracker: Tracker, d: Dist, *, experiment: str, stage: str, config_h
             if run.data.tags.get(T.STAGE) != stage:
                 raise UserError(f"run {run_id} is a {run.data.tags.get(T.STAGE, 'non-mqvq')} run, not {stage}.")
             if run.data.tags.get(T.CONFIG_HASH) != config_hash:
-                raise UserError(f"run {run_id} was trained with a different {stage} config: resume it with the same experiment, profile and --set values.")
+                raise UserError(
+                    f"run {run_id} was trained with a different {stage} config: resume it with the same experiment, profile and --set values."
+                )
             if run.info.status == "FINISHED":
                 raise UserError(f"run {run_id} already finished; nothing to resume.")
             tracker.resume_run(run_id)
             tracker.set_tags(run_id, {T.TRAINER: f"{HOST}:{os.getpid()}"})
         else:
-            tags = {T.STAGE: stage, T.CONFIG_HASH: config_hash, T.SEED: seed, T.WORLD_SIZE: d.world, T.DEVICE: str(d.device),
-                    T.TRAINER: f"{HOST}:{os.getpid()}",
-                    T.DEVICE_NAME: device_name(d.device), T.TORCH_THREADS: torch.get_num_threads(), **tags}
+            tags = {
+                T.STAGE: stage,
+                T.CONFIG_HASH: config_hash,
+                T.SEED: seed,
+                T.WORLD_SIZE: d.world,
+                T.DEVICE: str(d.device),
+                T.TRAINER: f"{HOST}:{os.getpid()}",
+                T.DEVICE_NAME: device_name(d.device),
+                T.TORCH_THREADS: torch.get_num_threads(),
+                **tags,
+            }
             run_id = tracker.start_run(experiment, run_name, tags, params, parent_run_id=parent_run_id)
             for name, data in artifacts.items():
                 tracker.log_dict(run_id, data, name)
@@ -68,8 +93,14 @@ def stage_run_name(stage: str, cfg) -> str:
 
 def new_stage_model(run: "TrainingRun", cfg, stage: str, model_type: str, step: int, params: dict):
     """`Tracker.new_model` for a stage run's final weights, named and tagged as the run is."""
-    return run.tracker.new_model(run.run_id, stage_run_name(stage, cfg), model_type, step, params,
-                                 {T.STAGE: stage, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed})
+    return run.tracker.new_model(
+        run.run_id,
+        stage_run_name(stage, cfg),
+        model_type,
+        step,
+        params,
+        {T.STAGE: stage, T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.SEED: cfg.seed},
+    )
 
 
 def model_location(model_id: str, file: Path) -> str:
@@ -83,11 +114,12 @@ class TrainingRun:
     """A training stage's run while it trains: where it logs, its working checkpoint, the state that
     checkpoint holds (modules and optimizers by name, plus a header: format, stage, config) and the
     step reached, which the loop keeps current (an interrupted run's reason names it)."""
+
     tracker: Tracker
     dist: Dist
-    run_id: str | None         # set once the MLflow run exists
-    parts: dict[str, Any]      # name -> a module or optimizer: what the checkpoint restores
-    header: dict[str, Any]     # written into every checkpoint beside the parts
+    run_id: str | None  # set once the MLflow run exists
+    parts: dict[str, Any]  # name -> a module or optimizer: what the checkpoint restores
+    header: dict[str, Any]  # written into every checkpoint beside the parts
     step: int = 0
     system: SystemMetrics | None = None  # sampling while the run trains (rank 0)
 
@@ -119,8 +151,17 @@ class TrainingRun:
         rng = gather_rng_states(self.dist.device)
         if self.dist.main:
             self.tracker.check_fence()  # a worker that lost its row's lease writes no checkpoint
-            atomic_save({"format": FORMAT, **self.header, "step": self.step, "run_id": self.run_id,
-                         **{name: part.state_dict() for name, part in self.parts.items()}, "rng": rng}, self.checkpoint)
+            atomic_save(
+                {
+                    "format": FORMAT,
+                    **self.header,
+                    "step": self.step,
+                    "run_id": self.run_id,
+                    **{name: part.state_dict() for name, part in self.parts.items()},
+                    "rng": rng,
+                },
+                self.checkpoint,
+            )
 
     def mark_resumed(self) -> dict:
         """Say where a resumed run continues, in MLflow and in the summary."""

@@ -1,4 +1,5 @@
 """Stage-2 metrics: FID / FD-VGG16 and IS of generated samples, and sampling speed."""
+
 from __future__ import annotations
 
 import torch
@@ -11,9 +12,18 @@ from mqvq.timing import timed
 
 
 @torch.no_grad()
-def sample_metrics(gen: Generator, num: int, params: SamplingConfig, backend, reference: FeatureStats | None,
-                   seed: int = 0, is_splits: int = 10, progress: bool = False, prompts: list[str] | None = None,
-                   keep: bool = False) -> dict:
+def sample_metrics(
+    gen: Generator,
+    num: int,
+    params: SamplingConfig,
+    backend,
+    reference: FeatureStats | None,
+    seed: int = 0,
+    is_splits: int = 10,
+    progress: bool = False,
+    prompts: list[str] | None = None,
+    keep: bool = False,
+) -> dict:
     """Stream `num` samples (a text model's prompt i for sample i, cycling) through the feature
     backend: FD against `reference`, IS when there are logits. Without a backend nothing is measured
     here; `keep` returns every image (for the caption-following check) as `images`."""
@@ -54,5 +64,9 @@ def sampling_speed(gen: Generator, params: SamplingConfig, batch_size: int, repe
         return gen.vae.decode(s.codes, s.positions, model.shape.grid)
 
     sec, _ = timed(once, device, warmup=1, repeats=repeats)
-    return {"speed_images_per_s": batch_size / sec, "speed_ms_per_image": 1000 * sec / batch_size,
-            "speed_batch_size": batch_size, "speed_tokens": model.shape.length}
+    return {
+        "speed_images_per_s": batch_size / sec,
+        "speed_ms_per_image": 1000 * sec / batch_size,
+        "speed_batch_size": batch_size,
+        "speed_tokens": model.shape.length,
+    }

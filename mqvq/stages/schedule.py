@@ -1,4 +1,5 @@
 """Learning-rate schedules of both training stages (the released recipes)."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ every rank trains. Checkpoints hold model, discriminator, optimisers, step and e
 RNG state; data order is a function of (seed, step), so a resumed run continues exactly where
 an uninterrupted one would be.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,19 @@ from mqvq.models.mqvae import MQVAE
 from mqvq.models.quantizer import perplexity
 from mqvq.models.selectors import StraightThroughMask, anneal_tau
 from mqvq.runtime import Dist, autocast, autocast_dtype, conv_layout, progress_bar, seed_all
-from mqvq.stages.runs import (LoopClock, MetricWindow, model_location, TrainingRun, checkpoint_on_exit, closing_run, log_datasets, new_stage_model,
-                              open_run, publish, stage_run_name)
+from mqvq.stages.runs import (
+    LoopClock,
+    MetricWindow,
+    model_location,
+    TrainingRun,
+    checkpoint_on_exit,
+    closing_run,
+    log_datasets,
+    new_stage_model,
+    open_run,
+    publish,
+    stage_run_name,
+)
 from mqvq.stages.lookup import MODEL_FILE
 from mqvq.stages.schedule import lr_at, set_lr
 from mqvq.tracking import tags as T
@@ -42,6 +54,7 @@ STAGE = "stage1"
 class Stage1Job:
     """What stage 1's loop trains: the MQ-VAE (`net`: its DDP / compiled wrapper), the losses with
     their discriminator, both optimizers, and the run it logs and checkpoints to."""
+
     cfg: ExperimentConfig
     run: TrainingRun
     model: MQVAE
@@ -58,8 +71,18 @@ class Stage1Job:
 
 def save_model(path: Path, cfg: ExperimentConfig, model: MQVAE, step: int, run_id: str) -> Path:
     """Weights + config only: what tokenizing, sampling and evaluation need."""
-    return atomic_save({"format": FORMAT, "stage": STAGE, "step": step, "run_id": run_id, "experiment": cfg.name,
-                        "config": to_dict(cfg), "model": model.state_dict()}, path)
+    return atomic_save(
+        {
+            "format": FORMAT,
+            "stage": STAGE,
+            "step": step,
+            "run_id": run_id,
+            "experiment": cfg.name,
+            "config": to_dict(cfg),
+            "model": model.state_dict(),
+        },
+        path,
+    )
 
 
 def generator_groups(model: MQVAE, scorer_lr_scale: float) -> list[dict]:
@@ -73,9 +96,19 @@ def generator_groups(model: MQVAE, scorer_lr_scale: float) -> list[dict]:
     return [{"params": rest}, {"params": scorer, "lr_scale": scorer_lr_scale}]
 
 
-def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = False, run_id: str | None = None,
-                 device: str | None = None, progress: bool = True, mlflow_experiment: str | None = None,
-                 stop_after: int | None = None, parent_run_id: str | None = None, tags: dict | None = None) -> dict:
+def train_stage1(
+    cfg: ExperimentConfig,
+    tracker: Tracker,
+    *,
+    resume: bool = False,
+    run_id: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    mlflow_experiment: str | None = None,
+    stop_after: int | None = None,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+) -> dict:
     """Train (or resume) stage 1 and return a summary. `stop_after` ends this process after that
     many steps with a checkpoint, leaving the run resumable (used for time-boxed jobs and tests)."""
     d = runtime.setup(device)
@@ -93,19 +126,37 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
     model = MQVAE(s1.model).to(d.device, memory_format=layout)
     loss_fn = Stage1Loss(s1.loss).to(d.device, memory_format=layout)
     fused = d.device.type == "cuda"
-    opt_g = torch.optim.Adam(generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
+    opt_g = torch.optim.Adam(
+        generator_groups(model, s1.train.scorer_lr_scale), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused
+    )
     opt_d = torch.optim.Adam(loss_fn.disc.parameters(), lr=s1.train.lr, betas=(0.5, 0.9), fused=fused)
 
-    run = TrainingRun(tracker, d, None, {"model": model, "disc": loss_fn.disc, "opt_g": opt_g, "opt_d": opt_d},
-                      {"stage": STAGE, "experiment": cfg.name, "config": to_dict(cfg)})
+    run = TrainingRun(
+        tracker,
+        d,
+        None,
+        {"model": model, "disc": loss_fn.disc, "opt_g": opt_g, "opt_d": opt_d},
+        {"stage": STAGE, "experiment": cfg.name, "config": to_dict(cfg)},
+    )
     with closing_run(run) as ending:  # from the moment the MLflow run exists, it ends however this ends
         with signals.deferred():  # an interrupt waits until `run` knows the run it would have to end
             run.run_id = open_run(
-                tracker, d, experiment=experiment, stage=STAGE, config_hash=config_hash(identity(s1)), seed=cfg.seed,
-                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})", run_name=stage_run_name(STAGE, cfg),
+                tracker,
+                d,
+                experiment=experiment,
+                stage=STAGE,
+                config_hash=config_hash(identity(s1)),
+                seed=cfg.seed,
+                what=f"{cfg.name} (profile {cfg.profile}, seed {cfg.seed})",
+                run_name=stage_run_name(STAGE, cfg),
                 tags={T.EXPERIMENT: cfg.name, T.PROFILE: cfg.profile, T.DATA_DIGEST: train_ds.digest(), **(tags or {})},
-                params=flatten(to_dict(s1), "stage1.") | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
-                artifacts={"config.json": to_dict(cfg)}, resume=resume, run_id=run_id, parent_run_id=parent_run_id)
+                params=flatten(to_dict(s1), "stage1.")
+                | {"seed": cfg.seed, "experiment": cfg.name, "profile": cfg.profile},
+                artifacts={"config.json": to_dict(cfg)},
+                resume=resume,
+                run_id=run_id,
+                parent_run_id=parent_run_id,
+            )
         log_datasets(tracker, d, run.run_id, s1.data, train_ds, test_ds)
         run.watch_system(cfg.tracking.system_metrics_interval, cfg.tracking.system_metrics)
         start_step = run.restore(cfg.seed)
@@ -132,8 +183,17 @@ def train_stage1(cfg: ExperimentConfig, tracker: Tracker, *, resume: bool = Fals
 def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None) -> dict[str, float]:
     """Train from `job.run.step` to the end (or `stop_after` steps more), keeping the step current on
     the run; returns the last logged training metrics."""
-    cfg, d, run, model, net, loss_fn, opt_g, opt_d, dtype = (job.cfg, job.dist, job.run, job.model, job.net, job.loss_fn,
-                                                            job.opt_g, job.opt_d, job.dtype)
+    cfg, d, run, model, net, loss_fn, opt_g, opt_d, dtype = (
+        job.cfg,
+        job.dist,
+        job.run,
+        job.model,
+        job.net,
+        job.loss_fn,
+        job.opt_g,
+        job.opt_d,
+        job.dtype,
+    )
     t, m = cfg.stage1.train, cfg.stage1.model.mask
     tracker, run_id = run.tracker, run.run_id
     layout = conv_layout(d.device)
@@ -152,8 +212,11 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
 
     # stop signals wait for a step's end, on every rank the same one (outermost: the checkpoint written
     # on the way out is covered too)
-    with signals.stops_between_steps(runtime.any_rank) as stops, progress_bar(progress and d.main) as bar, \
-            checkpoint_on_exit(run.save):
+    with (
+        signals.stops_between_steps(runtime.any_rank) as stops,
+        progress_bar(progress and d.main) as bar,
+        checkpoint_on_exit(run.save),
+    ):
         task = bar.add_task(f"stage 1 {cfg.name}", total=t.steps, completed=step, info="")
         if t.val_every and step == 0:  # the untrained model: where the curves start
             validate()
@@ -164,7 +227,9 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
                 batch = next(batches)
                 x = batch["image"].to(d.device, non_blocking=True, memory_format=layout)
                 fg = batch["fg"].to(d.device, non_blocking=True) if "fg" in batch else None
-                if isinstance(model.mask, StraightThroughMask):  # the surrogate's temperature, a function of the step (resumes exactly)
+                if isinstance(
+                    model.mask, StraightThroughMask
+                ):  # the surrogate's temperature, a function of the step (resumes exactly)
                     model.mask.tau.fill_(anneal_tau(m.tau_start, m.tau_end, step, t.steps))
                 lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.schedule)
                 set_lr(opt_g, lr)
@@ -201,7 +266,11 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
                     metrics["train/lr"] = lr
                     last_logs = metrics
                     publish(tracker, d, run_id, metrics, step)
-                    bar.update(task, completed=step, info=f"loss {metrics[TRAIN_LOSS]:.4f}  {metrics['train/images_per_s']:.1f} img/s")
+                    bar.update(
+                        task,
+                        completed=step,
+                        info=f"loss {metrics[TRAIN_LOSS]:.4f}  {metrics['train/images_per_s']:.1f} img/s",
+                    )
                     counts.zero_()
                 if t.val_every and step % t.val_every == 0 and step < t.steps:  # the last point is _finish's
                     validate()
@@ -213,8 +282,9 @@ def _loop(job: Stage1Job, loader, val_ds, progress: bool, stop_after: int | None
 
 
 @torch.no_grad()
-def validation_pass(model: MQVAE, test_ds, device, dtype, batch_size: int, limit: int, lpips=None,
-                    grid: bool = False) -> tuple[dict, object]:
+def validation_pass(
+    model: MQVAE, test_ds, device, dtype, batch_size: int, limit: int, lpips=None, grid: bool = False
+) -> tuple[dict, object]:
     """L1, PSNR, batch-union codebook usage, LPIPS and the mask diagnostics on the first `limit` test
     images, in eval mode, and (with `grid`) the first batch's reconstruction grid. The RNG is forked, so a random mask drawn here never shifts the training
     stream (a resumed run stays bit-identical to an uninterrupted one)."""
@@ -257,14 +327,30 @@ def _finish(job: Stage1Job, test_ds) -> dict:
     cfg, d, model, run = job.cfg, job.dist, job.model, job.run
     tracker, run_id, step = run.tracker, run.run_id, run.step
     t = cfg.stage1.train
-    res, grid_img = validation_pass(model, test_ds, d.device, job.dtype, t.batch_size, t.eval_images, job.loss_fn.lpips, grid=True)
+    res, grid_img = validation_pass(
+        model, test_ds, d.device, job.dtype, t.batch_size, t.eval_images, job.loss_fn.lpips, grid=True
+    )
     metrics = {f"val/{k}": v for k, v in res.items()}
     m = cfg.stage1.model
-    with new_stage_model(run, cfg, STAGE, "VQGAN" if m.mask.type == "none" else "MQ-VAE", step,
-                         {"mask.type": m.mask.type, "mask.ratio": m.mask.ratio, "mask.selector": m.mask.selector,
-                          "downsample": m.downsample, "codebook_size": m.quantizer.codebook_size,
-                          "resolution": cfg.stage1.data.resolution, "params": sum(p.numel() for p in model.parameters())}) as (model_id, folder):
-        model_file = save_model(folder / MODEL_FILE, cfg, model, step, run_id)  # written once, where the logged model points
+    with new_stage_model(
+        run,
+        cfg,
+        STAGE,
+        "VQGAN" if m.mask.type == "none" else "MQ-VAE",
+        step,
+        {
+            "mask.type": m.mask.type,
+            "mask.ratio": m.mask.ratio,
+            "mask.selector": m.mask.selector,
+            "downsample": m.downsample,
+            "codebook_size": m.quantizer.codebook_size,
+            "resolution": cfg.stage1.data.resolution,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+    ) as (model_id, folder):
+        model_file = save_model(
+            folder / MODEL_FILE, cfg, model, step, run_id
+        )  # written once, where the logged model points
     tracker.log_metrics(run_id, metrics, step, model_id=model_id)
     if grid_img is not None:
         tracker.log_image(run_id, grid_img, "figures/reconstructions.png")

@@ -13,6 +13,7 @@ Where things are: each row's parent run carries the task's job id (`<array job>_
 folder, `<home>/slurm/<job id>/`, from the moment it is queued (its MLflow status SCHEDULED until the
 task starts); `study status` asks `squeue` (and `sacct`, when accounting is on) for their states.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,27 +38,66 @@ from mqvq.tracking.location import sqlite_path
 from mqvq.tracking.records import RowRecord
 from mqvq.tracking.store import Tracker
 
-SHARED_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs",
-                      "panfs", "wekafs", "fuse.sshfs", "fuse.juicefs", "orangefs", "pvfs2", "afs", "9p"}
+SHARED_FILESYSTEMS = {
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "fuse.glusterfs",
+    "panfs",
+    "wekafs",
+    "fuse.sshfs",
+    "fuse.juicefs",
+    "orangefs",
+    "pvfs2",
+    "afs",
+    "9p",
+}
 # SLURM job states -> what `study status` says
-STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
-          "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued", "RESIZING": "running",
-          "PREEMPTED": "requeued", "COMPLETED": "completed", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
-          "OUT_OF_MEMORY": "failed", "TIMEOUT": "timeout", "DEADLINE": "timeout", "CANCELLED": "cancelled"}
+STATES = {
+    "PENDING": "queued",
+    "CONFIGURING": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "running",
+    "REQUEUED": "requeued",
+    "REQUEUE_HOLD": "requeued",
+    "REQUEUE_FED": "requeued",
+    "RESIZING": "running",
+    "PREEMPTED": "requeued",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "NODE_FAIL": "failed",
+    "BOOT_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "TIMEOUT": "timeout",
+    "DEADLINE": "timeout",
+    "CANCELLED": "cancelled",
+}
 
 
 # --------------------------------------------------------------------------- the scheduler
 def require_slurm() -> None:
     if shutil.which("sbatch") is None:
-        raise UserError("--slurm needs a SLURM client: no `sbatch` on PATH (load the cluster's slurm module, or run "
-                        "`mqvq study run` instead).")
+        raise UserError(
+            "--slurm needs a SLURM client: no `sbatch` on PATH (load the cluster's slurm module, or run "
+            "`mqvq study run` instead)."
+        )
 
 
 def _slurm(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise UserError(f"`{' '.join(cmd[:2])}` did not answer in {timeout:.0f} s: is the SLURM controller up?") from None
+        raise UserError(
+            f"`{' '.join(cmd[:2])}` did not answer in {timeout:.0f} s: is the SLURM controller up?"
+        ) from None
 
 
 def slurm_refusal(stderr: str) -> str:
@@ -77,11 +117,16 @@ def check_partition(options: SlurmOptions) -> int:
     p = _slurm(["sinfo", "-h", "-p", options.partition, "-o", "%D|%G"])
     rows = [ln.split("|") for ln in p.stdout.split() if "|" in ln]
     if p.returncode != 0 or not rows:
-        raise UserError(f"--partition {options.partition!r} is not a partition of this cluster"
-                        + (f" ({slurm_refusal(p.stderr)})" if p.stderr.strip() else "") + ": `sinfo -s` lists them.")
+        raise UserError(
+            f"--partition {options.partition!r} is not a partition of this cluster"
+            + (f" ({slurm_refusal(p.stderr)})" if p.stderr.strip() else "")
+            + ": `sinfo -s` lists them."
+        )
     if options.gpus_per_task and not any("gpu" in g for _, g in rows):
-        raise UserError(f"--gpus-per-task {options.gpus_per_task} asks for GPUs, but partition {options.partition!r} has none "
-                        f"(no gpu GRES): choose a GPU partition or leave --gpus-per-task out.")
+        raise UserError(
+            f"--gpus-per-task {options.gpus_per_task} asks for GPUs, but partition {options.partition!r} has none "
+            f"(no gpu GRES): choose a GPU partition or leave --gpus-per-task out."
+        )
     return sum(int(n) for n, _ in rows if n.isdigit())
 
 
@@ -110,13 +155,17 @@ def check_shared_store(tracker: Tracker, options: SlurmOptions, nodes: int) -> N
         return
     shared = filesystem_type(tracker.home) in SHARED_FILESYSTEMS
     if nodes > 1 and not shared:
-        raise UserError(f"the tracking store is a SQLite file in {tracker.home}, which is not on a shared filesystem, and "
-                        f"partition {options.partition!r} has {nodes} nodes: pass --tracking-uri (PostgreSQL or an MLflow "
-                        f"server) or a --home on a filesystem every node mounts.")
+        raise UserError(
+            f"the tracking store is a SQLite file in {tracker.home}, which is not on a shared filesystem, and "
+            f"partition {options.partition!r} has {nodes} nodes: pass --tracking-uri (PostgreSQL or an MLflow "
+            f"server) or a --home on a filesystem every node mounts."
+        )
     if options.array_parallelism > 1 and nodes != 1 and not shared:
-        raise UserError(f"--array-parallelism {options.array_parallelism} runs tasks side by side, possibly on several nodes, "
-                        f"but the SQLite store in {tracker.home} is not on a shared filesystem: pass --tracking-uri "
-                        f"(PostgreSQL or an MLflow server), a shared --home, or --array-parallelism 1.")
+        raise UserError(
+            f"--array-parallelism {options.array_parallelism} runs tasks side by side, possibly on several nodes, "
+            f"but the SQLite store in {tracker.home} is not on a shared filesystem: pass --tracking-uri "
+            f"(PostgreSQL or an MLflow server), a shared --home, or --array-parallelism 1."
+        )
 
 
 # --------------------------------------------------------------------------- one task
@@ -133,8 +182,10 @@ class RowTask:
         job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID", "")
         missing = [name for name in self.needs if name not in os.environ]
         if missing:  # sbatch passes the submitting shell's environment unless the site says --export=NONE
-            raise RuntimeError(f"{', '.join(missing)} was set where the study was submitted but is not in this task's "
-                               "environment: export it in the job (sbatch --export=ALL, or --setup 'export NAME=...').")
+            raise RuntimeError(
+                f"{', '.join(missing)} was set where the study was submitted but is not in this task's "
+                "environment: export it in the job (sbatch --export=ALL, or --setup 'export NAME=...')."
+            )
         env = {**os.environ, **self.env, "MQVQ_SLURM_JOB": job_id}
         self.child = subprocess.Popen(self.argv, env=env)
         # polled, not wait(): submitit's SIGUSR2 handler runs in this thread and waits for the child
@@ -143,7 +194,10 @@ class RowTask:
             time.sleep(0.5)
         self.child = None
         if code == 130:  # stopped by the scheduler (requeue, preemption, scancel): its runs are KILLED, resumable
-            print("mqvq: the row was interrupted by the scheduler; a requeued task resumes it from its last checkpoint.", flush=True)
+            print(
+                "mqvq: the row was interrupted by the scheduler; a requeued task resumes it from its last checkpoint.",
+                flush=True,
+            )
         elif code != 0:
             raise RuntimeError(f"`{shlex.join(self.argv)}` exited with {code}")
         return code
@@ -160,8 +214,11 @@ class RowTask:
                 child.wait(timeout=60)  # inside SLURM's --signal delay (90 s), before the kill
             except subprocess.TimeoutExpired:
                 child.kill()
-        print("mqvq: stopped for preemption or the time limit; the row resumes from its last checkpoint when this task "
-              "is requeued.", flush=True)
+        print(
+            "mqvq: stopped for preemption or the time limit; the row resumes from its last checkpoint when this task "
+            "is requeued.",
+            flush=True,
+        )
         return DelayedSubmission(RowTask(self.argv, self.env, self.needs), *args, **kwargs)
 
     def __getstate__(self):
@@ -173,16 +230,42 @@ def task_environment(environ: dict[str, str]) -> tuple[dict[str, str], tuple[str
     name only. The task is pickled into the job folder on a shared file system, and MLflow's values
     include credentials (MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN); the task reads them from
     its own environment, which sbatch copies from the submitting shell."""
-    return ({k: v for k, v in environ.items() if k.startswith("MQVQ_")},
-            tuple(sorted(k for k in environ if k.startswith("MLFLOW_"))))
+    return (
+        {k: v for k, v in environ.items() if k.startswith("MQVQ_")},
+        tuple(sorted(k for k in environ if k.startswith("MLFLOW_"))),
+    )
 
 
-def task_command(study: StudyConfig, study_ref: str, profile: str, row: str, seed: int, tracker: Tracker,
-                 backend: str | None = None, nproc: int = 1) -> list[str]:
+def task_command(
+    study: StudyConfig,
+    study_ref: str,
+    profile: str,
+    row: str,
+    seed: int,
+    tracker: Tracker,
+    backend: str | None = None,
+    nproc: int = 1,
+) -> list[str]:
     """Exactly what `study run --only ROW --seeds S` is on the command line, store included (with
     several GPUs per task, `--nproc K`: each stage under torchrun, one process per GPU)."""
-    argv = [sys.executable, "-m", "mqvq", "study", "run", study_ref, "--profile", profile, "--only", row, "--seeds", str(seed),
-            "--home", str(tracker.home), "--no-progress", *(["--nproc", str(nproc)] if nproc > 1 else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "mqvq",
+        "study",
+        "run",
+        study_ref,
+        "--profile",
+        profile,
+        "--only",
+        row,
+        "--seeds",
+        str(seed),
+        "--home",
+        str(tracker.home),
+        "--no-progress",
+        *(["--nproc", str(nproc)] if nproc > 1 else []),
+    ]
     if sqlite_path(tracker.uri) is None or os.environ.get("MLFLOW_TRACKING_URI"):
         argv += ["--tracking-uri", tracker.uri]
     if backend:
@@ -193,11 +276,11 @@ def task_command(study: StudyConfig, study_ref: str, profile: str, row: str, see
 # --------------------------------------------------------------------------- submit
 @dataclass
 class Submission:
-    job_id: str | None                       # None for a dry run
-    tasks: list[tuple[str, int]]             # (row, seed) per array task, in task order
-    script: str                              # the sbatch script submitit writes
+    job_id: str | None  # None for a dry run
+    tasks: list[tuple[str, int]]  # (row, seed) per array task, in task order
+    script: str  # the sbatch script submitit writes
     log_dir: Path
-    skipped: list[tuple[str, int, str]] = field(default_factory=list)   # (row, seed, why)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)  # (row, seed, why)
 
 
 def missing_tasks(plans: list[RowPlan]) -> tuple[list[RowPlan], list[tuple[str, int, str]]]:
@@ -222,12 +305,24 @@ def missing_tasks(plans: list[RowPlan]) -> tuple[list[RowPlan], list[tuple[str, 
 def _executor(folder: Path, study: StudyConfig, options: SlurmOptions):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=options.max_requeues)
-    params = {"name": f"mqvq-{study.name}", "timeout_min": options.minutes, "slurm_array_parallelism": options.array_parallelism,
-              "slurm_signal_delay_s": options.signal_delay_s, "slurm_setup": list(options.setup),
-              "slurm_additional_parameters": {"requeue": True}}
-    for key, value in (("slurm_partition", options.partition), ("slurm_account", options.account), ("slurm_qos", options.qos),
-                       ("cpus_per_task", options.cpus_per_task), ("slurm_mem", options.mem)):
+    executor = submitit.AutoExecutor(
+        folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=options.max_requeues
+    )
+    params = {
+        "name": f"mqvq-{study.name}",
+        "timeout_min": options.minutes,
+        "slurm_array_parallelism": options.array_parallelism,
+        "slurm_signal_delay_s": options.signal_delay_s,
+        "slurm_setup": list(options.setup),
+        "slurm_additional_parameters": {"requeue": True},
+    }
+    for key, value in (
+        ("slurm_partition", options.partition),
+        ("slurm_account", options.account),
+        ("slurm_qos", options.qos),
+        ("cpus_per_task", options.cpus_per_task),
+        ("slurm_mem", options.mem),
+    ):
         if value is not None:
             params[key] = value
     if options.gpus_per_task:
@@ -248,9 +343,19 @@ def sbatch_script(executor, tasks: int) -> str:
         slurm.parameters = saved
 
 
-def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, options: SlurmOptions, *,
-           seeds: list[int] | None = None, only: list[str] | None = None, backend: str | None = None,
-           dry_run: bool = False, logs_home: Path | None = None) -> Submission:
+def submit(
+    tracker: Tracker,
+    study: StudyConfig,
+    study_ref: str,
+    profile: str,
+    options: SlurmOptions,
+    *,
+    seeds: list[int] | None = None,
+    only: list[str] | None = None,
+    backend: str | None = None,
+    dry_run: bool = False,
+    logs_home: Path | None = None,
+) -> Submission:
     """Queue one array task per missing row x seed; returns at once (None job id for a dry run).
     `logs_home`: the home whose `slurm/` folder the script names, when `tracker` is not its store (a dry
     run on a home without one plans against an empty store rather than create it)."""
@@ -267,8 +372,16 @@ def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, o
     if dry_run or not tasks:
         return Submission(None, tasks, script, folder, skipped)
     env, needs = task_environment(dict(os.environ))
-    calls = [RowTask(task_command(study, study_ref, profile, p.row.name, p.seed, tracker, backend, max(1, options.gpus_per_task)),
-                     env, needs) for p in todo]
+    calls = [
+        RowTask(
+            task_command(
+                study, study_ref, profile, p.row.name, p.seed, tracker, backend, max(1, options.gpus_per_task)
+            ),
+            env,
+            needs,
+        )
+        for p in todo
+    ]
     parents: list[str] = []
     queued = False
     try:
@@ -281,9 +394,13 @@ def submit(tracker: Tracker, study: StudyConfig, study_ref: str, profile: str, o
                     jobs = [executor.submit(call) for call in calls]
             except Exception as e:  # submitit raises its own types for sbatch's refusals
                 text = getattr(e, "stderr", None) or str(e)
-                raise UserError(f"SLURM refused the array: {slurm_refusal(text if isinstance(text, str) else str(text))}.") from None
+                raise UserError(
+                    f"SLURM refused the array: {slurm_refusal(text if isinstance(text, str) else str(text))}."
+                ) from None
             for parent, job in zip(parents, jobs):
-                tracker.set_tags(parent, {T.SLURM_JOB: job.job_id, T.SLURM_LOG: str(folder / job.job_id), T.SLURM_CANCELLED: ""})
+                tracker.set_tags(
+                    parent, {T.SLURM_JOB: job.job_id, T.SLURM_LOG: str(folder / job.job_id), T.SLURM_CANCELLED: ""}
+                )
             queued = True
     except (UserError, KeyboardInterrupt) as e:
         if not queued:  # no task will ever run these rows: not SCHEDULED for good
@@ -348,8 +465,9 @@ def cancel(tracker: Tracker, study: StudyConfig, profile: str, wait_s: float = 9
     if p.returncode != 0:
         raise UserError(f"scancel refused: {slurm_refusal(p.stderr)}.")
     deadline = time.monotonic() + wait_s  # running tasks end their own runs KILLED on SIGTERM: give them the time
-    while time.monotonic() < deadline and any(s in ("running", "queued", "requeued")
-                                              for s in slurm_states([r.slurm_job for r in mine]).values()):
+    while time.monotonic() < deadline and any(
+        s in ("running", "queued", "requeued") for s in slurm_states([r.slurm_job for r in mine]).values()
+    ):
         time.sleep(1.0)
     for r in mine:  # a task cancelled before it started, or killed before it could end its runs, leaves them to us
         reason = f"cancelled (SLURM task {r.slurm_job})"

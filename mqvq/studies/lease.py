@@ -7,6 +7,7 @@ by the next worker. Claims are atomic between processes on one machine (a file l
 store); across machines sharing an MLflow server, a worker writes its claim, waits `settle`
 seconds and reads it back, and backs off if another worker's claim replaced it.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,9 +83,11 @@ class Heartbeat:
         with self._checking, lease_lock(self.tracker):  # atomic with another worker's claim on this machine
             owner, _ = current_lease(self.tracker, self.run_id)
             if owner != self.worker:
-                self.lost = (f"this worker ({self.worker}) lost the row's lease to {owner or 'nobody'} after "
-                             f"{time.time() - self._last_ok:.0f} s without a heartbeat (stopped or suspended?): it stopped "
-                             f"without writing anything more, and the row goes on in that worker")
+                self.lost = (
+                    f"this worker ({self.worker}) lost the row's lease to {owner or 'nobody'} after "
+                    f"{time.time() - self._last_ok:.0f} s without a heartbeat (stopped or suspended?): it stopped "
+                    f"without writing anything more, and the row goes on in that worker"
+                )
                 raise LeaseLost(self.lost)
             self._last_ok = self.tracker.heartbeat(self.run_id, fenced=False)  # ours, just read: past the fence
 

@@ -5,6 +5,7 @@ MLflow layout: one experiment per study and profile (`<study>/<profile>`), one p
 content hash across the whole store, so a row reuses any finished stage-1 run with the same
 resolved config and seed (Table 7's full model is Table 6's 50 % adaptive row).
 """
+
 from __future__ import annotations
 
 import enum
@@ -17,7 +18,16 @@ from mqvq.config import ExperimentConfig, config_hash, identity
 from mqvq.errors import UserError
 from mqvq.files import file_digest
 from mqvq.machine import cpu_name, may_have_gpu, torch_threads
-from mqvq.metrics.registry import REGISTRY, STEP_SECONDS, TOKENIZE_SECONDS, best, frechet, guided, metric_stage, named_step_seconds
+from mqvq.metrics.registry import (
+    REGISTRY,
+    STEP_SECONDS,
+    TOKENIZE_SECONDS,
+    best,
+    frechet,
+    guided,
+    metric_stage,
+    named_step_seconds,
+)
 from mqvq.stages.lookup import checkpoint_path, model_file, stage2_hash
 from mqvq.studies.spec import StudyConfig, StudyRow, row_config, row_seeds, select_rows
 from mqvq.tracking import tags as T
@@ -25,8 +35,11 @@ from mqvq.tracking.records import LEASE_TIMEOUT_S, RowRecord, StageRecord, lease
 from mqvq.tracking.store import Tracker
 
 # guesses for a device with no finished runs of the profile yet
-DEFAULT_SECONDS = {"smoke": {"stage1": 8, "stage2": 4, "eval": 5}, "cpu": {"stage1": 200, "stage2": 90, "eval": 60},
-                   "mini": {"stage1": 120, "stage2": 90, "eval": 60}}
+DEFAULT_SECONDS = {
+    "smoke": {"stage1": 8, "stage2": 4, "eval": 5},
+    "cpu": {"stage1": 200, "stage2": 90, "eval": 60},
+    "mini": {"stage1": 120, "stage2": 90, "eval": 60},
+}
 
 
 def study_experiment(study: str, profile: str) -> str:
@@ -35,13 +48,14 @@ def study_experiment(study: str, profile: str) -> str:
 
 class Step(str, enum.Enum):
     """What a stage of a row needs."""
-    DONE = "done"                     # this row's own finished run
-    REUSABLE = "reusable"             # a finished run of the same content hash elsewhere in the store
-    RESUMABLE = "resumable"           # an unfinished run of this study with a checkpoint
+
+    DONE = "done"  # this row's own finished run
+    REUSABLE = "reusable"  # a finished run of the same content hash elsewhere in the store
+    RESUMABLE = "resumable"  # an unfinished run of this study with a checkpoint
     RUN = "run"
-    AFTER_STAGE1 = "after stage 1"    # stage 2's identity needs the stage-1 checkpoint, not trained yet
-    BUSY = "running elsewhere"        # an unfinished run that a live process is training (a fresh heartbeat)
-    SKIP = "skip"                     # a stage-1-only row
+    AFTER_STAGE1 = "after stage 1"  # stage 2's identity needs the stage-1 checkpoint, not trained yet
+    BUSY = "running elsewhere"  # an unfinished run that a live process is training (a fresh heartbeat)
+    SKIP = "skip"  # a stage-1-only row
 
     def __str__(self) -> str:
         return self.value
@@ -63,12 +77,12 @@ class RowPlan:
     row: StudyRow
     seed: int
     cfg: ExperimentConfig
-    parent: RowRecord | None               # the row's MLflow parent run, if any
-    status: str                            # finished | running | failed | missing
+    parent: RowRecord | None  # the row's MLflow parent run, if any
+    status: str  # finished | running | failed | missing
     stages: dict[str, StageState] = field(default_factory=dict)
     estimate_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    view: StoreView | None = field(default=None, repr=False)   # what it was planned from
+    view: StoreView | None = field(default=None, repr=False)  # what it was planned from
 
     @property
     def todo(self) -> bool:
@@ -77,7 +91,9 @@ class RowPlan:
 
 def find_row_runs(tracker: Tracker, experiment: str, study: str, row: str, seed: int) -> list[RowRecord]:
     """The row's parent runs, oldest first (more than one only while racing workers fold theirs)."""
-    runs = tracker.find_runs(experiment, T.where(kind=T.Kind.ROW, study=study, row=row, seed=seed), order_by=["attributes.start_time ASC"])
+    runs = tracker.find_runs(
+        experiment, T.where(kind=T.Kind.ROW, study=study, row=row, seed=seed), order_by=["attributes.start_time ASC"]
+    )
     return [RowRecord.of(r) for r in runs]
 
 
@@ -94,8 +110,10 @@ def row_stage_run(tracker: Tracker, study_name: str, row: str, profile: str, sta
         run_id = parents[0].stage1_run if stage == "stage1" else parents[0].stage2_run
         run_id = run_id or (parents[0].stage1_run if stage is None else None)
     if not run_id:
-        raise UserError(f"row {row} of {study.name} (profile {profile}) has no {stage or 'finished'} model yet: run "
-                        f"`mqvq study run {study.name} --profile {profile} --only {row}` first.")
+        raise UserError(
+            f"row {row} of {study.name} (profile {profile}) has no {stage or 'finished'} model yet: run "
+            f"`mqvq study run {study.name} --profile {profile} --only {row}` first."
+        )
     return run_id
 
 
@@ -121,9 +139,9 @@ class StoreView:
         self.names = tracker.experiment_names()
         self.experiment_id = next((i for i, n in self.names.items() if n == experiment), None)
         self.rows: dict[tuple[str, int], list[RowRecord]] = {}
-        self.stages: dict[tuple, list[StageRecord]] = {}   # (stage, config hash, seed) -> runs, newest first
-        self.readers: dict[str, list[StageRecord]] = {}    # stage-1 run id -> the runs that name it
-        self.complete = row is None                          # every stage run is in `stages`
+        self.stages: dict[tuple, list[StageRecord]] = {}  # (stage, config hash, seed) -> runs, newest first
+        self.readers: dict[str, list[StageRecord]] = {}  # stage-1 run id -> the runs that name it
+        self.complete = row is None  # every stage run is in `stages`
         if self.experiment_id is not None:
             where = T.where(kind=T.Kind.ROW, study=study, **({"row": row[0], "seed": row[1]} if row else {}))
             for r in tracker.search_all([self.experiment_id], where, ["attributes.start_time ASC"]):
@@ -152,28 +170,40 @@ class StoreView:
     def stage_runs(self, stage: str, h: str, seed: int, finished: bool) -> list[StageRecord]:
         key = (stage, h, seed)
         if not self.complete and key not in self.stages:
-            self.stages[key] = [StageRecord.of(r) for r in self.tracker.search_all(list(self.names), T.where(stage=stage, config_hash=h, seed=seed))]
+            self.stages[key] = [
+                StageRecord.of(r)
+                for r in self.tracker.search_all(list(self.names), T.where(stage=stage, config_hash=h, seed=seed))
+            ]
         return [r for r in self.stages.get(key, []) if r.finished == finished]
 
     def runs_reading(self, stage1_run: str) -> list[StageRecord]:
         if not self.complete and stage1_run not in self.readers:
-            self.readers[stage1_run] = [StageRecord.of(r) for r in self.tracker.search_all(list(self.names), T.where(stage1_run=stage1_run))]
+            self.readers[stage1_run] = [
+                StageRecord.of(r) for r in self.tracker.search_all(list(self.names), T.where(stage1_run=stage1_run))
+            ]
         return self.readers.get(stage1_run, [])
 
 
-def stage_state(view: StoreView, stage: str, h: str, seed: int, parent_id: str | None, linked: str | None = None) -> StageState:
+def stage_state(
+    view: StoreView, stage: str, h: str, seed: int, parent_id: str | None, linked: str | None = None
+) -> StageState:
     """`linked`: the stage run this row already uses (its record's stage run), so a run reused from
     another study's row counts as done here instead of being reused again on every `study run`."""
     done = view.stage_runs(stage, h, seed, finished=True)
     if done:
         mine = [r for r in done if (parent_id and r.parent_run_id == parent_id) or (linked and r.run_id == linked)]
         run = (mine or done)[0]
-        return StageState(Step.DONE if mine else Step.REUSABLE, run.run_id,
-                          "" if mine else f"finished run in {view.names.get(run.experiment_id, '?')}")
+        return StageState(
+            Step.DONE if mine else Step.REUSABLE,
+            run.run_id,
+            "" if mine else f"finished run in {view.names.get(run.experiment_id, '?')}",
+        )
     for run in view.stage_runs(stage, h, seed, finished=False):
         if view.experiment_id is not None and run.experiment_id == view.experiment_id:
             if run.mlflow_status == "RUNNING" and lease_is_live(run.trainer, run.heartbeat):
-                return StageState(Step.BUSY, run.run_id, "a live process is training it")  # resuming it would make two writers
+                return StageState(
+                    Step.BUSY, run.run_id, "a live process is training it"
+                )  # resuming it would make two writers
             if checkpoint_path(view.tracker.home, run.run_id).is_file():
                 return StageState(Step.RESUMABLE, run.run_id, "from its last checkpoint")
     return StageState(Step.RUN)
@@ -225,9 +255,19 @@ def optional_metrics(study: StudyConfig) -> list[str]:
     return [REGISTRY["cost"].name()] if "cost" in study.metrics else []
 
 
-def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[int] | None = None,
-               only: list[str] | None = None, backend: str | None = None, lease_timeout: float = LEASE_TIMEOUT_S,
-               device: str | None = None, workers: int = 1, costs: Costs | None = None, estimate: bool = True) -> list[RowPlan]:
+def plan_study(
+    tracker: Tracker,
+    study: StudyConfig,
+    profile: str,
+    seeds: list[int] | None = None,
+    only: list[str] | None = None,
+    backend: str | None = None,
+    lease_timeout: float = LEASE_TIMEOUT_S,
+    device: str | None = None,
+    workers: int = 1,
+    costs: Costs | None = None,
+    estimate: bool = True,
+) -> list[RowPlan]:
     """Per row and seed, each stage's state, from one view of the store. `estimate`: time the rows to
     run from the measured costs (`study status` has no use for them)."""
     if estimate:
@@ -242,16 +282,29 @@ def plan_study(tracker: Tracker, study: StudyConfig, profile: str, seeds: list[i
     return plans
 
 
-def replan_row(tracker: Tracker, study: StudyConfig, p: "RowPlan", profile: str, backend: str | None,
-               lease_timeout: float = LEASE_TIMEOUT_S) -> "RowPlan":
+def replan_row(
+    tracker: Tracker,
+    study: StudyConfig,
+    p: "RowPlan",
+    profile: str,
+    backend: str | None,
+    lease_timeout: float = LEASE_TIMEOUT_S,
+) -> "RowPlan":
     """The row planned again from the store as it is now (the runner, once it holds the row's lease:
     another worker may have finished it, or trained a model it can reuse)."""
     view = StoreView.one_row(tracker, study_experiment(study.name, profile), study.name, p.row.name, p.seed)
     return plan_row(view, study, p.row, p.seed, profile, backend, lease_timeout)
 
 
-def plan_row(view: StoreView, study: StudyConfig, row: StudyRow, seed: int, profile: str, backend: str | None,
-             lease_timeout: float = LEASE_TIMEOUT_S) -> "RowPlan":
+def plan_row(
+    view: StoreView,
+    study: StudyConfig,
+    row: StudyRow,
+    seed: int,
+    profile: str,
+    backend: str | None,
+    lease_timeout: float = LEASE_TIMEOUT_S,
+) -> "RowPlan":
     """One row and seed: its parent run, each stage's state and the metrics it still lacks."""
     cfg = row_config(row, profile, seed)
     parents = view.row_runs(row.name, seed)
@@ -274,8 +327,11 @@ def plan_row(view: StoreView, study: StudyConfig, row: StudyRow, seed: int, prof
     if not row.stage2:
         want = [m for m in want if metric_stage(m) != "stage2"]
     missing = [m for m in want if m not in p.metrics]
-    p.stages["eval"] = StageState(Step.DONE if parent is not None and not missing else Step.RUN, None,
-                                  ", ".join(missing) if missing and parent is not None else "")
+    p.stages["eval"] = StageState(
+        Step.DONE if parent is not None and not missing else Step.RUN,
+        None,
+        ", ".join(missing) if missing and parent is not None else "",
+    )
     if p.stages["eval"].state == Step.DONE and p.status != T.Status.FINISHED:
         p.stages["eval"] = StageState(Step.RUN)
     return p
@@ -288,7 +344,9 @@ def stage2_state(p: "RowPlan", stage1_run: str) -> StageState:
     if digest is None:
         return StageState(Step.RUN, None, "the stage-1 checkpoint is missing")
     parent = p.parent
-    return stage_state(p.view, "stage2", stage2_hash(p.cfg, digest), p.seed, parent and parent.run_id, parent and parent.stage2_run)
+    return stage_state(
+        p.view, "stage2", stage2_hash(p.cfg, digest), p.seed, parent and parent.run_id, parent and parent.stage2_run
+    )
 
 
 def stage1_digest(view: StoreView, run_id: str) -> str | None:
@@ -306,11 +364,14 @@ class Costs:
     the experiment, then any run of the stage), the per-run overhead, and evaluation seconds.
     A stage-1 step time borrowed from other configs is scaled by image area: a 48 px row costs about
     2.25 times a 32 px row's step, and without the scale `study plan` promised a third of the time."""
+
     device: str
     runs: int = 0
-    step_s: dict[tuple, float] = field(default_factory=dict)     # (stage, key) -> median seconds per step
-    pixels: dict[tuple, float] = field(default_factory=dict)     # (stage, key) -> median image area of those runs (stage 1)
-    overhead_s: dict[str, float] = field(default_factory=dict)   # stage -> median (duration - steps * step_s)
+    step_s: dict[tuple, float] = field(default_factory=dict)  # (stage, key) -> median seconds per step
+    pixels: dict[tuple, float] = field(
+        default_factory=dict
+    )  # (stage, key) -> median image area of those runs (stage 1)
+    overhead_s: dict[str, float] = field(default_factory=dict)  # stage -> median (duration - steps * step_s)
     eval_s: float | None = None
 
     def stage_seconds(self, stage: str, cfg: ExperimentConfig) -> float | None:
@@ -320,7 +381,7 @@ class Costs:
             if (stage, key) in self.step_s:
                 step = self.step_s[(stage, key)]
                 if key != exact and (stage, key) in self.pixels:
-                    step *= cfg.stage1.data.resolution ** 2 / self.pixels[(stage, key)]
+                    step *= cfg.stage1.data.resolution**2 / self.pixels[(stage, key)]
                 return section.train.steps * step + self.overhead_s.get(stage, 0.0)
         return None
 
@@ -339,7 +400,11 @@ def measured_costs(tracker: Tracker, profile: str, device: str | None = None, wo
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         name, on_cpu = device_name(dev), dev.type == "cpu"
-    threads = str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch_threads(tracker.home)) if on_cpu else None
+    threads = (
+        str(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch_threads(tracker.home))
+        if on_cpu
+        else None
+    )
     costs = Costs(name + (f", {threads} torch thread{'s' * (threads != '1')} per worker" if threads else ""))
     runs = tracker.find_runs_everywhere(T.where(T.finished(), profile=profile, device_name=name))
     per: dict[tuple, list[float]] = {}

@@ -6,6 +6,7 @@ recorded as failed with its reason and the worker moves on (the command exits no
 end). Several workers on the same study and store split the rows: each row is claimed with a
 lease (see `lease.py`), so it runs exactly once and a killed worker's row is taken over.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,18 @@ from mqvq.metrics import metric_family, metric_stage
 from mqvq.metrics.registry import backend_of, best, named_step_seconds
 from mqvq.runtime import duration
 from mqvq.studies import lease
-from mqvq.studies.plan import (RowPlan, Step, expected_metrics, find_row_runs, optional_metrics, plan_study, replan_row,
-                               searched_metric, stage2_state, study_experiment)
+from mqvq.studies.plan import (
+    RowPlan,
+    Step,
+    expected_metrics,
+    find_row_runs,
+    optional_metrics,
+    plan_study,
+    replan_row,
+    searched_metric,
+    stage2_state,
+    study_experiment,
+)
 from mqvq.studies.spec import StudyConfig, row_paper
 from mqvq.tracking import tags as T
 from mqvq.tracking.provenance import git_commit
@@ -37,6 +48,7 @@ from mqvq.tracking.store import Tracker
 @dataclass(frozen=True)
 class Worker:
     """What every row a worker runs shares: the store, the study and profile, and how to run it."""
+
     tracker: Tracker
     study: StudyConfig
     profile: str
@@ -44,8 +56,8 @@ class Worker:
     device: str | None = None
     progress: bool = True
     log: Callable[[str], None] = print
-    nproc: int = 1          # processes per training stage (torchrun, one per GPU)
-    row: str = ""           # the row being trained (tags its stage runs)
+    nproc: int = 1  # processes per training stage (torchrun, one per GPU)
+    row: str = ""  # the row being trained (tags its stage runs)
 
     @property
     def experiment(self) -> str:
@@ -54,11 +66,12 @@ class Worker:
 
 class Outcome(str, enum.Enum):
     """What `study run` did with a row."""
+
     FINISHED = "finished"
-    SKIPPED = "skipped"   # already done
-    BUSY = "busy"         # another worker holds it
+    SKIPPED = "skipped"  # already done
+    BUSY = "busy"  # another worker holds it
     FAILED = "failed"
-    LOST = "lost"         # taken over while this worker was stalled
+    LOST = "lost"  # taken over while this worker was stalled
 
     def __str__(self) -> str:
         return self.value
@@ -80,9 +93,22 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
         runs = find_row_runs(tracker, experiment, study.name, p.row.name, p.seed)
         if runs:
             return runs[0].run_id
-        record = RowRecord(study=study.name, row=p.row.name, seed=p.seed, profile=profile, experiment=p.row.experiment,
-                           label=p.row.label or p.row.name, table=study.table, config_hash=config_hash(identity(p.cfg)))
-        params = {"experiment": p.row.experiment, "overrides": " ".join(p.row.overrides), "seed": p.seed, "profile": profile}
+        record = RowRecord(
+            study=study.name,
+            row=p.row.name,
+            seed=p.seed,
+            profile=profile,
+            experiment=p.row.experiment,
+            label=p.row.label or p.row.name,
+            table=study.table,
+            config_hash=config_hash(identity(p.cfg)),
+        )
+        params = {
+            "experiment": p.row.experiment,
+            "overrides": " ".join(p.row.overrides),
+            "seed": p.seed,
+            "profile": profile,
+        }
         params |= {f"paper.{k}": v for k, v in sorted(row_paper(study, p.row).items())}
         run_id = tracker.start_run(experiment, f"{p.row.name}-s{p.seed}", record.tags(), params)
         tracker.set_tags(run_id, {T.STATUS: T.Status.MISSING.value})
@@ -93,10 +119,23 @@ def ensure_row_run(tracker: Tracker, study: StudyConfig, p: RowPlan, profile: st
     return canonical
 
 
-def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list[int] | None = None,
-              only: list[str] | None = None, backend: str | None = None, device: str | None = None,
-              progress: bool = True, lease_timeout: float = LEASE_TIMEOUT_S, heartbeat: float = HEARTBEAT_S, settle: float | None = None,
-              log: Callable[[str], None] = print, workers: int = 1, nproc: int = 1) -> list[RowResult]:
+def run_study(
+    tracker: Tracker,
+    study: StudyConfig,
+    profile: str,
+    *,
+    seeds: list[int] | None = None,
+    only: list[str] | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    lease_timeout: float = LEASE_TIMEOUT_S,
+    heartbeat: float = HEARTBEAT_S,
+    settle: float | None = None,
+    log: Callable[[str], None] = print,
+    workers: int = 1,
+    nproc: int = 1,
+) -> list[RowResult]:
     """`workers`: how many processes share the rows (the ETA divides what is left between them);
     `nproc`: processes per training stage, launched with torchrun (one per GPU: DDP)."""
     worker = lease.worker_id()
@@ -104,7 +143,9 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
     if settle is None:  # claims are only racy across machines, i.e. with a server store
         settle = 0.0 if tracker.uri.startswith("sqlite:") else 2.0
     for rid in lease.reap_stale_runs(tracker, study_experiment(study.name, profile), lease_timeout):
-        log(f"[yellow]run {rid} had stopped without finishing (no heartbeat): marked KILLED, resumable from its checkpoint[/]")
+        log(
+            f"[yellow]run {rid} had stopped without finishing (no heartbeat): marked KILLED, resumable from its checkpoint[/]"
+        )
     plans = plan_study(tracker, study, profile, seeds, only, backend, lease_timeout, device=device)
     results = []
     eta = Eta([p.estimate_s for p in plans], workers)
@@ -131,17 +172,27 @@ def run_study(tracker: Tracker, study: StudyConfig, profile: str, *, seeds: list
             # re-plan under the lease: another worker may have finished it in the meantime
             fresh = replan_row(tracker, study, p, profile, backend, lease_timeout)
             if not fresh.todo and fresh.status == T.Status.FINISHED:
-                results.append(RowResult(p.row.name, p.seed, Outcome.SKIPPED, "finished by another worker", fresh.metrics))
+                results.append(
+                    RowResult(p.row.name, p.seed, Outcome.SKIPPED, "finished by another worker", fresh.metrics)
+                )
                 continue
             if any(st.state == Step.BUSY for st in fresh.stages.values()):  # a stage run with a live trainer elsewhere
-                results.append(RowResult(p.row.name, p.seed, Outcome.BUSY, "a stage of it is being trained by a live process"))
-                log(f"[yellow]{label}: a stage run of it is still being trained elsewhere (fresh heartbeat), skipped[/]")
+                results.append(
+                    RowResult(p.row.name, p.seed, Outcome.BUSY, "a stage of it is being trained by a live process")
+                )
+                log(
+                    f"[yellow]{label}: a stage run of it is still being trained elsewhere (fresh heartbeat), skipped[/]"
+                )
                 eta.finished(i, None)
                 continue
             with lease.Heartbeat(tracker, parent, heartbeat, worker):
-                results.append(_run_row(Worker(tracker, study, profile, backend, device, progress, log, nproc), fresh, parent, label))
+                results.append(
+                    _run_row(
+                        Worker(tracker, study, profile, backend, device, progress, log, nproc), fresh, parent, label
+                    )
+                )
             eta.finished(i, time.monotonic() - started)
-            if any(e != 0 for e in eta.estimates[i + 1:]):
+            if any(e != 0 for e in eta.estimates[i + 1 :]):
                 log(f"[dim]{eta.describe(i + 1)}[/]")
         except LeaseLost as e:  # taken over while stalled: the row is the other worker's; write nothing, stop
             claimed = False
@@ -205,8 +256,14 @@ def train_row_stage(w: Worker, cfg, stage: str, parent: str, run_id: str | None,
     from mqvq.stages.train_stage1 import train_stage1
     from mqvq.stages.train_stage2 import train_stage2
 
-    common = dict(run_id=run_id, device=w.device, progress=w.progress, mlflow_experiment=w.experiment, parent_run_id=parent,
-                  tags={T.STUDY: w.study.name, T.ROW: w.row})
+    common = dict(
+        run_id=run_id,
+        device=w.device,
+        progress=w.progress,
+        mlflow_experiment=w.experiment,
+        parent_run_id=parent,
+        tags={T.STUDY: w.study.name, T.ROW: w.row},
+    )
     if stage == "stage1":
         return train_stage1(cfg, w.tracker, **common)["run_id"]
     return train_stage2(cfg, w.tracker, stage1=stage1_run, **common)["run_id"]
@@ -229,12 +286,39 @@ def _train(w: Worker, p: RowPlan, stage: str, parent: str, run_id: str | None, s
 
     with tempfile.TemporaryDirectory() as tmp:
         result = f"{tmp}/result.json"
-        cmd = [sys.executable, "-m", launch.__name__, "--standalone", "--nproc_per_node", str(w.nproc), "-m", "mqvq",
-               "study", "stage", str(find_study(w.study.name)), "--profile", w.profile, "--row", p.row.name, "--seed", str(p.seed),
-               "--stage", stage, "--parent", parent, "--result", result, "--home", str(w.tracker.home),
-               "--tracking-uri", w.tracker.uri, *(["--run-id", run_id] if run_id else []),
-               *(["--stage1", stage1_run] if stage1_run else []), *(["--device", w.device] if w.device else []),
-               *([] if w.progress else ["--no-progress"])]
+        cmd = [
+            sys.executable,
+            "-m",
+            launch.__name__,
+            "--standalone",
+            "--nproc_per_node",
+            str(w.nproc),
+            "-m",
+            "mqvq",
+            "study",
+            "stage",
+            str(find_study(w.study.name)),
+            "--profile",
+            w.profile,
+            "--row",
+            p.row.name,
+            "--seed",
+            str(p.seed),
+            "--stage",
+            stage,
+            "--parent",
+            parent,
+            "--result",
+            result,
+            "--home",
+            str(w.tracker.home),
+            "--tracking-uri",
+            w.tracker.uri,
+            *(["--run-id", run_id] if run_id else []),
+            *(["--stage1", stage1_run] if stage1_run else []),
+            *(["--device", w.device] if w.device else []),
+            *([] if w.progress else ["--no-progress"]),
+        ]
         child = subprocess.Popen(cmd, env=TORCHRUN_ENV | dict(os.environ))
         try:
             code = child.wait()
@@ -279,8 +363,11 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
     tracker, study, log = w.tracker, w.study, w.log
     started = time.monotonic()
     tracker.resume_run(parent)
-    tracker.set_tags(parent, {T.GIT_COMMIT: git_commit()} | ({T.SLURM_JOB: os.environ["MQVQ_SLURM_JOB"]}
-                                                            if os.environ.get("MQVQ_SLURM_JOB") else {}))
+    tracker.set_tags(
+        parent,
+        {T.GIT_COMMIT: git_commit()}
+        | ({T.SLURM_JOB: os.environ["MQVQ_SLURM_JOB"]} if os.environ.get("MQVQ_SLURM_JOB") else {}),
+    )
     try:
         s1 = p.stages["stage1"]
         if s1.state.has_model:
@@ -292,8 +379,15 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
         s1_tags = tracker.get_run(stage1_run).data.tags
         data_cfg = p.cfg.stage1.data
         data = DataRecord(data_cfg.name, data_cfg.resolution, s1_tags.get(T.DATA_DIGEST, "?"))
-        tracker.set_tags(parent, {T.STAGE1_RUN: stage1_run, T.DATA_NAME: data.name, T.DATA_RESOLUTION: data.resolution,
-                                  T.DATA_DIGEST: data.digest})
+        tracker.set_tags(
+            parent,
+            {
+                T.STAGE1_RUN: stage1_run,
+                T.DATA_NAME: data.name,
+                T.DATA_RESOLUTION: data.resolution,
+                T.DATA_DIGEST: data.digest,
+            },
+        )
         tracker.copy_datasets(stage1_run, parent, "training")  # the row shows the data it was trained on
         stage2_run = None
         if p.row.stage2:
@@ -305,7 +399,9 @@ def _run_row(w: Worker, p: RowPlan, parent: str, label: str) -> RowResult:
                 log(f"{label}: stage 2 {s2.state} ({stage2_run})")
             else:
                 log(f"{label}: stage 2 {'resuming' if s2.state == Step.RESUMABLE else 'training'}")
-                stage2_run = _train(w, p, "stage2", parent, s2.run_id if s2.state == Step.RESUMABLE else None, stage1_run)
+                stage2_run = _train(
+                    w, p, "stage2", parent, s2.run_id if s2.state == Step.RESUMABLE else None, stage1_run
+                )
             tracker.set_tags(parent, {T.STAGE2_RUN: stage2_run})
         metrics = _evaluate_row(w, p, parent, stage1_run, stage2_run)
         if study.search.trials and stage2_run:
@@ -349,7 +445,9 @@ def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_ru
         for name in [*want, *optional_metrics(study)]:
             if name in have:
                 values[name] = have[name]
-                tags |= {k: v for k, v in run.tags.items() if k.startswith(T.eval_tag(name, "")) or k in T.EVAL_ENVIRONMENT}
+                tags |= {
+                    k: v for k, v in run.tags.items() if k.startswith(T.eval_tag(name, "")) or k in T.EVAL_ENVIRONMENT
+                }
     if values:
         tracker.log_metrics(parent, values, step=0)
     tracker.set_tags(parent, tags)
@@ -363,20 +461,34 @@ def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
     tracker, s = w.tracker, w.study.search
     n, rungs = trial_size(s.num_samples, p.cfg.eval.num_samples, s.rungs)
     metric = searched_metric(p.cfg, w.backend)
-    shape = default_space(p.cfg.stage1.model.quantizer.codebook_size, (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
-                          p.cfg.stage2.model.kind == "raster", p.cfg.stage2.train.cond_dropout > 0)
+    shape = default_space(
+        p.cfg.stage1.model.quantizer.codebook_size,
+        (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
+        p.cfg.stage2.model.kind == "raster",
+        p.cfg.stage2.train.cond_dropout > 0,
+    )
     w.log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
-    summary = run_search(tracker, SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
-                         device=w.device, progress=w.progress, log=lambda m: None)
+    summary = run_search(
+        tracker,
+        SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
+        device=w.device,
+        progress=w.progress,
+        log=lambda m: None,
+    )
     if "best_value" not in summary:
         return {}
     values = {best(metric): summary["best_value"]}
     tracker.log_metrics(parent, values, step=0)
-    tracker.set_tags(parent, {T.eval_tag(best(metric), "num"): n, T.eval_tag(best(metric), "trials"): summary["trials"],
-                              T.eval_tag(best(metric), "backend"): backend_of(metric)})
+    tracker.set_tags(
+        parent,
+        {
+            T.eval_tag(best(metric), "num"): n,
+            T.eval_tag(best(metric), "trials"): summary["trials"],
+            T.eval_tag(best(metric), "backend"): backend_of(metric),
+        },
+    )
     return values
 
 
 def exit_code(results: list[RowResult]) -> int:
     return 1 if any(r.status in (Outcome.FAILED, Outcome.LOST) for r in results) else 0
-

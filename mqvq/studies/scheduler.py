@@ -1,5 +1,6 @@
 """What `study submit --slurm` asks of the scheduler, with its defaults (a light module: the CLI reads
 these defaults at start-up without importing the cluster code, which imports torch)."""
+
 from __future__ import annotations
 
 import re
@@ -7,22 +8,26 @@ from dataclasses import dataclass
 
 from mqvq.errors import UserError
 
-TIME_FORMATS = "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS"
+TIME_FORMATS = (
+    "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS"
+)
+
 
 @dataclass(frozen=True)
 class SlurmOptions:
     """What `--slurm` asks of the scheduler (None: the cluster's default)."""
+
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    time: str = "60"                  # SLURM's formats (TIME_FORMATS)
+    time: str = "60"  # SLURM's formats (TIME_FORMATS)
     gpus_per_task: int = 0
     cpus_per_task: int | None = None
-    mem: str | None = None            # e.g. 16G
+    mem: str | None = None  # e.g. 16G
     array_parallelism: int = 1
-    setup: tuple[str, ...] = ()       # shell lines before each task (module load cuda, ...)
+    setup: tuple[str, ...] = ()  # shell lines before each task (module load cuda, ...)
     max_requeues: int = 3
-    signal_delay_s: int = 90          # SIGUSR2 this long before the time limit
+    signal_delay_s: int = 90  # SIGUSR2 this long before the time limit
 
     @property
     def minutes(self) -> int:

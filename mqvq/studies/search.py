@@ -18,6 +18,7 @@ of one trained stage-2 model, minimising a Fréchet distance on generated sample
   process); the best values are written back to the model's run as `tags.SAMPLING_BEST` tags,
   which `mqvq sample / eval --sampling best` use.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,7 +67,9 @@ def parse_range(name: str, text: str) -> Range:
         vals = [int(p) if name in INT_PARAMS else float(p) for p in parts]
     except ValueError:
         kind = "integers" if name in INT_PARAMS else "numbers"
-        raise UserError(f"--{name.replace('_', '-')} {text!r} is invalid: use LOW:HIGH or one value ({kind}).") from None
+        raise UserError(
+            f"--{name.replace('_', '-')} {text!r} is invalid: use LOW:HIGH or one value ({kind})."
+        ) from None
     if len(vals) not in (1, 2):
         raise UserError(f"--{name.replace('_', '-')} {text!r} is invalid: use LOW:HIGH or one value.")
     r = Range(vals[0], vals[-1])
@@ -107,7 +110,7 @@ def grid_points(name: str, r: Range, n: int) -> list:
 
 
 # --------------------------------------------------------------------------- storage
-MAX_SAMPLES = 10_000          # a trial's samples at most, unless asked for more (eval.num_samples is often the paper's 50,000)
+MAX_SAMPLES = 10_000  # a trial's samples at most, unless asked for more (eval.num_samples is often the paper's 50,000)
 DEFAULT_RUNGS = (1000, 5000)  # sample counts at which a trial may be pruned, those below its total
 
 
@@ -117,8 +120,8 @@ def trial_size(asked: int | None, eval_num_samples: int, rungs=()) -> tuple[int,
     return n, list(rungs) or [r for r in DEFAULT_RUNGS if r < n]
 
 
-HEARTBEAT_S = 30     # default seconds between a search worker's heartbeats
-GRACE_BEATS = 4      # heartbeats a running trial may miss before it is failed and retried
+HEARTBEAT_S = 30  # default seconds between a search worker's heartbeats
+GRACE_BEATS = 4  # heartbeats a running trial may miss before it is failed and retried
 
 
 def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = HEARTBEAT_S):
@@ -129,16 +132,22 @@ def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = 
 
     if spec and "://" in spec:
         if spec.startswith("sqlite") and workers > 1:
-            raise UserError("SQLite cannot serve parallel Optuna workers (no row locking): use the default journal file "
-                            "or a PostgreSQL URL with --workers > 1.")
+            raise UserError(
+                "SQLite cannot serve parallel Optuna workers (no row locking): use the default journal file "
+                "or a PostgreSQL URL with --workers > 1."
+            )
         require_driver(spec, "the Optuna storage")
         interval = max(1, round(heartbeat))  # Optuna takes whole seconds
         try:
             with warnings.catch_warnings():  # Optuna still calls its heartbeat experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
-                                                  grace_period=GRACE_BEATS * interval,
-                                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback()), spec
+                return optuna.storages.RDBStorage(
+                    spec,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=interval,
+                    grace_period=GRACE_BEATS * interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+                ), spec
         except Exception as e:  # drivers raise their own types
             raise UserError(f"cannot open the Optuna storage {spec}: {str(e).splitlines()[0]}") from None
     path = Path(spec) if spec else home / "optuna" / "sampling.journal"
@@ -146,7 +155,9 @@ def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = 
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a"):
             pass
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path) + ".lock"))), str(path)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path) + ".lock"))), str(
+            path
+        )
     except OSError as e:
         raise UserError(f"cannot open the Optuna journal {path}: {e.strerror or e}.") from None
     except Exception as e:  # a corrupt journal raises while replaying
@@ -200,26 +211,40 @@ def _distributions(space: dict[str, Range]) -> dict:
     for name, r in space.items():
         if r.fixed:
             continue
-        out[name] = IntDistribution(int(r.low), int(r.high), log=True) if name in INT_PARAMS else FloatDistribution(r.low, r.high)
+        out[name] = (
+            IntDistribution(int(r.low), int(r.high), log=True)
+            if name in INT_PARAMS
+            else FloatDistribution(r.low, r.high)
+        )
     return out
 
 
 def _check_study(study, spec: SearchSpec) -> None:
-    want = {"model_run": spec.run_id, "metric": spec.metric, "num_samples": spec.num_samples, "sampler": spec.sampler,
-            "space": {k: [v.low, v.high] for k, v in sorted(spec.space.items())}, "rungs": spec.rungs}
+    want = {
+        "model_run": spec.run_id,
+        "metric": spec.metric,
+        "num_samples": spec.num_samples,
+        "sampler": spec.sampler,
+        "space": {k: [v.low, v.high] for k, v in sorted(spec.space.items())},
+        "rungs": spec.rungs,
+    }
     have = study.user_attrs.get("mqvq")
     if have is None:
         study.set_user_attr("mqvq", want)
     elif have != json.loads(json.dumps(want)):
         diff = sorted(k for k in want if json.loads(json.dumps(want[k])) != have.get(k))
-        raise UserError(f"Optuna study {spec.study_name} exists with a different {', '.join(diff)}: rerun with the same settings "
-                        f"or give this search another --study-name.")
+        raise UserError(
+            f"Optuna study {spec.study_name} exists with a different {', '.join(diff)}: rerun with the same settings "
+            f"or give this search another --study-name."
+        )
 
 
 def _uses_optuna_heartbeat(study) -> bool:
     from optuna.storages import RDBStorage
 
-    return isinstance(getattr(study._storage, "_backend", study._storage), RDBStorage)  # create_study wraps it in a cache
+    return isinstance(
+        getattr(study._storage, "_backend", study._storage), RDBStorage
+    )  # create_study wraps it in a cache
 
 
 def _reap_dead_trials(study, heartbeat: float) -> list[int]:
@@ -233,8 +258,11 @@ def _reap_dead_trials(study, heartbeat: float) -> list[int]:
     grace = GRACE_BEATS * heartbeat
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not _uses_optuna_heartbeat(study):
-        return [_fail_and_retry(study, t) for t in running
-                if not lease_is_live(t.user_attrs.get("worker", ""), float(t.user_attrs.get("heartbeat", 0) or 0), grace)]
+        return [
+            _fail_and_retry(study, t)
+            for t in running
+            if not lease_is_live(t.user_attrs.get("worker", ""), float(t.user_attrs.get("heartbeat", 0) or 0), grace)
+        ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback re-queues each one
@@ -244,8 +272,13 @@ def _reap_dead_trials(study, heartbeat: float) -> list[int]:
     # Optuna never calls a trial stale that has no heartbeat yet: a worker killed between `ask` and
     # its first beat (see `_next_trial`, which sets the `heartbeat` attribute only after that beat).
     now = datetime.datetime.now()
-    return reaped + [_fail_and_retry(study, t) for t in still if "heartbeat" not in t.user_attrs
-                     and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace]
+    return reaped + [
+        _fail_and_retry(study, t)
+        for t in still
+        if "heartbeat" not in t.user_attrs
+        and t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() > grace
+    ]
 
 
 def _fail_and_retry(study, t) -> int:
@@ -304,8 +337,11 @@ def _remaining(study, spec: SearchSpec) -> int:
 
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
-    used = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    used = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and t.number not in retried)
+        for t in trials
+    )
     left = max(0, spec.trials - used)
     if spec.sampler == "grid":
         searched = [grid_points(k, v, spec.grid_points) for k, v in spec.space.items() if not v.fixed]
@@ -327,8 +363,11 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str, heartbeat
         if len(live) + len(failed) >= spec.trials:
             return None, reaped
         if spec.sampler == "grid":
-            taken = {json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)
-                     for t in trials if t.number not in retried}  # queued trials hold their point in fixed_params
+            taken = {
+                json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)
+                for t in trials
+                if t.number not in retried
+            }  # queued trials hold their point in fixed_params
             searched = {k: v for k, v in spec.space.items() if not v.fixed}
             names = list(searched)
             for combo in itertools.product(*(grid_points(n, searched[n], spec.grid_points) for n in names)):
@@ -338,7 +377,9 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str, heartbeat
                     break
             else:
                 return None, reaped  # every grid point is taken
-        with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(); TrialHeartbeat records them for ask/tell
+        with (
+            warnings.catch_warnings()
+        ):  # Optuna expects heartbeats with optimize(); TrialHeartbeat records them for ask/tell
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
             trial = study.ask(_distributions(spec.space))
         trial.set_user_attr("worker", worker)
@@ -348,9 +389,19 @@ def _next_trial(study, spec: SearchSpec, lock_path: Path, worker: str, heartbeat
         return trial, reaped
 
 
-def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None, workers: int = 1, device: str | None = None,
-               pruner: str = "median", progress: bool = True, log: Callable[[str], None] = print,
-               worker_index: int = 0, heartbeat: float = HEARTBEAT_S) -> dict:
+def run_search(
+    tracker: Tracker,
+    spec: SearchSpec,
+    *,
+    storage: str | None = None,
+    workers: int = 1,
+    device: str | None = None,
+    pruner: str = "median",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    worker_index: int = 0,
+    heartbeat: float = HEARTBEAT_S,
+) -> dict:
     """Run (or continue) the search until `spec.trials` trials exist in total; returns a summary."""
     import optuna
 
@@ -368,12 +419,26 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
     if not 0 < heartbeat <= 3600:
         raise UserError(f"--heartbeat {heartbeat:g} must be between 0 and 3600 seconds.")
     store, address = open_storage(storage, tracker.home, workers, heartbeat)
-    pr = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median" else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=spec.study_name, storage=store, direction="minimize", load_if_exists=True,
-                                sampler=_make_sampler(spec.sampler, spec.seed * 1000 + worker_index), pruner=pr)
+    pr = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        if pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        study_name=spec.study_name,
+        storage=store,
+        direction="minimize",
+        load_if_exists=True,
+        sampler=_make_sampler(spec.sampler, spec.seed * 1000 + worker_index),
+        pruner=pr,
+    )
     _check_study(study, spec)
-    if done := len(study.get_trials(deepcopy=False)):  # a continued search: a fresh seeded stream would redraw its first points
-        study.sampler = _make_sampler(spec.sampler, int(np.random.SeedSequence([spec.seed, worker_index, done]).generate_state(1)[0]))
+    if done := len(
+        study.get_trials(deepcopy=False)
+    ):  # a continued search: a fresh seeded stream would redraw its first points
+        study.sampler = _make_sampler(
+            spec.sampler, int(np.random.SeedSequence([spec.seed, worker_index, done]).generate_state(1)[0])
+        )
 
     if _remaining(study, spec) == 0:  # a finished search starts nothing (not even a model load)
         summary = search_summary(study, spec, address)
@@ -381,7 +446,9 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
         return summary | {"evaluated_here": 0}
     children = []
     if workers > 1 and worker_index == 0:  # each worker's sampler gets its own seed; sampling seeds stay shared
-        children = [_spawn_worker(spec, storage or address, device, pruner, tracker, i, heartbeat) for i in range(1, workers)]
+        children = [
+            _spawn_worker(spec, storage or address, device, pruner, tracker, i, heartbeat) for i in range(1, workers)
+        ]
     try:
         evaluated = _worker_loop(tracker, study, spec, address, device, progress, log, heartbeat)
     finally:
@@ -396,12 +463,48 @@ def run_search(tracker: Tracker, spec: SearchSpec, *, storage: str | None = None
     return summary
 
 
-def _spawn_worker(spec: SearchSpec, storage: str, device, pruner, tracker, index: int, heartbeat: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mqvq", "search", "sampling", spec.run_id, "--trials", str(spec.trials), "--sampler", spec.sampler,
-           "--storage", storage, "--num-samples", str(spec.num_samples), "--metric", spec.metric, "--workers", "1",
-           "--study-name", spec.study_name, "--rungs", ",".join(map(str, spec.rungs)), "--grid-points", str(spec.grid_points),
-           "--pruner", pruner, "--home", str(tracker.home), "--tracking-uri", tracker.uri, "--no-progress", "--seed", str(spec.seed),
-           "--worker-index", str(index), "--heartbeat", str(heartbeat)]
+def _spawn_worker(
+    spec: SearchSpec, storage: str, device, pruner, tracker, index: int, heartbeat: float
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mqvq",
+        "search",
+        "sampling",
+        spec.run_id,
+        "--trials",
+        str(spec.trials),
+        "--sampler",
+        spec.sampler,
+        "--storage",
+        storage,
+        "--num-samples",
+        str(spec.num_samples),
+        "--metric",
+        spec.metric,
+        "--workers",
+        "1",
+        "--study-name",
+        spec.study_name,
+        "--rungs",
+        ",".join(map(str, spec.rungs)),
+        "--grid-points",
+        str(spec.grid_points),
+        "--pruner",
+        pruner,
+        "--home",
+        str(tracker.home),
+        "--tracking-uri",
+        tracker.uri,
+        "--no-progress",
+        "--seed",
+        str(spec.seed),
+        "--worker-index",
+        str(index),
+        "--heartbeat",
+        str(heartbeat),
+    ]
     for name, r in spec.space.items():
         cmd += [f"--{name.replace('_', '-')}", f"{r.low}:{r.high}"]
     if device:
@@ -425,23 +528,38 @@ def _worker_loop(tracker, study, spec: SearchSpec, address: str, device, progres
     while True:
         trial, reaped = _next_trial(study, spec, lock, worker, heartbeat)
         for number in reaped:
-            log(f"[yellow]trial {number} had stopped without finishing (its worker died): failed, its parameters queued again[/]")
+            log(
+                f"[yellow]trial {number} had stopped without finishing (its worker died): failed, its parameters queued again[/]"
+            )
             dead = T.where(T.running(), kind=T.Kind.SEARCH_TRIAL, search=spec.study_name, trial=number)
             for run in tracker.find_runs(tracker.experiment_of(spec.run_id), dead):  # its MLflow run, left RUNNING too
-                tracker.end_run(run.info.run_id, "KILLED", "its worker stopped without finishing (no heartbeat): retried as a new trial")
+                tracker.end_run(
+                    run.info.run_id,
+                    "KILLED",
+                    "its worker stopped without finishing (no heartbeat): retried as a new trial",
+                )
         if trial is None:
             return evaluated
         fixed = {k: (int(r.low) if k in INT_PARAMS else r.low) for k, r in spec.space.items() if r.fixed}
         values = {**fixed, **trial.params}
         params = dataclasses.replace(gen.sampling, **values)
         validate_sampling(params, "--")
-        record = TrialRecord(spec.study_name, trial.number, spec.run_id, address, spec.metric, backend.name, ref_key, split)
-        run_id = tracker.start_run(tracker.experiment_of(spec.run_id), f"trial-{trial.number:04d}", record.tags(),
-                                   {k: v for k, v in values.items()}, parent_run_id=spec.run_id)
+        record = TrialRecord(
+            spec.study_name, trial.number, spec.run_id, address, spec.metric, backend.name, ref_key, split
+        )
+        run_id = tracker.start_run(
+            tracker.experiment_of(spec.run_id),
+            f"trial-{trial.number:04d}",
+            record.tags(),
+            {k: v for k, v in values.items()},
+            parent_run_id=spec.run_id,
+        )
         log(f"trial {trial.number}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         try:
             with TrialHeartbeat(study, trial, heartbeat):
-                value, state = _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts)
+                value, state = _evaluate_trial(
+                    tracker, run_id, trial, gen, params, backend, reference, spec, progress, prompts
+                )
         except BaseException as e:
             if not _taken_back(study, trial):
                 study.tell(trial, state=TrialState.FAIL)
@@ -495,7 +613,9 @@ def _reference(tracker, cfg: dict, metric: str, device):
     from mqvq.stages.reference import sample_reference
 
     typed = from_dict(ExperimentConfig, cfg)
-    backend = make_backend(backend_of(metric), device, typed.stage1.data.resolution, typed.eval.inception_weights or None)
+    backend = make_backend(
+        backend_of(metric), device, typed.stage1.data.resolution, typed.eval.inception_weights or None
+    )
     stats, key, split = sample_reference(typed, backend, tracker.home, typed.eval.batch_size)
     return backend, stats, key, split
 
@@ -513,13 +633,15 @@ def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spe
     for images, *_ in sample_images(gen, spec.num_samples, params, prompts=prompts, seed=spec.seed, progress=progress):
         if first is None:
             first = images
-            tracker.log_image(run_id, sample_grid(images[:16], "samples of this trial's sampling settings"), "figures/samples.png")
+            tracker.log_image(
+                run_id, sample_grid(images[:16], "samples of this trial's sampling settings"), "figures/samples.png"
+            )
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         offset = 0  # feed in pieces so every rung is hit exactly
         while offset < len(x):
             nxt = next(r for r in rungs if r > seen)
             take = min(len(x) - offset, nxt - seen)
-            stats.update(backend(x[offset: offset + take])[0])
+            stats.update(backend(x[offset : offset + take])[0])
             seen += take
             offset += take
             if seen == nxt:
@@ -531,8 +653,6 @@ def _evaluate_trial(tracker, run_id, trial, gen, params, backend, reference, spe
                         return fd, "pruned"
     tracker.log_metrics(run_id, {f"{spec.metric}_final": fd}, step=seen)
     return fd, "complete"
-
-
 
 
 def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
@@ -553,13 +673,24 @@ def _write_best(tracker: Tracker, spec: SearchSpec, study) -> None:
     if kind not in kinds or best.value < kinds[kind]["value"]:
         kinds[kind] = {"value": best.value, "params": params, "study": spec.study_name, "trial": best.number}
     tags = {T.SAMPLING_SEARCHED: json.dumps(kinds, sort_keys=True)}
-    metric, n, value = old.get(BEST_PREFIX + "metric"), int(old.get(BEST_PREFIX + "num_samples", 0)), float(old.get(BEST_PREFIX + "value", "inf"))
+    metric, n, value = (
+        old.get(BEST_PREFIX + "metric"),
+        int(old.get(BEST_PREFIX + "num_samples", 0)),
+        float(old.get(BEST_PREFIX + "value", "inf")),
+    )
     # values at other sample counts or of another metric are not comparable: more samples of the
     # same metric win; at the same count, the lower value; another metric never displaces silently
-    if metric is None or (metric == spec.metric and (spec.num_samples > n or (spec.num_samples == n and best.value < value))):
+    if metric is None or (
+        metric == spec.metric and (spec.num_samples > n or (spec.num_samples == n and best.value < value))
+    ):
         tags |= {BEST_PREFIX + k: v for k, v in params.items()}
-        tags |= {BEST_PREFIX + "metric": spec.metric, BEST_PREFIX + "value": best.value, BEST_PREFIX + "num_samples": spec.num_samples,
-                 BEST_PREFIX + "study": spec.study_name, BEST_PREFIX + "trial": best.number}
+        tags |= {
+            BEST_PREFIX + "metric": spec.metric,
+            BEST_PREFIX + "value": best.value,
+            BEST_PREFIX + "num_samples": spec.num_samples,
+            BEST_PREFIX + "study": spec.study_name,
+            BEST_PREFIX + "trial": best.number,
+        }
     tracker.set_tags(spec.run_id, tags)
 
 
@@ -568,18 +699,29 @@ def best_in_use(tracker: Tracker, run_id: str) -> dict | None:
     tags = tracker.get_run(run_id).data.tags
     if BEST_PREFIX + "metric" not in tags:
         return None
-    return {"metric": tags[BEST_PREFIX + "metric"], "num_samples": int(tags[BEST_PREFIX + "num_samples"]),
-            "value": float(tags[BEST_PREFIX + "value"]), "study": tags.get(BEST_PREFIX + "study", "")}
+    return {
+        "metric": tags[BEST_PREFIX + "metric"],
+        "num_samples": int(tags[BEST_PREFIX + "num_samples"]),
+        "value": float(tags[BEST_PREFIX + "value"]),
+        "study": tags.get(BEST_PREFIX + "study", ""),
+    }
 
 
 def search_summary(study, spec: SearchSpec | None, address: str) -> dict:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    counts = {
+        s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)
+    }
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    out = {"study": study.study_name, "storage": address, "trials": len(trials), "states": counts,
-           "dashboard": f"optuna-dashboard {address}"}
+    out = {
+        "study": study.study_name,
+        "storage": address,
+        "trials": len(trials),
+        "states": counts,
+        "dashboard": f"optuna-dashboard {address}",
+    }
     if done:
         best = min(done, key=lambda t: t.value)
         out |= {"best_value": best.value, "best_params": best.params, "best_trial": best.number}
@@ -593,16 +735,21 @@ def search_summary(study, spec: SearchSpec | None, address: str) -> dict:
     return out
 
 
-def search_status(tracker: Tracker, spec: str, profile: str, storage: str | None, metric: str | None = None) -> list[dict]:
+def search_status(
+    tracker: Tracker, spec: str, profile: str, storage: str | None, metric: str | None = None
+) -> list[dict]:
     """Summaries of every search stored for a model run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_id = resolve_model_run(tracker, spec, profile)
     store, address = open_storage(storage, tracker.home, 1)
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(store)
-             if s.user_attrs.get("mqvq", {}).get("model_run") == run_id
-             and (metric is None or s.user_attrs["mqvq"].get("metric") == metric)]
+    names = [
+        s.study_name
+        for s in optuna.study.get_all_study_summaries(store)
+        if s.user_attrs.get("mqvq", {}).get("model_run") == run_id
+        and (metric is None or s.user_attrs["mqvq"].get("metric") == metric)
+    ]
     if not names:
         raise UserError(f"no sampling search for run {run_id} in {address}: run `mqvq search sampling {run_id}` first.")
     in_use = best_in_use(tracker, run_id)
@@ -612,4 +759,3 @@ def search_status(tracker: Tracker, spec: str, profile: str, storage: str | None
         summary["in_use"] = in_use is not None and in_use["study"] == n  # what --sampling best uses
         out.append(summary)
     return out
-

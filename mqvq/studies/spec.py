@@ -12,6 +12,7 @@ the paper's tables, each row naming the paper values it mirrors.
     label = "25 % adaptive, f = 16"
     paper = { rfid = 4.79, fid = 7.67, usage = 78.22 }
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,27 @@ from mqvq.errors import UserError
 
 # mask_detail: the mask diagnostics as table columns; auroc: the score against the foreground (computed by `mask`);
 # cost: the stage-1 training seconds per step, as the run measured it (nothing to evaluate)
-STAGE1_METRICS = {"rfid", "usage", "psnr", "lpips", "mask", "mask_detail", "auroc", "sauc", "damage_fg", "damage_bg", "cost"}
-EVAL_AS = {"mask_detail": "mask", "auroc": "mask", "sauc": "mask", "damage_fg": "mask", "damage_bg": "mask", "cost": None}  # study metric -> the `mqvq eval` metric that computes it
+STAGE1_METRICS = {
+    "rfid",
+    "usage",
+    "psnr",
+    "lpips",
+    "mask",
+    "mask_detail",
+    "auroc",
+    "sauc",
+    "damage_fg",
+    "damage_bg",
+    "cost",
+}
+EVAL_AS = {
+    "mask_detail": "mask",
+    "auroc": "mask",
+    "sauc": "mask",
+    "damage_fg": "mask",
+    "damage_bg": "mask",
+    "cost": None,
+}  # study metric -> the `mqvq eval` metric that computes it
 STAGE2_METRICS = {"fid", "is", "speed", "attr"}  # attr: caption-following accuracy (text models on procedural data)
 DESCRIPTORS = ("label", "mask_ratio", "f", "mask_type", "demask")
 
@@ -37,7 +57,9 @@ class StudyRow:
     label: str = opt("", "how the row is shown in tables (default: the name)")
     overrides: tuple[str, ...] = opt((), "extra --set overrides for this row")
     seeds: tuple[int, ...] = opt((), "seeds for this row (default: the study's seeds)")
-    paper: dict[str, float] = opt(None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq/paper.py)")
+    paper: dict[str, float] = opt(
+        None, "the paper's values for this row (default: looked up by `table` and experiment in mqvq/paper.py)"
+    )
     stage2: bool = opt(True, "train and evaluate stage 2 for this row")
 
 
@@ -46,7 +68,9 @@ class SearchSettings:
     trials: int = opt(0, "sampling-search trials per row (0 = no search)")
     sampler: str = opt("tpe", "tpe, gp, grid or random")
     num_samples: int = opt(0, "samples per trial (0 = the profile's eval.num_samples, at most 10000)")
-    rungs: tuple[int, ...] = opt((), "sample counts at which poor trials may be pruned (default: 1000, 5000 below num_samples)")
+    rungs: tuple[int, ...] = opt(
+        (), "sample counts at which poor trials may be pruned (default: 1000, 5000 below num_samples)"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,10 +80,14 @@ class StudyConfig:
     table: str = opt("", "paper table or figure it mirrors")
     seeds: tuple[int, ...] = opt((0,), "seeds for every row")
     metrics: tuple[str, ...] = opt(("rfid", "fid", "usage"), "metrics evaluated for every row")
-    columns: tuple[str, ...] = opt(("label",), "row descriptors in report tables: label, mask_ratio, f, mask_type, demask")
+    columns: tuple[str, ...] = opt(
+        ("label",), "row descriptors in report tables: label, mask_ratio, f, mask_type, demask"
+    )
     overrides: tuple[str, ...] = opt((), "--set overrides for every row, applied before each row's own")
     rows: tuple[StudyRow, ...] = opt((), "the rows")
-    search: SearchSettings = field(default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"})
+    search: SearchSettings = field(
+        default_factory=SearchSettings, metadata={"help": "Optuna sampling search for each row's stage-2 model"}
+    )
 
     def stage_metrics(self, stage: str) -> list[str]:
         """What `mqvq eval` computes for this stage (mask_detail is computed by `mask`)."""
@@ -126,8 +154,9 @@ def load_study(name: str) -> StudyConfig:
             raise UserError(f"{path}: rows[{i}].name = {row.name!r} is used twice; row names must be unique.")
         seen.add(row.name)
     if study.overrides:
-        study = dataclasses.replace(study, rows=tuple(dataclasses.replace(r, overrides=study.overrides + r.overrides)
-                                                      for r in study.rows))
+        study = dataclasses.replace(
+            study, rows=tuple(dataclasses.replace(r, overrides=study.overrides + r.overrides) for r in study.rows)
+        )
     return study
 
 

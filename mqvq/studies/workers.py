@@ -5,6 +5,7 @@ leases), so the row-claiming logic is the one the multi-machine case uses. Worke
 round-robin (`cuda:i % count`); on one GPU they share it, which pays off when rows are too small
 to fill it (the `mini` profile).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,13 @@ def _worker(index: int, results, study_name: str, tracking_uri: str | None, home
         torch.set_num_threads(kwargs["threads"])
     kwargs = {k: v for k, v in kwargs.items() if k != "threads"}
     try:
-        rows = run_study(Tracker(tracking_uri, home), load_study(study_name), progress=False,
-                         log=lambda m: console.print(f"[dim]w{index}[/] {m}", highlight=False), **kwargs)
+        rows = run_study(
+            Tracker(tracking_uri, home),
+            load_study(study_name),
+            progress=False,
+            log=lambda m: console.print(f"[dim]w{index}[/] {m}", highlight=False),
+            **kwargs,
+        )
         results.put((index, [dataclasses.asdict(r) for r in rows], ""))
     except KeyboardInterrupt:
         results.put((index, [], "interrupted"))
@@ -54,8 +60,15 @@ def _worker(index: int, results, study_name: str, tracking_uri: str | None, home
         results.put((index, [], str(e)))
 
 
-def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = None, home: str | None = None,
-                device: str | None = None, **kwargs) -> tuple[list[RowResult], list[str]]:
+def run_workers(
+    study_name: str,
+    workers: int,
+    *,
+    tracking_uri: str | None = None,
+    home: str | None = None,
+    device: str | None = None,
+    **kwargs,
+) -> tuple[list[RowResult], list[str]]:
     """Run `workers` processes on the study; (merged row results, errors of workers that stopped early)."""
     from mqvq.studies.spec import load_study, select_rows
 
@@ -64,10 +77,25 @@ def run_workers(study_name: str, workers: int, *, tracking_uri: str | None = Non
     results = ctx.Queue()
     devices = worker_devices(workers, device)
     cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker, args=(i, results, study_name, tracking_uri, home,
-                                                {**kwargs, "device": dev, "workers": workers,
-                                                 "threads": cpu_threads if not (dev or "").startswith("cuda") else None}))
-             for i, dev in enumerate(devices)]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                i,
+                results,
+                study_name,
+                tracking_uri,
+                home,
+                {
+                    **kwargs,
+                    "device": dev,
+                    "workers": workers,
+                    "threads": cpu_threads if not (dev or "").startswith("cuda") else None,
+                },
+            ),
+        )
+        for i, dev in enumerate(devices)
+    ]
     for p in procs:
         p.start()
     reports, errors, silent = {}, [], dict.fromkeys(range(len(procs)), 0)

@@ -1,5 +1,6 @@
 """Where a store is: the home folder (--home, $MQVQ_HOME or ./.mqvq), the tracking URI (--tracking-uri,
 $MLFLOW_TRACKING_URI or <home>/mlflow.db), and whether it can be reached, each failure one sentence."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 def ensure_writable(path: Path, what: str) -> None:
     blocker = file_in_the_way(path)
     if blocker is not None:
-        raise UserError(f"cannot write to {path} ({what}): {blocker} is a file, not a folder; choose a writable folder.")
+        raise UserError(
+            f"cannot write to {path} ({what}): {blocker} is a file, not a folder; choose a writable folder."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -42,18 +45,24 @@ def resolve_tracking_uri(uri: str | None, home: Path) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
     if scheme not in SUPPORTED_SCHEMES:
-        raise UserError(f"tracking URI {uri!r} is not supported: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or a database URL "
-                        f"(postgresql://...); MLflow file stores (plain paths, file:) are refused.")
+        raise UserError(
+            f"tracking URI {uri!r} is not supported: use sqlite:///ABS/PATH.db, http(s)://HOST:PORT or a database URL "
+            f"(postgresql://...); MLflow file stores (plain paths, file:) are refused."
+        )
     return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (None for servers and other databases)."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 # plain postgresql:// is served by either driver (MLflow picks psycopg 3 when it is there)
-DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "postgresql+psycopg2": ("psycopg2",), "postgresql+psycopg": ("psycopg",)}
+DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "postgresql+psycopg2": ("psycopg2",),
+    "postgresql+psycopg": ("psycopg",),
+}
 
 
 def require_driver(uri: str, what: str) -> None:
@@ -66,8 +75,10 @@ def require_driver(uri: str, what: str) -> None:
         except ImportError:
             continue
     if modules:
-        raise UserError(f'{what} {uri} needs a PostgreSQL driver ({" or ".join(modules)}), which is not installed: '
-                        f'pip install "mqvq[postgres]".')
+        raise UserError(
+            f"{what} {uri} needs a PostgreSQL driver ({' or '.join(modules)}), which is not installed: "
+            f'pip install "mqvq[postgres]".'
+        )
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -79,6 +90,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 r.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
-            raise UserError(f"cannot reach the MLflow server at {uri}: {reason}; start it or pass another --tracking-uri.") from None
+            raise UserError(
+                f"cannot reach the MLflow server at {uri}: {reason}; start it or pass another --tracking-uri."
+            ) from None
     elif (db := sqlite_path(uri)) is not None:
         ensure_writable(db.parent, "the SQLite tracking store's folder")

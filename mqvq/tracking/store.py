@@ -9,6 +9,7 @@ run, so DDP ranks, study workers and Optuna callbacks cannot step on each other.
 Tag names are in `tags.py`; typed run records (row, stage, search trial) in `records.py`. Only
 `tracking/` talks to the MLflow client: the rest of mqvq calls this class.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,6 +56,7 @@ def _held(fn):
     def call(*args, **kwargs):
         with signals.deferred():
             return fn(*args, **kwargs)
+
     return call
 
 
@@ -78,8 +80,10 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri, home_path(home))
         db = sqlite_path(self.uri)
         if must_exist and db is not None and not db.is_file():
-            raise UserError(f"there is no tracking store at {db}: check --home, --tracking-uri or MLFLOW_TRACKING_URI "
-                            f"(this command only reads, so it does not create one).")
+            raise UserError(
+                f"there is no tracking store at {db}: check --home, --tracking-uri or MLFLOW_TRACKING_URI "
+                f"(this command only reads, so it does not create one)."
+            )
         self.created = db is not None and not db.is_file()
         self.home = home_dir(home)  # the same folder, now created and checked writable
         self._artifact_uris: dict[str, str] = {}
@@ -107,7 +111,9 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:///"):
                 location = (self.home / "artifacts" / name.replace("/", "_")).as_uri()
-            return self.client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
 
     def mark_model_training(self) -> None:
         """Tag every experiment without a kind for MLflow 3's model-training view (runs, metrics,
@@ -123,12 +129,25 @@ class Tracker:
         import json
 
         order = ["duration", *columns]  # (the Duration column's id in MLflow 3.17); columns not listed come after these
-        state = {"selectedColumns": columns, "columnOrder": order, "orderByKey": "attributes.start_time", "orderByAsc": True,
-                 "searchFilter": "", "runsExpanded": {}, "columnWidths": {c: 170 for c in columns}}
+        state = {
+            "selectedColumns": columns,
+            "columnOrder": order,
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": True,
+            "searchFilter": "",
+            "runsExpanded": {},
+            "columnWidths": {c: 170 for c in columns},
+        }
         self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
 
-    def start_run(self, experiment: str, run_name: str, tags: dict[str, Any], params: dict[str, Any] | None = None,
-                  parent_run_id: str | None = None) -> str:
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
         self.check_fence()
         tags = {k: str(v) for k, v in tags.items()}
         tags.setdefault(T.GIT_COMMIT, git_commit())
@@ -174,8 +193,13 @@ class Tracker:
         """Every matching run, page by page (search_runs returns at most 1000 at a time)."""
         out, token = [], None
         while experiment_ids:
-            page = self.client.search_runs(experiment_ids, filter_string, order_by=order_by or ["attributes.start_time DESC"],
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                experiment_ids,
+                filter_string,
+                order_by=order_by or ["attributes.start_time DESC"],
+                max_results=1000,
+                page_token=token,
+            )
             out += list(page)
             token = page.token
             if not token:
@@ -241,7 +265,7 @@ class Tracker:
 
         items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
-            self.client.log_batch(run_id, params=items[i: i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, model_id: str | None = None) -> None:
         """`model_id`: the values also describe that logged model (its row in the Models tab)."""
@@ -251,7 +275,7 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i: i + 1000])
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.check_fence()
@@ -297,8 +321,11 @@ class Tracker:
         if self.has_datasets(dst_run):
             return
         inputs = self.client.get_run(src_run).inputs
-        chosen = [d for d in (inputs.dataset_inputs if inputs else [])
-                  if context is None or any(t.key == T.MLFLOW_DATA_CONTEXT and t.value == context for t in d.tags)]
+        chosen = [
+            d
+            for d in (inputs.dataset_inputs if inputs else [])
+            if context is None or any(t.key == T.MLFLOW_DATA_CONTEXT and t.value == context for t in d.tags)
+        ]
         if chosen:
             self._log_inputs(dst_run, chosen)
 
@@ -362,13 +389,20 @@ class Tracker:
         m = None
         try:
             with signals.deferred():  # the model exists only together with the code that marks it FAILED
-                m = self.client.create_logged_model(exp, name=name, source_run_id=run_id, model_type=model_type,
-                                                    params={k: str(v) for k, v in params.items()},
-                                                    tags={k: str(v) for k, v in tags.items()})
+                m = self.client.create_logged_model(
+                    exp,
+                    name=name,
+                    source_run_id=run_id,
+                    model_type=model_type,
+                    params={k: str(v) for k, v in params.items()},
+                    tags={k: str(v) for k, v in tags.items()},
+                )
             self.client.log_outputs(run_id, [LoggedModelOutput(m.model_id, step)])  # the run's "Logged models"
             local = self._local(m.artifact_location, 3)  # <home>/artifacts/<experiment>/models/<model id>/artifacts
             with contextlib.ExitStack() as stack:
-                folder = local[0] if local else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mqvq-model-")))
+                folder = (
+                    local[0] if local else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mqvq-model-")))
+                )
                 folder.mkdir(parents=True, exist_ok=True)
                 yield m.model_id, folder
                 if local is None:
@@ -390,7 +424,7 @@ class Tracker:
         `models:/NAME/VERSION`."""
         from mlflow.exceptions import MlflowException
 
-        ref = spec[len("models:/"):] if spec.startswith("models:/") else spec
+        ref = spec[len("models:/") :] if spec.startswith("models:/") else spec
         try:
             if "/" in ref:
                 name, version = ref.split("/", 1)
@@ -400,11 +434,15 @@ class Tracker:
                 ref = v.model_id or ""
             run_id = self.client.get_logged_model(ref).source_run_id
         except MlflowException:
-            raise UserError(f"{spec!r} is not a logged model in {self.uri}: use a model id (m-...), models:/<id> or "
-                            f"models:/NAME/VERSION of a registered model.") from None
+            raise UserError(
+                f"{spec!r} is not a logged model in {self.uri}: use a model id (m-...), models:/<id> or "
+                f"models:/NAME/VERSION of a registered model."
+            ) from None
         if not run_id:
-            raise UserError(f"logged model {spec!r} was not logged from a run, so it is not one mqvq trained: give the "
-                            f"run id or the model of a stage-1 or stage-2 run.")
+            raise UserError(
+                f"logged model {spec!r} was not logged from a run, so it is not one mqvq trained: give the "
+                f"run id or the model of a stage-1 or stage-2 run."
+            )
         return run_id
 
     def model_file(self, model_id: str, name: str, dst: Path) -> Path:
@@ -413,14 +451,19 @@ class Tracker:
         local = self._local(m.artifact_location, 3)
         if local is not None:
             if not (local[0] / name).is_file():
-                raise UserError(f"{name} of logged model {model_id} is not under {local[0]} (the store was copied or moved "
-                                f"without its artifacts folder).")
+                raise UserError(
+                    f"{name} of logged model {model_id} is not under {local[0]} (the store was copied or moved "
+                    f"without its artifacts folder)."
+                )
             return local[0] / name
         import mlflow.artifacts
 
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{m.artifact_location}/{name}", dst_path=str(dst),
-                                                        tracking_uri=self.uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{m.artifact_location}/{name}", dst_path=str(dst), tracking_uri=self.uri
+            )
+        )
 
     def _write(self, run_id: str, name: str, write) -> bool:
         """Write one artifact into the moved store's folder; False when MLflow's own path is right."""
@@ -450,6 +493,7 @@ class Tracker:
 
     def log_image(self, run_id: str, image, name: str) -> None:
         self.check_fence()
+
         def save(out: Path) -> None:
             import numpy as np
             from PIL import Image
@@ -477,8 +521,10 @@ class Tracker:
         if moved is not None:
             if (moved / path).is_file():
                 return moved / path
-            raise UserError(f"artifact {path} of run {run_id} is not under {moved} (the store was copied or moved "
-                            f"without its artifacts folder).")
+            raise UserError(
+                f"artifact {path} of run {run_id} is not under {moved} (the store was copied or moved "
+                f"without its artifacts folder)."
+            )
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 

@@ -7,6 +7,7 @@ eval` on a finished run, and counts its own steps from 0 on every resume; this s
 the `Tracker`, for as long as the `with` body lasts, at step = seconds since the run started (one
 time axis across resumes and evaluations).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -4,6 +4,7 @@ checks): they import these names, and read or write whole runs through `records.
 Structure lives in tags, never in params, so a resume never rewrites params. Values are strings in
 MLflow; `records.py` owns turning them back into numbers and enums.
 """
+
 from __future__ import annotations
 
 import enum
@@ -11,10 +12,11 @@ import enum
 
 class Kind(str, enum.Enum):
     """What a run is, beside the stage runs (which carry STAGE instead)."""
-    ROW = "row"                    # a study row's parent run (one per row and seed)
+
+    ROW = "row"  # a study row's parent run (one per row and seed)
     SEARCH_TRIAL = "search-trial"  # one Optuna trial of a sampling search
     BENCH = "bench"
-    SUMMARY = "summary"            # a study's table at a glance
+    SUMMARY = "summary"  # a study's table at a glance
 
 
 class Stage(str, enum.Enum):
@@ -24,6 +26,7 @@ class Stage(str, enum.Enum):
 
 class Status(str, enum.Enum):
     """mqvq's own run state (MLflow's status says how the process ended; this says what a row is)."""
+
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
@@ -33,26 +36,26 @@ class Status(str, enum.Enum):
 
 # ---------------------------------------------------------------- every run
 STATUS = "mqvq.status"
-HEARTBEAT = "mqvq.heartbeat"          # seconds since the epoch, refreshed while the run works
-FAILURE = "mqvq.failure"              # why it stopped ("" once it runs again)
+HEARTBEAT = "mqvq.heartbeat"  # seconds since the epoch, refreshed while the run works
+FAILURE = "mqvq.failure"  # why it stopped ("" once it runs again)
 GIT_COMMIT = "mqvq.git_commit"
 KIND = "mqvq.kind"
 PROFILE = "mqvq.profile"
-EXPERIMENT = "mqvq.experiment"        # the experiment preset (experiments.py), not the MLflow experiment
+EXPERIMENT = "mqvq.experiment"  # the experiment preset (experiments.py), not the MLflow experiment
 SEED = "mqvq.seed"
 CONFIG_HASH = "mqvq.config_hash"
 
 # ---------------------------------------------------------------- stage runs
 STAGE = "mqvq.stage"
 DATA_DIGEST = "mqvq.data_digest"
-STAGE1_RUN = "mqvq.stage1_run"        # on stage-2 runs (and row runs): the stage-1 model read
-STAGE2_RUN = "mqvq.stage2_run"        # on row runs
+STAGE1_RUN = "mqvq.stage1_run"  # on stage-2 runs (and row runs): the stage-1 model read
+STAGE2_RUN = "mqvq.stage2_run"  # on row runs
 STAGE1_CHECKPOINT = "mqvq.stage1_checkpoint"  # the digest of that model's file
 CHECKPOINT = "mqvq.checkpoint"
-MODEL_ID = "mqvq.model_id"              # on finished stage runs: the MLflow logged model holding the final weights
+MODEL_ID = "mqvq.model_id"  # on finished stage runs: the MLflow logged model holding the final weights
 PARAMS_COUNT = "mqvq.params_count"
 RESUMED_FROM_STEP = "mqvq.resumed_from_step"
-TRAINER = "mqvq.trainer"              # the process training the run (host:pid): with a fresh heartbeat and alive, not resumable
+TRAINER = "mqvq.trainer"  # the process training the run (host:pid): with a fresh heartbeat and alive, not resumable
 WORLD_SIZE = "mqvq.world_size"
 DEVICE = "mqvq.device"
 DEVICE_NAME = "mqvq.device_name"
@@ -63,22 +66,22 @@ STUDY = "mqvq.study"
 ROW = "mqvq.row"
 LABEL = "mqvq.label"
 TABLE = "mqvq.table"
-LEASE = "mqvq.lease"                  # the worker holding the row ("" when free)
+LEASE = "mqvq.lease"  # the worker holding the row ("" when free)
 DATA_NAME = "mqvq.data.name"
 DATA_RESOLUTION = "mqvq.data.resolution"
-DATA_LEGACY = "mqvq.data"             # "name 32px (digest)": written before the three tags above; read only
+DATA_LEGACY = "mqvq.data"  # "name 32px (digest)": written before the three tags above; read only
 # MLflow's own tags and input tags that mqvq sets or reads
-MLFLOW_PARENT = "mlflow.parentRunId"          # a nested run's parent (a row's stage runs, a stage run's trials)
+MLFLOW_PARENT = "mlflow.parentRunId"  # a nested run's parent (a row's stage runs, a stage run's trials)
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
-MLFLOW_NOTE = "mlflow.note.content"           # a run's description in the UI
-MLFLOW_DATA_CONTEXT = "mlflow.data.context"   # a dataset input's role: training / evaluation
+MLFLOW_NOTE = "mlflow.note.content"  # a run's description in the UI
+MLFLOW_DATA_CONTEXT = "mlflow.data.context"  # a dataset input's role: training / evaluation
 MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
 MLFLOW_SHARED_VIEW = "mlflow.sharedViewState."  # + a key: a runs view the UI loads from ?viewStateShareKey=<key>
 
-SLURM_JOB = "mqvq.slurm.job"          # the SLURM task running the row: <array job id>_<task id>
-SLURM_LOG = "mqvq.slurm.log"          # that task's log folder
+SLURM_JOB = "mqvq.slurm.job"  # the SLURM task running the row: <array job id>_<task id>
+SLURM_LOG = "mqvq.slurm.log"  # that task's log folder
 SLURM_CANCELLED = "mqvq.slurm.cancelled"  # "true" once `study cancel` cancelled that task (a cluster without
-                                          # accounting forgets an ended task: this is how status still knows)
+# accounting forgets an ended task: this is how status still knows)
 
 # ---------------------------------------------------------------- summary runs
 ROWS = "mqvq.rows"
@@ -91,11 +94,11 @@ TRIAL_STATE = "mqvq.trial_state"
 MODEL_RUN = "mqvq.model_run"
 SEARCH_STORAGE = "mqvq.search.storage"
 SAMPLING_SEARCHED = "mqvq.sampling.searched"  # JSON: every metric@samples searched -> its best value and settings
-SAMPLING_BEST = "mqvq.sampling.best."         # + a SamplingConfig field: the settings `--sampling best` uses
+SAMPLING_BEST = "mqvq.sampling.best."  # + a SamplingConfig field: the settings `--sampling best` uses
 
 # ---------------------------------------------------------------- benchmarks
 BENCH = "mqvq.bench"
-ENV = "mqvq.env."                             # + an environment key
+ENV = "mqvq.env."  # + an environment key
 
 
 # ---------------------------------------------------------------- evaluation
@@ -107,7 +110,18 @@ EVAL_TEST_IMAGES = EVAL + "test_images"
 # what a row copies from its stage runs beside the per-metric tags: where and how they were measured
 EVAL_ENVIRONMENT = (EVAL_DEVICE, EVAL_TORCH, EVAL_THREADS, TORCH_THREADS, DEVICE_NAME)
 # per-metric facts: EVAL + <metric> + "." + one of these
-METRIC_FACTS = ("backend", "num", "reference", "resolution", "split", "sampling", "sampling_choice", "net", "batch_size", "trials")
+METRIC_FACTS = (
+    "backend",
+    "num",
+    "reference",
+    "resolution",
+    "split",
+    "sampling",
+    "sampling_choice",
+    "net",
+    "batch_size",
+    "trials",
+)
 
 
 def eval_tag(metric: str, fact: str) -> str:
@@ -121,7 +135,7 @@ def eval_facts(tags: dict[str, str], metric: str | None = None) -> dict[str, dic
     for k, v in tags.items():
         if not k.startswith(EVAL):
             continue
-        name, _, fact = k[len(EVAL):].rpartition(".")
+        name, _, fact = k[len(EVAL) :].rpartition(".")
         if name and fact in METRIC_FACTS and (metric is None or name == metric):
             out.setdefault(name, {})[fact] = v
     return out
@@ -159,7 +173,9 @@ def running() -> str:
 
 
 def any_stage() -> str:
-    return f'tags."{STAGE}" LIKE \'stage%\''
+    return f"tags.\"{STAGE}\" LIKE 'stage%'"
 
 
-_BY_NAME = {k.lower(): v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and v.startswith("mqvq.")}
+_BY_NAME = {
+    k.lower(): v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and v.startswith("mqvq.")
+}
