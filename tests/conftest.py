@@ -97,6 +97,53 @@ TINY = [
 ]
 
 
+# stage 2 and evaluation at the tiny size: what the session's trained row uses (eval.* is in no run's identity)
+TINY_S2 = [
+    "stage2.train.steps=4",
+    "stage2.train.batch_size=8",
+    "stage2.train.log_every=2",
+    "stage2.train.val_every=2",
+    "stage2.sampling.batch_size=8",
+    "eval.num_samples=8",
+    "eval.batch_size=8",
+    "eval.speed_batch_size=4",
+]
+
+
+@pytest.fixture(scope="session")
+def _trained_template(tmp_path_factory, weights_dir, _store_template):
+    """Both stages of one tiny row (MQ-VAE, 50 % adaptive mask), trained once per session in a home of
+    its own; `trained` gives each test a copy (a copied home reads and writes its own artifacts)."""
+    from mqvq.experiments import load_experiment
+    from mqvq.stages.train_stage1 import train_stage1
+    from mqvq.stages.train_stage2 import train_stage2
+    from mqvq.tracking import Tracker
+
+    home = tmp_path_factory.mktemp("trained") / "home"
+    home.mkdir()
+    shutil.copy(_store_template, home / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:  # what `_isolated_env` sets for a test
+        mp.setenv("MQVQ_WEIGHTS_DIR", str(weights_dir))
+        mp.setenv("MQVQ_OFFLINE", "1")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MQVQ_HOME", raising=False)
+        tracker = Tracker(None, home)
+        cfg = load_experiment("mqvae-f16-adaptive-50", "smoke", [*TINY, *TINY_S2], 0)
+        s1 = train_stage1(cfg, tracker, progress=False)["run_id"]
+        s2 = train_stage2(cfg, tracker, progress=False)["run_id"]
+    return home, s1, s2
+
+
+@pytest.fixture
+def trained(home, _trained_template) -> tuple[str, str]:
+    """(stage-1 run id, stage-2 run id) of the session's trained row, in this test's own copy of its home.
+    Request it before `tracker`, which then opens the copy."""
+    src, s1, s2 = _trained_template
+    shutil.rmtree(home)
+    shutil.copytree(src, home)
+    return s1, s2
+
+
 @pytest.fixture
 def tiny():
     """Resolve an experiment at the smoke profile shrunk to 16x16 images (f = 4 -> 4x4 grid)."""

@@ -11,33 +11,18 @@ from typer.testing import CliRunner
 from mqvq.cli import app
 from mqvq.errors import UserError
 from mqvq.stages.evaluate import evaluate_run
-from mqvq.stages.train_stage1 import train_stage1
-from mqvq.stages.train_stage2 import train_stage2
 from tests.test_metrics import accept_stand_in, inception_file  # noqa: F401  (session fixture)
 
 runner = CliRunner()
-EVAL = [
-    "stage2.train.steps=4",
-    "stage2.train.batch_size=8",
-    "stage2.train.log_every=2",
-    "stage2.train.val_every=2",
-    "stage2.sampling.batch_size=8",
-    "eval.num_samples=8",
-    "eval.batch_size=8",
-    "eval.speed_batch_size=4",
-]
 
 
 @pytest.fixture
-def runs(tiny, tracker):
-    cfg = tiny("mqvae-f16-adaptive-50", *EVAL)
-    s1 = train_stage1(cfg, tracker, progress=False)
-    s2 = train_stage2(cfg, tracker, progress=False)
-    return s1["run_id"], s2["run_id"]
+def runs(trained):
+    return trained  # (stage 1, stage 2) of the session's tiny row, in this test's home
 
 
 def _artifact_png(tracker, run_id, path):
-    local = tracker.client.download_artifacts(run_id, path, str(tracker.home / "dl"))
+    local = tracker.download_artifact(run_id, path, tracker.home / "dl")
     data = open(local, "rb").read()
     assert len(data) > 100
     img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -66,7 +51,7 @@ def test_eval_logs_backend_specific_metrics_and_figures(runs, tracker, inception
     assert 0 < m.metrics["usage"] <= 100 and r1["metrics"]["usage"] == m.metrics["usage"]
     for fig in ("figures/fig4_mask.png", "figures/fig5_codebook_pca.png", "figures/reconstructions_test.png"):
         _artifact_png(tracker, s1, fig)
-    counts = tracker.client.download_artifacts(s1, "metrics/codebook_counts.json", str(tracker.home / "dl"))
+    counts = tracker.download_artifact(s1, "metrics/codebook_counts.json", tracker.home / "dl")
     import json
 
     data = json.load(open(counts))
