@@ -93,7 +93,7 @@ def test_stage_and_trial_records_read_what_their_runs_carry(tracker):
     assert not StageRecord.is_stage(tracker.get_run(t_id))
 
 
-def _log_one_dataset_per_experiment(home: str, worker: int, start: float, n: int, errors) -> None:
+def _log_one_dataset_per_experiment(home: str, worker: int, barrier, n: int, errors) -> None:
     from mqvq.tracking import Tracker
     from mqvq.tracking.records import DatasetRecord
 
@@ -101,8 +101,7 @@ def _log_one_dataset_per_experiment(home: str, worker: int, start: float, n: int
     record = DatasetRecord("procedural", "train", 32, 16, "d1", "code", "mqvq")
     for i in range(n):
         run_id = tracker.start_run(f"e{i}", f"w{worker}", {})
-        while time.time() < start + 0.4 * i:  # both workers log the same dataset into e{i} at one instant
-            pass
+        barrier.wait(120)  # both workers log the same dataset into e{i} at one instant, however loaded the machine
         try:
             tracker.log_dataset(run_id, record, "training")
         except Exception as e:  # noqa: BLE001  (reported to the test)
@@ -119,15 +118,15 @@ def test_two_workers_logging_the_same_dataset_at_once_both_succeed(tracker):
         tracker.experiment_id(f"e{i}")
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
-    start = time.time() + 6  # after both processes have imported mqvq
+    barrier = ctx.Barrier(2)
     procs = [
-        ctx.Process(target=_log_one_dataset_per_experiment, args=(str(tracker.home), w, start, 8, errors))
+        ctx.Process(target=_log_one_dataset_per_experiment, args=(str(tracker.home), w, barrier, 8, errors))
         for w in range(2)
     ]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(300)
     found = []
     while not errors.empty():
         found.append(errors.get())

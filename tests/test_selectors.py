@@ -167,6 +167,29 @@ def test_straight_through_gradient_reaches_the_scorer_and_kept_features_have_no_
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_straight_through_gradient_has_the_sign_and_size_of_the_value_of_keeping_each_token(monkeypatch):
+    """A hand-made case: scores (3, 1, 0, -2), no Gumbel noise, keep 2, tau 1, and a loss to which keeping
+    tokens 0 and 1 is worth 1 each and keeping tokens 2 and 3 costs 1 each. The surrogate is centred on
+    the threshold (0.5, midway between the 2nd and 3rd score), so each score's gradient is
+    w_i * sigmoid'(s_i - 0.5): descent raises the two worth keeping and lowers the other two, most
+    strongly for the two nearest the boundary (0.235 = sigmoid'(0.5) against 0.070 = sigmoid'(2.5))."""
+    mod = StraightThroughMask(1, 0.5, "mlp", 4).train()
+    s = torch.tensor([[3.0, 1.0, 0.0, -2.0]], requires_grad=True)
+    monkeypatch.setattr(mod.scorer, "logits", lambda z: s)
+    monkeypatch.setattr(
+        torch, "rand_like", lambda t: torch.full_like(t, math.exp(-1.0))
+    )  # Gumbel noise -log(-log u) = 0
+    out = mod(torch.zeros(1, 1, 2, 2))
+    assert out.positions.tolist() == [[0, 1]]
+    worth = torch.tensor([[-1.0, -1.0, 1.0, 1.0]])  # loss per unit of "kept"
+    (worth * out.relaxed).sum().backward()
+    d = lambda x: torch.sigmoid(torch.tensor(x)) * (1 - torch.sigmoid(torch.tensor(x)))  # noqa: E731
+    expected = torch.stack([-d(2.5), -d(0.5), d(-0.5), d(-2.5)])[None]
+    torch.testing.assert_close(s.grad, expected)
+    assert (s.grad[0, :2] < 0).all() and (s.grad[0, 2:] > 0).all()
+    assert s.grad[0, 1].abs() > 3 * s.grad[0, 0].abs() and s.grad[0, 2].abs() > 3 * s.grad[0, 3].abs()
+
+
 def test_straight_through_surrogate_is_zero_forward():
     """The relaxed term changes gradients, never values: same reconstruction with and without it."""
     model = smoke_model("straight-through").train()
