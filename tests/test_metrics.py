@@ -261,3 +261,25 @@ def test_reference_stats_cache_survives_concurrent_writers(tmp_path):
     loaded = FeatureStats.load(path)
     assert loaded.n == 10 and np.array_equal(loaded.mu, stats.mu) and np.array_equal(loaded.sigma, stats.sigma)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_validation_during_training_and_eval_measure_psnr_and_lpips_alike():
+    """One definition of the reconstruction distances (metrics/pixels.py): the training loop's validation
+    pass and `mqvq eval`'s reconstruction metrics give the same PSNR and LPIPS on the same model and images."""
+    from mqvq.experiments import load_experiment
+    from mqvq.data import build_dataset
+    from mqvq.models.mqvae import MQVAE
+    from mqvq.stages.train_stage1 import validation_pass
+
+    cfg = load_experiment("vqgan-f16", "smoke", ["stage1.data.resolution=32"])
+    torch.manual_seed(0)
+    model = MQVAE(cfg.stage1.model).eval()
+    ds = build_dataset(cfg.stage1.data, "test")
+
+    def lpips(a, b):  # a stand-in distance with LPIPS's shape: (B, 1, 1, 1), sensitive to the 64-px upsampling
+        assert a.shape[-1] == 64
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    val, _ = validation_pass(model, ds, torch.device("cpu"), None, 8, 16, lpips=lpips)
+    ev = reconstruction_metrics(model, ds, torch.device("cpu"), lpips=lpips, batch_size=8, limit=16)
+    assert val["psnr"] == pytest.approx(ev.metrics["psnr"]) and val["lpips"] == pytest.approx(ev.metrics["lpips"])

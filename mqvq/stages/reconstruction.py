@@ -8,25 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from mqvq.data import eval_batches
 from mqvq.images import to_uint8
 from mqvq.metrics.codebook import codebook_usage, effective_usage
 from mqvq.metrics.frechet import FeatureStats, RunningStats
 from mqvq.metrics.mask import MaskTally, token_foreground
+from mqvq.metrics.pixels import lpips_distance, psnr
 from mqvq.models.quantizer import perplexity
 from mqvq.runtime import autocast, progress_bar
-
-LPIPS_MIN_SIDE = 64
-
-
-def lpips_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LPIPS-AlexNet needs at least ~32 px (stride-4 stem, three pools); tiny images are upsampled to 64."""
-    if min(x.shape[-2:]) >= LPIPS_MIN_SIDE:
-        return x, y
-    up = lambda t: F.interpolate(t, size=(LPIPS_MIN_SIDE, LPIPS_MIN_SIDE), mode="bilinear", align_corners=False)  # noqa: E731
-    return up(x), up(y)
 
 
 @dataclass
@@ -74,12 +64,11 @@ def reconstruction_metrics(
             recon = out.recon.float().clamp(-1, 1)
             enc = out.encoded
             counts.index_add_(0, enc.codes.flatten(), torch.ones(enc.codes.numel(), device=device))
-            real8, fake8 = to_uint8(x), to_uint8(recon)
-            mse = (real8.float() - fake8.float()).pow(2).mean(dim=(1, 2, 3))
-            sums["psnr"] += (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).sum().item()
+            fake8 = to_uint8(recon)
+            sums["psnr"] += psnr(x, recon).sum().item()
             sums["l1"] += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
             if lpips is not None:
-                sums["lpips"] += lpips(*lpips_inputs(x, recon)).sum().item()
+                sums["lpips"] += lpips_distance(lpips, x, recon).sum().item()
             if stats is not None:
                 stats.update(backend(fake8)[0])
             if has_mask:

@@ -22,6 +22,7 @@ from mqvq.data import build_dataset, eval_batches, train_loader
 from mqvq.data.datasets import check_images
 from mqvq.images import reconstruction_grid
 from mqvq.metrics.mask import MaskTally
+from mqvq.metrics.pixels import lpips_distance, psnr
 from mqvq.metrics.registry import STEP_SECONDS, TRAIN_LOSS
 from mqvq.models.checkpoint import FORMAT, atomic_save
 from mqvq.models.losses import Stage1Loss
@@ -291,7 +292,7 @@ def validation_pass(
     was_training = model.training
     model.eval()
     used = torch.zeros(model.config.quantizer.codebook_size, dtype=torch.bool, device=device)
-    l1 = lp = psnr = 0.0
+    l1 = lp = psnr_sum = 0.0
     n, tally, picture = 0, None, None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch in eval_batches(test_ds, batch_size, limit):
@@ -302,10 +303,9 @@ def validation_pass(
             enc = out.encoded
             used[enc.codes.flatten()] = True
             l1 += (x - recon).abs().mean(dim=(1, 2, 3)).sum().item()
-            mse = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
-            psnr += (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum().item()
+            psnr_sum += psnr(x, recon).sum().item()
             if lpips is not None:
-                lp += lpips(x, recon).sum().item()
+                lp += lpips_distance(lpips, x, recon).sum().item()
             if model.config.mask.type != "none":
                 tally = tally or MaskTally(enc.grid, device)
                 tally.add(enc.keep, batch["fg"].to(device) if "fg" in batch else None, enc.scores, x)
@@ -313,7 +313,7 @@ def validation_pass(
                 picture = reconstruction_grid(x, recon, enc.keep, enc.grid, title="validation reconstructions")
             n += x.shape[0]
     model.train(was_training)
-    metrics = {"l1": l1 / n, "psnr": psnr / n, "codebook_usage": used.float().mean().item() * 100.0}
+    metrics = {"l1": l1 / n, "psnr": psnr_sum / n, "codebook_usage": used.float().mean().item() * 100.0}
     if lpips is not None:
         metrics["lpips"] = lp / n
     if tally is not None:
