@@ -339,8 +339,14 @@ def test_ctrl_c_during_submit_leaves_no_run_scheduled_without_a_task(cluster, si
 
         monkeypatch.setattr(cluster_mod, "_executor", executor)
     tracker = Tracker(None, home)
-    with pytest.raises(KeyboardInterrupt):
-        submit(tracker, load_study("two"), "two", "smoke", SlurmOptions(time="5"))
+    previous = signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # Ctrl-C as a CLI user has it (an earlier test may have changed it)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            submit(tracker, load_study("two"), "two", "smoke", SlurmOptions(time="5"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     rows = runs(home, "two/smoke")
     queued = cluster.run("squeue", "-h", "-o", "%i").stdout.split()
     if moment == "before sbatch":
