@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from mqvq.config import STACKFORMER_PRESETS, SamplingConfig, StackformerConfig, num_kept
+from mqvq.config.schema import SELECTORS
 from mqvq.errors import UserError
 from mqvq.models.sampling import generate, generate_compiled
 from mqvq.models.stackformer import Stackformer, TokenShape, sequence_loss
@@ -194,9 +195,6 @@ def stage1_step(model, loss_fn, cfg, dev: torch.device, use_compile: bool, layou
         opt_d.step()
 
     return step
-
-
-SELECTORS = ("gain", "damage", "straight-through", "entropy", "oracle-foreground")
 
 
 def bench_selectors(

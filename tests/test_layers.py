@@ -229,6 +229,24 @@ def metric_literals(path: Path) -> list[str]:
     ]
 
 
+SELECTOR_OWNERS = {PACKAGE / "config" / "schema.py", PACKAGE / "models" / "mqvae.py"}  # the list; its dispatch
+
+
+def selector_lists(path: Path) -> list[str]:
+    """A tuple, list, set or dict of three or more selector names: a second list of the selectors
+    (`config.schema.SELECTORS` is the one; naming one selector to test for it is fine)."""
+    from mqvq.config.schema import SELECTORS
+
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+    for n in ast.walk(tree):
+        items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
+        names = [e.value for e in items if isinstance(e, ast.Constant) and e.value in SELECTORS]
+        if len(names) >= 3:
+            out.append(f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {names}")
+    return out
+
+
 def client_calls(path: Path) -> list[str]:
     """Uses of an MLflow client (`x.client`, `MlflowClient`) in a module."""
     tree = ast.parse(path.read_text(), str(path))
@@ -277,6 +295,11 @@ def test_metric_names_are_spelled_only_in_the_registry():
     assert found == []
 
 
+def test_the_selectors_are_listed_only_in_the_schema():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if p not in SELECTOR_OWNERS for hit in selector_lists(p)]
+    assert found == []
+
+
 def test_only_tracking_talks_to_the_mlflow_client():
     found = [
         hit
@@ -303,6 +326,7 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         'tracker.client.get_run("r")\n'
         'z = {"time/tokenize_seconds": 1.0, "val/loss": 2.0}\n'
         'w = {"mlflow.parentRunId": "p", "mlflow.note.content": "n"}\n'
+        'v = ("gain", "damage", "entropy")\n'
     )
     real = PACKAGE.parent
     try:
@@ -313,6 +337,7 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         bad.rename(moved)
         assert len(tag_literals(moved)) == 4
         assert len(metric_literals(moved)) == 2
+        assert len(selector_lists(moved)) == 1
         assert len(client_calls(moved)) == 1
         assert [h.split(": ", 1)[1] for h in private_imports(moved)] == [
             "_file_lock from mqvq.tracking.store",

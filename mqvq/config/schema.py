@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 
 def opt(default: Any, help: str, added: bool = False) -> Any:
@@ -26,6 +26,18 @@ def revised(default: int, help: str, when) -> Any:
     return field(default=default, metadata={"help": help, "hashed_if": when})
 
 
+# the adaptive mask's token selectors: this Literal is their one list (SELECTORS reads it)
+Selector = Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground", "centre"]
+SELECTORS: tuple[str, ...] = get_args(Selector)
+NEEDS_FOREGROUND = ("oracle-foreground",)  # selectors that read the data's foreground masks
+SELECTOR_NAMES = {  # what a report calls each (a verdict on one selector's Table 6 claims)
+    "gain": "the paper's scorer",
+    "damage": "damage prediction",
+    "straight-through": "straight-through",
+    "entropy": "the entropy rule",
+    "oracle-foreground": "the foreground oracle",
+    "centre": "the centre prior",
+}
 REVISED_SELECTORS = ("damage", "straight-through")  # whose training signal revision 2 changed
 
 
@@ -92,7 +104,7 @@ class MaskConfig:
         "scoring network of the gain, damage and straight-through selectors: mlp (the paper's two-layer MLP), conv (the released conv + BatchNorm scorer), or either with the BatchNorm switched (mlp-bn, conv-nobn)",
     )
     scorer_hidden: int = opt(256, "hidden width of the scoring network")
-    selector: Literal["gain", "damage", "straight-through", "entropy", "oracle-foreground", "centre"] = opt(
+    selector: Selector = opt(
         "gain",
         "how the adaptive mask picks its N tokens: gain (the paper's: top-N of the scorer, kept features LayerNorm(z)*s), "
         "damage (the scorer predicts the reconstruction damage of dropping a token, HPM), straight-through (Gumbel top-N with a "

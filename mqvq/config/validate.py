@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import math
 
-from mqvq.config.schema import EvalConfig, SamplingConfig, Stage1Config, Stage2Config, TrackingConfig
+from mqvq.config.schema import (
+    NEEDS_FOREGROUND,
+    SELECTORS,
+    EvalConfig,
+    SamplingConfig,
+    Stage1Config,
+    Stage2Config,
+    TrackingConfig,
+)
 from mqvq.errors import UserError
 
 MAX_CFG_SCALE = 100.0  # guidance scales beyond this give the same samples as the largest ones (argmax of u + S (c - u))
@@ -43,10 +51,11 @@ def validate_stage1(cfg: Stage1Config, prefix: str = "stage1.") -> None:
             f"{prefix}model.mask.selector = {m.mask.selector!r} needs model.mask.type = 'adaptive' (random and none have no selector): "
             f"set the type to adaptive or leave the selector at 'gain'."
         )
-    if m.mask.selector == "oracle-foreground" and d.name == "folder":
+    if m.mask.selector in NEEDS_FOREGROUND and d.name == "folder":
+        others = ", ".join(s for s in SELECTORS if s not in NEEDS_FOREGROUND)
         raise UserError(
-            f"{prefix}model.mask.selector = 'oracle-foreground' needs foreground masks, which {d.name} data does not have: "
-            f"allowed with procedural or fashion-mnist data; use gain, damage, straight-through or entropy here."
+            f"{prefix}model.mask.selector = {m.mask.selector!r} needs foreground masks, which {d.name} data does not have: "
+            f"allowed with procedural or fashion-mnist data; use one of {others} here."
         )
     if not 0.0 <= m.mask.damage_random_share <= 1.0 or (m.mask.damage_random_share and m.mask.selector != "damage"):
         raise UserError(

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mqvq.config import num_kept
+from mqvq.config.schema import NEEDS_FOREGROUND, SELECTORS
 from mqvq.errors import UserError
 from mqvq.models.masking import MaskOutput, gather_tokens, layer_norm_tokens, make_scorer, select_top
 
@@ -231,7 +232,7 @@ class OracleForegroundMask(nn.Module):
         if fg is None:
             raise UserError(
                 "the oracle-foreground selector needs foreground masks and this data has none: "
-                "use procedural or fashion-mnist data, or another selector (gain, damage, straight-through, entropy)."
+                f"use procedural or fashion-mnist data, or another selector ({', '.join(s for s in SELECTORS if s not in NEEDS_FOREGROUND)})."
             )
         share = foreground_share(fg.to(z.device), z.shape[-2:])
         patch = (fg.shape[-2] // z.shape[-2]) * (fg.shape[-1] // z.shape[-1])

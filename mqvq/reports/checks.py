@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mqvq.config.schema import SELECTOR_NAMES
 from mqvq.reports.tables import Row, Table
 
 ALPHA = 0.05
@@ -118,8 +119,7 @@ def check_claims(table: Table, meta: dict[str, dict]) -> list[Verdict]:
 
 
 # how a verdict names the selector whose Table 6 claims it judges, when a table has several
-GROUP_NAMES = {"gain": "the paper's scorer", "damage": "damage prediction", "straight-through": "straight-through",
-               "entropy": "the entropy rule", "oracle-foreground": "the foreground oracle", "centre": "the centre prior"}
+GROUP_NAMES = SELECTOR_NAMES
 
 
 def _selector_groups(table: Table, meta: dict) -> dict[str, str]:
