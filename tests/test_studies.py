@@ -17,23 +17,13 @@ from typer.testing import CliRunner
 from mqvq.cli import app
 from mqvq.errors import UserError
 from mqvq.studies.spec import load_study
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_S2
 
 pytestmark = pytest.mark.integration  # whole studies, in this process or several
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
-FAST = [
-    *TINY,
-    "stage2.train.steps=4",
-    "stage2.train.batch_size=8",
-    "stage2.train.log_every=2",
-    "stage2.train.val_every=2",
-    "stage2.sampling.batch_size=8",
-    "eval.num_samples=8",
-    "eval.batch_size=8",
-    "eval.speed_batch_size=4",
-]
+FAST = [*TINY, *TINY_S2]
 
 
 def write_study(

@@ -13,6 +13,7 @@ from mqvq.models.checkpoint import load_checkpoint
 from mqvq.stages.tokenize import TokenSet
 from mqvq.stages.train_stage1 import train_stage1
 from mqvq.stages.train_stage2 import load_stackformer, train_stage2
+from tests.conftest import TINY
 
 S2 = [
     "stage2.train.steps=6",
@@ -172,30 +173,7 @@ def test_sample_cli_writes_valid_images(stage1_run, tracker, tmp_path):
 
 def test_train_stage2_cli_and_unknown_stage1(stage1_run, tracker):
     cfg, s1 = stage1_run()
-    sets = [
-        a
-        for s in [
-            "stage1.data.resolution=16",
-            "stage1.data.num_train=32",
-            "stage1.data.num_test=8",
-            "stage1.model.channels=8",
-            "stage1.model.z_channels=8",
-            "stage1.model.mask.scorer_hidden=8",
-            "stage1.model.demask.layers=2",
-            "stage1.model.quantizer.codebook_size=16",
-            "stage1.model.quantizer.dim=8",
-            "stage1.loss.disc_layers=1",
-            "stage1.loss.disc_channels=8",
-            "stage1.train.steps=6",
-            "stage1.train.batch_size=4",
-            "stage1.train.log_every=2",
-            "stage1.train.eval_images=8",
-            "stage1.train.warmup_steps=0",
-            "stage1.loss.disc_start=2",
-            *S2,
-        ]
-        for a in ("--set", s)
-    ]
+    sets = [a for s in [*TINY, *S2] for a in ("--set", s)]
     res = runner.invoke(
         app,
         [
