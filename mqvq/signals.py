@@ -36,7 +36,7 @@ def stop_on_sigterm() -> None:
 def deferred():
     """Hold SIGINT, SIGTERM and SIGUSR2 for the body and deliver them when it ends. Around the
     creation of an MLflow run and the assignment that lets its closing code see it: an interrupt
-    that arrived between the two used to leave the run RUNNING for good. A no-op outside the main
+    between the two would leave a run that nothing closes, RUNNING for good. A no-op outside the main
     thread (only it receives signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield

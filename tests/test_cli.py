@@ -130,3 +130,22 @@ def test_messages_print_their_brackets(monkeypatch, home):
     monkeypatch.setitem(location.DRIVERS, "postgresql", ("no_such_driver_module",))  # as on a machine without the extra
     r = runner.invoke(app, ["study", "status", "ablation-mask", "--tracking-uri", "postgresql://u@127.0.0.1:9/db"])
     assert r.exit_code == 2 and 'pip install "mqvq[postgres]".' in r.output and "Traceback" not in r.output, r.output
+
+
+def test_help_is_plain_and_fits_in_a_terminal_80_columns_wide():
+    """Below 100 columns `--help` is Click's plain layout: no line wider than the terminal, and an
+    option's help wraps beside its name in a few lines (Rich's option table gave it one word a line)."""
+    env = {**os.environ, "COLUMNS": "80"}
+    for cols, mode in (("80", None), ("99", None), ("100", "rich"), ("160", "rich")):
+        assert subprocess.run(
+            [sys.executable, "-c", "from mqvq.cli.common import HELP_MARKUP; print(HELP_MARKUP)"],
+            env={**env, "COLUMNS": cols}, capture_output=True, text=True, check=True,
+        ).stdout.strip() == str(mode)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "mqvq", "study", "run", "--help"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    profile = next(i for i, line in enumerate(lines) if "--profile" in line)
+    follow = [line for line in lines[profile + 1 : profile + 8] if line.startswith(" " * 20)]
+    assert 1 <= len(follow) <= 4 and "[default: smoke]" in " ".join(lines[profile : profile + 1 + len(follow)])

@@ -11,7 +11,7 @@ import mqvq
 PACKAGE = Path(mqvq.__file__).parent
 
 # layer 1, foundations: any layer may use them
-FOUNDATIONS = {"config", "errors", "files", "machine", "timing", "signals", "runtime", "images"}
+FOUNDATIONS = {"config", "errors", "files", "machine", "timing", "signals", "runtime", "images", "periodic"}
 # layer 2, parts: siblings that know nothing of each other except these edges
 PARTS = {
     "models": set(),
@@ -229,22 +229,35 @@ def metric_literals(path: Path) -> list[str]:
     ]
 
 
-SELECTOR_OWNERS = {PACKAGE / "config" / "schema.py", PACKAGE / "models" / "mqvae.py"}  # the list; its dispatch
+SCHEMA_MODULE = PACKAGE / "config" / "schema.py"
+SELECTOR_OWNERS = {SCHEMA_MODULE, PACKAGE / "models" / "mqvae.py"}  # the list; its dispatch
 
 
-def selector_lists(path: Path) -> list[str]:
-    """A tuple, list, set or dict of three or more selector names: a second list of the selectors
-    (`config.schema.SELECTORS` is the one; naming one selector to test for it is fine)."""
+def choice_lists(path: Path, choices=None, least: int = 3) -> list[str]:
+    """A tuple, list, set or dict of `least` or more of `choices` (default: the selector names): a
+    second list of them (`config.schema` holds the one list; naming one to test for it is fine)."""
     from mqvq.config.schema import SELECTORS
 
+    choices = SELECTORS if choices is None else choices
     tree = ast.parse(path.read_text(), str(path))
     out = []
     for n in ast.walk(tree):
         items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
-        names = [e.value for e in items if isinstance(e, ast.Constant) and e.value in SELECTORS]
-        if len(names) >= 3:
+        names = [e.value for e in items if isinstance(e, ast.Constant) and e.value in choices]
+        if len(names) >= least:
             out.append(f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: {names}")
     return out
+
+
+def selector_lists(path: Path) -> list[str]:
+    return choice_lists(path)
+
+
+def sampler_lists(path: Path) -> list[str]:
+    """A second list of the search's samplers (`config.schema.SAMPLERS`; a dispatch naming two is fine)."""
+    from mqvq.config.schema import SAMPLERS
+
+    return choice_lists(path, SAMPLERS)
 
 
 def client_calls(path: Path) -> list[str]:
@@ -256,6 +269,24 @@ def client_calls(path: Path) -> list[str]:
         if (isinstance(n, ast.Attribute) and n.attr == "client")
         or (isinstance(n, ast.Name) and n.id == "MlflowClient")
         or (isinstance(n, ast.alias) and n.name == "MlflowClient")
+    ]
+
+
+PERIODIC_MODULE = PACKAGE / "periodic.py"
+
+
+def thread_loops(path: Path) -> list[str]:
+    """`threading.Thread(...)` or `threading.Event()`: a background loop of its own, where
+    `mqvq.periodic.Periodic` is the one ticker (a heartbeat or sampler that must never stop its work)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{n.lineno}: threading.{n.func.attr}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in ("Thread", "Event")
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "threading"
     ]
 
 
@@ -300,6 +331,11 @@ def test_the_selectors_are_listed_only_in_the_schema():
     assert found == []
 
 
+def test_the_search_samplers_are_listed_only_in_the_schema():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if p != SCHEMA_MODULE for hit in sampler_lists(p)]
+    assert found == []
+
+
 def test_only_tracking_talks_to_the_mlflow_client():
     found = [
         hit
@@ -307,6 +343,11 @@ def test_only_tracking_talks_to_the_mlflow_client():
         if "tracking" not in p.relative_to(PACKAGE).parts
         for hit in client_calls(p)
     ]
+    assert found == []
+
+
+def test_background_loops_are_only_the_periodic_ticker():
+    found = [hit for p in sorted(PACKAGE.rglob("*.py")) if p != PERIODIC_MODULE for hit in thread_loops(p)]
     assert found == []
 
 
@@ -327,6 +368,9 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         'z = {"time/tokenize_seconds": 1.0, "val/loss": 2.0}\n'
         'w = {"mlflow.parentRunId": "p", "mlflow.note.content": "n"}\n'
         'v = ("gain", "damage", "entropy")\n'
+        'u = ("tpe", "gp", "random")\n'
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=print, daemon=True)\n"
     )
     real = PACKAGE.parent
     try:
@@ -338,7 +382,9 @@ def test_the_ownership_checks_catch_what_they_guard_against(tmp_path):
         assert len(tag_literals(moved)) == 4
         assert len(metric_literals(moved)) == 2
         assert len(selector_lists(moved)) == 1
+        assert len(sampler_lists(moved)) == 1
         assert len(client_calls(moved)) == 1
+        assert len(thread_loops(moved)) == 2
         assert [h.split(": ", 1)[1] for h in private_imports(moved)] == [
             "_file_lock from mqvq.tracking.store",
             "lease._pid_alive",

@@ -194,9 +194,11 @@ def test_straight_through_surrogate_is_zero_forward():
     model = smoke_model("straight-through").train()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.manual_seed(7)
-    zq, enc, _, _, (z, relax) = model._quantize(x)
-    with_term = model._decode_vectors(zq, enc.positions, enc.keep, enc.grid, relax)
-    without = model._decode_vectors(zq, enc.positions, enc.keep, enc.grid, None)
+    q = model._quantize(x)
+    enc = q.encoded
+    assert q.relax is not None
+    with_term = model._decode_vectors(q.zq, enc.positions, enc.keep, enc.grid, q.relax)
+    without = model._decode_vectors(q.zq, enc.positions, enc.keep, enc.grid, None)
     torch.testing.assert_close(with_term, without)
 
 

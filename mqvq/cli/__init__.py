@@ -11,7 +11,7 @@ from mqvq.signals import stop_on_sigterm
 
 app = typer.Typer(
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=common.HELP_MARKUP,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="mqvq: Masked Vector Quantization (MQ-VAE + Stackformer) — train, evaluate, study, report.",

@@ -8,10 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import AsJson, Device, Home, TrackingUri, cli_errors, console, err_console, open_tracker, table
+from mqvq.cli.common import (
+    AsJson,
+    Device,
+    HELP_MARKUP,
+    Home,
+    TrackingUri,
+    cli_errors,
+    console,
+    err_console,
+    open_tracker,
+    table,
+)
 from mqvq.files import atomic_write
 
 app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     no_args_is_help=True,
     help="Benchmarks: warm-up, synchronised timing, medians, peak memory, versions; "
     "results to --out JSON and an MLflow run in the `bench` experiment.",

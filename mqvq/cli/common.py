@@ -17,6 +17,18 @@ from rich.text import Text
 
 from mqvq.errors import UserError
 
+
+def _help_markup() -> str | None:
+    """Rich's option tables give the help column only what the option names leave, so in a terminal
+    narrower than 100 columns they wrap every word: there `--help` is Click's plain layout (names
+    on the left, help wrapped beside them, long names on a line of their own)."""
+    import shutil
+
+    return "rich" if shutil.get_terminal_size((120, 24)).columns >= 100 else None
+
+
+HELP_MARKUP = _help_markup()  # every Typer app of the CLI is made with it
+
 console = Console()
 err_console = Console(stderr=True)
 

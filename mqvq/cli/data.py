@@ -8,10 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from mqvq.cli.common import Profile, Sets, cli_errors, console, table
+from mqvq.cli.common import HELP_MARKUP, Profile, Sets, cli_errors, console, table
 from mqvq.errors import UserError
 
-app = typer.Typer(no_args_is_help=True, help="Datasets: check what an experiment will train and evaluate on.")
+app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
+    no_args_is_help=True,
+    help="Datasets: check what an experiment will train and evaluate on.",
+)
 
 
 @app.command("show")

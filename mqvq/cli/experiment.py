@@ -6,9 +6,11 @@ import json
 from typing import Annotated
 
 import typer
-from mqvq.cli.common import AsJson, Profile, Sets, cli_errors, console, print_json, table
+from mqvq.cli.common import AsJson, HELP_MARKUP, Profile, Sets, cli_errors, console, print_json, table
 
-app = typer.Typer(no_args_is_help=True, help="Declared experiments and their resolved configs.")
+app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP, no_args_is_help=True, help="Declared experiments and their resolved configs."
+)
 
 
 @app.command("list")

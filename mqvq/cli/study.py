@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from mqvq.cli.common import (
+    HELP_MARKUP,
     AsJson,
     Device,
     Home,
@@ -31,7 +32,11 @@ from mqvq.tracking.records import LEASE_TIMEOUT_S
 
 SLURM = SlurmOptions()  # the defaults of `study submit --slurm`
 
-app = typer.Typer(no_args_is_help=True, help="Declared ablation studies: plan, run (resumable, multi-worker), status.")
+app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
+    no_args_is_help=True,
+    help="Declared ablation studies: plan, run (resumable, multi-worker), status.",
+)
 
 Name = Annotated[str, typer.Argument(help="study name from studies/ (see `mqvq study list`) or a .toml path")]
 Seeds = Annotated[Optional[list[int]], typer.Option("--seeds", help="seeds to use instead of the study's (repeatable)")]

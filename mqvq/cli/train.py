@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mqvq.cli.common import (
+    HELP_MARKUP,
     Device,
     Home,
     Profile,
@@ -21,7 +22,9 @@ from mqvq.cli.common import (
     system_metrics_flag,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer).")
+app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP, no_args_is_help=True, help="Train stage 1 (MQ-VAE) or stage 2 (Stackformer)."
+)
 
 Seed = Annotated[int, typer.Option(help="run seed")]
 Resume = Annotated[

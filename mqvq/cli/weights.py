@@ -7,9 +7,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mqvq.cli.common import AsJson, cli_errors, console, print_json, table
+from mqvq.cli.common import AsJson, HELP_MARKUP, cli_errors, console, print_json, table
 
-app = typer.Typer(help="Pretrained weights used by losses and metrics: where they are, and fetching them (verified).")
+app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
+    help="Pretrained weights used by losses and metrics: where they are, and fetching them (verified).",
+)
 CHOICES = ("inception", "vgg16", "all")
 
 

@@ -41,6 +41,17 @@ SELECTOR_NAMES = {  # what a report calls each (a verdict on one selector's Tabl
 REVISED_SELECTORS = ("damage", "straight-through")  # whose training signal revision 2 changed
 
 
+# the sampling search's choices and defaults (`mqvq search sampling` and a study's [search] both read them)
+SAMPLERS = ("tpe", "gp", "grid", "random")
+PRUNERS = ("median", "none")
+SEARCH_MAX_SAMPLES = 10_000  # a trial's samples at most unless asked for more (eval.num_samples is often 50,000)
+SEARCH_RUNGS = (1000, 5000)  # sample counts at which a trial may be pruned, those below its total
+SEARCH_HEARTBEAT_S = 30.0  # seconds between a search worker's heartbeats
+SEARCH_TOP_P = (0.7, 1.0)  # the searched top-p range, for codes and positions (top-k: 1 to K or L)
+SEARCH_TEMPERATURE = (1.0, 1.0)  # temperature is fixed unless a range is asked for
+SEARCH_CFG_SCALE = (1.0, 5.0)  # guidance scale, for models trained with condition dropout
+
+
 def sub(cls: type, help: str, hashed: bool = True) -> Any:
     """A nested section. `hashed=False`: what is logged, never what is trained or measured; left
     out of config hashes whatever its values (turning it off must not make a run a new one)."""

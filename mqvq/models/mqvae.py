@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -45,7 +46,6 @@ from mqvq.models.selectors import (
     StraightThroughMask,
     damage_targets,
     probe_masks,
-    ranking_loss,
 )
 
 
@@ -56,6 +56,24 @@ class Encoded:
     keep: torch.Tensor  # (B, L) bool
     scores: torch.Tensor | None  # (B, L) importance scores (adaptive mask only)
     grid: tuple[int, int]  # (h, w) latent grid
+
+
+class Quantized(NamedTuple):
+    """What the encoder, mask and quantizer make of a batch, before decoding."""
+
+    zq: torch.Tensor  # (B, N, D) the kept tokens' code vectors (straight-through to the encoder)
+    encoded: Encoded
+    vq_loss: torch.Tensor  # scalar
+    counts: torch.Tensor  # (K,) code counts of this batch
+    # (B, L, D) every token's code vector as if kept, read before this step's EMA update and dead-code
+    # restarts; only when something needs it (the damage selector's targets, the straight-through surrogate)
+    every: torch.Tensor | None = None
+    relaxed: torch.Tensor | None = None  # (B, L) the straight-through selector's surrogate keep weights
+
+    @property
+    def relax(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(surrogate, every) for `_decode_vectors`: the straight-through gradient, or None."""
+        return None if self.relaxed is None else (self.relaxed, self.every)
 
 
 @dataclass
@@ -116,17 +134,20 @@ class MQVAE(nn.Module):
             raise UserError(f"image size {h}x{w} is not divisible by the downsampling factor f = {f}.")
         return h // f, w // f
 
-    def _quantize(self, images: torch.Tensor, fg: torch.Tensor | None = None):
+    def _learns_from_damage(self) -> bool:
+        return self.training and isinstance(self.mask, DamageMask)
+
+    def _quantize(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Quantized:
         grid = self._grid(images)
         z = self.encoder(images)
         m = self.mask(z, images=images, fg=fg)
-        every = None  # what each token would be if kept, read before the quantizer's EMA update and restarts
-        if m.relaxed is not None or (self.training and getattr(self.mask, "learns_from_damage", False)):
-            with torch.no_grad():
+        every = None
+        if m.relaxed is not None or self._learns_from_damage():
+            with torch.no_grad():  # before the quantizer's call below updates the codebook
                 every = self._lookup(layer_norm_tokens(z))
         zq, codes, vq_loss, stats = self.quantizer(self.quant_proj(m.features))
-        relax = (m.relaxed, every) if m.relaxed is not None else None  # straight-through: the surrogate's gradient
-        return zq, Encoded(codes, m.positions, m.keep, m.scores, grid), vq_loss, stats["counts"], (every, relax)
+        encoded = Encoded(codes, m.positions, m.keep, m.scores, grid)
+        return Quantized(zq, encoded, vq_loss, stats["counts"], every, m.relaxed)
 
     def _decode_vectors(
         self,
@@ -156,24 +177,17 @@ class MQVAE(nn.Module):
     def forward(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Stage1Output:
         """images (B, 3, H, W) in [-1, 1] -> reconstruction, quantizer loss, codes and positions.
         `fg` (B, H, W): the foreground masks, needed only by the oracle-foreground selector."""
-        zq, enc, vq_loss, counts, (every, relax) = self._quantize(images, fg)
-        recon = self._decode_vectors(zq, enc.positions, enc.keep, enc.grid, relax)
-        out = Stage1Output(recon, vq_loss, enc, counts)
-        if self.training and getattr(self.mask, "learns_from_damage", False):
-            out.selector_loss = self._damage_loss(images, every, enc)
-        return out
+        q = self._quantize(images, fg)
+        enc = q.encoded
+        recon = self._decode_vectors(q.zq, enc.positions, enc.keep, enc.grid, q.relax)
+        out = Stage1Output(recon, q.vq_loss, enc, q.counts)
+        if self._learns_from_damage():
 
-    def _damage_loss(self, images: torch.Tensor, every: torch.Tensor, enc: Encoded) -> torch.Tensor:
-        """The damage selector's ranking loss against `damage_targets` under two fresh random probe
-        masks of the training mask's size (decoded without gradient, from codes read before this
-        step's codebook update)."""
-        b, length = enc.keep.shape
-        with torch.no_grad():
-            keep_a, keep_b = probe_masks(b, length, enc.positions.shape[1], every.device)
-            damage, valid = damage_targets(
-                lambda k: self._decode_kept(every, k, enc.grid), images, keep_a, keep_b, enc.grid
-            )
-        return ranking_loss(enc.scores.float(), damage, valid)
+            def decode_kept(keep: torch.Tensor) -> torch.Tensor:
+                return self._decode_kept(q.every, keep, enc.grid)
+
+            out.selector_loss = self.mask.damage_loss(images, enc.scores, enc.positions.shape[1], enc.grid, decode_kept)
+        return out
 
     @torch.no_grad()
     def probe_damage(
@@ -213,7 +227,7 @@ class MQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor, fg: torch.Tensor | None = None) -> Encoded:
         """Codes (B, N), positions (B, N) in raster order and the keep mask (B, L)."""
-        return self._quantize(images, fg)[1]
+        return self._quantize(images, fg).encoded
 
     @torch.no_grad()
     def decode(

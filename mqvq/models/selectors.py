@@ -121,7 +121,7 @@ class DamageMask(nn.Module):
     """Loss prediction (HPM; AdapTok): the scorer predicts, from the encoder features, how much the
     reconstruction of a token's patch suffers when that token is dropped, and the N tokens with the
     highest predicted damage are kept. The target is measured, not learned through the selection:
-    each training step `MQVAE` decodes the same features under a random mask and its complement (no
+    each training step `damage_loss` decodes the same features under a random mask and its complement (no
     gradient), pools the per-pixel errors onto the latent grid (`damage_targets`: error when dropped
     minus error when kept) and trains the scorer to rank the tokens by it (`ranking_loss`). The
     scorer sees detached features, so its loss trains only the scorer. Cost: two extra decoder
@@ -132,8 +132,6 @@ class DamageMask(nn.Module):
     mask-learning study found both equilibria). `random_share` > 0 draws that share of each training
     batch's masks at random instead (HPM trains on such a mix), so that what the decoder restores well
     does not follow from the selection alone."""
-
-    learns_from_damage = True
 
     def __init__(self, channels: int, ratio: float, scorer: str = "mlp", hidden: int = 256, random_share: float = 0.0):
         super().__init__()
@@ -151,6 +149,24 @@ class DamageMask(nn.Module):
         out = _kept(z, choose, self.ratio)
         out.scores = pred  # with its gradient: the damage loss trains the scorer through it
         return out
+
+    def damage_loss(
+        self,
+        images: torch.Tensor,
+        scores: torch.Tensor,
+        kept: int,
+        grid: tuple[int, int],
+        decode_kept,
+    ) -> torch.Tensor:
+        """The scorer's ranking loss against `damage_targets` under two fresh random probe masks of the
+        training mask's size `kept`. `decode_kept(keep)` decodes (B, 3, H, W) keeping the tokens `keep`
+        (B, L) marks, without gradient, from codes read before this step's codebook update: a target
+        measured with codes the update already moved would credit a token with the update's change."""
+        b, length = scores.shape
+        with torch.no_grad():
+            keep_a, keep_b = probe_masks(b, length, kept, images.device)
+            damage, valid = damage_targets(decode_kept, images, keep_a, keep_b, grid)
+        return ranking_loss(scores.float(), damage, valid)
 
 
 def topn_threshold(values: torch.Tensor, n: int) -> torch.Tensor:

@@ -279,85 +279,136 @@ def _stage2_request(tracker, run_id, cfg, ev, wanted, device, sampling, sampling
 
 
 def _eval_stage2(tracker, run_id, cfg, ev, wanted, device, progress, sampling_choice, gen, params, searched):
-    from mqvq.stages.attributes import attribute_classifier, caption_accuracy
-    from mqvq.stages.sample_metrics import sample_metrics, sampling_speed
-
+    """The stage-2 metric families `wanted` asks for, each from its own function below: the
+    sample-based ones (Fréchet distance, Inception Score, caption accuracy) from one set of samples
+    per sampling variant, then sampling speed and figures. Returns (metrics, tags)."""
     settings = json.dumps(dataclasses.asdict(params), sort_keys=True)
     values, tags = {}, {T.EVAL_SAMPLING: settings, T.EVAL_SAMPLING_CHOICE: sampling_choice}
-    # `searched`: the searched settings' distance is its own metric (as a study's search rows log it), so
-    # the run's default-sampling number, which studies and reports show, is never silently replaced
+    prompts, targets = _test_captions(cfg, ev, gen, wanted)
+    variants = _variants(gen, params, ev)
     first = None
-    prompts = targets = None
-    if gen.conditioning == "text":  # the test split's captions, cycled
-        test = build_dataset(cfg.stage1.data, "test")
-        prompts = test.caption_list
-        if "attr" in wanted:
-            idx = torch.arange(ev.num_samples) % len(prompts)
-            targets = {k: v[idx] for k, v in test.attributes.items()}
-    # guidance as a second measurement, when the model learned the unconditional distribution too
+    if {"fid", "is", "attr"} & set(wanted):
+        sampled = (gen, variants, searched, prompts, targets)
+        first = _sample_families(tracker, cfg, ev, wanted, device, progress, sampling_choice, sampled, values, tags)
+    if "speed" in wanted:
+        _speed(cfg, ev, device, gen, params, values, tags)
+    if "figures" in wanted:
+        _stage2_figures(tracker, run_id, cfg, gen, params, sampling_choice, prompts, variants, first)
+    return values, tags
+
+
+def _test_captions(cfg, ev, gen, wanted):
+    """A text model's prompts (the test split's captions, cycled over the samples) and, for caption
+    accuracy, the attributes each sample was asked for; (None, None) for a class-free model."""
+    if gen.conditioning != "text":
+        return None, None
+    test = build_dataset(cfg.stage1.data, "test")
+    prompts, targets = test.caption_list, None
+    if "attr" in wanted:
+        idx = torch.arange(ev.num_samples) % len(prompts)
+        targets = {k: v[idx] for k, v in test.attributes.items()}
+    return prompts, targets
+
+
+def _variants(gen, params, ev):
+    """[(suffix, sampling settings)]: the settings asked for, and guidance as a second measurement
+    when the model learned the unconditional distribution too."""
     variants = [("", params)]
     if gen.cond_dropout > 0 and params.cfg_scale == 1.0 and ev.cfg_scale != 1.0:
         variants.append(("guided", dataclasses.replace(params, cfg_scale=ev.cfg_scale)))
-    if {"fid", "is", "attr"} & set(wanted):
-        backend = ref = key = None
-        if "fid" in wanted or "is" in wanted:
-            backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
-            ref, key, split = sample_reference(cfg, backend, tracker.home, ev.batch_size, ev.workers, progress)
-        clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
-        for tail, p in variants:
-            sm = sample_metrics(
-                gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None
-            )
-            first = sm["first_images"] if first is None else first
-            p_settings = json.dumps(dataclasses.asdict(p), sort_keys=True)
-            if "fid" in wanted:
-                name = frechet("fid", backend.name)
-                name = best(name) if searched else name
-                name = guided(name) if tail else name
-                values[name] = sm["fd"]
-                tags |= _frechet_tags(name, backend, ev.num_samples, key, split) | {
-                    T.eval_tag(name, "sampling"): p_settings,
-                    T.eval_tag(name, "sampling_choice"): sampling_choice,
-                }
-            if "is" in wanted and not tail:
-                values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
-                tags |= {T.eval_tag("is", "backend"): backend.name, T.eval_tag("is", "num"): ev.num_samples}
-            if clf is not None:
-                acc = caption_accuracy(clf, sm["images"], targets)
-                if tail:  # the guided run adds its own mean and per-attribute numbers
-                    acc = {guided(k): v for k, v in acc.items() if k not in ("attr_acc_real", "attr_acc_chance")}
-                values |= acc
-                attr = guided("attr_acc") if tail else "attr_acc"
-                tags |= {T.eval_tag(attr, "num"): ev.num_samples, T.eval_tag(attr, "sampling"): p_settings}
-    if "speed" in wanted:
-        dtype = autocast_dtype(cfg.stage2.train.precision, device)
-        values |= sampling_speed(gen, params, ev.speed_batch_size, ev.speed_repeats, dtype)
-        tags[T.eval_tag("speed", "batch_size")] = ev.speed_batch_size
-    if "figures" in wanted:
-        if gen.conditioning == "text":
-            tracker.log_image(run_id, _prompt_grid(gen, params, cfg, prompts[:6], variants), "figures/samples_eval.png")
-        else:
-            if first is None:
-                first = next(iter(_few_samples(gen, params, cfg.seed)))
-            tracker.log_image(
-                run_id,
-                images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
-                "figures/samples_eval.png",
-            )
-        curves = {}
-        for curve, label in ((TRAIN_LOSS, "train"), (VAL_LOSS, "validation")):
-            hist = tracker.metric_history(run_id, curve)
-            if hist:
-                curves[label] = ([m.step for m in hist], [m.value for m in hist])
-        if curves:
-            tracker.log_figure(
-                run_id,
-                figures.loss_curves_figure(
-                    {cfg.name: curves}, {cfg.name: cfg.stage2.model.kind}, f"{cfg.name}: stage-2 loss"
-                ),
-                "figures/fig6a_loss_curves.png",
-            )
-    return values, tags
+    return variants
+
+
+def _sample_families(tracker, cfg, ev, wanted, device, progress, sampling_choice, sampled, values, tags):
+    """Draw `ev.num_samples` samples per variant once and measure each wanted sample-based family on
+    them, into `values` and `tags`; returns the first variant's first images (for the figure).
+    `sampled`: (generator, variants, whether the settings are the searched ones, prompts, targets)."""
+    gen, variants, searched, prompts, targets = sampled
+    from mqvq.stages.attributes import attribute_classifier
+    from mqvq.stages.sample_metrics import sample_metrics
+
+    backend = ref = key = split = None
+    if "fid" in wanted or "is" in wanted:
+        backend = make_backend(ev.backend, device, cfg.stage1.data.resolution, ev.inception_weights or None)
+        ref, key, split = sample_reference(cfg, backend, tracker.home, ev.batch_size, ev.workers, progress)
+    clf = attribute_classifier(cfg.stage1.data, tracker.home, device, progress) if "attr" in wanted else None
+    first = None
+    for tail, p in variants:
+        sm = sample_metrics(
+            gen, ev.num_samples, p, backend, ref, cfg.seed, ev.is_splits, progress, prompts, keep=clf is not None
+        )
+        first = sm["first_images"] if first is None else first
+        p_settings = json.dumps(dataclasses.asdict(p), sort_keys=True)
+        if "fid" in wanted:
+            _frechet_family(sm, backend, ev, key, split, searched, tail, p_settings, sampling_choice, values, tags)
+        if "is" in wanted and not tail:  # Inception Score is reported for the settings asked for only
+            values |= {"is": sm["is_mean"], "is_std": sm["is_std"]}
+            tags |= {T.eval_tag("is", "backend"): backend.name, T.eval_tag("is", "num"): ev.num_samples}
+        if clf is not None:
+            _caption_family(clf, sm, targets, ev, tail, p_settings, values, tags)
+    return first
+
+
+def _frechet_family(sm, backend, ev, key, split, searched, tail, p_settings, sampling_choice, values, tags):
+    """The samples' Fréchet distance under its own name: `best` when the searched settings drew them
+    (so the default-sampling number that studies and reports show is never silently replaced),
+    `guided` for the guided variant."""
+    name = frechet("fid", backend.name)
+    name = best(name) if searched else name
+    name = guided(name) if tail else name
+    values[name] = sm["fd"]
+    tags |= _frechet_tags(name, backend, ev.num_samples, key, split) | {
+        T.eval_tag(name, "sampling"): p_settings,
+        T.eval_tag(name, "sampling_choice"): sampling_choice,
+    }
+
+
+def _caption_family(clf, sm, targets, ev, tail, p_settings, values, tags):
+    """Caption accuracy: how often the attribute classifier reads back what the prompt asked for; the
+    guided variant adds its own mean and per-attribute numbers (the real-data and chance bounds once)."""
+    from mqvq.stages.attributes import caption_accuracy
+
+    acc = caption_accuracy(clf, sm["images"], targets)
+    if tail:
+        acc = {guided(k): v for k, v in acc.items() if k not in ("attr_acc_real", "attr_acc_chance")}
+    values |= acc
+    attr = guided("attr_acc") if tail else "attr_acc"
+    tags |= {T.eval_tag(attr, "num"): ev.num_samples, T.eval_tag(attr, "sampling"): p_settings}
+
+
+def _speed(cfg, ev, device, gen, params, values, tags):
+    from mqvq.stages.sample_metrics import sampling_speed
+
+    dtype = autocast_dtype(cfg.stage2.train.precision, device)
+    values |= sampling_speed(gen, params, ev.speed_batch_size, ev.speed_repeats, dtype)
+    tags[T.eval_tag("speed", "batch_size")] = ev.speed_batch_size
+
+
+def _stage2_figures(tracker, run_id, cfg, gen, params, sampling_choice, prompts, variants, first):
+    """Samples (a prompt grid for a text model) and the stage-2 loss curves, as run artifacts."""
+    if gen.conditioning == "text":
+        tracker.log_image(run_id, _prompt_grid(gen, params, cfg, prompts[:6], variants), "figures/samples_eval.png")
+    else:
+        if first is None:
+            first = next(iter(_few_samples(gen, params, cfg.seed)))
+        tracker.log_image(
+            run_id,
+            images.sample_grid(first[:32], f"{cfg.name}: samples ({sampling_choice} sampling)"),
+            "figures/samples_eval.png",
+        )
+    curves = {}
+    for curve, label in ((TRAIN_LOSS, "train"), (VAL_LOSS, "validation")):
+        hist = tracker.metric_history(run_id, curve)
+        if hist:
+            curves[label] = ([m.step for m in hist], [m.value for m in hist])
+    if curves:
+        tracker.log_figure(
+            run_id,
+            figures.loss_curves_figure(
+                {cfg.name: curves}, {cfg.name: cfg.stage2.model.kind}, f"{cfg.name}: stage-2 loss"
+            ),
+            "figures/fig6a_loss_curves.png",
+        )
 
 
 def _prompt_grid(gen, params, cfg, prompts: list[str], variants, per_prompt: int = 6):

@@ -18,6 +18,7 @@ import uuid
 from mqvq.errors import LeaseLost
 from mqvq.files import file_lock
 from mqvq.machine import HOST
+from mqvq.periodic import Periodic
 from mqvq.tracking import tags as T
 from mqvq.tracking.records import StageRecord, lease_is_live
 from mqvq.tracking.store import Tracker
@@ -70,8 +71,7 @@ class Heartbeat:
         self.lost: str | None = None
         self._last_ok = time.time()
         self._checking = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._ticker = Periodic(self._beat, interval, name="mqvq-lease-heartbeat")
 
     def check(self, beat: bool = False) -> None:
         """Raise `LeaseLost` if the row is no longer this worker's; with `beat`, or after a silence of
@@ -91,23 +91,20 @@ class Heartbeat:
                 raise LeaseLost(self.lost)
             self._last_ok = self.tracker.heartbeat(self.run_id, fenced=False)  # ours, just read: past the fence
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check(beat=True)
-            except LeaseLost:
-                return
-            except Exception:  # a missed beat only makes the lease look older; never kill the worker for it
-                pass
+    def _beat(self) -> bool:
+        try:
+            self.check(beat=True)
+        except LeaseLost:
+            return False  # another worker's now: nothing more to prove
+        return True
 
     def __enter__(self) -> "Heartbeat":
         self.tracker.fence = self.check
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._ticker.stop()
         if self.tracker.fence == self.check:
             self.tracker.fence = None
 

@@ -456,25 +456,15 @@ def _evaluate_row(w: Worker, p: RowPlan, parent: str, stage1_run: str, stage2_ru
 
 def _search_row(w: Worker, p: RowPlan, parent: str, stage2_run: str) -> dict:
     """The sampling-search study: best distance over top-k / top-p for the row's model (Table 1's protocol)."""
-    from mqvq.studies.search import SearchSpec, default_space, run_search, trial_size
+    from mqvq.studies.search import plan_search, run_search
 
     tracker, s = w.tracker, w.study.search
-    n, rungs = trial_size(s.num_samples, p.cfg.eval.num_samples, s.rungs)
     metric = searched_metric(p.cfg, w.backend)
-    shape = default_space(
-        p.cfg.stage1.model.quantizer.codebook_size,
-        (p.cfg.stage1.data.resolution // p.cfg.stage1.model.downsample) ** 2,
-        p.cfg.stage2.model.kind == "raster",
-        p.cfg.stage2.train.cond_dropout > 0,
-    )
+    asked = dict(num_samples=s.num_samples or None, metric=metric, rungs=list(s.rungs), seed=p.seed)
+    spec = plan_search(tracker, stage2_run, trials=s.trials, sampler=s.sampler, **asked)
+    n = spec.num_samples
     w.log(f"  sampling search: {s.trials} trials ({s.sampler}), {n} samples each")
-    summary = run_search(
-        tracker,
-        SearchSpec(stage2_run, metric, n, s.trials, s.sampler, shape, rungs, seed=p.seed),
-        device=w.device,
-        progress=w.progress,
-        log=lambda m: None,
-    )
+    summary = run_search(tracker, spec, device=w.device, progress=w.progress, log=lambda m: None)
     if "best_value" not in summary:
         return {}
     values = {best(metric): summary["best_value"]}

@@ -27,7 +27,6 @@ import json
 import math
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,10 +37,21 @@ import numpy as np
 import torch
 
 from mqvq.config import DataConfig, from_dict, validate_sampling
-from mqvq.errors import UserError
+from mqvq.config.schema import (
+    PRUNERS,
+    SAMPLERS,
+    SEARCH_CFG_SCALE,
+    SEARCH_HEARTBEAT_S,
+    SEARCH_MAX_SAMPLES,
+    SEARCH_RUNGS,
+    SEARCH_TEMPERATURE,
+    SEARCH_TOP_P,
+)
+from mqvq.errors import UserError, one_of
 from mqvq.stages.generate import BEST_PREFIX, INT_PARAMS, load_generator, sample_images
 from mqvq.files import file_lock
 from mqvq.metrics.registry import backend_of
+from mqvq.periodic import Periodic
 from mqvq.stages.lookup import resolve
 from mqvq.studies.lease import worker_id
 from mqvq.tracking import tags as T
@@ -93,11 +103,12 @@ def check_range(name: str, r: Range) -> None:
 
 def default_space(codebook_size: int, grid_len: int, raster: bool, guided: bool = False) -> dict[str, Range]:
     """`guided`: the model was trained with condition dropout, so the guidance scale is searched too."""
-    space = {"top_k": Range(1, codebook_size), "top_p": Range(0.7, 1.0), "temperature": Range(1.0, 1.0)}
+    top_p, temperature = Range(*SEARCH_TOP_P), Range(*SEARCH_TEMPERATURE)
+    space = {"top_k": Range(1, codebook_size), "top_p": top_p, "temperature": temperature}
     if not raster:
-        space |= {"top_k_pos": Range(1, grid_len), "top_p_pos": Range(0.7, 1.0), "temperature_pos": Range(1.0, 1.0)}
+        space |= {"top_k_pos": Range(1, grid_len), "top_p_pos": top_p, "temperature_pos": temperature}
     if guided:
-        space["cfg_scale"] = Range(1.0, 5.0)
+        space["cfg_scale"] = Range(*SEARCH_CFG_SCALE)
     return space
 
 
@@ -110,21 +121,24 @@ def grid_points(name: str, r: Range, n: int) -> list:
 
 
 # --------------------------------------------------------------------------- storage
-MAX_SAMPLES = 10_000  # a trial's samples at most, unless asked for more (eval.num_samples is often the paper's 50,000)
-DEFAULT_RUNGS = (1000, 5000)  # sample counts at which a trial may be pruned, those below its total
-
-
 def trial_size(asked: int | None, eval_num_samples: int, rungs=()) -> tuple[int, list[int]]:
-    """A search's samples per trial and its pruning rungs: as asked, else the defaults above."""
-    n = asked or min(eval_num_samples, MAX_SAMPLES)
-    return n, list(rungs) or [r for r in DEFAULT_RUNGS if r < n]
+    """A search's samples per trial and its pruning rungs: as asked, else the defaults (config.schema)."""
+    n = asked or min(eval_num_samples, SEARCH_MAX_SAMPLES)
+    return n, list(rungs) or [r for r in SEARCH_RUNGS if r < n]
 
 
-HEARTBEAT_S = 30  # default seconds between a search worker's heartbeats
+def parse_rungs(text: str | None) -> list[int]:
+    """`--rungs 1000,5000`: the sample counts at which poor trials may be pruned ([] = the defaults)."""
+    try:
+        return [int(r) for r in text.split(",")] if text else []
+    except ValueError:
+        raise UserError(f"--rungs {text!r} is invalid: use comma-separated sample counts, e.g. 1000,5000.") from None
+
+
 GRACE_BEATS = 4  # heartbeats a running trial may miss before it is failed and retried
 
 
-def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = HEARTBEAT_S):
+def open_storage(spec: str | None, home: Path, workers: int, heartbeat: float = SEARCH_HEARTBEAT_S):
     """The Optuna storage and a human-readable address for optuna-dashboard."""
     import optuna
     from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
@@ -192,6 +206,62 @@ class SearchSpec:
             self.study_name = f"sampling/{self.run_id}/{self.metric}/{self.num_samples}"
 
 
+def plan_search(
+    tracker: Tracker,
+    run_id: str,
+    *,
+    trials: int,
+    sampler: str = SAMPLERS[0],
+    num_samples: int | None = None,
+    metric: str | None = None,
+    rungs: list[int] = (),
+    ranges: dict[str, str | None] | None = None,
+    grid_points: int = 3,
+    seed: int = 0,
+    study_name: str = "",
+) -> SearchSpec:
+    """The search a request asks for on stage-2 run `run_id`, its gaps filled from the run: the metric
+    (default the run's eval backend's distance), the space (`default_space` for the model's shape,
+    narrowed by `ranges`: {parameter: "LOW:HIGH" or one value}), the samples per trial and rungs
+    (`trial_size`). Each value that does not apply to this model is refused in one sentence."""
+    from mqvq.metrics.registry import SAMPLE_METRICS, frechet
+    from mqvq.models.checkpoint import read_checkpoint
+    from mqvq.stages.generate import check_top_k
+    from mqvq.stages.lookup import model_file
+
+    if metric is not None and metric not in SAMPLE_METRICS:
+        raise UserError(f"--metric {metric!r} is invalid: use {one_of(SAMPLE_METRICS)}.")
+    if sampler not in SAMPLERS:
+        raise UserError(f"--sampler {sampler!r} is invalid: use {one_of(SAMPLERS)}.")
+    ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
+    shape, cfg = ckpt["shape"], ckpt["config"]
+    grid_len = shape["grid"][0] * shape["grid"][1]
+    guided = float(cfg["stage2"]["train"].get("cond_dropout", 0.0)) > 0
+    space = default_space(shape["codebook_size"], grid_len, cfg["stage2"]["model"]["kind"] == "raster", guided)
+    for name, value in (ranges or {}).items():
+        if value is None:
+            continue
+        if name == "cfg_scale" and cfg["stage2"]["model"].get("conditioning", "none") == "none":
+            raise UserError(
+                f"--cfg-scale does not apply: run {run_id} is unconditional, and guidance steers a class- "
+                f"or text-conditional model."
+            )
+        if name == "cfg_scale" and not guided:
+            raise UserError(
+                f"--cfg-scale does not apply: run {run_id} was trained without condition dropout "
+                f"(stage2.train.cond_dropout = 0), so it cannot be guided."
+            )
+        if name not in space:
+            raise UserError(f"--{name.replace('_', '-')} does not apply: the raster baseline samples no positions.")
+        space[name] = parse_range(name, value)
+        if name in ("top_k", "top_k_pos"):
+            check_top_k(name, int(space[name].high), shape["codebook_size"], grid_len)
+    ev = cfg.get("eval", {})
+    metric = metric or frechet("fid", ev.get("backend", "inception"))
+    n, rung_list = trial_size(num_samples, int(ev.get("num_samples", SEARCH_MAX_SAMPLES)), rungs)
+    return SearchSpec(run_id, metric, n, trials, sampler, space, rung_list, grid_points, seed, study_name)
+
+
 def _make_sampler(name: str, seed: int):
     import optuna
 
@@ -201,7 +271,7 @@ def _make_sampler(name: str, seed: int):
         return optuna.samplers.GPSampler(seed=seed)
     if name in ("random", "grid"):  # grid points are enqueued by the worker, never by Optuna's GridSampler
         return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"--sampler {name!r} is invalid: use tpe, gp, grid or random.")
+    raise UserError(f"--sampler {name!r} is invalid: use {one_of(SAMPLERS)}.")
 
 
 def _distributions(space: dict[str, Range]) -> dict:
@@ -306,8 +376,7 @@ class TrialHeartbeat:
 
     def __init__(self, study, trial, interval: float):
         self.study, self.trial, self.interval = study, trial, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._ticker = Periodic(self.beat, interval, name="mqvq-trial-heartbeat")
 
     def beat(self) -> None:
         if _uses_optuna_heartbeat(self.study):
@@ -315,21 +384,13 @@ class TrialHeartbeat:
         else:
             self.trial.set_user_attr("heartbeat", time.time())
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except Exception:  # a missed beat only makes the trial look older; never stop the trial for it
-                pass
-
     def __enter__(self) -> "TrialHeartbeat":
         self.beat()
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._ticker.stop()
 
 
 def _remaining(study, spec: SearchSpec) -> int:
@@ -400,7 +461,7 @@ def run_search(
     progress: bool = True,
     log: Callable[[str], None] = print,
     worker_index: int = 0,
-    heartbeat: float = HEARTBEAT_S,
+    heartbeat: float = SEARCH_HEARTBEAT_S,
 ) -> dict:
     """Run (or continue) the search until `spec.trials` trials exist in total; returns a summary."""
     import optuna
@@ -408,6 +469,10 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if workers < 1:
         raise UserError(f"--workers {workers} must be at least 1.")
+    if spec.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {spec.sampler!r} is invalid: use {one_of(SAMPLERS)}.")
+    if pruner not in PRUNERS:
+        raise UserError(f"--pruner {pruner!r} is invalid: use {one_of(PRUNERS)}.")
     if spec.trials < 1:
         raise UserError(f"--trials {spec.trials} must be at least 1.")
     if spec.num_samples < 2:

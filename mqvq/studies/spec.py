@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqvq.config import ExperimentConfig, from_dict, opt
-from mqvq.errors import UserError
+from mqvq.config.schema import SAMPLERS, SEARCH_MAX_SAMPLES, SEARCH_RUNGS
+from mqvq.errors import UserError, one_of
 
 # mask_detail: the mask diagnostics as table columns; auroc: the score against the foreground (computed by `mask`);
 # cost: the stage-1 training seconds per step, as the run measured it (nothing to evaluate)
@@ -66,10 +67,13 @@ class StudyRow:
 @dataclass(frozen=True)
 class SearchSettings:
     trials: int = opt(0, "sampling-search trials per row (0 = no search)")
-    sampler: str = opt("tpe", "tpe, gp, grid or random")
-    num_samples: int = opt(0, "samples per trial (0 = the profile's eval.num_samples, at most 10000)")
+    sampler: str = opt(SAMPLERS[0], one_of(SAMPLERS))
+    num_samples: int = opt(0, f"samples per trial (0 = the profile's eval.num_samples, at most {SEARCH_MAX_SAMPLES})")
     rungs: tuple[int, ...] = opt(
-        (), "sample counts at which poor trials may be pruned (default: 1000, 5000 below num_samples)"
+        (),
+        "sample counts at which poor trials may be pruned (default: "
+        + ", ".join(map(str, SEARCH_RUNGS))
+        + " below num_samples)",
     )
 
 
@@ -140,8 +144,8 @@ def load_study(name: str) -> StudyConfig:
     for m in study.metrics:
         if m not in allowed:
             raise UserError(f"{path}: metrics contains {m!r}: allowed metrics are {', '.join(allowed)}.")
-    if study.search.sampler not in ("tpe", "gp", "grid", "random"):
-        raise UserError(f"{path}: search.sampler = {study.search.sampler!r} is invalid: use tpe, gp, grid or random.")
+    if study.search.sampler not in SAMPLERS:
+        raise UserError(f"{path}: search.sampler = {study.search.sampler!r} is invalid: use {one_of(SAMPLERS)}.")
     if not study.rows:
         raise UserError(f"{path}: a study needs at least one [[rows]] table.")
     if not study.seeds:

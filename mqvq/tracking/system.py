@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 import time
 
+from mqvq.periodic import Periodic
 from mqvq.tracking.store import Tracker
 
 PREFIX = "system/"
@@ -54,8 +54,7 @@ class SystemMetrics:
         self.tracker, self.run_id, self.interval = tracker, run_id, interval
         self.enabled = enabled and os.environ.get(OFF_ENV, "1") != "0" and available()
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker: Periodic | None = None
 
     def __enter__(self) -> "SystemMetrics":
         if self.enabled:
@@ -64,16 +63,10 @@ class SystemMetrics:
             psutil.cpu_percent()  # a thread's first reading is 0 (psutil keeps one per thread): this one for the last sample
             self._start = self.tracker.run_start_time(self.run_id)
             self._monitors = _monitors()
-            self._thread = threading.Thread(target=self._loop, daemon=True, name="mqvq-system-metrics")
-            self._thread.start()
+            # and the ticker's own first reading, for the samples its thread takes
+            self._ticker = Periodic(self.sample, self.interval, name="mqvq-system-metrics", setup=psutil.cpu_percent)
+            self._ticker.start()
         return self
-
-    def _loop(self) -> None:
-        import psutil
-
-        psutil.cpu_percent()  # and this one for the samples this thread takes
-        while not self._stop.wait(self.interval):
-            self.sample()
 
     def sample(self) -> None:
         metrics: dict[str, float] = {}
@@ -88,8 +81,7 @@ class SystemMetrics:
             pass
 
     def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=max(5.0, self.interval))
-            self._thread = None
+        if self._ticker is not None:
+            self._ticker.stop(timeout=max(5.0, self.interval))
+            self._ticker = None
             self.sample()  # the last point (CPU use since the one before): a run shorter than the interval gets one too
