@@ -572,6 +572,28 @@ def test_a_study_given_as_a_toml_path_gets_its_summary(tmp_path, home, tracker):
     assert len(summaries) == 1
 
 
+def _stop_outside_a_write(proc, db: Path, tries: int = 50) -> None:
+    """SIGSTOP `proc` at a moment it holds no write lock on the SQLite store: a process stopped inside a
+    write keeps SQLite's lock, and every other writer then fails with "database is locked" (a limit of
+    a SQLite store, not of the lease; a server store has no such file lock). Stopped inside one, it
+    is woken, and stopped again a moment later."""
+    import sqlite3
+
+    for _ in range(tries):
+        os.kill(proc.pid, signal.SIGSTOP)
+        con = sqlite3.connect(db, timeout=0.5)
+        try:
+            con.execute("BEGIN IMMEDIATE")  # takes the write lock if nobody holds it
+            con.rollback()
+            return
+        except sqlite3.OperationalError:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.3)
+        finally:
+            con.close()
+    raise AssertionError(f"the worker held the store's write lock at each of {tries} tries")
+
+
 def test_a_worker_stopped_past_its_lease_is_taken_over_and_writes_nothing_after_it_wakes(studies, home, tracker):
     """Fencing: SIGSTOP a worker past the lease timeout (Ctrl-Z, a suspended SLURM job, a paused VM), let a second
     worker take the row over, SIGCONT the first: it stops at once, says why, and writes nothing more; the row ends
@@ -588,7 +610,7 @@ def test_a_worker_stopped_past_its_lease_is_taken_over_and_writes_nothing_after_
     while time.time() < deadline and not list(home.glob("checkpoints/*/last.pt")):
         time.sleep(0.2)
     time.sleep(1.0)
-    os.kill(a.pid, signal.SIGSTOP)
+    _stop_outside_a_write(a, home / "mlflow.db")
     (stage1,) = tracker.find_runs_everywhere("tags.\"mqvq.stage\" = 'stage1'")
     run_id = stage1.info.run_id
     stalled_at = max(m.step for m in tracker.client.get_metric_history(run_id, "train/loss"))
