@@ -119,9 +119,19 @@ def sampling(
         "temperature_pos": temperature_pos,
         "cfg_scale": cfg_scale,
     }
-    asked = dict(num_samples=num_samples, metric=metric, rungs=parse_rungs(rungs), ranges=ranges)
-    asked |= dict(grid_points=grid_points, seed=seed, study_name=study_name or "")
-    s = plan_search(tracker, run_id, trials=trials, sampler=sampler, **asked)
+    s = plan_search(
+        tracker,
+        run_id,
+        trials=trials,
+        sampler=sampler,
+        num_samples=num_samples,
+        metric=metric,
+        rungs=parse_rungs(rungs),
+        ranges=ranges,
+        grid_points=grid_points,
+        seed=seed,
+        study_name=study_name or "",
+    )
     result = run_search(
         tracker,
         s,

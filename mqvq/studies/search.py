@@ -223,7 +223,8 @@ def plan_search(
     """The search a request asks for on stage-2 run `run_id`, its gaps filled from the run: the metric
     (default the run's eval backend's distance), the space (`default_space` for the model's shape,
     narrowed by `ranges`: {parameter: "LOW:HIGH" or one value}), the samples per trial and rungs
-    (`trial_size`). Each value that does not apply to this model is refused in one sentence."""
+    (`trial_size`). Each value that does not apply to this model is refused in one sentence; the
+    sampler and pruner are checked by `run_search`, which every search goes through."""
     from mqvq.metrics.registry import SAMPLE_METRICS, frechet
     from mqvq.models.checkpoint import read_checkpoint
     from mqvq.stages.generate import check_top_k
@@ -231,8 +232,6 @@ def plan_search(
 
     if metric is not None and metric not in SAMPLE_METRICS:
         raise UserError(f"--metric {metric!r} is invalid: use {one_of(SAMPLE_METRICS)}.")
-    if sampler not in SAMPLERS:
-        raise UserError(f"--sampler {sampler!r} is invalid: use {one_of(SAMPLERS)}.")
     ckpt = read_checkpoint(model_file(tracker, run_id))  # the search space needs only the model's shape
     shape, cfg = ckpt["shape"], ckpt["config"]
     grid_len = shape["grid"][0] * shape["grid"][1]
